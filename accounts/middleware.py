@@ -1,0 +1,30 @@
+import time
+from collections.abc import Callable
+
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse
+
+LAST_SEEN_KEY = "_last_seen"
+
+
+def client_ip(request: HttpRequest) -> str | None:
+    # Behind a proxy, configure it to set REMOTE_ADDR (uvicorn --proxy-headers does).
+    return request.META.get("REMOTE_ADDR") or None
+
+
+class SessionMetadataMiddleware:
+    """Hands the session store the client's address and browser, and refreshes last-seen."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        session = request.session
+        session.client_ip = client_ip(request)  # type: ignore[attr-defined]
+        session.user_agent = request.headers.get("user-agent", "")  # type: ignore[attr-defined]
+        response = self.get_response(request)
+        if session.session_key and not session.is_empty():
+            now = int(time.time())
+            if now - int(session.get(LAST_SEEN_KEY, 0)) >= settings.SESSION_LAST_SEEN_INTERVAL:
+                session[LAST_SEEN_KEY] = now
+        return response

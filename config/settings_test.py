@@ -1,0 +1,24 @@
+"""Test settings: the same real services, on a separate Redis database and test DB."""
+
+from config.settings import *  # noqa: F403
+from config.settings import REDIS_URL
+
+from urllib.parse import urlsplit, urlunsplit
+
+# A database number of its own, so a test run never touches the development data.
+_parts = urlsplit(REDIS_URL)
+_TEST_REDIS = (
+    urlunsplit(_parts._replace(path="/15")) if _parts.scheme in ("redis", "rediss") else REDIS_URL
+)
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": _TEST_REDIS,
+        "KEY_PREFIX": "palaver-test",
+    }
+}
+CELERY_BROKER_URL = _TEST_REDIS
+CELERY_RESULT_BACKEND = _TEST_REDIS
+SESSION_COOKIE_SECURE = False
+CSRF_COOKIE_SECURE = False
+DEBUG = False

@@ -1,0 +1,14 @@
+from django.contrib import admin
+from django.urls import include, path
+
+from accounts import views as account_views
+
+urlpatterns = [
+    path("", account_views.dashboard, name="dashboard"),
+    path("", include("accounts.urls")),
+    path("servers/", include("channels_app.urls")),
+    path("agents/", include("agents.urls")),
+    path("knowledge/", include("knowledge.urls")),
+    path("providers/", include("llms.urls")),
+    path("admin/", admin.site.urls),
+]

@@ -1,0 +1,40 @@
+"""Every read of per-account LLM and tool configuration takes the account: these rows share the
+public schema, so the account is the only thing keeping one customer's rows from another's."""
+
+from django.db.models import QuerySet
+from django.shortcuts import get_object_or_404
+
+from accounts.models import Account
+from llms.models import LLM, AccountLLM, AccountTool, Tool
+
+
+def account_llms(*, account: Account) -> QuerySet[AccountLLM]:
+    return AccountLLM.objects.filter(account=account).select_related("llm")
+
+
+def account_llm_or_404(*, account: Account, pk: object) -> AccountLLM:
+    return get_object_or_404(account_llms(account=account), pk=pk)
+
+
+def available_llms() -> QuerySet[LLM]:
+    return LLM.objects.filter(is_active=True)
+
+
+def account_tools(*, account: Account) -> QuerySet[AccountTool]:
+    return AccountTool.objects.filter(account=account, tool__is_available=True).select_related(
+        "tool"
+    )
+
+
+def enabled_tools(*, account: Account) -> QuerySet[Tool]:
+    return Tool.objects.filter(
+        is_available=True, account_configs__account=account, account_configs__enabled=True
+    )
+
+
+def tool_catalog() -> QuerySet[Tool]:
+    return Tool.objects.filter(is_available=True)
+
+
+def tool_config(*, account: Account, tool: Tool) -> AccountTool | None:
+    return AccountTool.objects.filter(account=account, tool=tool).first()
