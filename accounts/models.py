@@ -75,7 +75,9 @@ class User(AbstractBaseUser, PermissionsMixin):
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="users")
-    email = models.EmailField(max_length=254)
+    # Unique as stored; the check constraint below keeps it stored lower-case, which makes the
+    # uniqueness case-insensitive in the database itself.
+    email = models.EmailField(max_length=254, unique=True)
     is_account_admin = models.BooleanField(
         default=False, help_text="May manage the account's settings and people."
     )
@@ -91,7 +93,6 @@ class User(AbstractBaseUser, PermissionsMixin):
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(Lower("email"), name="user_email_unique_ci"),
             models.CheckConstraint(
                 condition=models.Q(email=Lower(models.F("email"))), name="user_email_lowercase"
             ),

@@ -49,7 +49,7 @@ def sign_up(
             user.save()
     except IntegrityError as exc:
         # A concurrent sign-up won the race for the same email or account name.
-        if "user_email_unique_ci" in str(exc):
+        if "accounts_user_email" in str(exc):
             raise EmailTakenError(email) from exc
         if "account_name_unique_ci" in str(exc):
             raise AccountNameTakenError(account_name) from exc

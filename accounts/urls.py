@@ -1,1 +1,12 @@
-urlpatterns: list = []
+from django.urls import path
+
+from accounts import views
+
+app_name = "accounts"
+urlpatterns = [
+    path("sign-up/", views.sign_up, name="sign_up"),
+    path("sign-in/", views.sign_in, name="sign_in"),
+    path("sign-out/", views.sign_out, name="sign_out"),
+    path("sessions/", views.session_list, name="session_list"),
+    path("sessions/<str:session_key>/revoke/", views.session_revoke, name="session_revoke"),
+]

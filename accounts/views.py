@@ -1,5 +1,132 @@
-from django.http import HttpRequest, HttpResponse
+from django.contrib import messages
+from django.contrib.auth import login, logout
+from django.contrib.auth.decorators import login_required
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.views.decorators.debug import sensitive_post_parameters
+from django.views.decorators.http import require_POST
+
+from accounts import selectors, services
+from accounts.forms import SignInForm, SignUpForm
+from accounts.models import User
+from agents.models import Agent
+from channels_app.models import Channel, Server
+from knowledge.models import KnowledgeBase
+from llms.selectors import account_llms, enabled_tools
 
 
+def _user(request: HttpRequest) -> User:
+    user = request.user
+    assert isinstance(user, User)
+    return user
+
+
+@login_required
 def dashboard(request: HttpRequest) -> HttpResponse:
-    return HttpResponse("")
+    user = _user(request)
+    counts = [
+        ("Servers", Server.objects.count(), reverse("channels:server_list")),
+        (
+            "Channels",
+            Channel.objects.filter(kind=Channel.Kind.CHANNEL).count(),
+            reverse("channels:server_list"),
+        ),
+        ("Agents", Agent.objects.count(), reverse("agents:agent_list")),
+        ("Knowledge bases", KnowledgeBase.objects.count(), reverse("knowledge:kb_list")),
+        ("LLM providers", account_llms(account=user.account).count(), reverse("llms:provider_list")),
+        ("Tools enabled", enabled_tools(account=user.account).count(), reverse("llms:tool_list")),
+    ]
+    servers = Server.objects.all()[:10]
+    return render(request, "accounts/dashboard.html", {"counts": counts, "servers": servers})
+
+
+@sensitive_post_parameters("password")
+def sign_up(request: HttpRequest) -> HttpResponse:
+    if request.user.is_authenticated:
+        return redirect("dashboard")
+    form = SignUpForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            user = services.sign_up(
+                account_name=form.cleaned_data["account_name"],
+                email=form.cleaned_data["email"],
+                password=form.cleaned_data["password"],
+            )
+        except services.EmailTakenError:
+            form.add_error("email", "An account already uses this email address.")
+        except services.AccountNameTakenError:
+            form.add_error("account_name", "That account name is taken.")
+        else:
+            login(request, user, backend="accounts.backends.EmailBackend")
+            messages.success(request, f"Welcome to Palaver. Your account “{user.account}” is ready.")
+            return redirect("dashboard")
+    status = 400 if form.is_bound else 200
+    return render(request, "accounts/sign_up.html", {"form": form}, status=status)
+
+
+GENERIC_SIGN_IN_ERROR = "That email and password do not match an account."
+
+
+@sensitive_post_parameters("password")
+def sign_in(request: HttpRequest) -> HttpResponse:
+    next_url = request.POST.get("next") or request.GET.get("next") or ""
+    if not url_has_allowed_host_and_scheme(next_url, {request.get_host()}, request.is_secure()):
+        next_url = ""
+    if request.user.is_authenticated:
+        return redirect(next_url or "dashboard")
+    form = SignInForm(request.POST or None)
+    status = 200
+    if request.method == "POST" and form.is_valid():
+        result = services.check_credentials(
+            request=request,
+            email=form.cleaned_data["email"],
+            password=form.cleaned_data["password"],
+        )
+        if result.user is not None:
+            # login() rotates the session key, so a key planted before sign-in is worthless.
+            login(request, result.user, backend="accounts.backends.EmailBackend")
+            return HttpResponseRedirect(next_url or reverse("dashboard"))
+        if result.throttled:
+            minutes = max(1, result.retry_after_seconds // 60)
+            form.add_error(
+                None, f"Too many failed sign-ins. Try again in {minutes} minutes."
+            )
+            status = 429
+        else:
+            form.add_error(None, GENERIC_SIGN_IN_ERROR)
+            status = 400
+    elif form.is_bound:
+        status = 400
+    return render(request, "accounts/sign_in.html", {"form": form, "next": next_url}, status=status)
+
+
+@require_POST
+def sign_out(request: HttpRequest) -> HttpResponse:
+    logout(request)
+    messages.info(request, "You are signed out.")
+    return redirect("accounts:sign_in")
+
+
+@login_required
+def session_list(request: HttpRequest) -> HttpResponse:
+    sessions = selectors.active_sessions(user=_user(request))
+    return render(
+        request,
+        "accounts/session_list.html",
+        {"sessions": sessions, "current_key": request.session.session_key},
+    )
+
+
+@login_required
+@require_POST
+def session_revoke(request: HttpRequest, session_key: str) -> HttpResponse:
+    is_current = session_key == request.session.session_key
+    if not services.revoke_session(user=_user(request), session_key=session_key):
+        raise Http404("No such session")
+    if is_current:
+        logout(request)
+        return redirect("accounts:sign_in")
+    messages.success(request, "Session signed out.")
+    return redirect("accounts:session_list")

@@ -1,1 +1,15 @@
-urlpatterns: list = []
+from django.urls import path
+
+from channels_app import views
+
+app_name = "channels"
+urlpatterns = [
+    path("", views.server_list, name="server_list"),
+    path("new/", views.server_create, name="server_create"),
+    path("<int:pk>/", views.server_detail, name="server_detail"),
+    path("<int:pk>/edit/", views.server_edit, name="server_edit"),
+    path("<int:pk>/delete/", views.server_delete, name="server_delete"),
+    path("<int:server_pk>/channels/new/", views.channel_create, name="channel_create"),
+    path("channels/<int:pk>/edit/", views.channel_edit, name="channel_edit"),
+    path("channels/<int:pk>/delete/", views.channel_delete, name="channel_delete"),
+]

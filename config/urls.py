@@ -9,6 +9,6 @@ urlpatterns = [
     path("servers/", include("channels_app.urls")),
     path("agents/", include("agents.urls")),
     path("knowledge/", include("knowledge.urls")),
-    path("providers/", include("llms.urls")),
+    path("", include("llms.urls")),
     path("admin/", admin.site.urls),
 ]

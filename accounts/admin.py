@@ -1,0 +1,100 @@
+from typing import Any
+
+from django import forms
+from django.contrib import admin, messages
+from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
+from django.db.models import Count, QuerySet
+from django.http import HttpRequest
+
+from accounts.models import Account, Session, User
+from tenancy.services import delete_account, provision_account
+
+
+class AccountCreationForm(forms.ModelForm):
+    class Meta:
+        model = Account
+        fields = ["name", "settings"]
+
+
+@admin.register(Account)
+class AccountAdmin(admin.ModelAdmin):
+    list_display = ["name", "user_count", "schema_name", "created_at"]
+    search_fields = ["name", "schema_name", "users__email"]
+    readonly_fields = ["id", "schema_name", "created_at"]
+    fields = ["id", "name", "settings", "schema_name", "created_at"]
+    ordering = ["-created_at"]
+    delete_confirmation_template = "admin/accounts/account/delete_confirmation.html"
+    delete_selected_confirmation_template = (
+        "admin/accounts/account/delete_selected_confirmation.html"
+    )
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Account]:
+        return super().get_queryset(request).annotate(user_count=Count("users"))
+
+    @admin.display(description="Users", ordering="user_count")
+    def user_count(self, obj: Account) -> int:
+        return int(getattr(obj, "user_count", 0))
+
+    def get_form(self, request: HttpRequest, obj: Any = None, **kwargs: Any) -> Any:
+        if obj is None:
+            kwargs["form"] = AccountCreationForm
+        return super().get_form(request, obj, **kwargs)
+
+    def save_model(self, request: HttpRequest, obj: Account, form: Any, change: bool) -> None:
+        if change:
+            super().save_model(request, obj, form, change)
+            return
+        # Creating an account here makes its schema, through the one provisioning function.
+        created = provision_account(name=obj.name, settings=obj.settings)
+        obj.pk = created.pk
+        obj.schema_name = created.schema_name
+        obj.created_at = created.created_at
+        obj._state.adding = False
+        messages.info(request, f"Created schema {created.schema_name}.")
+
+    def delete_model(self, request: HttpRequest, obj: Account) -> None:
+        delete_account(account=obj)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Account]) -> None:
+        for account in queryset:
+            delete_account(account=account)
+
+
+@admin.register(User)
+class UserAdmin(DjangoUserAdmin):
+    ordering = ["email"]
+    list_display = ["email", "account", "is_account_admin", "is_staff", "is_active", "date_joined"]
+    list_filter = ["is_staff", "is_account_admin", "is_active"]
+    search_fields = ["email", "account__name"]
+    list_select_related = ["account"]
+    readonly_fields = ["account", "date_joined", "last_login"]
+    fieldsets = (
+        (None, {"fields": ("email", "password", "account")}),
+        ("Roles", {"fields": ("is_active", "is_account_admin", "is_staff", "is_superuser")}),
+        ("Dates", {"fields": ("date_joined", "last_login")}),
+    )
+    filter_horizontal = ()
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        # A person comes with an account and a schema: sign-up, or `provision_account`.
+        return False
+
+
+@admin.register(Session)
+class SessionAdmin(admin.ModelAdmin):
+    list_display = ["user", "ip_address", "short_user_agent", "created_at", "last_seen_at", "expire_date"]
+    list_select_related = ["user"]
+    search_fields = ["user__email", "ip_address"]
+    readonly_fields = ["user", "ip_address", "user_agent", "created_at", "last_seen_at", "expire_date"]
+    exclude = ["session_data", "session_key"]
+    ordering = ["-last_seen_at"]
+
+    @admin.display(description="Browser")
+    def short_user_agent(self, obj: Session) -> str:
+        return obj.user_agent[:60]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False

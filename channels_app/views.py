@@ -1,0 +1,121 @@
+from django.contrib.auth.decorators import login_required
+from django.db.models import Count, Q
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.views.decorators.debug import sensitive_post_parameters
+
+from channels_app import services
+from channels_app.forms import ChannelForm, ServerForm
+from channels_app.models import Channel, Server
+from core.views import confirm_delete, form_page
+
+SECRETS = ("password", "sasl_password", "key")
+
+
+@login_required
+def server_list(request: HttpRequest) -> HttpResponse:
+    servers = Server.objects.annotate(
+        channel_count=Count("channels", filter=Q(channels__kind=Channel.Kind.CHANNEL))
+    )
+    return render(request, "channels_app/server_list.html", {"servers": servers})
+
+
+@login_required
+def server_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    server = get_object_or_404(Server, pk=pk)
+    return render(
+        request,
+        "channels_app/server_detail.html",
+        {"server": server, "channels": server.channels.all()},
+    )
+
+
+@login_required
+@sensitive_post_parameters(*SECRETS)
+def server_create(request: HttpRequest) -> HttpResponse:
+    return _server_form(request, Server(), title="Add a server", submit="Add server")
+
+
+@login_required
+@sensitive_post_parameters(*SECRETS)
+def server_edit(request: HttpRequest, pk: int) -> HttpResponse:
+    server = get_object_or_404(Server, pk=pk)
+    return _server_form(request, server, title=f"Edit {server}", submit="Save")
+
+
+def _server_form(request: HttpRequest, server: Server, *, title: str, submit: str) -> HttpResponse:
+    form = ServerForm(request.POST or None, instance=server)
+    if request.method == "POST" and form.is_valid():
+        saved = services.save_server(
+            server=form.instance,
+            alt_nicks=form.cleaned_data["alt_nicks"],
+            secrets=form.secret_changes(),
+        )
+        return redirect("channels:server_detail", pk=saved.pk)
+    cancel = (
+        reverse("channels:server_detail", args=[server.pk])
+        if server.pk
+        else reverse("channels:server_list")
+    )
+    return form_page(request, form, title=title, submit_label=submit, cancel_url=cancel)
+
+
+@login_required
+def server_delete(request: HttpRequest, pk: int) -> HttpResponse:
+    server = get_object_or_404(Server, pk=pk)
+    return confirm_delete(
+        request,
+        obj=server,
+        delete=lambda: services.delete_server(server=server),
+        cancel_url=reverse("channels:server_detail", args=[server.pk]),
+        success_url=reverse("channels:server_list"),
+        consequences=[
+            f"{server.channels.count()} channels and conversations, with all their history",
+            "agents lose their seats in those channels",
+        ],
+    )
+
+
+@login_required
+@sensitive_post_parameters(*SECRETS)
+def channel_create(request: HttpRequest, server_pk: int) -> HttpResponse:
+    server = get_object_or_404(Server, pk=server_pk)
+    return _channel_form(request, Channel(), server, title=f"Add a channel on {server}", submit="Add")
+
+
+@login_required
+@sensitive_post_parameters(*SECRETS)
+def channel_edit(request: HttpRequest, pk: int) -> HttpResponse:
+    channel = get_object_or_404(Channel.objects.select_related("server"), pk=pk)
+    return _channel_form(request, channel, channel.server, title=f"Edit {channel}", submit="Save")
+
+
+def _channel_form(
+    request: HttpRequest, channel: Channel, server: Server, *, title: str, submit: str
+) -> HttpResponse:
+    form = ChannelForm(request.POST or None, instance=channel, server=server)
+    if request.method == "POST" and form.is_valid():
+        services.save_channel(channel=form.instance, secrets=form.secret_changes())
+        return redirect("channels:server_detail", pk=server.pk)
+    return form_page(
+        request,
+        form,
+        title=title,
+        submit_label=submit,
+        cancel_url=reverse("channels:server_detail", args=[server.pk]),
+    )
+
+
+@login_required
+def channel_delete(request: HttpRequest, pk: int) -> HttpResponse:
+    channel = get_object_or_404(Channel.objects.select_related("server"), pk=pk)
+    back = reverse("channels:server_detail", args=[channel.server_id])
+    return confirm_delete(
+        request,
+        obj=channel,
+        delete=lambda: services.delete_channel(channel=channel),
+        cancel_url=back,
+        success_url=back,
+        consequences=[f"{channel.messages.count()} stored lines of history"],
+    )

@@ -1,0 +1,68 @@
+"""The page shapes every app repeats: a form page and a delete confirmation."""
+
+from collections.abc import Callable
+from typing import Any
+
+from django import forms
+from django.contrib import messages
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import render
+
+
+def form_page(
+    request: HttpRequest,
+    form: forms.BaseForm,
+    *,
+    title: str,
+    submit_label: str,
+    cancel_url: str,
+    intro: str = "",
+    multipart: bool = False,
+    status: int = 200,
+) -> HttpResponse:
+    return render(
+        request,
+        "core/form_page.html",
+        {
+            "form": form,
+            "title": title,
+            "submit_label": submit_label,
+            "cancel_url": cancel_url,
+            "intro": intro,
+            "multipart": multipart,
+        },
+        status=status if not form.is_bound or form.is_valid() else 400,
+    )
+
+
+def confirm_delete(
+    request: HttpRequest,
+    *,
+    obj: Any,
+    delete: Callable[[], None],
+    cancel_url: str,
+    success_url: str,
+    consequences: list[str],
+    error_types: tuple[type[Exception], ...] = (),
+) -> HttpResponse:
+    """GET shows what deleting `obj` will take with it; POST does it."""
+    error = ""
+    if request.method == "POST":
+        try:
+            delete()
+        except error_types as exc:
+            error = f"{obj} cannot be deleted: {exc}."
+        else:
+            messages.success(request, f"Deleted {obj}.")
+            return HttpResponseRedirect(success_url)
+    return render(
+        request,
+        "core/confirm_delete.html",
+        {
+            "object": obj,
+            "consequences": consequences,
+            "cancel_url": cancel_url,
+            "error": error,
+        },
+        status=409 if error else 200,
+    )
