@@ -1,6 +1,9 @@
+import logging
+
 from django.contrib import messages
 from django.contrib.auth import login, logout
 from django.contrib.auth.decorators import login_required
+from django.db import DatabaseError
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -15,6 +18,9 @@ from agents.models import Agent
 from channels_app.models import Channel, Server
 from knowledge.models import KnowledgeBase
 from llms.selectors import account_llms, enabled_tools
+from tenancy.provisioning import ProvisioningError
+
+logger = logging.getLogger(__name__)
 
 
 def _user(request: HttpRequest) -> User:
@@ -58,6 +64,15 @@ def sign_up(request: HttpRequest) -> HttpResponse:
             form.add_error("email", "An account already uses this email address.")
         except services.AccountNameTakenError:
             form.add_error("account_name", "That account name is taken.")
+        except (DatabaseError, ProvisioningError):
+            # Everything ran in one transaction: nothing of the account remains.
+            logger.exception("sign-up failed while creating the account's schema")
+            form.add_error(
+                None,
+                "We could not create your account just now, and nothing was saved. "
+                "Please try again in a minute.",
+            )
+            return render(request, "accounts/sign_up.html", {"form": form}, status=503)
         else:
             login(request, user, backend="accounts.backends.EmailBackend")
             messages.success(request, f"Welcome to Palaver. Your account “{user.account}” is ready.")

@@ -12,9 +12,9 @@ if TYPE_CHECKING:
 class NoTenantError(RuntimeError):
     """Account data was touched while no account was active."""
 
-    def __init__(self, model_label: str) -> None:
+    def __init__(self, what: str) -> None:
         super().__init__(
-            f"{model_label} lives in an account's schema, but no account is active. "
+            f"{what} works on data in an account's schema, but no account is active. "
             "Wrap the code in `with tenancy.switch(user_or_account):` (jobs, gateway, shell), "
             "or reach it through a signed-in request."
         )

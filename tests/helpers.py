@@ -1,0 +1,49 @@
+from typing import Any
+
+from accounts.models import User
+from agents.models import Agent
+from channels_app.models import Channel, Server
+from knowledge.models import Document, KnowledgeBase
+from llms.models import LLM, AccountLLM
+from llms.services import save_account_llm
+from tenancy import switch
+
+
+def openai() -> LLM:
+    return LLM.objects.get(name="OpenAI")
+
+
+def make_provider(user: User, **overrides: Any) -> AccountLLM:
+    fields: dict[str, Any] = {
+        "llm": openai(),
+        "api_key": "sk-test-0123456789",
+        "enabled_models": ["gpt-4o-mini", "gpt-4o"],
+        "default_model": "gpt-4o-mini",
+    }
+    fields.update(overrides)
+    return save_account_llm(account=user.account, **fields)
+
+
+def populate(user: User) -> dict[str, Any]:
+    """One of everything an account owns, for isolation tests."""
+    provider = make_provider(user)
+    with switch(user):
+        server = Server.objects.create(name="Libera", host="irc.libera.chat", nick="alice")
+        channel = Channel.objects.create(server=server, name="#palaver")
+        kb = KnowledgeBase.objects.create(name="Handbook")
+        document = Document.objects.create(
+            knowledge_base=kb, title="Rules", source=Document.Source.PASTED, text="Be kind."
+        )
+        agent = Agent.objects.create(
+            name="Helper", nick="helperbot", account_llm=provider, model="gpt-4o-mini"
+        )
+        agent.channels.add(channel)
+        agent.knowledge_bases.add(kb)
+    return {
+        "provider": provider,
+        "server": server,
+        "channel": channel,
+        "kb": kb,
+        "document": document,
+        "agent": agent,
+    }
