@@ -16,11 +16,30 @@ if _env_file.exists():
 _MISSING = object()
 
 
+_BOOLS = {"true": True, "1": True, "yes": True, "on": True,
+          "false": False, "0": False, "no": False, "off": False}
+
+
 def setting(name: str, cast: Any = str, default: Any = _MISSING) -> Any:
-    """Read one variable; raise ImproperlyConfigured naming it when it is missing or malformed."""
+    """Read one variable; raise ImproperlyConfigured naming it when it is missing or malformed.
+
+    Stricter than django-environ: a boolean must be a recognisable word, and a required list
+    must not be empty."""
     try:
+        if cast is bool:
+            raw = env.str(name, default=None)
+            if raw is None or raw == "":
+                if default is _MISSING:
+                    raise ImproperlyConfigured(name)
+                return default
+            if raw.strip().lower() not in _BOOLS:
+                raise ValueError(f"{raw!r} is not a boolean (use true or false)")
+            return _BOOLS[raw.strip().lower()]
         if default is _MISSING:
-            return env.get_value(name, cast=cast)
+            value = env.get_value(name, cast=cast)
+            if value in ("", []):
+                raise ImproperlyConfigured(name)
+            return value
         return env.get_value(name, cast=cast, default=default)
     except ImproperlyConfigured:
         raise ImproperlyConfigured(

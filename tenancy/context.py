@@ -48,3 +48,14 @@ def switch(target: Union["User", "Account"]) -> Iterator["Account"]:
         yield account
     finally:
         connection.set_tenant(previous)
+
+
+@contextmanager
+def public_schema() -> Iterator[None]:
+    """Run the body on the public schema (creating or dropping accounts happens there)."""
+    previous = connection.tenant
+    connection.set_schema_to_public()
+    try:
+        yield
+    finally:
+        connection.set_tenant(previous)

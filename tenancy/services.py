@@ -4,20 +4,23 @@ from django.db import transaction
 
 from accounts.models import Account
 from tenancy import provisioning
+from tenancy.context import public_schema
 
 
 @transaction.atomic
 def provision_account(*, name: str, settings: dict[str, Any] | None = None) -> Account:
     """The one way an account comes to be: its row and its schema, together or not at all."""
-    account = Account(name=name.strip(), settings=settings or {})
-    account.full_clean(exclude=["schema_name"])
-    account.save()
-    provisioning.create_schema(account)
+    with public_schema():
+        account = Account(name=name.strip(), settings=settings or {})
+        account.full_clean(exclude=["schema_name"])
+        account.save()
+        provisioning.create_schema(account)
     return account
 
 
 @transaction.atomic
 def delete_account(*, account: Account) -> None:
     """Drop the account's schema and every public row that belongs to it."""
-    provisioning.drop_schema(account)
-    account.delete()
+    with public_schema():
+        provisioning.drop_schema(account)
+        account.delete()
