@@ -82,10 +82,24 @@ class UserAdmin(DjangoUserAdmin):
 
 @admin.register(Session)
 class SessionAdmin(admin.ModelAdmin):
-    list_display = ["user", "ip_address", "short_user_agent", "created_at", "last_seen_at", "expire_date"]
+    list_display = [
+        "user",
+        "ip_address",
+        "short_user_agent",
+        "created_at",
+        "last_seen_at",
+        "expire_date",
+    ]
     list_select_related = ["user"]
     search_fields = ["user__email", "ip_address"]
-    readonly_fields = ["user", "ip_address", "user_agent", "created_at", "last_seen_at", "expire_date"]
+    readonly_fields = [
+        "user",
+        "ip_address",
+        "user_agent",
+        "created_at",
+        "last_seen_at",
+        "expire_date",
+    ]
     exclude = ["session_data", "session_key"]
     ordering = ["-last_seen_at"]
 

@@ -25,7 +25,7 @@ class SessionStore(DBStore):
         creation time and the client recorded at sign-in survive."""
         if self.session_key is None:
             return self.create()
-        data = self._get_session(no_load=must_create)
+        data = self._get_session(no_load=must_create)  # type: ignore[attr-defined]
         fields: dict[str, Any] = {
             "session_data": self.encode(data),
             "expire_date": self.get_expiry_date(),
@@ -38,6 +38,7 @@ class SessionStore(DBStore):
             fields["user_agent"] = self.user_agent[:500]
         using = router.db_for_write(self.model)
         if must_create:
+            assert self._session_key is not None
             try:
                 with transaction.atomic(using=using):
                     self.model.objects.using(using).create(session_key=self._session_key, **fields)

@@ -41,7 +41,11 @@ def dashboard(request: HttpRequest) -> HttpResponse:
         ),
         ("Agents", Agent.objects.count(), reverse("agents:agent_list")),
         ("Knowledge bases", KnowledgeBase.objects.count(), reverse("knowledge:kb_list")),
-        ("LLM providers", account_llms(account=user.account).count(), reverse("llms:provider_list")),
+        (
+            "LLM providers",
+            account_llms(account=user.account).count(),
+            reverse("llms:provider_list"),
+        ),
         ("Tools enabled", enabled_tools(account=user.account).count(), reverse("llms:tool_list")),
     ]
     servers = Server.objects.all()[:10]
@@ -75,7 +79,9 @@ def sign_up(request: HttpRequest) -> HttpResponse:
             return render(request, "accounts/sign_up.html", {"form": form}, status=503)
         else:
             login(request, user, backend="accounts.backends.EmailBackend")
-            messages.success(request, f"Welcome to Palaver. Your account “{user.account}” is ready.")
+            messages.success(
+                request, f"Welcome to Palaver. Your account “{user.account}” is ready."
+            )
             return redirect("dashboard")
     status = 400 if form.is_bound else 200
     return render(request, "accounts/sign_up.html", {"form": form}, status=status)
@@ -105,9 +111,7 @@ def sign_in(request: HttpRequest) -> HttpResponse:
             return HttpResponseRedirect(next_url or reverse("dashboard"))
         if result.throttled:
             minutes = max(1, result.retry_after_seconds // 60)
-            form.add_error(
-                None, f"Too many failed sign-ins. Try again in {minutes} minutes."
-            )
+            form.add_error(None, f"Too many failed sign-ins. Try again in {minutes} minutes.")
             status = 429
         else:
             form.add_error(None, GENERIC_SIGN_IN_ERROR)

@@ -21,9 +21,7 @@ class Agent(models.Model):
     )
     model = models.CharField(max_length=200)
     channels = models.ManyToManyField("channels_app.Channel", blank=True, related_name="agents")
-    tools = models.ManyToManyField(
-        "llms.Tool", blank=True, db_constraint=False, related_name="+"
-    )
+    tools = models.ManyToManyField("llms.Tool", blank=True, db_constraint=False, related_name="+")
     knowledge_bases = models.ManyToManyField(
         "knowledge.KnowledgeBase", blank=True, related_name="agents"
     )
@@ -69,3 +67,6 @@ class Task(models.Model):
                 condition=models.Q(status__in=["queued", "running"]),
             ),
         ]
+
+    def __str__(self) -> str:
+        return f"Task {self.pk} ({self.status})"

@@ -1,7 +1,7 @@
 from django.db import transaction
 
-from agents.models import Agent
 from agents.forms import AgentForm
+from agents.models import Agent
 
 
 @transaction.atomic

@@ -61,7 +61,11 @@ def _agent_form(request: HttpRequest, agent: Agent, *, title: str, submit: str) 
     if request.method == "POST" and form.is_valid():
         saved = services.save_agent(form=form)
         return redirect("agents:agent_detail", pk=saved.pk)
-    cancel = reverse("agents:agent_detail", args=[agent.pk]) if agent.pk else reverse("agents:agent_list")
+    cancel = (
+        reverse("agents:agent_detail", args=[agent.pk])
+        if agent.pk
+        else reverse("agents:agent_list")
+    )
     return form_page(request, form, title=title, submit_label=submit, cancel_url=cancel)
 
 

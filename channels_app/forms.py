@@ -36,9 +36,23 @@ class ServerForm(SecretFieldsMixin):
         if self.instance.pk and not self.is_bound:
             self.initial["alt_nicks"] = " ".join(self.instance.alt_nicks)
         self.order_fields(
-            ["name", "host", "port", "tls", "tls_verify", "nick", "alt_nicks", "username",
-             "realname", "password", "clear_password", "sasl_username", "sasl_password",
-             "clear_sasl_password", "autoconnect"]
+            [
+                "name",
+                "host",
+                "port",
+                "tls",
+                "tls_verify",
+                "nick",
+                "alt_nicks",
+                "username",
+                "realname",
+                "password",
+                "clear_password",
+                "sasl_username",
+                "sasl_password",
+                "clear_sasl_password",
+                "autoconnect",
+            ]
         )
 
     def clean_alt_nicks(self) -> list[str]:
@@ -82,8 +96,11 @@ class ChannelForm(SecretFieldsMixin):
         if cleaned.get("kind") == Channel.Kind.QUERY and cleaned.get("key"):
             self.add_error("key", "A private conversation has no key.")
         name = cleaned.get("name")
-        if name and Channel.objects.filter(
-            server=self.instance.server, name__iexact=name
-        ).exclude(pk=self.instance.pk).exists():
+        if (
+            name
+            and Channel.objects.filter(server=self.instance.server, name__iexact=name)
+            .exclude(pk=self.instance.pk)
+            .exists()
+        ):
             self.add_error("name", f"{name} is already in this server's list.")
         return cleaned

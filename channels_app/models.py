@@ -170,3 +170,6 @@ class Notification(models.Model):
                 condition=models.Q(read_at__isnull=True),
             ),
         ]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()}: {self.message_id}"

@@ -81,7 +81,9 @@ def server_delete(request: HttpRequest, pk: int) -> HttpResponse:
 @sensitive_post_parameters(*SECRETS)
 def channel_create(request: HttpRequest, server_pk: int) -> HttpResponse:
     server = get_object_or_404(Server, pk=server_pk)
-    return _channel_form(request, Channel(), server, title=f"Add a channel on {server}", submit="Add")
+    return _channel_form(
+        request, Channel(), server, title=f"Add a channel on {server}", submit="Add"
+    )
 
 
 @login_required

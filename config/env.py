@@ -16,8 +16,16 @@ if _env_file.exists():
 _MISSING = object()
 
 
-_BOOLS = {"true": True, "1": True, "yes": True, "on": True,
-          "false": False, "0": False, "no": False, "off": False}
+_BOOLS = {
+    "true": True,
+    "1": True,
+    "yes": True,
+    "on": True,
+    "false": False,
+    "0": False,
+    "no": False,
+    "off": False,
+}
 
 
 def setting(name: str, cast: Any = str, default: Any = _MISSING) -> Any:

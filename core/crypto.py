@@ -23,8 +23,8 @@ def _box(keys: tuple[str, ...]) -> MultiFernet:
         return MultiFernet([Fernet(key.encode()) for key in keys])
     except ValueError as exc:
         raise ImproperlyConfigured(
-            f"SECRET_ENCRYPTION_KEYS holds a malformed key ({exc}); generate one with "
-            "`python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'`"
+            f"SECRET_ENCRYPTION_KEYS holds a malformed key ({exc}); generate one with `python -c "
+            "'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'`"
         ) from None
 
 

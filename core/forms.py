@@ -1,6 +1,6 @@
 """Form pieces shared by every app."""
 
-from typing import Any
+from typing import Any, cast
 
 from django import forms
 from django.db import models
@@ -21,7 +21,7 @@ class SecretFieldsMixin(forms.ModelForm):
         super().__init__(*args, **kwargs)
         instance: models.Model = self.instance
         for name in self.secret_fields:
-            model_field = instance._meta.get_field(name)
+            model_field = cast("models.Field[Any, Any]", instance._meta.get_field(name))
             is_set = bool(getattr(instance, name, ""))
             required = name in self.required_secrets and not is_set
             self.fields[name] = forms.CharField(

@@ -29,7 +29,9 @@ class DocumentForm(forms.Form):
         label="Or upload a file",
         required=False,
         help_text="Plain text or Markdown (.txt, .md), UTF-8, up to 1 MB.",
-        widget=forms.ClearableFileInput(attrs={"accept": ".txt,.md,.markdown,text/plain,text/markdown"}),
+        widget=forms.ClearableFileInput(
+            attrs={"accept": ".txt,.md,.markdown,text/plain,text/markdown"}
+        ),
     )
 
     def clean_file(self) -> UploadedFile | None:

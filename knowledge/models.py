@@ -39,7 +39,9 @@ class Document(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
-        indexes = [models.Index(fields=["knowledge_base", "-created_at"], name="document_kb_recent")]
+        indexes = [
+            models.Index(fields=["knowledge_base", "-created_at"], name="document_kb_recent")
+        ]
 
     def __str__(self) -> str:
         return self.title

@@ -61,9 +61,7 @@ class AccountLLMForm(SecretFieldsMixin):
 
 
 class ToolSettingsForm(forms.Form):
-    enabled = forms.BooleanField(
-        required=False, label="Agents of this account may use this tool"
-    )
+    enabled = forms.BooleanField(required=False, label="Agents of this account may use this tool")
 
     def __init__(self, *args: Any, spec: ToolSpec, current: dict[str, Any], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -1,9 +1,13 @@
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING, Any, Union
 
-from django.db import connection
+from django.db import connection as _connection
 from django_tenants.utils import get_public_schema_name
+
+# django-tenants' DatabaseWrapper (set_tenant, schema_name, ...) is untyped; the stubs only know
+# Django's base wrapper.
+connection: Any = _connection
 
 if TYPE_CHECKING:
     from accounts.models import Account, User

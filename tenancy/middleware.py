@@ -1,7 +1,8 @@
 from collections.abc import Callable
 
-from django.db import connection
 from django.http import HttpRequest, HttpResponse
+
+from tenancy.context import connection
 
 ADMIN_PREFIX = "/admin/"
 
@@ -20,7 +21,7 @@ class AccountSchemaMiddleware:
         try:
             user = request.user
             if user.is_authenticated and not request.path.startswith(ADMIN_PREFIX):
-                connection.set_tenant(user.account)  # type: ignore[union-attr]
+                connection.set_tenant(user.account)
             return self.get_response(request)
         finally:
             connection.set_schema_to_public()

@@ -12,12 +12,13 @@ from dataclasses import dataclass
 from functools import cache
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import transaction
 from django.db.migrations.executor import MigrationExecutor
 from django.db.migrations.recorder import MigrationRecorder
 from django_tenants.utils import get_public_schema_name, quote_schema_name, schema_exists
 
 from accounts.models import Account
+from tenancy.context import connection
 
 # A schema name that is never created: the migration router needs a non-public schema to select
 # the account apps while SQL is collected.
@@ -66,7 +67,7 @@ def account_schema_ddl() -> AccountSchemaDDL:
         with connection.schema_editor(collect_sql=True, atomic=False) as editor:
             editor.create_model(MigrationRecorder.Migration)
             recorder_sql = list(editor.collected_sql)
-        statements = recorder_sql + executor.loader.collect_sql(plan)
+        statements = recorder_sql + executor.loader.collect_sql(plan)  # type: ignore[attr-defined]
         migrations = tuple((m.app_label, m.name) for m, _ in plan)
     finally:
         connection.set_tenant(previous)

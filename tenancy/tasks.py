@@ -12,7 +12,7 @@ from config.celery import app
 from tenancy.context import NoTenantError, is_public
 
 
-class AccountTask(app.Task):  # type: ignore[name-defined,misc]
+class AccountTask(app.Task):
     abstract = True
 
     def apply_async(self, args: Any = None, kwargs: Any = None, **options: Any) -> Any:

@@ -41,9 +41,7 @@ def test_passwords_are_stored_as_argon2id(alice: User) -> None:
 def test_email_is_normalised_and_unique_regardless_of_case(alice: User) -> None:
     with pytest.raises(EmailTakenError):
         sign_up(account_name="Other", email=" ALICE@example.org", password=PASSWORD)
-    response = Client().post(
-        reverse("accounts:sign_up"), {**SIGN_UP, "email": "Alice@EXAMPLE.org"}
-    )
+    response = Client().post(reverse("accounts:sign_up"), {**SIGN_UP, "email": "Alice@EXAMPLE.org"})
     assert response.status_code == 400
     assert "already uses this email" in response.content.decode()
     assert User.objects.count() == 1
@@ -139,7 +137,9 @@ def test_wrong_password_and_unknown_email_get_the_same_message(alice: User) -> N
 def test_sign_in_is_throttled_per_email(alice: User) -> None:
     url = reverse("accounts:sign_in")
     for _ in range(3):
-        assert Client().post(url, {"email": alice.email, "password": "bad guess"}).status_code == 400
+        assert (
+            Client().post(url, {"email": alice.email, "password": "bad guess"}).status_code == 400
+        )
     # Even the right password is refused while throttled.
     response = Client().post(url, {"email": alice.email, "password": PASSWORD})
     assert response.status_code == 429
@@ -194,7 +194,8 @@ def test_sign_out_ends_the_session(alice: User) -> None:
 
 def test_sign_up_form_errors_keep_input(db: None) -> None:
     response = Client().post(
-        reverse("accounts:sign_up"), {"account_name": "Eve", "email": "not-an-email", "password": "123"}
+        reverse("accounts:sign_up"),
+        {"account_name": "Eve", "email": "not-an-email", "password": "123"},
     )
     assert response.status_code == 400
     html = response.content.decode()

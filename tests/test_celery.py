@@ -58,7 +58,7 @@ def test_task_runs_in_the_enqueuers_schema(two_accounts: tuple[User, User], work
 
 def test_account_task_cannot_be_enqueued_without_an_account(db: None) -> None:
     assert connection.schema_name == "public"
-    with pytest.raises(NoTenantError, match="tests.server_hosts"):
+    with pytest.raises(NoTenantError, match=r"tests\.server_hosts"):
         server_hosts.delay()
 
 

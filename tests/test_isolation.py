@@ -39,21 +39,34 @@ def test_tenant_switch_scopes_queries(alice: User, bob: User) -> None:
 
 def test_authenticated_user_only_sees_their_data(alice: User, bob: User) -> None:
     client = Client()
-    assert client.post(
-        reverse("accounts:sign_in"), {"email": alice.email, "password": PASSWORD}
-    ).status_code == 302
+    assert (
+        client.post(
+            reverse("accounts:sign_in"), {"email": alice.email, "password": PASSWORD}
+        ).status_code
+        == 302
+    )
     response = client.post(
         reverse("channels:server_create"),
-        {"name": "Libera of Alice", "host": "irc.libera.chat", "port": 6697, "tls": "on",
-         "tls_verify": "on", "nick": "alice", "autoconnect": "on"},
+        {
+            "name": "Libera of Alice",
+            "host": "irc.libera.chat",
+            "port": 6697,
+            "tls": "on",
+            "tls_verify": "on",
+            "nick": "alice",
+            "autoconnect": "on",
+        },
     )
     assert response.status_code == 302, response.content
     assert "irc.libera.chat" in client.get(reverse("channels:server_list")).content.decode()
     client.post(reverse("accounts:sign_out"))
 
-    assert client.post(
-        reverse("accounts:sign_in"), {"email": bob.email, "password": PASSWORD}
-    ).status_code == 302
+    assert (
+        client.post(
+            reverse("accounts:sign_in"), {"email": bob.email, "password": PASSWORD}
+        ).status_code
+        == 302
+    )
     page = client.get(reverse("channels:server_list")).content.decode()
     assert "irc.libera.chat" not in page
     assert "Libera of Alice" not in page
@@ -115,7 +128,9 @@ def test_signed_out_visitor_is_sent_to_sign_in(alice: User) -> None:
 def test_provider_and_tool_rows_are_scoped_by_account(alice: User, bob: User) -> None:
     provider = make_provider(alice)
     tool = Tool.objects.get(slug="current_time")
-    configure_tool(account=alice.account, tool=tool, enabled=True, settings={"timezone": "Asia/Tokyo"})
+    configure_tool(
+        account=alice.account, tool=tool, enabled=True, settings={"timezone": "Asia/Tokyo"}
+    )
 
     assert list(account_llms(account=bob.account)) == []
     assert list(account_tools(account=bob.account)) == []

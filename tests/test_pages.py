@@ -13,8 +13,15 @@ from llms.models import AccountLLM, AccountTool
 from tenancy import switch
 from tests.helpers import make_provider, openai, populate
 
-SERVER = {"name": "Libera", "host": "irc.libera.chat", "port": 6697, "tls": "on",
-          "tls_verify": "on", "nick": "alice", "autoconnect": "on"}
+SERVER = {
+    "name": "Libera",
+    "host": "irc.libera.chat",
+    "port": 6697,
+    "tls": "on",
+    "tls_verify": "on",
+    "nick": "alice",
+    "autoconnect": "on",
+}
 
 
 def errors_of(response) -> dict[str, list[str]]:
@@ -82,7 +89,9 @@ def test_server_form_accepts_ip_and_saves_alt_nicks(alice: User, alice_client: C
 
 
 def test_sasl_username_needs_password(alice_client: Client) -> None:
-    response = alice_client.post(reverse("channels:server_create"), {**SERVER, "sasl_username": "a"})
+    response = alice_client.post(
+        reverse("channels:server_create"), {**SERVER, "sasl_username": "a"}
+    )
     assert "SASL needs a password." in errors_of(response)["sasl_password"]
 
 
@@ -164,7 +173,10 @@ def test_tool_settings_validate(alice: User, alice_client: Client) -> None:
     url = reverse("llms:tool_edit", args=["current_time"])
     response = alice_client.post(url, {"enabled": "on", "setting_timezone": "Mars/Olympus"})
     assert "not a known time zone" in errors_of(response)["setting_timezone"][0]
-    assert alice_client.post(url, {"enabled": "on", "setting_timezone": "Europe/Paris"}).status_code == 302
+    assert (
+        alice_client.post(url, {"enabled": "on", "setting_timezone": "Europe/Paris"}).status_code
+        == 302
+    )
     config = AccountTool.objects.get(account=alice.account, tool__slug="current_time")
     assert config.enabled and config.settings == {"timezone": "Europe/Paris"}
     response = alice_client.post(
@@ -188,7 +200,12 @@ class TestDocuments:
         assert response.status_code == 302
         with switch(alice):
             doc = Document.objects.get()
-        assert (doc.title, doc.text, doc.source, doc.status) == ("Rules", "Be kind.\n", "pasted", "stored")
+        assert (doc.title, doc.text, doc.source, doc.status) == (
+            "Rules",
+            "Be kind.\n",
+            "pasted",
+            "stored",
+        )
 
     def test_markdown_upload(self, alice: User, alice_client: Client, kb: KnowledgeBase) -> None:
         upload = SimpleUploadedFile("faq.md", "# FAQ\n\nÇa marche.".encode(), "text/markdown")
@@ -210,7 +227,9 @@ class TestDocuments:
             ({"file": ("a.txt", b"  \n")}, "file", "That file is empty."),
         ],
     )
-    def test_bad_documents(self, alice: User, alice_client: Client, kb, data, field, message) -> None:
+    def test_bad_documents(
+        self, alice: User, alice_client: Client, kb, data, field, message
+    ) -> None:
         if "file" in data:
             name, content = data["file"]
             data = {"file": SimpleUploadedFile(name, content)}

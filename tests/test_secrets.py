@@ -46,9 +46,17 @@ def test_secrets_encrypted_in_db_absent_from_html_and_logs(
         client = signed_in_client(alice)
         response = client.post(
             reverse("channels:server_create"),
-            {"name": "Libera", "host": "irc.libera.chat", "port": 6697, "tls": "on",
-             "nick": "alice", "password": SERVER_PASSWORD, "sasl_username": "alice",
-             "sasl_password": SASL_PASSWORD, "autoconnect": "on"},
+            {
+                "name": "Libera",
+                "host": "irc.libera.chat",
+                "port": 6697,
+                "tls": "on",
+                "nick": "alice",
+                "password": SERVER_PASSWORD,
+                "sasl_username": "alice",
+                "sasl_password": SASL_PASSWORD,
+                "autoconnect": "on",
+            },
         )
         assert response.status_code == 302
         with switch(alice):
@@ -60,8 +68,12 @@ def test_secrets_encrypted_in_db_absent_from_html_and_logs(
         assert response.status_code == 302
         response = client.post(
             reverse("llms:provider_create"),
-            {"llm": openai().pk, "api_key": API_KEY, "enabled_models": "gpt-4o-mini",
-             "default_model": "gpt-4o-mini"},
+            {
+                "llm": openai().pk,
+                "api_key": API_KEY,
+                "enabled_models": "gpt-4o-mini",
+                "default_model": "gpt-4o-mini",
+            },
         )
         assert response.status_code == 302, response.content
         config = AccountLLM.objects.get(account=alice.account)
@@ -78,8 +90,13 @@ def test_secrets_encrypted_in_db_absent_from_html_and_logs(
         # A form re-rendered with errors must not echo a secret either.
         error_page = client.post(
             reverse("channels:server_edit", args=[server.pk]),
-            {"name": "Libera", "host": "bad host!", "port": 6697, "nick": "alice",
-             "password": SERVER_PASSWORD},
+            {
+                "name": "Libera",
+                "host": "bad host!",
+                "port": 6697,
+                "nick": "alice",
+                "password": SERVER_PASSWORD,
+            },
         )
         assert error_page.status_code == 400
         html = error_page.content.decode() + "".join(

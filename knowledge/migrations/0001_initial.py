@@ -6,41 +6,82 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
-    dependencies = [
-    ]
+    dependencies = []
 
     operations = [
         migrations.CreateModel(
-            name='KnowledgeBase',
+            name="KnowledgeBase",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=100)),
-                ('description', models.TextField(blank=True)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("name", models.CharField(max_length=100)),
+                ("description", models.TextField(blank=True)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
             ],
             options={
-                'ordering': ['name'],
-                'constraints': [models.UniqueConstraint(django.db.models.functions.text.Lower('name'), name='knowledge_base_name_unique_ci')],
+                "ordering": ["name"],
+                "constraints": [
+                    models.UniqueConstraint(
+                        django.db.models.functions.text.Lower("name"),
+                        name="knowledge_base_name_unique_ci",
+                    )
+                ],
             },
         ),
         migrations.CreateModel(
-            name='Document',
+            name="Document",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('title', models.CharField(max_length=200)),
-                ('source', models.CharField(choices=[('pasted', 'Pasted text'), ('upload', 'Uploaded file')], max_length=10)),
-                ('filename', models.CharField(blank=True, max_length=255)),
-                ('text', models.TextField()),
-                ('status', models.CharField(choices=[('stored', 'Stored, not indexed'), ('indexed', 'Indexed'), ('failed', 'Indexing failed')], default='stored', max_length=10)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('knowledge_base', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='documents', to='knowledge.knowledgebase')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("title", models.CharField(max_length=200)),
+                (
+                    "source",
+                    models.CharField(
+                        choices=[("pasted", "Pasted text"), ("upload", "Uploaded file")],
+                        max_length=10,
+                    ),
+                ),
+                ("filename", models.CharField(blank=True, max_length=255)),
+                ("text", models.TextField()),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("stored", "Stored, not indexed"),
+                            ("indexed", "Indexed"),
+                            ("failed", "Indexing failed"),
+                        ],
+                        default="stored",
+                        max_length=10,
+                    ),
+                ),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                (
+                    "knowledge_base",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="documents",
+                        to="knowledge.knowledgebase",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-created_at'],
-                'indexes': [models.Index(fields=['knowledge_base', '-created_at'], name='document_kb_recent')],
+                "ordering": ["-created_at"],
+                "indexes": [
+                    models.Index(
+                        fields=["knowledge_base", "-created_at"], name="document_kb_recent"
+                    )
+                ],
             },
         ),
     ]
