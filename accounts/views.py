@@ -147,5 +147,7 @@ def session_revoke(request: HttpRequest, session_key: str) -> HttpResponse:
     if is_current:
         logout(request)
         return redirect("accounts:sign_in")
+    if request.headers.get("HX-Request"):
+        return HttpResponse("")  # htmx removes the row in place
     messages.success(request, "Session signed out.")
     return redirect("accounts:session_list")

@@ -1,5 +1,7 @@
 """Operators: Django admin creates accounts with their schema and drops it on delete."""
 
+import pytest
+from django.core.management import call_command
 from django.test import Client
 from django.urls import reverse
 from django_tenants.utils import schema_exists
@@ -64,3 +66,13 @@ def test_non_staff_cannot_use_admin(alice_client: Client) -> None:
     response = alice_client.get(reverse("admin:accounts_account_changelist"))
     assert response.status_code == 302
     assert "/admin/login/" in response["Location"]
+
+
+def test_createsuperuser_makes_an_operator_with_an_account(
+    db: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DJANGO_SUPERUSER_PASSWORD", PASSWORD)
+    call_command("createsuperuser", interactive=False, email="Root@Example.org", verbosity=0)
+    user = User.objects.get(email="root@example.org")
+    assert user.is_staff and user.is_superuser
+    assert schema_exists(user.account.schema_name)
