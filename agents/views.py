@@ -7,7 +7,7 @@ from accounts.models import User
 from agents import services
 from agents.forms import AgentForm
 from agents.models import Agent
-from core.views import confirm_delete, form_page
+from core.views import back_url, confirm_delete, form_page
 from llms.selectors import account_llms
 
 
@@ -58,15 +58,19 @@ def _agent_form(request: HttpRequest, agent: Agent, *, title: str, submit: str) 
     user = request.user
     assert isinstance(user, User)
     form = AgentForm(request.POST or None, instance=agent, account=user.account)
-    if request.method == "POST" and form.is_valid():
+
+    def save() -> HttpResponse:
         saved = services.save_agent(form=form)
         return redirect("agents:agent_detail", pk=saved.pk)
-    cancel = (
-        reverse("agents:agent_detail", args=[agent.pk])
-        if agent.pk
-        else reverse("agents:agent_list")
+
+    return form_page(
+        request,
+        form,
+        on_valid=save,
+        title=title,
+        submit_label=submit,
+        cancel_url=back_url(agent, "agents:agent_detail", "agents:agent_list"),
     )
-    return form_page(request, form, title=title, submit_label=submit, cancel_url=cancel)
 
 
 @login_required

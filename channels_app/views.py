@@ -8,7 +8,7 @@ from django.views.decorators.debug import sensitive_post_parameters
 from channels_app import services
 from channels_app.forms import ChannelForm, ServerForm
 from channels_app.models import Channel, Server
-from core.views import confirm_delete, form_page
+from core.views import back_url, confirm_delete, form_page
 
 SECRETS = ("password", "sasl_password", "key")
 
@@ -46,19 +46,23 @@ def server_edit(request: HttpRequest, pk: int) -> HttpResponse:
 
 def _server_form(request: HttpRequest, server: Server, *, title: str, submit: str) -> HttpResponse:
     form = ServerForm(request.POST or None, instance=server)
-    if request.method == "POST" and form.is_valid():
+
+    def save() -> HttpResponse:
         saved = services.save_server(
             server=form.instance,
             alt_nicks=form.cleaned_data["alt_nicks"],
             secrets=form.secret_changes(),
         )
         return redirect("channels:server_detail", pk=saved.pk)
-    cancel = (
-        reverse("channels:server_detail", args=[server.pk])
-        if server.pk
-        else reverse("channels:server_list")
+
+    return form_page(
+        request,
+        form,
+        on_valid=save,
+        title=title,
+        submit_label=submit,
+        cancel_url=back_url(server, "channels:server_detail", "channels:server_list"),
     )
-    return form_page(request, form, title=title, submit_label=submit, cancel_url=cancel)
 
 
 @login_required
@@ -97,12 +101,15 @@ def _channel_form(
     request: HttpRequest, channel: Channel, server: Server, *, title: str, submit: str
 ) -> HttpResponse:
     form = ChannelForm(request.POST or None, instance=channel, server=server)
-    if request.method == "POST" and form.is_valid():
+
+    def save() -> HttpResponse:
         services.save_channel(channel=form.instance, secrets=form.secret_changes())
         return redirect("channels:server_detail", pk=server.pk)
+
     return form_page(
         request,
         form,
+        on_valid=save,
         title=title,
         submit_label=submit,
         cancel_url=reverse("channels:server_detail", args=[server.pk]),

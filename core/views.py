@@ -7,12 +7,19 @@ from django import forms
 from django.contrib import messages
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import render
+from django.urls import reverse
+
+
+def back_url(obj: Any, detail: str, fallback: str) -> str:
+    """Where Cancel goes: the object's page once it exists, else the list."""
+    return reverse(detail, args=[obj.pk]) if obj.pk else reverse(fallback)
 
 
 def form_page(
     request: HttpRequest,
     form: forms.BaseForm,
     *,
+    on_valid: Callable[[], HttpResponse] | None = None,
     title: str,
     submit_label: str,
     cancel_url: str,
@@ -20,6 +27,9 @@ def form_page(
     multipart: bool = False,
     status: int = 200,
 ) -> HttpResponse:
+    """A form on a page of its own; a valid POST goes to `on_valid`, which saves and redirects."""
+    if on_valid is not None and request.method == "POST" and form.is_valid():
+        return on_valid()
     return render(
         request,
         "core/form_page.html",

@@ -5,7 +5,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 
-from core.views import confirm_delete, form_page
+from core.views import back_url, confirm_delete, form_page
 from knowledge import services
 from knowledge.forms import DocumentForm, KnowledgeBaseForm
 from knowledge.models import Document, KnowledgeBase
@@ -37,11 +37,19 @@ def kb_edit(request: HttpRequest, pk: int) -> HttpResponse:
 
 def _kb_form(request: HttpRequest, kb: KnowledgeBase, *, title: str, submit: str) -> HttpResponse:
     form = KnowledgeBaseForm(request.POST or None, instance=kb)
-    if request.method == "POST" and form.is_valid():
+
+    def save() -> HttpResponse:
         saved = services.save_knowledge_base(knowledge_base=form.instance)
         return redirect("knowledge:kb_detail", pk=saved.pk)
-    cancel = reverse("knowledge:kb_detail", args=[kb.pk]) if kb.pk else reverse("knowledge:kb_list")
-    return form_page(request, form, title=title, submit_label=submit, cancel_url=cancel)
+
+    return form_page(
+        request,
+        form,
+        on_valid=save,
+        title=title,
+        submit_label=submit,
+        cancel_url=back_url(kb, "knowledge:kb_detail", "knowledge:kb_list"),
+    )
 
 
 @login_required
@@ -61,7 +69,8 @@ def kb_delete(request: HttpRequest, pk: int) -> HttpResponse:
 def document_create(request: HttpRequest, kb_pk: int) -> HttpResponse:
     kb = get_object_or_404(KnowledgeBase, pk=kb_pk)
     form = DocumentForm(request.POST or None, request.FILES or None)
-    if request.method == "POST" and form.is_valid():
+
+    def save() -> HttpResponse:
         document = services.add_document(
             knowledge_base=kb,
             title=form.cleaned_data["title"],
@@ -70,9 +79,11 @@ def document_create(request: HttpRequest, kb_pk: int) -> HttpResponse:
         )
         messages.success(request, f"Added “{document.title}”.")
         return redirect("knowledge:kb_detail", pk=kb.pk)
+
     return form_page(
         request,
         form,
+        on_valid=save,
         title=f"Add a document to {kb}",
         submit_label="Add document",
         cancel_url=reverse("knowledge:kb_detail", args=[kb.pk]),

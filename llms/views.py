@@ -43,7 +43,8 @@ def _provider_form(
 ) -> HttpResponse:
     account = _account(request)
     form = AccountLLMForm(request.POST or None, instance=config, account=account)
-    if request.method == "POST" and form.is_valid():
+
+    def save() -> HttpResponse:
         services.save_account_llm(
             account=account,
             llm=form.cleaned_data["llm"],
@@ -54,9 +55,11 @@ def _provider_form(
         )
         messages.success(request, "Provider saved.")
         return redirect("llms:provider_list")
+
     return form_page(
         request,
         form,
+        on_valid=save,
         title=title,
         submit_label=submit,
         cancel_url=reverse("llms:provider_list"),
@@ -102,7 +105,8 @@ def tool_edit(request: HttpRequest, slug: str) -> HttpResponse:
         current=current,
         initial={"enabled": config.enabled if config else False},
     )
-    if request.method == "POST" and form.is_valid():
+
+    def save() -> HttpResponse:
         services.configure_tool(
             account=account,
             tool=tool,
@@ -111,9 +115,11 @@ def tool_edit(request: HttpRequest, slug: str) -> HttpResponse:
         )
         messages.success(request, f"{tool.name} saved.")
         return redirect("llms:tool_list")
+
     return form_page(
         request,
         form,
+        on_valid=save,
         title=tool.name,
         intro=tool.description,
         submit_label="Save",
