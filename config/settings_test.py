@@ -1,9 +1,9 @@
 """Test settings: the same real services, on a separate Redis database and test DB."""
 
+from urllib.parse import urlsplit, urlunsplit
+
 from config.settings import *  # noqa: F403
 from config.settings import REDIS_URL
-
-from urllib.parse import urlsplit, urlunsplit
 
 # A database number of its own, so a test run never touches the development data.
 _parts = urlsplit(REDIS_URL)
