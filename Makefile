@@ -1,0 +1,85 @@
+# Palaver: every target works on a fresh clone; the virtualenv is built on first use and rebuilt
+# only when requirements/*.txt change. With DATABASE_URL / REDIS_URL unset (environment and .env)
+# the embedded PostgreSQL and Redis under var/ are used; see config/embedded.py.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+MAKEFLAGS += --no-builtin-rules
+
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.requirements-installed
+REQUIREMENTS := $(wildcard requirements/*.txt)
+# Type-checked: the tenancy and core apps whole, plus every app's services module.
+MYPY_TARGETS := tenancy core $(filter-out tenancy/% core/%,$(wildcard */services.py))
+PYTEST_ARGS ?=
+
+.PHONY: help venv migrate run test lint bench stop clean
+
+help:
+	@echo "make run      build what is missing, migrate, print the demo sign-in, serve on 127.0.0.1:\$${PORT:-8000} with a Celery worker"
+	@echo "make test     run the test suite (PYTEST_ARGS='-k name' to narrow it)"
+	@echo "make lint     ruff check, ruff format --check, mypy"
+	@echo "make migrate  migrate the public schema, then every account schema"
+	@echo "make bench    run each benchmarks/*.py"
+	@echo "make .env     write a development .env with fresh secrets (never overwrites)"
+	@echo "make stop     stop the embedded PostgreSQL and Redis, if running"
+	@echo "make clean    stop them and remove .venv and var/"
+
+venv: $(STAMP)
+
+$(STAMP): $(REQUIREMENTS)
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements/dev.txt
+	@touch $@
+
+.env: | $(STAMP)
+	$(BIN)/python scripts/write_env.py .env
+
+migrate: $(STAMP) .env
+	$(BIN)/python manage.py migrate_accounts
+
+# Static files are not collected: whitenoise serves them from the finders (WHITENOISE_USE_FINDERS).
+run: migrate
+	$(BIN)/python manage.py demo_user
+	$(BIN)/python scripts/run_all.py
+
+# pytest's exit code 5 means it collected no tests; like any non-zero code it fails the target.
+test: $(STAMP) .env
+	bash scripts/ensure_chromium.sh
+	@status=0; $(BIN)/pytest $(PYTEST_ARGS) || status=$$?; \
+	if [ $$status -eq 5 ]; then echo "make test: pytest ran no tests, which counts as a failure" >&2; fi; \
+	exit $$status
+
+# mypy's django-stubs plugin imports the settings, hence .env.
+lint: $(STAMP) .env
+	@status=0; \
+	echo "$(BIN)/ruff check ."; $(BIN)/ruff check . || status=1; \
+	echo "$(BIN)/ruff format --check ."; $(BIN)/ruff format --check . || status=1; \
+	echo "$(BIN)/mypy $(MYPY_TARGETS)"; $(BIN)/mypy $(MYPY_TARGETS) || status=1; \
+	exit $$status
+
+bench: $(STAMP) .env
+	@status=0; \
+	for script in benchmarks/[!_]*.py; do \
+		echo "== $$script"; $(BIN)/python "$$script" || status=1; \
+	done; \
+	exit $$status
+
+# Without the virtualenv (config.embedded needs it), fall back to signalling the pid files.
+stop:
+	@if [ -x $(BIN)/python ]; then \
+		$(BIN)/python -m config.embedded stop; \
+	else \
+		for pidfile in var/pgdata/postmaster.pid var/redis/redis.pid; do \
+			if [ -f $$pidfile ]; then \
+				pid=$$(head -n 1 $$pidfile); \
+				kill -INT $$pid 2>/dev/null || true; \
+				for _ in $$(seq 100); do kill -0 $$pid 2>/dev/null || break; sleep 0.2; done; \
+			fi; \
+		done; \
+	fi
+
+clean: stop
+	rm -rf $(VENV) var
