@@ -14,7 +14,25 @@ from django.db import connection
 from django.test import Client
 
 from accounts.models import SCHEMA_PREFIX, User
+from llms.models import LLM
+from llms.services import sync_tool_catalog
 from tests.factories import PASSWORD, UserFactory
+
+# As llms/migrations/0002_seed_catalog.py seeds it.
+LLM_CATALOG = [
+    {
+        "name": "OpenAI",
+        "kind": "openai",
+        "base_url": "https://api.openai.com/v1",
+        "known_models": ["gpt-4.1", "gpt-4.1-mini", "gpt-4o", "gpt-4o-mini"],
+    },
+    {
+        "name": "Anthropic",
+        "kind": "anthropic",
+        "base_url": "https://api.anthropic.com",
+        "known_models": ["claude-sonnet-4-5", "claude-haiku-4-5", "claude-opus-4-1"],
+    },
+]
 
 
 @pytest.fixture(autouse=True)
@@ -23,6 +41,18 @@ def _public_schema_and_clean_cache() -> Iterator[None]:
     cache.clear()
     yield
     connection.set_schema_to_public()
+
+
+@pytest.fixture(autouse=True)
+def _catalogs(request: pytest.FixtureRequest) -> None:
+    """The catalogs migrations and post_migrate fill, restored for every test that uses the
+    database: a transactional test's flush empties them."""
+    if not {"db", "transactional_db", "live_server"} & set(request.fixturenames):
+        return
+    request.getfixturevalue("db" if "db" in request.fixturenames else "transactional_db")
+    sync_tool_catalog()
+    for provider in LLM_CATALOG:
+        LLM.objects.get_or_create(name=provider["name"], defaults=provider)
 
 
 def drop_account_schemas() -> None:
