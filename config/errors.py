@@ -11,7 +11,10 @@ def _database_target() -> str:
     from django.conf import settings
 
     db = settings.DATABASES["default"]
-    return f"{db.get('HOST') or 'localhost'}:{db.get('PORT') or 5432}/{db.get('NAME')}"
+    host = db.get("HOST") or db.get("OPTIONS", {}).get("host") or ""
+    if not host or host.startswith("/"):
+        return f"the local socket {host or '(default)'}, database {db.get('NAME')}"
+    return f"{host}:{db.get('PORT') or 5432}/{db.get('NAME')}"
 
 
 def _is_connection_failure(exc: BaseException) -> bool:
