@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from django.conf import settings
 from django.contrib.auth import authenticate
 from django.core.cache import cache
+from django.core.validators import validate_email
 from django.db import IntegrityError, transaction
 from django.http import HttpRequest
 
@@ -29,8 +30,11 @@ def sign_up(
     is_staff: bool = False,
     is_superuser: bool = False,
 ) -> User:
-    """Create a person with an account and a schema of their own, all or nothing."""
+    """Create a person with an account and a schema of their own, all or nothing.
+
+    Raises django.core.exceptions.ValidationError for a malformed email address."""
     email = normalize_email(email)
+    validate_email(email)
     if User.objects.filter(email=email).exists():
         raise EmailTakenError(email)
     if Account.objects.filter(name__iexact=account_name.strip()).exists():
