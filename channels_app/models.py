@@ -2,6 +2,8 @@
 was said, and what the user should look at."""
 
 from django.contrib.postgres.fields import ArrayField
+from django.contrib.postgres.indexes import GinIndex
+from django.contrib.postgres.search import SearchVector
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models.functions import Lower
@@ -73,6 +75,8 @@ class Channel(models.Model):
     key = EncryptedTextField("Channel key", blank=True)
     autojoin = models.BooleanField(default=True)
     topic = models.TextField(blank=True)
+    # The newest message the user has seen here; unread counts are the messages after it.
+    last_read_message_id = models.BigIntegerField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -139,6 +143,11 @@ class Message(models.Model):
             models.Index(fields=["channel", "-server_time", "-id"], name="message_channel_latest"),
             # Pruning by age across the account.
             models.Index(fields=["server_time"], name="message_time"),
+            # Full-text search over what was said and who said it; the query must use the same
+            # expression (channels_app.search.SEARCH_VECTOR).
+            GinIndex(
+                SearchVector("text", "sender", config="simple"), name="message_search"
+            ),
             # De-duplicating lines replayed by the server.
             models.Index(
                 fields=["channel", "msgid"],
