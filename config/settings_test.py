@@ -1,14 +1,19 @@
 """Test settings: the same real services, on a separate Redis database and test DB."""
 
+import os
 from urllib.parse import urlsplit, urlunsplit
 
 from config.settings import *  # noqa: F403
 from config.settings import REDIS_URL
 
-# A database number of its own, so a test run never touches the development data.
+# A database number of its own, so a test run never touches the development data
+# (TEST_REDIS_DB lets two runs on one machine keep apart).
 _parts = urlsplit(REDIS_URL)
+_db = os.environ.get("TEST_REDIS_DB", "15")
 _TEST_REDIS = (
-    urlunsplit(_parts._replace(path="/15")) if _parts.scheme in ("redis", "rediss") else REDIS_URL
+    urlunsplit(_parts._replace(path=f"/{_db}"))
+    if _parts.scheme in ("redis", "rediss")
+    else REDIS_URL
 )
 CACHES = {
     "default": {
