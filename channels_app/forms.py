@@ -90,6 +90,11 @@ class ChannelForm(SecretFieldsMixin):
     def __init__(self, *args: Any, server: Server, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.instance.server = server
+        # The server buffer is the gateway's; people add channels and conversations.
+        self.fields["kind"].choices = [  # type: ignore[attr-defined]
+            (Channel.Kind.CHANNEL, "Channel"),
+            (Channel.Kind.QUERY, "Conversation with one person"),
+        ]
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean() or {}

@@ -68,6 +68,8 @@ class Channel(models.Model):
     class Kind(models.TextChoices):
         CHANNEL = "channel", "Channel"
         QUERY = "query", "Query"
+        # The server's own notices, MOTD and replies; created by the gateway, one per server.
+        SERVER = "server", "Server messages"
 
     server = models.ForeignKey(Server, on_delete=models.CASCADE, related_name="channels")
     kind = models.CharField(max_length=10, choices=Kind.choices, default=Kind.CHANNEL)
@@ -92,7 +94,7 @@ class Channel(models.Model):
         super().clean()
         if self.kind == self.Kind.CHANNEL:
             validate_channel_name(self.name)
-        else:
+        elif self.kind == self.Kind.QUERY:
             validate_nick(self.name)
 
 
@@ -145,9 +147,7 @@ class Message(models.Model):
             models.Index(fields=["server_time"], name="message_time"),
             # Full-text search over what was said and who said it; the query must use the same
             # expression (channels_app.search.SEARCH_VECTOR).
-            GinIndex(
-                SearchVector("text", "sender", config="simple"), name="message_search"
-            ),
+            GinIndex(SearchVector("text", "sender", config="simple"), name="message_search"),
             # De-duplicating lines replayed by the server.
             models.Index(
                 fields=["channel", "msgid"],

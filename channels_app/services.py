@@ -1,7 +1,31 @@
+import logging
+
 from django.db import transaction
 
+from channels_app.events import publish_command
 from channels_app.models import Channel, Server
 from core.forms import apply_secret_changes
+from tenancy import current_account
+
+logger = logging.getLogger(__name__)
+
+
+def _tell_gateway() -> None:
+    """After commit, ask the gateway to re-read this account's servers and channels: it connects,
+    reconnects, joins or parts within a second. If Redis is down the gateway's periodic re-read
+    (gateway.manager.RESYNC_SECONDS) still catches up, so the save stands."""
+    account = current_account()
+    if account is None:
+        return
+    account_id = str(account.pk)
+
+    def publish() -> None:
+        try:
+            publish_command({"op": "servers_changed", "account_id": account_id})
+        except Exception:
+            logger.warning("could not notify the gateway of a server change", exc_info=True)
+
+    transaction.on_commit(publish)
 
 
 @transaction.atomic
@@ -11,12 +35,14 @@ def save_server(*, server: Server, alt_nicks: list[str], secrets: dict[str, str]
     apply_secret_changes(server, secrets)
     server.full_clean()
     server.save()
+    _tell_gateway()
     return server
 
 
 @transaction.atomic
 def delete_server(*, server: Server) -> None:
     server.delete()
+    _tell_gateway()
 
 
 @transaction.atomic
@@ -24,9 +50,11 @@ def save_channel(*, channel: Channel, secrets: dict[str, str]) -> Channel:
     apply_secret_changes(channel, secrets)
     channel.full_clean()
     channel.save()
+    _tell_gateway()
     return channel
 
 
 @transaction.atomic
 def delete_channel(*, channel: Channel) -> None:
     channel.delete()
+    _tell_gateway()

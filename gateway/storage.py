@@ -1,0 +1,436 @@
+"""Writing what the IRC connections see into each account's schema, in batches.
+
+The asyncio side only appends records to an in-memory queue. One thread does every database
+touch: every FLUSH_SECONDS (or sooner when MAX_BATCH records wait) it takes the whole queue,
+groups it by account and writes each account's share in one transaction inside
+`tenancy.switch(account)`. Live events go to Redis and the message-stored hooks run after the
+commit. If the database is unreachable the batch goes back to the head of the queue and is
+retried with backoff, so a PostgreSQL restart costs delay, not lines.
+"""
+
+import asyncio
+import logging
+import re
+import threading
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from django.db import (
+    DatabaseError,
+    InterfaceError,
+    OperationalError,
+    close_old_connections,
+    transaction,
+)
+from django.db import connection as django_connection
+from django.db.models.functions import Lower
+from django.utils import timezone
+
+from accounts.models import Account
+from channels_app import events
+from channels_app.hooks import notify_message_stored
+from channels_app.models import Channel, ChannelUser, Message, Notification
+from tenancy import switch
+
+logger = logging.getLogger(__name__)
+
+FLUSH_SECONDS = 0.02
+MAX_BATCH = 5000
+# Lines held while the database is away; past this the oldest are dropped, loudly.
+MAX_PENDING = 2_000_000
+RETRY_MAX_SECONDS = 5.0
+
+SERVER_BUFFER = "*server*"
+
+
+@dataclass(slots=True)
+class Line:
+    """Something said or done in a buffer (a channel, a query, or the server buffer)."""
+
+    account_id: uuid.UUID
+    server_id: int
+    buffer: str
+    buffer_kind: str  # Channel.Kind value
+    kind: str  # Message.Kind value
+    sender: str
+    text: str
+    server_time: datetime
+    msgid: str = ""
+    tags: dict[str, str] = field(default_factory=dict)
+    highlight: bool = False
+    private: bool = False
+
+
+@dataclass(slots=True)
+class Members:
+    """A buffer's member list, replaced whole (end of NAMES) or changed one nick at a time."""
+
+    account_id: uuid.UUID
+    server_id: int
+    buffer: str
+    op: str  # "replace", "add", "remove", "rename", "update", "clear"
+    members: list[tuple[str, str, bool]] = field(default_factory=list)  # (prefixes, nick, away)
+    nick: str = ""
+    new_nick: str = ""
+    prefixes: str | None = None
+    away: bool | None = None
+
+
+@dataclass(slots=True)
+class Topic:
+    account_id: uuid.UUID
+    server_id: int
+    buffer: str
+    topic: str
+
+
+Record = Line | Members | Topic
+
+_WORD_CACHE: dict[tuple[str, ...], re.Pattern[str] | None] = {}
+
+
+def highlight_pattern(words: Iterable[str]) -> re.Pattern[str] | None:
+    """One regex matching any of the words as a whole word, case-insensitively."""
+    key = tuple(sorted({w.strip() for w in words if w and w.strip()}))
+    if key not in _WORD_CACHE:
+        _WORD_CACHE[key] = (
+            re.compile(
+                r"(?<![\w])(?:" + "|".join(re.escape(w) for w in key) + r")(?![\w])",
+                re.IGNORECASE,
+            )
+            if key
+            else None
+        )
+    return _WORD_CACHE[key]
+
+
+class Store:
+    def __init__(self, *, publish: bool = True) -> None:
+        self._pending: list[Record] = []
+        self._wakeup = asyncio.Event()
+        self._db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gateway-db")
+        self._accounts: dict[uuid.UUID, Account] = {}
+        self._channels: dict[tuple[uuid.UUID, int, str], int] = {}
+        self._publish = publish
+        self._redis: Any = None
+        self._lock = threading.Lock()
+        self.stored = 0
+        self.dropped = 0
+        self.database_ok = True
+        self._stopping = False
+        self._inflight = 0
+
+    # -- asyncio side ------------------------------------------------------------------------
+
+    def add_account(self, account: Account) -> None:
+        self._accounts[account.pk] = account
+
+    def put(self, record: Record) -> None:
+        self._pending.append(record)
+        if len(self._pending) > MAX_PENDING:
+            overflow = len(self._pending) - MAX_PENDING
+            del self._pending[:overflow]
+            self.dropped += overflow
+            logger.error("database away too long: dropped %d oldest lines", overflow)
+        if len(self._pending) >= MAX_BATCH:
+            self._wakeup.set()
+
+    @property
+    def backlog(self) -> int:
+        """Records not yet written: waiting, or in the batch being written."""
+        return len(self._pending) + self._inflight
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        delay = 0.2
+        self._stopping = False
+        self._wakeup = asyncio.Event()  # bound to this loop
+        while True:
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), timeout=FLUSH_SECONDS)
+            except TimeoutError:
+                pass
+            self._wakeup.clear()
+            if not self._pending:
+                if self._stopping:
+                    return
+                continue
+            batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
+            self._inflight = len(batch)
+            try:
+                written = await loop.run_in_executor(self._db, self._write_batch, batch)
+            except (OperationalError, InterfaceError) as exc:
+                self._pending[:0] = batch
+                self._inflight = 0
+                if self.database_ok:
+                    logger.warning("database unreachable, holding %d lines: %s", self.backlog, exc)
+                self.database_ok = False
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_SECONDS)
+                continue
+            finally:
+                self._inflight = 0
+            if not self.database_ok:
+                logger.warning("database back; writing held lines")
+            self.database_ok = True
+            delay = 0.2
+            self.stored += written
+            if self._pending:
+                self._wakeup.set()
+
+    async def drain(self, timeout: float = 10.0) -> None:
+        """Write everything pending, then stop the writer loop."""
+        self._stopping = True
+        self._wakeup.set()
+        deadline = asyncio.get_running_loop().time() + timeout
+        while self.backlog and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+
+    async def close(self) -> None:
+        """Release the writer thread and its database connection."""
+        # A function, not the bound method: the proxy must resolve in the writer's thread.
+        await asyncio.get_running_loop().run_in_executor(self._db, _close_connection)
+        self._db.shutdown(wait=True)
+
+    def run_sync(self, fn: Any, *args: Any) -> "asyncio.Future[Any]":
+        """Run a database function on the writer thread (so it is ordered with the writes)."""
+        return asyncio.get_running_loop().run_in_executor(self._db, fn, *args)
+
+    # -- database thread ---------------------------------------------------------------------
+
+    def _write_batch(self, batch: list[Record]) -> int:
+        close_old_connections()
+        try:
+            by_account: dict[uuid.UUID, list[Record]] = defaultdict(list)
+            for record in batch:
+                by_account[record.account_id].append(record)
+            written = 0
+            published: list[tuple[uuid.UUID, list[dict[str, Any]], list[int]]] = []
+            for account_id, records in by_account.items():
+                account = self._accounts.get(account_id)
+                if account is None:
+                    continue  # the account was deleted while its lines waited
+                with switch(account), transaction.atomic():
+                    payloads, message_ids = self._write_account(account_id, records)
+                written += len(message_ids)
+                published.append((account_id, payloads, message_ids))
+        except (OperationalError, InterfaceError):
+            self._reset_connection()
+            raise
+        except DatabaseError:
+            # A bad record must not block every line behind it: write one at a time, skip it.
+            logger.exception("batch failed; retrying its records one by one")
+            self._reset_connection()
+            return self._write_one_by_one(batch)
+        for account_id, payloads, message_ids in published:
+            self._after_commit(account_id, payloads, message_ids)
+        return written
+
+    def _write_one_by_one(self, batch: list[Record]) -> int:
+        written = 0
+        for record in batch:
+            account = self._accounts.get(record.account_id)
+            if account is None:
+                continue
+            try:
+                with switch(account), transaction.atomic():
+                    payloads, ids = self._write_account(record.account_id, [record])
+            except (OperationalError, InterfaceError):
+                raise
+            except DatabaseError:
+                logger.exception("dropping a record the database refuses: %r", record)
+                self._channels.clear()
+                continue
+            written += len(ids)
+            self._after_commit(record.account_id, payloads, ids)
+        return written
+
+    def _reset_connection(self) -> None:
+        self._channels.clear()
+        try:
+            django_connection.close()
+        except Exception:
+            django_connection.connection = None
+
+    def _channel_id(self, account_id: uuid.UUID, server_id: int, name: str, kind: str) -> int:
+        key = (account_id, server_id, name.lower())
+        channel_id = self._channels.get(key)
+        if channel_id is None:
+            channel = (
+                Channel.objects.annotate(lname=Lower("name"))
+                .filter(server_id=server_id, lname=name.lower())
+                .only("id")
+                .first()
+            )
+            if channel is None:
+                channel = Channel.objects.create(
+                    server_id=server_id, name=name[:50], kind=kind, autojoin=False
+                )
+            channel_id = channel.pk
+            self._channels[key] = channel_id
+        return channel_id
+
+    def forget_channels(self, account_id: uuid.UUID) -> None:
+        for key in [k for k in self._channels if k[0] == account_id]:
+            del self._channels[key]
+
+    def _write_account(
+        self, account_id: uuid.UUID, records: list[Record]
+    ) -> tuple[list[dict[str, Any]], list[int]]:
+        payloads: list[dict[str, Any]] = []
+        lines: list[tuple[Line, Message]] = []
+        changed_channels: dict[int, int] = {}  # channel id -> server id
+        for record in records:
+            buffer_kind = record.buffer_kind if isinstance(record, Line) else "channel"
+            channel_id = self._channel_id(account_id, record.server_id, record.buffer, buffer_kind)
+            if isinstance(record, Line):
+                lines.append(
+                    (
+                        record,
+                        Message(
+                            channel_id=channel_id,
+                            kind=record.kind,
+                            sender=record.sender[:100],
+                            text=record.text,
+                            server_time=record.server_time,
+                            msgid=record.msgid[:128],
+                            tags=record.tags,
+                        ),
+                    )
+                )
+            elif isinstance(record, Members):
+                self._apply_members(channel_id, record)
+                changed_channels[channel_id] = record.server_id
+            else:
+                Channel.objects.filter(pk=channel_id).update(topic=record.topic)
+                changed_channels[channel_id] = record.server_id
+        lines = self._without_replays(lines)
+        if lines:
+            Message.objects.bulk_create([message for _, message in lines])
+        notifications = [
+            Notification(
+                message=message,
+                kind=Notification.Kind.PRIVATE if line.private else Notification.Kind.HIGHLIGHT,
+            )
+            for line, message in lines
+            if line.highlight or line.private
+        ]
+        if notifications:
+            Notification.objects.bulk_create(notifications)
+        for line, message in lines:
+            payloads.append(
+                {
+                    "type": "message",
+                    "id": message.pk,
+                    "channel_id": message.channel_id,
+                    "server_id": line.server_id,
+                    "kind": message.kind,
+                    "sender": message.sender,
+                    "text": message.text,
+                    "server_time": message.server_time.isoformat(),
+                    "msgid": message.msgid,
+                    "highlight": line.highlight or line.private,
+                }
+            )
+        for notification in notifications:
+            payloads.append(
+                {
+                    "type": "notification",
+                    "id": notification.pk,
+                    "message_id": notification.message_id,
+                    "kind": notification.kind,
+                }
+            )
+        for channel_id, server_id in changed_channels.items():
+            payloads.append({"type": "channel", "channel_id": channel_id, "server_id": server_id})
+        return payloads, [message.pk for _, message in lines]
+
+    def _without_replays(self, lines: list[tuple[Line, Message]]) -> list[tuple[Line, Message]]:
+        """Drop lines whose msgid is already stored in that channel (a bouncer's replay)."""
+        msgids = {m.msgid for _, m in lines if m.msgid}
+        if not msgids:
+            return lines
+        seen = set(Message.objects.filter(msgid__in=msgids).values_list("channel_id", "msgid"))
+        kept = []
+        for line, message in lines:
+            key = (message.channel_id, message.msgid)
+            if message.msgid and key in seen:
+                continue
+            seen.add(key)
+            kept.append((line, message))
+        return kept
+
+    def _apply_members(self, channel_id: int, change: Members) -> None:
+        members = ChannelUser.objects.filter(channel_id=channel_id)
+        if change.op == "replace":
+            members.delete()
+            unique = {nick.lower(): (p, nick, away) for p, nick, away in change.members}
+            ChannelUser.objects.bulk_create(
+                [
+                    ChannelUser(channel_id=channel_id, nick=nick[:30], prefixes=p[:10], away=away)
+                    for p, nick, away in unique.values()
+                ]
+            )
+        elif change.op == "clear":
+            members.delete()
+        elif change.op == "add":
+            ChannelUser.objects.bulk_create(
+                [
+                    ChannelUser(
+                        channel_id=channel_id,
+                        nick=change.nick[:30],
+                        prefixes=(change.prefixes or "")[:10],
+                        away=bool(change.away),
+                    )
+                ],
+                ignore_conflicts=True,
+            )
+        elif change.op == "remove":
+            members.annotate(lnick=Lower("nick")).filter(lnick=change.nick.lower()).delete()
+        elif change.op == "rename":
+            target = members.annotate(lnick=Lower("nick"))
+            target.filter(lnick=change.new_nick.lower()).exclude(nick__iexact=change.nick).delete()
+            target.filter(lnick=change.nick.lower()).update(nick=change.new_nick[:30])
+        elif change.op == "update":
+            fields: dict[str, Any] = {}
+            if change.prefixes is not None:
+                fields["prefixes"] = change.prefixes[:10]
+            if change.away is not None:
+                fields["away"] = change.away
+            if fields:
+                members.annotate(lnick=Lower("nick")).filter(lnick=change.nick.lower()).update(
+                    **fields
+                )
+
+    def _after_commit(
+        self, account_id: uuid.UUID, payloads: list[dict[str, Any]], message_ids: list[int]
+    ) -> None:
+        if self._publish and payloads:
+            try:
+                if self._redis is None:
+                    self._redis = events.redis_client()
+                pipe = self._redis.pipeline(transaction=False)
+                channel = events.events_channel(account_id)
+                for payload in payloads:
+                    pipe.publish(channel, events.encode(payload))
+                pipe.execute()
+            except Exception:
+                # Browsers resume from the database with Last-Event-ID; a lost event costs
+                # only liveness.
+                logger.warning("could not publish live events", exc_info=True)
+                self._redis = None
+        if message_ids:
+            notify_message_stored(account_id, message_ids)
+
+
+def _close_connection() -> None:
+    django_connection.close()
+
+
+def now() -> datetime:
+    return timezone.now()

@@ -1,0 +1,240 @@
+"""The gateway's writer: batches land in the right account's schema, live events and hooks
+follow the commit, replays are dropped, and a database outage costs delay, not lines."""
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import redis
+from django.conf import settings
+from django.db import connection
+
+from accounts.models import User
+from channels_app import events, hooks
+from channels_app.models import Channel, ChannelUser, Message, Notification, Server
+from gateway.storage import Line, Members, Store, Topic
+from tenancy import switch
+from tests.factories import UserFactory
+
+T0 = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def accounts(clean_schemas: None) -> tuple[User, User, int, int]:
+    alice = UserFactory(email="alice@example.org")
+    bob = UserFactory(email="bob@example.org")
+    with switch(alice):
+        a_server = Server.objects.create(name="Libera", host="irc.libera.chat", nick="alice").pk
+    with switch(bob):
+        b_server = Server.objects.create(name="EFnet", host="irc.efnet.org", nick="bob").pk
+    return alice, bob, a_server, b_server
+
+
+def line(user: User, server_id: int, text: str, n: int = 0, **kw: object) -> Line:
+    fields: dict[str, object] = {
+        "account_id": user.account.pk, "server_id": server_id, "buffer": "#palaver",
+        "buffer_kind": "channel", "kind": "message", "sender": "carol", "text": text,
+        "server_time": T0 + timedelta(seconds=n),
+    }  # fmt: skip
+    fields.update(kw)
+    return Line(**fields)  # type: ignore[arg-type]
+
+
+def run_store(store: Store, until: Callable[[], bool], timeout: float = 20) -> None:
+    async def main() -> None:
+        task = asyncio.create_task(store.run())
+        deadline = time.monotonic() + timeout
+        while not until() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        await store.drain()
+        task.cancel()
+
+    asyncio.run(main())
+
+
+@pytest.fixture(autouse=True)
+def _close_stores(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Every Store a test makes gives back its database connection at the end."""
+    made: list[Store] = []
+    original = Store.__init__
+
+    def init(self: Store, *args: object, **kwargs: object) -> None:
+        original(self, *args, **kwargs)  # type: ignore[arg-type]
+        made.append(self)
+
+    monkeypatch.setattr(Store, "__init__", init)
+    yield
+    for store in made:
+        asyncio.run(store.close())
+
+
+@pytest.fixture
+def subscriber() -> Iterator[redis.client.PubSub]:
+    client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    pubsub = client.pubsub()
+    yield pubsub
+    pubsub.close()
+
+
+def received(pubsub: redis.client.PubSub, count: int, timeout: float = 5) -> list[dict]:
+    got: list[dict] = []
+    deadline = time.monotonic() + timeout
+    while len(got) < count and time.monotonic() < deadline:
+        message = pubsub.get_message(timeout=0.2)
+        if message and message["type"] == "message":
+            got.append(json.loads(message["data"]))
+    return got
+
+
+def test_batch_goes_to_each_accounts_schema_then_events_and_hooks(
+    accounts: tuple[User, User, int, int], subscriber: redis.client.PubSub
+) -> None:
+    alice, bob, a_server, b_server = accounts
+    subscriber.subscribe(events.events_channel(alice.account.pk))
+    called: list[tuple[uuid.UUID, int, bool]] = []
+
+    def listener(account_id: uuid.UUID, message_id: int) -> None:
+        # Called after commit: another connection already sees the row.
+        called.append((account_id, message_id, connection.in_atomic_block))
+
+    hooks.on_message_stored(listener)
+    store = Store()
+    store.add_account(alice.account)
+    store.add_account(bob.account)
+    for n in range(50):
+        store.put(line(alice, a_server, f"alice line {n}", n))
+        store.put(line(bob, b_server, f"bob line {n}", n))
+    try:
+        run_store(store, lambda: store.stored >= 100)
+    finally:
+        hooks._listeners.remove(listener)
+
+    with switch(alice):
+        texts = list(Message.objects.order_by("id").values_list("text", flat=True))
+        assert texts == [f"alice line {n}" for n in range(50)]
+        assert Channel.objects.get().name == "#palaver"
+    with switch(bob):
+        assert Message.objects.count() == 50
+        assert not Message.objects.filter(text__startswith="alice").exists()
+    events_seen = received(subscriber, 50)
+    assert [e["text"] for e in events_seen] == [f"alice line {n}" for n in range(50)]
+    assert all(e["type"] == "message" and e["id"] for e in events_seen)
+    assert len(called) == 100 and not any(in_atomic for _, _, in_atomic in called)
+    assert {a for a, _, _ in called} == {alice.account.pk, bob.account.pk}
+
+
+def test_replayed_msgid_is_stored_once(accounts: tuple[User, User, int, int]) -> None:
+    alice, _bob, a_server, _ = accounts
+    store = Store(publish=False)
+    store.add_account(alice.account)
+    store.put(line(alice, a_server, "hello", msgid="abc123"))
+    run_store(store, lambda: store.stored >= 1)
+    store.put(line(alice, a_server, "hello", msgid="abc123"))
+    store.put(line(alice, a_server, "new", 1, msgid="def456"))
+    run_store(store, lambda: store.backlog == 0)
+    with switch(alice):
+        assert sorted(Message.objects.values_list("msgid", flat=True)) == ["abc123", "def456"]
+
+
+def test_members_topic_and_notifications(accounts: tuple[User, User, int, int]) -> None:
+    alice, _bob, a_server, _ = accounts
+    acc = alice.account.pk
+    store = Store(publish=False)
+    store.add_account(alice.account)
+    store.put(Members(acc, a_server, "#palaver", "replace",
+                      members=[("@", "Op", False), ("", "dave", False), ("+", "eve", False)]))  # fmt: skip
+    store.put(Members(acc, a_server, "#palaver", "rename", nick="dave", new_nick="David"))
+    store.put(Members(acc, a_server, "#palaver", "remove", nick="EVE"))
+    store.put(Members(acc, a_server, "#palaver", "update", nick="david", prefixes="+", away=True))
+    store.put(Topic(acc, a_server, "#palaver", "Welcome"))
+    store.put(line(alice, a_server, "alice: look", 1, highlight=True))
+    store.put(line(alice, a_server, "psst", 2, buffer="carol", buffer_kind="query", private=True))
+    run_store(store, lambda: store.backlog == 0 and store.stored >= 2)
+    with switch(alice):
+        channel = Channel.objects.get(name="#palaver")
+        assert channel.topic == "Welcome"
+        members = {
+            (m.prefixes, m.nick, m.away) for m in ChannelUser.objects.filter(channel=channel)
+        }
+        assert members == {("@", "Op", False), ("+", "David", True)}
+        assert Channel.objects.get(name="carol").kind == "query"
+        kinds = sorted(Notification.objects.values_list("kind", "message__text"))
+        assert kinds == [("highlight", "alice: look"), ("private", "psst")]
+
+
+def test_database_outage_loses_no_line(accounts: tuple[User, User, int, int]) -> None:
+    """The account's database refuses every connection for a few seconds (its connections are
+    killed and new ones refused) while lines keep arriving; all are written once it is back."""
+    alice, _bob, a_server, _ = accounts
+    store = Store(publish=False)
+    store.add_account(alice.account)
+    db_name = connection.settings_dict["NAME"]
+    admin = connection.settings_dict.copy()
+
+    import psycopg
+
+    def admin_sql(sql: str) -> None:
+        with psycopg.connect(
+            host=admin["HOST"] or None, port=admin["PORT"] or None, user=admin["USER"],
+            password=admin["PASSWORD"] or None, dbname="postgres", autocommit=True,
+        ) as conn:  # fmt: skip
+            conn.execute(sql)
+
+    total = 600
+
+    async def main() -> None:
+        writer = asyncio.create_task(store.run())
+        for n in range(200):
+            store.put(line(alice, a_server, f"before {n}", n))
+        while store.stored < 200:
+            await asyncio.sleep(0.05)
+        await asyncio.to_thread(
+            admin_sql, f'ALTER DATABASE "{db_name}" WITH ALLOW_CONNECTIONS false'
+        )
+        await asyncio.to_thread(
+            admin_sql,
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            f"WHERE datname = '{db_name}' AND pid <> pg_backend_pid()",
+        )
+        for n in range(200, 400):
+            store.put(line(alice, a_server, f"during {n}", n))
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(2)
+        assert store.stored == 200 and not store.database_ok
+        await asyncio.to_thread(
+            admin_sql, f'ALTER DATABASE "{db_name}" WITH ALLOW_CONNECTIONS true'
+        )
+        for n in range(400, total):
+            store.put(line(alice, a_server, f"after {n}", n))
+        deadline = time.monotonic() + 30
+        while store.stored < total and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        await store.drain()
+        writer.cancel()
+
+    try:
+        asyncio.run(main())
+    finally:
+        admin_sql(f'ALTER DATABASE "{db_name}" WITH ALLOW_CONNECTIONS true')
+        connection.close()
+    with switch(alice):
+        times = list(Message.objects.order_by("id").values_list("server_time", flat=True))
+    assert len(times) == total
+    assert times == sorted(times)  # in order, no duplicates
+    assert len(set(times)) == total
+    assert store.database_ok
+
+
+def test_highlight_pattern_matches_whole_words() -> None:
+    from gateway.storage import highlight_pattern
+
+    pattern = highlight_pattern(["alice", "deploy now"])
+    assert pattern is not None
+    assert pattern.search("hey Alice, look")
+    assert pattern.search("time to DEPLOY NOW!")
+    assert not pattern.search("malice aforethought")
+    assert highlight_pattern([" ", ""]) is None
