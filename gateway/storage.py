@@ -9,6 +9,7 @@ retried with backoff, so a PostgreSQL restart costs delay, not lines.
 """
 
 import asyncio
+import contextlib
 import logging
 import re
 import threading
@@ -151,10 +152,8 @@ class Store:
         self._stopping = False
         self._wakeup = asyncio.Event()  # bound to this loop
         while True:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), timeout=FLUSH_SECONDS)
-            except TimeoutError:
-                pass
             self._wakeup.clear()
             if not self._pending:
                 if self._stopping:

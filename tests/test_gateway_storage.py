@@ -145,8 +145,8 @@ def test_members_topic_and_notifications(accounts: tuple[User, User, int, int]) 
     acc = alice.account.pk
     store = Store(publish=False)
     store.add_account(alice.account)
-    store.put(Members(acc, a_server, "#palaver", "replace",
-                      members=[("@", "Op", False), ("", "dave", False), ("+", "eve", False)]))  # fmt: skip
+    everyone = [("@", "Op", False), ("", "dave", False), ("+", "eve", False)]
+    store.put(Members(acc, a_server, "#palaver", "replace", members=everyone))
     store.put(Members(acc, a_server, "#palaver", "rename", nick="dave", new_nick="David"))
     store.put(Members(acc, a_server, "#palaver", "remove", nick="EVE"))
     store.put(Members(acc, a_server, "#palaver", "update", nick="david", prefixes="+", away=True))
