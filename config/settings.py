@@ -61,6 +61,7 @@ SHARED_APPS = [
     "django_tenants",
     "core",
     "tenancy",
+    "gateway",
     "accounts",
     "llms",
     "django.contrib.postgres",
