@@ -48,6 +48,7 @@ run: migrate
 # pytest's exit code 5 means it collected no tests; like any non-zero code it fails the target.
 test: $(STAMP) .env
 	bash scripts/ensure_chromium.sh
+	bash scripts/ensure_ircd.sh
 	@status=0; $(BIN)/pytest $(PYTEST_ARGS) || status=$$?; \
 	if [ $$status -eq 5 ]; then echo "make test: pytest ran no tests, which counts as a failure" >&2; fi; \
 	exit $$status

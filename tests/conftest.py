@@ -18,6 +18,8 @@ from llms.models import LLM
 from llms.services import sync_tool_catalog
 from tests.factories import PASSWORD, UserFactory
 
+pytest_plugins = ["tests.ircd"]
+
 # As llms/migrations/0002_seed_catalog.py seeds it.
 LLM_CATALOG = [
     {
