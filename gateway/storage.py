@@ -260,17 +260,17 @@ class Store:
         key = (account_id, server_id, name.lower())
         channel_id = self._channels.get(key)
         if channel_id is None:
-            channel = (
+            found = (
                 Channel.objects.annotate(lname=Lower("name"))
                 .filter(server_id=server_id, lname=name.lower())
-                .only("id")
+                .values_list("id", flat=True)
                 .first()
             )
-            if channel is None:
-                channel = Channel.objects.create(
+            if found is None:
+                found = Channel.objects.create(
                     server_id=server_id, name=name[:50], kind=kind, autojoin=False
-                )
-            channel_id = channel.pk
+                ).pk
+            channel_id = found
             self._channels[key] = channel_id
         return channel_id
 

@@ -1,0 +1,787 @@
+"""One IRC connection of one account's server: registration, capabilities, SASL, keepalive,
+reconnection with backoff, autojoin, and turning what the server says into stored records.
+
+It never touches the database: records go to the gateway's Store, connection state to Redis.
+"""
+
+import asyncio
+import base64
+import contextlib
+import logging
+import random
+import ssl
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from gateway import protocol
+from gateway.protocol import IrcLine, ParseError
+from gateway.storage import SERVER_BUFFER, Line, Members, Store, Topic, highlight_pattern
+
+logger = logging.getLogger(__name__)
+
+WANTED_CAPS = frozenset(
+    {
+        "server-time",
+        "message-tags",
+        "echo-message",
+        "multi-prefix",
+        "away-notify",
+        "account-notify",
+        "extended-join",
+        "userhost-in-names",
+        "cap-notify",
+        "batch",
+    }
+)
+CONNECT_TIMEOUT = 20.0
+REGISTRATION_TIMEOUT = 60.0
+# Silence after which we PING the server, and how long it then has to answer.
+IDLE_PING_SECONDS = 90.0
+PING_TIMEOUT_SECONDS = 60.0
+BACKOFF_FIRST = 2.0
+BACKOFF_CAP = 300.0
+# A connection must stay up this long before the backoff resets, so a server that drops us
+# right after registration is not hammered.
+STABLE_SECONDS = 60.0
+JOINS_PER_BURST = 5
+JOIN_BURST_SECONDS = 1.0
+CTCP_REPLIES_PER_MINUTE = 6
+VERSION = "Palaver (hosted IRC client)"
+
+
+@dataclass
+class ServerConfig:
+    """What the gateway needs of a Server row, read once in the account's schema."""
+
+    account_id: uuid.UUID
+    server_id: int
+    name: str
+    host: str
+    port: int
+    tls: bool
+    tls_verify: bool
+    nick: str
+    alt_nicks: list[str]
+    username: str
+    realname: str
+    password: str
+    sasl_username: str
+    sasl_password: str
+    autojoin: dict[str, str] = field(default_factory=dict)  # channel name -> key
+
+    def connection_key(self) -> tuple[Any, ...]:
+        """Fields whose change needs a new connection (channels only need a JOIN or PART)."""
+        return (
+            self.host, self.port, self.tls, self.tls_verify, self.nick, tuple(self.alt_nicks),
+            self.username, self.realname, self.password, self.sasl_username, self.sasl_password,
+        )  # fmt: skip
+
+
+class ConnectionLost(Exception):
+    pass
+
+
+class IrcConnection:
+    def __init__(
+        self,
+        config: ServerConfig,
+        store: Store,
+        *,
+        report_state: Callable[[dict[str, Any]], None],
+        highlight_words: Callable[[], list[str]],
+        tls_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.report_state = report_state
+        self.highlight_words = highlight_words
+        self.tls_context = tls_context
+        self.nick = config.nick
+        self.caps: set[str] = set()
+        self.isupport: dict[str, str | None] = {}
+        self.prefix_modes, self.prefix_symbols = "ov", "@+"
+        self.casemapping = "rfc1459"
+        self.registered = False
+        self.joined: dict[str, str] = {}  # casefolded channel -> display name
+        self.members: dict[
+            str, dict[str, str]
+        ] = {}  # casefolded channel -> casefolded nick -> prefixes
+        self._names_pending: dict[str, list[tuple[str, str, bool]]] = {}
+        self._writer: asyncio.StreamWriter | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._last_received = 0.0
+        self._nick_attempt = 0
+        self._ctcp_times: list[float] = []
+        self.state = "disconnected"
+        self.last_error = ""
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"irc-{self.config.server_id}")
+
+    async def stop(self, reason: str = "Palaver: disconnecting") -> None:
+        self._stopping = True
+        if self._writer is not None and self.registered:
+            try:
+                self._send("QUIT", reason)
+                await asyncio.wait_for(self._writer.drain(), 2)
+            except (OSError, TimeoutError, ValueError):
+                pass
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        self._set_state("disconnected", error="", next_retry=None)
+
+    async def _run(self) -> None:
+        delay = BACKOFF_FIRST
+        while not self._stopping:
+            started = time.monotonic()
+            try:
+                await self._session()
+                error = "the server closed the connection"
+            except asyncio.CancelledError:
+                raise
+            except ConnectionLost as exc:
+                error = str(exc)
+            except (OSError, TimeoutError, ssl.SSLError) as exc:
+                error = _describe(exc)
+            except Exception as exc:  # a bug must cost one connection a reconnect, not the gateway
+                logger.exception("server %s: unexpected error", self.config.server_id)
+                error = f"internal error: {exc}"
+            finally:
+                self._close_writer()
+            if self._stopping:
+                return
+            if self.registered and time.monotonic() - started >= STABLE_SECONDS:
+                delay = BACKOFF_FIRST
+            self.registered = False
+            wait = min(BACKOFF_CAP, delay) * random.uniform(0.8, 1.2)  # noqa: S311 (jitter)
+            delay = min(BACKOFF_CAP, delay * 2)
+            self._server_line("system", f"Disconnected: {error}. Reconnecting in {wait:.0f} s.")
+            self._set_state(
+                "disconnected", error=error, next_retry=datetime.now(UTC) + timedelta(seconds=wait)
+            )
+            await asyncio.sleep(wait)
+
+    def _close_writer(self) -> None:
+        if self._writer is not None:
+            with contextlib.suppress(Exception):  # already broken
+                self._writer.close()
+            self._writer = None
+
+    # -- one session -------------------------------------------------------------------------
+
+    async def _session(self) -> None:
+        c = self.config
+        self._set_state("connecting", error="", next_retry=None)
+        ssl_arg: ssl.SSLContext | None = None
+        if c.tls:
+            ssl_arg = self.tls_context or ssl.create_default_context()
+            if not c.tls_verify:
+                ssl_arg = ssl.create_default_context()
+                ssl_arg.check_hostname = False
+                ssl_arg.verify_mode = ssl.CERT_NONE
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(c.host, c.port, ssl=ssl_arg, limit=protocol.MAX_LINE_BYTES * 2),
+            CONNECT_TIMEOUT,
+        )
+        self._writer = writer
+        self._reset_session_state()
+        self._send("CAP", "LS", "302")
+        if c.password:
+            self._send("PASS", c.password)
+        self._send("NICK", self.nick)
+        self._send("USER", c.username or c.nick, "0", "*", c.realname or c.nick)
+        keepalive = asyncio.create_task(self._keepalive())
+        registration = asyncio.get_running_loop().call_later(
+            REGISTRATION_TIMEOUT, self._registration_timeout
+        )
+        skipping = False
+        try:
+            while True:
+                try:
+                    raw = await reader.readuntil(b"\n")
+                except asyncio.LimitOverrunError as exc:
+                    # Far longer than any server may send: discard it up to its newline.
+                    await reader.readexactly(exc.consumed)
+                    skipping = True
+                    continue
+                except asyncio.IncompleteReadError:
+                    return
+                if skipping:
+                    skipping = False  # the tail of the oversized line
+                    continue
+                self._last_received = time.monotonic()
+                try:
+                    line = protocol.parse_line(raw)
+                except ParseError:
+                    logger.debug("server %s: unparseable line skipped", c.server_id)
+                    continue
+                try:
+                    await self._handle(line)
+                except ConnectionLost:
+                    raise
+                except Exception:
+                    # The gateway survives any line a server sends.
+                    logger.exception("server %s: failed to handle %s", c.server_id, line.command)
+        finally:
+            registration.cancel()
+            keepalive.cancel()
+
+    def _reset_session_state(self) -> None:
+        self.nick = self.config.nick
+        self._nick_attempt = 0
+        self.caps = set()
+        self.isupport = {}
+        self.prefix_modes, self.prefix_symbols = "ov", "@+"
+        self.casemapping = "rfc1459"
+        self.joined = {}
+        self.members = {}
+        self._names_pending = {}
+        self._last_received = time.monotonic()
+        self._sasl_in_progress = False
+        self._cap_negotiating = True
+
+    def _registration_timeout(self) -> None:
+        if not self.registered and self._writer is not None:
+            self.last_error = "registration timed out"
+            self._writer.close()
+
+    async def _keepalive(self) -> None:
+        while True:
+            await asyncio.sleep(IDLE_PING_SECONDS / 3)
+            idle = time.monotonic() - self._last_received
+            if idle >= IDLE_PING_SECONDS + PING_TIMEOUT_SECONDS:
+                logger.info("server %s: ping timeout", self.config.server_id)
+                if self._writer is not None:
+                    self._writer.close()
+                return
+            if idle >= IDLE_PING_SECONDS:
+                self._send("PING", f"palaver-{int(time.time())}")
+
+    # -- sending -----------------------------------------------------------------------------
+
+    def _send(self, command: str, *params: str) -> None:
+        if self._writer is None:
+            raise ConnectionLost("not connected")
+        self._writer.write(protocol.format_line(command, *params))
+
+    def send_raw(self, text: str) -> None:
+        """/quote: the user's own line. parse_line refuses LF and NUL, format_line CR, so it can
+        never carry a second command."""
+        line = protocol.parse_line(text)
+        self._send(line.command, *line.params)
+
+    def say(self, target: str, text: str, kind: str = "message") -> None:
+        """Send a message, split to fit; stored now unless the server echoes it back."""
+        if not self.registered:
+            raise ConnectionLost("not connected to the server yet")
+        command = "NOTICE" if kind == "notice" else "PRIVMSG"
+        # Room for ":nick!user@host PRIVMSG target :" as the server relays it, and CTCP framing.
+        overhead = len(f":{self.nick}!{'x' * 10}@{'x' * 63} {command} {target} :".encode()) + 10
+        for chunk in protocol.split_message(text, overhead):
+            body = protocol.ctcp("ACTION", chunk) if kind == "action" else chunk
+            self._send(command, target, body)
+            if "echo-message" not in self.caps:
+                self._store_line(
+                    buffer=target, kind=kind, sender=self.nick, text=chunk, tags={}, own=True
+                )
+
+    def join(self, channel: str, key: str = "") -> None:
+        if key:
+            self._send("JOIN", channel, key)
+        else:
+            self._send("JOIN", channel)
+
+    def part(self, channel: str, reason: str = "") -> None:
+        self._send("PART", channel, *([reason] if reason else []))
+
+    async def apply_channels(self, autojoin: dict[str, str]) -> None:
+        """Join channels newly set to autojoin, part those removed."""
+        old = {self._fold(n) for n in self.config.autojoin}
+        new = {self._fold(n): n for n in autojoin}
+        self.config.autojoin = autojoin
+        if not self.registered:
+            return
+        for folded, name in new.items():
+            if folded not in old and folded not in self.joined:
+                self.join(name, autojoin[name])
+        for name in list(self.joined.values()):
+            if self._fold(name) in old and self._fold(name) not in new:
+                self.part(name)
+
+    async def _autojoin(self) -> None:
+        names = list(self.config.autojoin.items())
+        for i in range(0, len(names), JOINS_PER_BURST):
+            burst = names[i : i + JOINS_PER_BURST]
+            keyed = [(n, k) for n, k in burst if k] + [(n, k) for n, k in burst if not k]
+            try:
+                channels = ",".join(n for n, _ in keyed)
+                keys = ",".join(k for _, k in keyed if k)
+                if keys:
+                    self._send("JOIN", channels, keys)
+                else:
+                    self._send("JOIN", channels)
+            except ConnectionLost:
+                return
+            await asyncio.sleep(JOIN_BURST_SECONDS)
+
+    # -- receiving ---------------------------------------------------------------------------
+
+    def _fold(self, name: str) -> str:
+        return protocol.casefold(name, self.casemapping)
+
+    def _is_channel(self, target: str) -> bool:
+        chantypes = self.isupport.get("CHANTYPES") or "#&"
+        return bool(target) and target[0] in chantypes
+
+    def _is_me(self, nick: str | None) -> bool:
+        return nick is not None and self._fold(nick) == self._fold(self.nick)
+
+    async def _handle(self, line: IrcLine) -> None:
+        handler = getattr(self, f"_on_{line.command.lower()}", None)
+        if handler is not None:
+            result = handler(line)
+            if asyncio.iscoroutine(result):
+                await result
+        elif line.command.isdigit():
+            self._on_numeric(line)
+
+    def _on_ping(self, line: IrcLine) -> None:
+        self._send("PONG", *(line.params[:1] or [""]))
+
+    def _on_pong(self, line: IrcLine) -> None:
+        pass
+
+    def _on_error(self, line: IrcLine) -> None:
+        message = line.params[-1] if line.params else "error"
+        self.last_error = message
+        raise ConnectionLost(f"server said: {message}")
+
+    # capabilities and SASL
+
+    def _on_cap(self, line: IrcLine) -> None:
+        if len(line.params) < 2:
+            return
+        sub = line.params[1].upper()
+        args = line.params[2:]
+        if sub == "LS":
+            more = len(args) > 1 and args[0] == "*"
+            offered = {token.split("=", 1)[0] for token in args[-1].split()} if args else set()
+            self._offered = getattr(self, "_offered", set()) | offered
+            if more:
+                return
+            wanted: set[str] = set(WANTED_CAPS & self._offered)
+            if self.config.sasl_username and self.config.sasl_password and "sasl" in self._offered:
+                wanted.add("sasl")
+            if wanted:
+                self._send("CAP", "REQ", " ".join(sorted(wanted)))
+            else:
+                self._end_cap()
+        elif sub == "ACK":
+            acked = set(args[-1].split()) if args else set()
+            for cap in acked:
+                if cap.startswith("-"):
+                    self.caps.discard(cap[1:])
+                else:
+                    self.caps.add(cap)
+            if "sasl" in acked and not self.registered:
+                self._sasl_in_progress = True
+                self._send("AUTHENTICATE", "PLAIN")
+            elif self._cap_negotiating:
+                self._end_cap()
+        elif sub == "NAK":
+            if self._cap_negotiating:
+                self._end_cap()
+        elif sub == "NEW":
+            new = {t.split("=", 1)[0] for t in (args[-1].split() if args else [])}
+            wanted = set(WANTED_CAPS & new) - self.caps
+            if wanted:
+                self._send("CAP", "REQ", " ".join(sorted(wanted)))
+        elif sub == "DEL":
+            for cap in args[-1].split() if args else []:
+                self.caps.discard(cap)
+
+    def _end_cap(self) -> None:
+        if self._cap_negotiating and not self._sasl_in_progress:
+            self._cap_negotiating = False
+            self._send("CAP", "END")
+
+    def _on_authenticate(self, line: IrcLine) -> None:
+        if line.params and line.params[0] == "+":
+            c = self.config
+            payload = f"{c.sasl_username}\0{c.sasl_username}\0{c.sasl_password}".encode()
+            encoded = base64.b64encode(payload).decode()
+            for i in range(0, len(encoded), 400):
+                self._send("AUTHENTICATE", encoded[i : i + 400])
+            if len(encoded) % 400 == 0:
+                self._send("AUTHENTICATE", "+")
+
+    def _sasl_done(self, ok: bool, text: str) -> None:
+        self._sasl_in_progress = False
+        self._server_line("system", text if ok else f"SASL authentication failed: {text}")
+        self._end_cap()
+
+    # registration and server numerics
+
+    def _on_numeric(self, line: IrcLine) -> None:
+        code = line.command
+        params = line.params
+        text = params[-1] if params else ""
+        if code in ("900", "903"):
+            self._sasl_done(True, text)
+        elif code in ("902", "904", "905", "906", "907"):
+            self._sasl_done(False, text)
+        elif code == "001":
+            self._registered(line)
+        elif code == "005":
+            for key, value in protocol.parse_isupport(
+                params[1:-1] if len(params) > 2 else []
+            ).items():
+                if key.startswith("-"):
+                    self.isupport.pop(key[1:], None)  # the server withdrew it
+                else:
+                    self.isupport[key] = value
+            if "PREFIX" in self.isupport:
+                self.prefix_modes, self.prefix_symbols = protocol.parse_prefix(
+                    self.isupport["PREFIX"] or ""
+                )
+            self.casemapping = (self.isupport.get("CASEMAPPING") or "rfc1459").lower()
+        elif code in ("432", "433", "436", "437") and not self.registered:
+            self._next_nick()
+        elif code == "353":
+            self._names_reply(params)
+        elif code == "366":
+            self._names_end(params)
+        elif code == "332" and len(params) >= 3:
+            self._topic(params[1], params[2], announce=False)
+        elif code in ("333", "366", "329", "004", "003", "002"):
+            pass
+        elif code in ("375", "372", "376", "422"):
+            self._server_line("notice", text, sender=line.source or "")
+        else:
+            # Whois replies, errors, and the rest: readable in the server buffer.
+            shown = " ".join(params[1:]) if len(params) > 1 else text
+            self._server_line("system", shown, sender=line.source or "")
+
+    def _next_nick(self) -> None:
+        candidates = [*self.config.alt_nicks]
+        if self._nick_attempt < len(candidates):
+            self.nick = candidates[self._nick_attempt]
+        else:
+            suffix = self._nick_attempt - len(candidates) + 1
+            self.nick = (self.config.nick[: 30 - len(str(suffix)) - 1] + "_" + str(suffix))[:30]
+        self._nick_attempt += 1
+        self._send("NICK", self.nick)
+
+    def _registered(self, line: IrcLine) -> None:
+        self.registered = True
+        self._cap_negotiating = False
+        if line.params:
+            self.nick = line.params[0]
+        self._set_state("connected", error="", next_retry=None)
+        self._server_line("system", f"Connected to {self.config.host} as {self.nick}.")
+        c = self.config
+        if c.sasl_username and c.sasl_password and "sasl" not in self.caps:
+            # No SASL on this server: identify to NickServ instead.
+            self._send("PRIVMSG", "NickServ", f"IDENTIFY {c.sasl_username} {c.sasl_password}")
+        asyncio.get_running_loop().create_task(self._autojoin())
+
+    # channel life
+
+    def _on_join(self, line: IrcLine) -> None:
+        if not line.params or not line.nick:
+            return
+        channel = line.params[0]
+        folded = self._fold(channel)
+        if self._is_me(line.nick):
+            self.joined[folded] = channel
+            self.members[folded] = {}
+        self.members.setdefault(folded, {})[self._fold(line.nick)] = ""
+        self._store_line(
+            buffer=channel, kind="join", sender=line.nick, text=line.user_host or "", tags=line.tags
+        )
+        if not self._is_me(line.nick):
+            self.store.put(self._members(channel, "add", nick=line.nick, prefixes=""))
+
+    def _on_part(self, line: IrcLine) -> None:
+        if not line.params or not line.nick:
+            return
+        channel = line.params[0]
+        self._leave(channel, line.nick)
+        self._store_line(
+            buffer=channel, kind="part", sender=line.nick,
+            text=line.params[1] if len(line.params) > 1 else "", tags=line.tags,
+        )  # fmt: skip
+
+    def _on_kick(self, line: IrcLine) -> None:
+        if len(line.params) < 2:
+            return
+        channel, victim = line.params[0], line.params[1]
+        reason = line.params[2] if len(line.params) > 2 else ""
+        self._leave(channel, victim)
+        self._store_line(
+            buffer=channel, kind="kick", sender=line.nick or "", tags=line.tags,
+            text=f"{victim} {reason}".strip(),
+        )  # fmt: skip
+        if self._is_me(victim) and self._fold(channel) in {
+            self._fold(n) for n in self.config.autojoin
+        }:
+            self.join(channel, self.config.autojoin.get(channel, ""))
+
+    def _leave(self, channel: str, nick: str) -> None:
+        folded = self._fold(channel)
+        if self._is_me(nick):
+            self.joined.pop(folded, None)
+            self.members.pop(folded, None)
+            self.store.put(self._members(channel, "clear"))
+        else:
+            self.members.get(folded, {}).pop(self._fold(nick), None)
+            self.store.put(self._members(channel, "remove", nick=nick))
+
+    def _on_quit(self, line: IrcLine) -> None:
+        if not line.nick:
+            return
+        folded_nick = self._fold(line.nick)
+        reason = line.params[0] if line.params else ""
+        for folded, members in self.members.items():
+            if folded_nick in members:
+                members.pop(folded_nick)
+                channel = self.joined.get(folded, folded)
+                self._store_line(
+                    buffer=channel, kind="quit", sender=line.nick, text=reason, tags=line.tags
+                )
+                self.store.put(self._members(channel, "remove", nick=line.nick))
+
+    def _on_nick(self, line: IrcLine) -> None:
+        if not line.nick or not line.params:
+            return
+        old, new = line.nick, line.params[0]
+        if self._is_me(old):
+            self.nick = new
+            self._server_line("system", f"You are now known as {new}.")
+        folded_old, folded_new = self._fold(old), self._fold(new)
+        for folded, members in self.members.items():
+            if folded_old in members:
+                members[folded_new] = members.pop(folded_old)
+                channel = self.joined.get(folded, folded)
+                self._store_line(buffer=channel, kind="nick", sender=old, text=new, tags=line.tags)
+                self.store.put(self._members(channel, "rename", nick=old, new_nick=new))
+
+    def _on_topic(self, line: IrcLine) -> None:
+        if len(line.params) >= 2:
+            self._topic(line.params[0], line.params[1], announce=True, sender=line.nick or "")
+
+    def _topic(self, channel: str, topic: str, *, announce: bool, sender: str = "") -> None:
+        self.store.put(Topic(self.config.account_id, self.config.server_id, channel, topic))
+        if announce:
+            self._store_line(buffer=channel, kind="topic", sender=sender, text=topic, tags={})
+
+    def _on_mode(self, line: IrcLine) -> None:
+        if len(line.params) < 2 or not self._is_channel(line.params[0]):
+            return
+        channel = line.params[0]
+        self._store_line(
+            buffer=channel, kind="mode", sender=line.nick or line.source or "",
+            text=" ".join(line.params[1:]), tags=line.tags,
+        )  # fmt: skip
+        self._apply_prefix_modes(channel, line.params[1], line.params[2:])
+
+    def _apply_prefix_modes(self, channel: str, modes: str, args: list[str]) -> None:
+        members = self.members.get(self._fold(channel))
+        if members is None:
+            return
+        chanmodes = (self.isupport.get("CHANMODES") or "beI,k,l,imnpst").split(",")
+        takes_arg_always = set(chanmodes[0] + chanmodes[1]) if chanmodes else set()
+        takes_arg_on_set = set(chanmodes[2]) if len(chanmodes) > 2 else set()
+        adding = True
+        arg_index = 0
+        for char in modes:
+            if char in "+-":
+                adding = char == "+"
+                continue
+            if char in self.prefix_modes:
+                if arg_index >= len(args):
+                    return
+                nick = args[arg_index]
+                arg_index += 1
+                folded = self._fold(nick)
+                if folded not in members:
+                    continue
+                symbol = self.prefix_symbols[self.prefix_modes.index(char)]
+                current = members[folded].replace(symbol, "")
+                if adding:
+                    current += symbol
+                ordered = "".join(s for s in self.prefix_symbols if s in current)
+                members[folded] = ordered
+                self.store.put(self._members(channel, "update", nick=nick, prefixes=ordered))
+            elif char in takes_arg_always or (adding and char in takes_arg_on_set):
+                arg_index += 1
+
+    def _names_reply(self, params: list[str]) -> None:
+        if len(params) < 4:
+            return
+        channel = params[2]
+        entries = self._names_pending.setdefault(self._fold(channel), [])
+        for entry in params[3].split():
+            prefixes, nick, _userhost = protocol.split_names_entry(entry, self.prefix_symbols)
+            entries.append((prefixes, nick, False))
+
+    def _names_end(self, params: list[str]) -> None:
+        if len(params) < 2:
+            return
+        channel = params[1]
+        folded = self._fold(channel)
+        entries = self._names_pending.pop(folded, [])
+        if folded in self.joined:
+            self.members[folded] = {self._fold(n): p for p, n, _ in entries}
+            self.store.put(self._members(channel, "replace", members=entries))
+
+    def _on_away(self, line: IrcLine) -> None:
+        if not line.nick:
+            return
+        away = bool(line.params)
+        folded_nick = self._fold(line.nick)
+        for folded, members in self.members.items():
+            if folded_nick in members:
+                channel = self.joined.get(folded, folded)
+                self.store.put(self._members(channel, "update", nick=line.nick, away=away))
+
+    # messages
+
+    def _on_privmsg(self, line: IrcLine) -> None:
+        self._message(line, notice=False)
+
+    def _on_notice(self, line: IrcLine) -> None:
+        self._message(line, notice=True)
+
+    def _message(self, line: IrcLine, *, notice: bool) -> None:
+        if len(line.params) < 2:
+            return
+        target, text = line.params[0], line.params[1]
+        sender = line.nick or line.source or ""
+        from_server = line.source is None or "!" not in (line.source or "")
+        if from_server and not self._is_channel(target):
+            self._server_line("notice", text, sender=sender, tags=line.tags)
+            return
+        own = self._is_me(sender)
+        buffer = target if self._is_channel(target) else (target if own else sender)
+        kind = "notice" if notice else "message"
+        ctcp = protocol.parse_ctcp(text)
+        if ctcp is not None:
+            command, argument = ctcp
+            if command == "ACTION":
+                kind, text = "action", argument
+            else:
+                if not notice and not own:
+                    self._ctcp_reply(sender, command, argument)
+                return
+        if not self._is_channel(target) and not own and sender.lower() in ("nickserv", "chanserv"):
+            buffer = sender
+        self._store_line(
+            buffer=buffer, kind=kind, sender=sender, text=text, tags=line.tags, own=own,
+            private=not own and not self._is_channel(target) and not notice,
+        )  # fmt: skip
+
+    def _ctcp_reply(self, nick: str, command: str, argument: str) -> None:
+        now = time.monotonic()
+        self._ctcp_times = [t for t in self._ctcp_times if now - t < 60]
+        if len(self._ctcp_times) >= CTCP_REPLIES_PER_MINUTE:
+            return  # CTCP floods must not get us killed for excess flood
+        replies = {
+            "VERSION": VERSION,
+            "PING": argument,
+            "TIME": datetime.now(UTC).strftime("%a, %d %b %Y %H:%M:%S %z"),
+        }
+        if command in replies:
+            self._ctcp_times.append(now)
+            self._send("NOTICE", nick, protocol.ctcp(command, replies[command]))
+
+    # records
+
+    def _members(self, channel: str, op: str, **kwargs: Any) -> Members:
+        return Members(self.config.account_id, self.config.server_id, channel, op, **kwargs)
+
+    def _store_line(
+        self,
+        *,
+        buffer: str,
+        kind: str,
+        sender: str,
+        text: str,
+        tags: dict[str, str],
+        own: bool = False,
+        private: bool = False,
+    ) -> None:
+        server_time = protocol.parse_server_time(tags.get("time", "")) if tags else None
+        highlight = False
+        if not own and kind in ("message", "action", "notice") and self._is_channel(buffer):
+            pattern = highlight_pattern([self.nick, *self.highlight_words()])
+            highlight = bool(pattern and pattern.search(text))
+        buffer_kind = "channel" if self._is_channel(buffer) else "query"
+        self.store.put(
+            Line(
+                account_id=self.config.account_id,
+                server_id=self.config.server_id,
+                buffer=buffer,
+                buffer_kind=buffer_kind,
+                kind=kind,
+                sender=sender,
+                text=text,
+                server_time=server_time or datetime.now(UTC),
+                msgid=tags.get("msgid", "") if tags else "",
+                tags=dict(tags) if tags else {},
+                highlight=highlight,
+                private=private,
+            )
+        )
+
+    def _server_line(
+        self, kind: str, text: str, *, sender: str = "", tags: dict[str, str] | None = None
+    ) -> None:
+        tags = tags or {}
+        server_time = protocol.parse_server_time(tags.get("time", "")) if tags else None
+        self.store.put(
+            Line(
+                account_id=self.config.account_id,
+                server_id=self.config.server_id,
+                buffer=SERVER_BUFFER,
+                buffer_kind="server",
+                kind=kind,
+                sender=sender,
+                text=text,
+                server_time=server_time or datetime.now(UTC),
+                tags=dict(tags),
+            )
+        )
+
+    def _set_state(self, state: str, *, error: str, next_retry: datetime | None) -> None:
+        self.state = state
+        self.last_error = error
+        self.report_state(
+            {
+                "type": "server_state",
+                "server_id": self.config.server_id,
+                "state": state,
+                "error": error,
+                "next_retry": next_retry.isoformat() if next_retry else None,
+                "nick": self.nick,
+            }
+        )
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS certificate not trusted ({exc.verify_message})"
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    return str(exc) or type(exc).__name__

@@ -1,0 +1,387 @@
+"""The gateway against real IRC servers on loopback (InspIRCd with its IRCv3 modules, ngIRCd),
+and against a hostile one of our own for the lines no real server sends."""
+
+import asyncio
+import json
+import ssl
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import redis
+from django.conf import settings
+
+from accounts.models import User
+from channels_app import events
+from channels_app.models import Channel, ChannelUser, Message, Notification, Server
+from channels_app.services import delete_server, save_server
+from gateway.manager import Gateway
+from tenancy import switch
+from tests.factories import UserFactory
+from tests.ircd import IrcBot, IrcServer, unique_channel
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 15.0, what: str = "") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what or predicate}")
+
+
+class GatewayThread:
+    """A real Gateway on an event loop of its own thread, as `manage.py irc_gateway` runs it."""
+
+    def __init__(self, tls_context: ssl.SSLContext | None = None) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.gateway: Gateway | None = None
+        self.tls_context = tls_context
+        self.thread = threading.Thread(target=self._main, name="gateway", daemon=True)
+        self.failed: BaseException | None = None
+
+    def _main(self) -> None:
+        asyncio.set_event_loop(self.loop)
+
+        async def run() -> None:
+            self.gateway = Gateway(tls_context=self.tls_context)
+            try:
+                await self.gateway.run()
+            except BaseException as exc:
+                self.failed = exc
+
+        self.loop.create_task(run())
+        self.loop.run_forever()
+
+    def start(self) -> "GatewayThread":
+        self.thread.start()
+        wait_until(lambda: self.gateway is not None and self.gateway.ready.is_set(), 20, "ready")
+        return self
+
+    def call(self, coroutine: Any, timeout: float = 20) -> Any:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+
+    def stop(self) -> None:
+        try:
+            if self.gateway is not None:
+                self.call(self.gateway.stop())
+                self.call(self.gateway.store.close())
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(10)
+        assert self.failed is None, f"the gateway crashed: {self.failed!r}"
+
+    def connection(self, user: User, server_id: int) -> Any:
+        assert self.gateway is not None
+        return self.gateway.connections.get((user.account.pk, server_id))
+
+
+@pytest.fixture
+def run_gateway(clean_schemas: None) -> Iterator[Callable[..., GatewayThread]]:
+    started: list[GatewayThread] = []
+
+    def start(tls_context: ssl.SSLContext | None = None) -> GatewayThread:
+        runner = GatewayThread(tls_context).start()
+        started.append(runner)
+        return runner
+
+    yield start
+    for runner in started:
+        runner.stop()
+
+
+def add_server(
+    user: User, ircd: IrcServer, *, channels: tuple[str, ...] = (), **fields: Any
+) -> int:
+    values: dict[str, Any] = {
+        "name": fields.pop("name", "Test net"), "host": "127.0.0.1", "port": ircd.port,
+        "tls": False, "nick": fields.pop("nick", "alice_p"),
+    }  # fmt: skip
+    values.update(fields)
+    with switch(user):
+        server = save_server(server=Server(**values), alt_nicks=[], secrets={})
+        for name in channels:
+            Channel.objects.create(server=server, name=name, autojoin=True)
+        return server.pk
+
+
+def messages(user: User, **filters: Any) -> list[Message]:
+    with switch(user):
+        return list(Message.objects.filter(**filters).select_related("channel").order_by("id"))
+
+
+@pytest.fixture
+def alice(clean_schemas: None) -> User:
+    return UserFactory(email="alice@example.org")
+
+
+@pytest.fixture
+def bob(clean_schemas: None) -> User:
+    return UserFactory(email="bob@example.org")
+
+
+def test_registers_joins_stores_and_publishes(
+    alice: User, inspircd: IrcServer, irc_bot: Callable[..., IrcBot], run_gateway: Callable
+) -> None:
+    channel = unique_channel()
+    server_id = add_server(alice, inspircd, channels=(channel,))
+    carol = irc_bot(inspircd, "carol")
+    carol.join(channel)
+    pubsub = redis.Redis.from_url(settings.REDIS_URL).pubsub()
+    pubsub.subscribe(events.events_channel(alice.account.pk))
+    gateway = run_gateway()
+    carol.wait_for(r":alice_p!\S+ JOIN", timeout=15)
+    conn = gateway.connection(alice, server_id)
+    assert {"server-time", "echo-message", "multi-prefix", "message-tags"} <= conn.caps
+
+    carol.say(channel, "hello alice_p, \x02bold\x02 move")
+    stored = wait_until(lambda: messages(alice, text__startswith="hello"), what="the line")
+    line = stored[0]
+    assert (line.channel.name, line.sender, line.kind) == (channel, "carol", "message")
+    assert line.text == "hello alice_p, \x02bold\x02 move"
+    assert "time" in line.tags and line.msgid  # server-time and msgid from InspIRCd
+    with switch(alice):
+        assert Notification.objects.get().message_id == line.pk  # the nick is a highlight
+        members = set(
+            ChannelUser.objects.filter(channel__name=channel).values_list("nick", flat=True)
+        )
+    assert {"alice_p", "carol"} <= members
+
+    seen: list[dict] = []
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not any(e.get("id") == line.pk for e in seen):
+        message = pubsub.get_message(timeout=0.2)
+        if message and message["type"] == "message":
+            seen.append(json.loads(message["data"]))
+    assert any(e["type"] == "server_state" and e["state"] == "connected" for e in seen)
+    event = next(e for e in seen if e.get("id") == line.pk)
+    assert event["text"] == line.text and event["highlight"] is True
+    pubsub.close()
+
+    # A private message opens a conversation and notifies.
+    carol.say("alice_p", "psst")
+    wait_until(lambda: messages(alice, text="psst"), what="the private message")
+    with switch(alice):
+        assert Channel.objects.get(name="carol").kind == Channel.Kind.QUERY
+        assert Notification.objects.filter(kind="private").count() == 1
+
+
+def test_echo_message_stores_what_we_send_once(
+    alice: User, inspircd: IrcServer, irc_bot: Callable[..., IrcBot], run_gateway: Callable
+) -> None:
+    channel = unique_channel()
+    server_id = add_server(alice, inspircd, channels=(channel,))
+    carol = irc_bot(inspircd, "carol")
+    carol.join(channel)
+    gateway = run_gateway()
+    carol.wait_for(r":alice_p!\S+ JOIN", timeout=15)
+    command = {"account_id": str(alice.account.pk), "server_id": server_id}
+    assert gateway.gateway is not None
+    gateway.call(gateway.gateway.handle_command({**command, "op": "send", "target": channel,
+                                                 "text": "hi from the web"}))  # fmt: skip
+    gateway.call(gateway.gateway.handle_command({**command, "op": "send", "target": channel,
+                                                 "text": "waves", "kind": "action"}))  # fmt: skip
+    carol.wait_for(r"PRIVMSG \S+ :hi from the web")
+    carol.wait_for(r"\x01ACTION waves\x01")
+    wait_until(lambda: len(messages(alice, sender="alice_p", kind__in=["message", "action"])) == 2)
+    time.sleep(0.5)
+    mine = messages(alice, sender="alice_p", kind__in=["message", "action"])
+    assert [(m.kind, m.text) for m in mine] == [("message", "hi from the web"), ("action", "waves")]
+    assert all(m.msgid for m in mine)  # they came back from the server (echo-message)
+
+
+def test_reconnects_and_rejoins_after_server_restart(
+    alice: User, inspircd: IrcServer, irc_bot: Callable[..., IrcBot], run_gateway: Callable,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    monkeypatch.setattr("gateway.connection.BACKOFF_FIRST", 0.5)
+    channel = unique_channel()
+    server_id = add_server(alice, inspircd, channels=(channel,))
+    gateway = run_gateway()
+    wait_until(lambda: gateway.connection(alice, server_id).state == "connected")
+    inspircd.stop(graceful=False)
+    wait_until(lambda: gateway.connection(alice, server_id).state == "disconnected", 20)
+    conn = gateway.connection(alice, server_id)
+    assert conn.last_error
+    inspircd.start()
+
+    def rejoined() -> bool:
+        conn = gateway.connection(alice, server_id)
+        return conn.state == "connected" and channel.lower() in conn.joined
+
+    wait_until(rejoined, 40, "reconnected and rejoined")
+    carol = irc_bot(inspircd, "carol")
+    carol.join(channel)
+    carol.say(channel, "welcome back")
+    wait_until(lambda: messages(alice, text="welcome back"), what="the line after reconnecting")
+    with switch(alice):
+        server_lines = Message.objects.filter(channel__kind="server").values_list("text", flat=True)
+        assert any(t.startswith("Disconnected:") for t in server_lines)
+
+
+def test_tls_with_a_self_signed_certificate(
+    alice: User, inspircd: IrcServer, run_gateway: Callable
+) -> None:
+    assert inspircd.tls_port and inspircd.cert_path
+    trusted = ssl.create_default_context(cafile=str(inspircd.cert_path))
+    verified = add_server(alice, inspircd, name="Verified", nick="alice_v", tls=True,
+                          port=inspircd.tls_port)  # fmt: skip
+    unverified = add_server(alice, inspircd, name="Unverified", nick="alice_u", tls=True,
+                            port=inspircd.tls_port, tls_verify=False)  # fmt: skip
+    gateway = run_gateway(tls_context=trusted)
+    wait_until(lambda: gateway.connection(alice, verified).state == "connected", 20)
+    wait_until(lambda: gateway.connection(alice, unverified).state == "connected", 20)
+
+
+def test_untrusted_certificate_is_refused_with_a_clear_error(
+    alice: User, inspircd: IrcServer, run_gateway: Callable
+) -> None:
+    server_id = add_server(alice, inspircd, tls=True, port=inspircd.tls_port)
+    gateway = run_gateway()  # the system's trust store: the test certificate is not in it
+    wait_until(lambda: "certificate" in (gateway.connection(alice, server_id).last_error or ""))
+    assert gateway.connection(alice, server_id).state != "connected"
+
+
+def test_two_accounts_on_one_server_stay_isolated(
+    alice: User, bob: User, inspircd: IrcServer, irc_bot: Callable[..., IrcBot],
+    run_gateway: Callable,
+) -> None:  # fmt: skip
+    channel = unique_channel()
+    add_server(alice, inspircd, channels=(channel,), nick="alice_p")
+    add_server(bob, inspircd, channels=(channel,), nick="bob_p")
+    carol = irc_bot(inspircd, "carol")
+    carol.join(channel)
+    run_gateway()
+    carol.wait_for(r":alice_p!\S+ JOIN|:bob_p!\S+ JOIN")
+    carol.wait_for(r":alice_p!\S+ JOIN|:bob_p!\S+ JOIN")
+    carol.say(channel, "to everyone")
+    carol.say("bob_p", "only for bob")
+    wait_until(lambda: messages(bob, text="only for bob") and messages(alice, text="to everyone"))
+    assert len(messages(alice, text="to everyone")) == 1
+    assert len(messages(bob, text="to everyone")) == 1
+    assert messages(alice, text="only for bob") == []
+
+
+def test_web_changes_reach_the_gateway_within_a_second(
+    alice: User, inspircd: IrcServer, irc_bot: Callable[..., IrcBot], run_gateway: Callable
+) -> None:
+    channel = unique_channel()
+    carol = irc_bot(inspircd, "carol")
+    carol.join(channel)
+    gateway = run_gateway()
+    server_id = add_server(alice, inspircd, channels=(channel,))  # published after commit
+    started = time.monotonic()
+    carol.wait_for(r":alice_p!\S+ JOIN", timeout=10)
+    assert time.monotonic() - started < 3  # connect + register + join, driven by the command
+    with switch(alice):
+        delete_server(server=Server.objects.get(pk=server_id))
+    carol.wait_for(r":alice_p!\S+ QUIT", timeout=5)
+    wait_until(lambda: gateway.connection(alice, server_id) is None)
+
+
+def test_ngircd_simple_server(
+    alice: User, ngircd: IrcServer, irc_bot: Callable[..., IrcBot], run_gateway: Callable
+) -> None:
+    server_id = add_server(alice, ngircd, channels=("#palaver",))
+    carol = irc_bot(ngircd, "carol")
+    carol.join("#palaver")
+    gateway = run_gateway()
+    carol.wait_for(r":alice_p!\S+ JOIN", timeout=15)
+    carol.say("#palaver", "plain old irc")
+    wait_until(lambda: messages(alice, text="plain old irc"))
+    with switch(alice):
+        assert Channel.objects.get(name="#palaver").topic  # the pre-created channel's topic
+    assert gateway.connection(alice, server_id).caps <= {"multi-prefix"}
+
+
+# --- a hostile server -----------------------------------------------------------------------
+
+HOSTILE_LINES = [
+    b"",
+    b"\x00\x01\x02",
+    b":",
+    b"@",
+    b"@;;; :x",
+    b":onlyprefix",
+    b"\xff\xfe\xfd not utf-8 \xe9\xe8",
+    b"A" * 20000,
+    b"@" + b"a=" * 6000 + b" PRIVMSG #x :tags too long",
+    b":x JOIN",
+    b":x!u@h PART",
+    b":x!u@h KICK #c",
+    b":x!u@h MODE #c +ooo a",
+    b":x!u@h MODE #c +k",
+    b":x!u@h NICK",
+    b":x!u@h QUIT",
+    b":x!u@h TOPIC",
+    b":s 353 me",
+    b":s 353 me = #c :@@@ +",
+    b":s 366",
+    b":s 005 me PREFIX=(qaohv CHANTYPES= CASEMAPPING=bogus :are supported",
+    b":s CAP",
+    b":s CAP * LS",
+    b":s CAP * ACK",
+    b":s 332",
+    b":x!u@h PRIVMSG",
+    b":x!u@h PRIVMSG #c",
+    b":x!u@h PRIVMSG #c :\x01",
+    b":x!u@h PRIVMSG me :\x01VERSION",
+    b":x!u@h PRIVMSG me :\x01PING",
+    b"@time=not-a-time :x!u@h PRIVMSG #c :bad time",
+    b":x!u@h AWAY",
+    b"PING",
+    b":s 001",
+    b":s 9999 what",
+]
+
+
+def test_hostile_lines_never_crash_the_gateway(alice: User, run_gateway: Callable) -> None:
+    received: list[bytes] = []
+    ready = threading.Event()
+    loop = asyncio.new_event_loop()
+    port_box: list[int] = []
+
+    async def serve() -> None:
+        async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            while not received or b"USER" not in b"".join(received):
+                received.append(await reader.readline())
+            for line in [b":s 001 alice_p :Welcome", *HOSTILE_LINES,
+                         b":s 001 alice_p :Welcome again",
+                         b":x!u@h JOIN #c", b":carol!u@h PRIVMSG #c :still alive"]:  # fmt: skip
+                writer.write(line + b"\r\n")
+            await writer.drain()
+            while True:
+                data = await reader.readline()
+                if not data:
+                    return
+                received.append(data)
+
+        server = await asyncio.start_server(client, "127.0.0.1", 0)
+        port_box.append(server.sockets[0].getsockname()[1])
+        ready.set()
+        async with server:
+            await server.serve_forever()
+
+    def serve_forever() -> None:
+        task = loop.create_task(serve())
+        loop.run_forever()
+        task.cancel()
+
+    thread = threading.Thread(target=serve_forever, daemon=True)
+    thread.start()
+    ready.wait(5)
+
+    class Fake:
+        port = port_box[0]
+
+    server_id = add_server(alice, Fake())  # type: ignore[arg-type]
+    gateway = run_gateway()
+    wait_until(lambda: messages(alice, text="still alive"), what="the valid line after the junk")
+    conn = gateway.connection(alice, server_id)
+    assert conn.state == "connected"
+    # It answered the CTCP VERSION, and nothing took the process down.
+    assert any(b"NOTICE x :\x01VERSION" in line for line in received)
+    loop.call_soon_threadsafe(loop.stop)
