@@ -11,8 +11,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.requirements-installed
 REQUIREMENTS := $(wildcard requirements/*.txt)
-# Type-checked: the tenancy and core apps whole, plus every app's services module.
-MYPY_TARGETS := tenancy core $(filter-out tenancy/% core/%,$(wildcard */services.py))
+# Type-checked: the tenancy, core and gateway apps whole, plus every app's services module.
+MYPY_TARGETS := tenancy core gateway $(filter-out tenancy/% core/%,$(wildcard */services.py))
 PYTEST_ARGS ?=
 
 .PHONY: help venv migrate run test lint bench stop clean
