@@ -369,6 +369,7 @@ def test_hostile_lines_never_crash_the_gateway(alice: User, run_gateway: Callabl
         task = loop.create_task(serve())
         loop.run_forever()
         task.cancel()
+        loop.run_until_complete(asyncio.gather(task, return_exceptions=True))
 
     thread = threading.Thread(target=serve_forever, daemon=True)
     thread.start()
