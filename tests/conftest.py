@@ -18,7 +18,7 @@ from llms.models import LLM
 from llms.services import sync_tool_catalog
 from tests.factories import PASSWORD, UserFactory
 
-pytest_plugins = ["tests.ircd"]
+pytest_plugins = ["tests.ircd", "tests.gateway_support"]
 
 # As llms/migrations/0002_seed_catalog.py seeds it.
 LLM_CATALOG = [

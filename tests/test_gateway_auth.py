@@ -13,7 +13,7 @@ from accounts.models import User
 from channels_app.models import Server
 from channels_app.services import save_server
 from tenancy import switch
-from tests.test_gateway import GatewayThread, messages, run_gateway, wait_until  # noqa: F401
+from tests.gateway_support import messages, wait_until
 
 Script = Callable[[str, Callable[[str], None]], None]
 
@@ -99,7 +99,8 @@ def test_sasl_plain(alice: User, scripted: Callable, run_gateway: Callable) -> N
     server = scripted(script)
     with switch(alice):
         srv = Server(name="Scripted", host="127.0.0.1", port=server.port, tls=False,
-                     nick="alice_p", sasl_username="alice", sasl_password="s3cret-sasl")  # fmt: skip
+                     nick="alice_p", sasl_username="alice",
+                     sasl_password="s3cret-sasl")  # fmt: skip
         server_id = save_server(server=srv, alt_nicks=[], secrets={}).pk
     gateway = run_gateway()
     wait_until(lambda: gateway.connection(alice, server_id).state == "connected")
@@ -108,7 +109,7 @@ def test_sasl_plain(alice: User, scripted: Callable, run_gateway: Callable) -> N
     assert "CAP END" in server.received
     assert server.received.index("AUTHENTICATE PLAIN") < server.received.index("CAP END")
     assert not any("NickServ" in line for line in server.received)
-    assert any("SASL authentication successful" in m.text for m in messages(alice))
+    wait_until(lambda: any("SASL authentication successful" in m.text for m in messages(alice)))
 
 
 def test_nickserv_fallback_and_alternative_nicks(
@@ -131,7 +132,8 @@ def test_nickserv_fallback_and_alternative_nicks(
     server = scripted(script)
     with switch(alice):
         srv = Server(name="Scripted", host="127.0.0.1", port=server.port, tls=False,
-                     nick="alice_p", sasl_username="alice", sasl_password="nickserv-pw")  # fmt: skip
+                     nick="alice_p", sasl_username="alice",
+                     sasl_password="nickserv-pw")  # fmt: skip
         server_id = save_server(server=srv, alt_nicks=["alice_", "alice__"], secrets={}).pk
     gateway = run_gateway()
     wait_until(lambda: gateway.connection(alice, server_id).state == "connected")
