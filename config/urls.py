@@ -7,6 +7,7 @@ urlpatterns = [
     path("", account_views.dashboard, name="dashboard"),
     path("", include("accounts.urls")),
     path("servers/", include("channels_app.urls")),
+    path("chat/", include("channels_app.chat_urls")),
     path("agents/", include("agents.urls")),
     path("knowledge/", include("knowledge.urls")),
     path("", include("llms.urls")),
