@@ -22,6 +22,8 @@ CACHES = {
         "KEY_PREFIX": "palaver-test",
     }
 }
+# Live events and gateway commands too (channels_app.events reads REDIS_URL).
+REDIS_URL = _TEST_REDIS
 CELERY_BROKER_URL = _TEST_REDIS
 CELERY_RESULT_BACKEND = _TEST_REDIS
 SESSION_COOKIE_SECURE = False

@@ -19,7 +19,7 @@ from typing import Any
 
 from gateway import protocol
 from gateway.protocol import IrcLine, ParseError
-from gateway.storage import SERVER_BUFFER, Line, Members, Store, Topic, highlight_pattern
+from gateway.storage import SERVER_BUFFER, Joined, Line, Members, Store, Topic, highlight_pattern
 
 logger = logging.getLogger(__name__)
 
@@ -504,6 +504,7 @@ class IrcConnection:
         if self._is_me(line.nick):
             self.joined[folded] = channel
             self.members[folded] = {}
+            self.store.put(Joined(self.config.account_id, self.config.server_id, channel, True))
         self.members.setdefault(folded, {})[self._fold(line.nick)] = ""
         self._store_line(
             buffer=channel, kind="join", sender=line.nick, text=line.user_host or "", tags=line.tags
@@ -516,6 +517,9 @@ class IrcConnection:
             return
         channel = line.params[0]
         self._leave(channel, line.nick)
+        if self._is_me(line.nick):  # we left on purpose: do not rejoin after a restart
+            self.store.put(Joined(self.config.account_id, self.config.server_id, channel, False))
+            self.config.autojoin.pop(channel, None)
         self._store_line(
             buffer=channel, kind="part", sender=line.nick,
             text=line.params[1] if len(line.params) > 1 else "", tags=line.tags,

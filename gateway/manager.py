@@ -151,6 +151,8 @@ class Gateway:
         lock = self._account_locks.setdefault(account_id, asyncio.Lock())
         async with lock:
             configs: list[ServerConfig] = []
+            # Channels may have been deleted in the web: read their ids afresh.
+            await self.store.run_sync(self.store.forget_channels, account_id)
             if account is not None:
                 self.accounts[account_id] = account
                 self.store.add_account(account)

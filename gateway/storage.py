@@ -90,7 +90,17 @@ class Topic:
     topic: str
 
 
-Record = Line | Members | Topic
+@dataclass(slots=True)
+class Joined:
+    """We joined or left a channel: it is rejoined after a restart exactly when we are in it."""
+
+    account_id: uuid.UUID
+    server_id: int
+    buffer: str
+    joined: bool
+
+
+Record = Line | Members | Topic | Joined
 
 _WORD_CACHE: dict[tuple[str, ...], re.Pattern[str] | None] = {}
 
@@ -236,15 +246,21 @@ class Store:
             account = self._accounts.get(record.account_id)
             if account is None:
                 continue
-            try:
-                with switch(account), transaction.atomic():
-                    payloads, ids = self._write_account(record.account_id, [record])
-            except (OperationalError, InterfaceError):
-                raise
-            except DatabaseError:
-                logger.exception("dropping a record the database refuses: %r", record)
-                self._channels.clear()
-                continue
+            payloads: list[dict[str, Any]] = []
+            ids: list[int] = []
+            for attempt in (1, 2):
+                try:
+                    with switch(account), transaction.atomic():
+                        payloads, ids = self._write_account(record.account_id, [record])
+                    break
+                except (OperationalError, InterfaceError):
+                    raise
+                except DatabaseError:
+                    # The usual cause is a channel deleted in the web since we cached its id:
+                    # forget the cache and try once more before giving the record up.
+                    self._channels.clear()
+                    if attempt == 2:
+                        logger.exception("dropping a record the database refuses: %r", record)
             written += len(ids)
             self._after_commit(record.account_id, payloads, ids)
         return written
@@ -305,6 +321,8 @@ class Store:
             elif isinstance(record, Members):
                 self._apply_members(channel_id, record)
                 changed_channels[channel_id] = record.server_id
+            elif isinstance(record, Joined):
+                Channel.objects.filter(pk=channel_id).update(autojoin=record.joined)
             else:
                 Channel.objects.filter(pk=channel_id).update(topic=record.topic)
                 changed_channels[channel_id] = record.server_id

@@ -311,3 +311,24 @@ def test_hostile_lines_never_crash_the_gateway(alice: User, run_gateway: Callabl
     # It answered the CTCP VERSION, and nothing took the process down.
     assert any(b"NOTICE x :\x01VERSION" in line for line in received)
     loop.call_soon_threadsafe(loop.stop)
+
+
+def test_join_and_part_from_the_chat_are_remembered(
+    alice: User, inspircd: IrcServer, run_gateway: Callable
+) -> None:
+    server_id = add_server(alice, inspircd)
+    gateway = run_gateway()
+    wait_until(lambda: gateway.connection(alice, server_id).state == "connected")
+    assert gateway.gateway is not None
+    command = {"account_id": str(alice.account.pk), "server_id": server_id, "op": "raw"}
+    channel = unique_channel()
+    gateway.call(gateway.gateway.handle_command({**command, "line": f"JOIN {channel}"}))
+
+    def autojoin() -> bool | None:
+        with switch(alice):
+            found = Channel.objects.filter(name=channel).first()
+            return found.autojoin if found else None
+
+    wait_until(lambda: autojoin() is True, what="the joined channel to be remembered")
+    gateway.call(gateway.gateway.handle_command({**command, "line": f"PART {channel}"}))
+    wait_until(lambda: autojoin() is False, what="the parted channel to be forgotten")

@@ -238,3 +238,37 @@ def test_highlight_pattern_matches_whole_words() -> None:
     assert pattern.search("time to DEPLOY NOW!")
     assert not pattern.search("malice aforethought")
     assert highlight_pattern([" ", ""]) is None
+
+
+def test_a_channel_deleted_in_the_web_is_recreated_not_lost(
+    accounts: tuple[User, User, int, int],
+) -> None:
+    """The writer caches channel ids; a conversation closed in the web must not cost the next
+    private message from that person."""
+    alice, _bob, a_server, _ = accounts
+    store = Store(publish=False)
+    store.add_account(alice.account)
+
+    async def main() -> None:
+        writer = asyncio.create_task(store.run())
+        store.put(line(alice, a_server, "first", 0, buffer="carol", buffer_kind="query"))
+        while store.stored < 1:
+            await asyncio.sleep(0.05)
+        await asyncio.to_thread(_delete_query, alice)
+        store.put(line(alice, a_server, "second", 1, buffer="carol", buffer_kind="query"))
+        while store.stored < 2:
+            await asyncio.sleep(0.05)
+        await store.drain()
+        writer.cancel()
+
+    asyncio.run(main())
+    with switch(alice):
+        assert list(Message.objects.values_list("text", "channel__name")) == [("second", "carol")]
+
+
+def _delete_query(user: User) -> None:
+    from django.db import connection as conn
+
+    with switch(user):
+        Channel.objects.filter(name="carol").delete()
+    conn.close()
