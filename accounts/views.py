@@ -15,6 +15,7 @@ from accounts import selectors, services
 from accounts.forms import SignInForm, SignUpForm
 from accounts.models import User
 from agents.models import Agent
+from channels_app.history_views import notification_context, unread_notifications
 from channels_app.models import Channel, Server
 from knowledge.models import KnowledgeBase
 from llms.selectors import account_llms, enabled_tools
@@ -49,7 +50,17 @@ def dashboard(request: HttpRequest) -> HttpResponse:
         ("Tools enabled", enabled_tools(account=user.account).count(), reverse("llms:tool_list")),
     ]
     servers = Server.objects.all()[:10]
-    return render(request, "accounts/dashboard.html", {"counts": counts, "servers": servers})
+    unread = [notification_context(n) for n in unread_notifications()[:5]]
+    return render(
+        request,
+        "accounts/dashboard.html",
+        {
+            "counts": counts,
+            "servers": servers,
+            "unread_notifications": unread,
+            "unread_count": unread_notifications().count() if len(unread) == 5 else len(unread),
+        },
+    )
 
 
 @sensitive_post_parameters("password")

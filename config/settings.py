@@ -55,6 +55,11 @@ CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Periodic tasks, run by `celery worker --beat` (scripts/run_all.py) or a separate `celery beat`.
+CELERY_BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
+    # Each account's history retention: enqueues one prune per account that set one.
+    "prune-history": {"task": "channels_app.prune_all_accounts", "schedule": 60 * 60},
+}
 
 # --- applications ------------------------------------------------------------------------------
 SHARED_APPS = [

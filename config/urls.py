@@ -11,5 +11,6 @@ urlpatterns = [
     path("agents/", include("agents.urls")),
     path("knowledge/", include("knowledge.urls")),
     path("", include("llms.urls")),
+    path("", include("channels_app.history_urls")),
     path("admin/", admin.site.urls),
 ]

@@ -71,6 +71,11 @@ def commands(port: str) -> dict[str, list[str]]:
             "info",
             "--concurrency",
             "2",
+            # Celery beat inside the worker: periodic tasks (CELERY_BEAT_SCHEDULE, e.g. history
+            # pruning). Fine for one development worker; production runs one `celery beat`.
+            "--beat",
+            "--schedule",
+            str(BASE_DIR / "var" / "celerybeat-schedule"),
         ],
     }
 
@@ -169,6 +174,7 @@ def main() -> int:
     env["PYTHONUNBUFFERED"] = "1"
     env["PORT"] = port
 
+    (BASE_DIR / "var").mkdir(exist_ok=True)  # beat's schedule file lives there
     supervisor = Supervisor(env, port)
     signal.signal(signal.SIGINT, supervisor._on_signal)
     signal.signal(signal.SIGTERM, supervisor._on_signal)

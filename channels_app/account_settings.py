@@ -1,0 +1,168 @@
+"""An account's chat settings, kept in Account.settings (JSONB, public schema):
+
+- "highlight_words": list[str]. Words and phrases that raise a highlight besides your nick;
+  the gateway matches them case-insensitively.
+- "history_retention_days": int | None. Lines older than this many days are deleted
+  (channels_app.tasks.prune_history, hourly); None keeps history forever.
+
+Readers go through `highlight_words(account)` and `retention_days(account)`, which never trust
+what is stored (the JSON can be edited in the admin); writers through `save_chat_settings`, which
+tells the gateway after commit so a change applies within seconds.
+"""
+
+import logging
+from typing import Any
+
+from django import forms
+from django.core.exceptions import ValidationError
+from django.db import transaction
+
+from accounts.models import Account
+from channels_app.events import publish_command
+
+logger = logging.getLogger(__name__)
+
+HIGHLIGHT_WORDS_KEY = "highlight_words"
+RETENTION_DAYS_KEY = "history_retention_days"
+
+MAX_HIGHLIGHT_WORDS = 50
+MAX_HIGHLIGHT_WORD_LENGTH = 100
+MIN_RETENTION_DAYS = 1
+MAX_RETENTION_DAYS = 3650
+
+
+def highlight_words(account: Account) -> list[str]:
+    """The account's highlight words and phrases (not including nicks)."""
+    stored = (account.settings or {}).get(HIGHLIGHT_WORDS_KEY)
+    if not isinstance(stored, list):
+        return []
+    try:
+        return clean_highlight_words(word for word in stored if isinstance(word, str))
+    except ValidationError:
+        logger.warning("account %s has invalid highlight words; ignoring them", account.pk)
+        return []
+
+
+def retention_days(account: Account) -> int | None:
+    """How many days of history the account keeps; None: forever."""
+    stored = (account.settings or {}).get(RETENTION_DAYS_KEY)
+    # bool is an int to Python, but `true` is not a number of days.
+    if isinstance(stored, bool) or not isinstance(stored, int):
+        return None
+    if not MIN_RETENTION_DAYS <= stored <= MAX_RETENTION_DAYS:
+        return None
+    return stored
+
+
+def clean_highlight_words(words: Any) -> list[str]:
+    """Trimmed, blank lines dropped, duplicates (ignoring case) dropped, order kept."""
+    cleaned: list[str] = []
+    seen: set[str] = set()
+    errors: list[ValidationError] = []
+    for raw in words:
+        word = " ".join(str(raw).split())
+        if not word:
+            continue
+        if any(ord(char) < 32 or ord(char) == 127 for char in word):
+            errors.append(ValidationError(f"“{word[:30]}” contains a control character."))
+            continue
+        if len(word) > MAX_HIGHLIGHT_WORD_LENGTH:
+            errors.append(
+                ValidationError(
+                    f"“{word[:30]}…” is longer than {MAX_HIGHLIGHT_WORD_LENGTH} characters."
+                )
+            )
+            continue
+        if word.casefold() in seen:
+            continue
+        seen.add(word.casefold())
+        cleaned.append(word)
+    if len(cleaned) > MAX_HIGHLIGHT_WORDS:
+        errors.append(
+            ValidationError(
+                f"At most {MAX_HIGHLIGHT_WORDS} highlight words; you gave {len(cleaned)}."
+            )
+        )
+    if errors:
+        raise ValidationError(errors)
+    return cleaned
+
+
+def validate_retention_days(days: int | None) -> int | None:
+    if days is None:
+        return None
+    if isinstance(days, bool) or not isinstance(days, int):
+        raise ValidationError("Give a whole number of days, or leave it blank.")
+    if not MIN_RETENTION_DAYS <= days <= MAX_RETENTION_DAYS:
+        raise ValidationError(
+            f"Keep history between {MIN_RETENTION_DAYS} and {MAX_RETENTION_DAYS} days, "
+            "or leave it blank to keep it forever."
+        )
+    return days
+
+
+class ChatSettingsForm(forms.Form):
+    highlight_words = forms.CharField(
+        label="Highlight words",
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 5, "spellcheck": "false"}),
+        help_text=(
+            "One word or phrase per line. A line that contains one, or your nick, notifies you. "
+            "Case does not matter."
+        ),
+    )
+    history_retention_days = forms.IntegerField(
+        label="Keep history for (days)",
+        required=False,
+        min_value=MIN_RETENTION_DAYS,
+        max_value=MAX_RETENTION_DAYS,
+        help_text=(
+            f"Lines older than this are deleted, hourly. Leave blank to keep everything forever "
+            f"(at most {MAX_RETENTION_DAYS} days)."
+        ),
+    )
+
+    @classmethod
+    def for_account(cls, account: Account, data: Any = None) -> "ChatSettingsForm":
+        days = retention_days(account)
+        return cls(
+            data,
+            initial={
+                "highlight_words": "\n".join(highlight_words(account)),
+                "history_retention_days": days,
+            },
+        )
+
+    def clean_highlight_words(self) -> list[str]:
+        return clean_highlight_words(self.cleaned_data["highlight_words"].splitlines())
+
+
+@transaction.atomic
+def save_chat_settings(
+    *, account: Account, highlight_words: list[str], history_retention_days: int | None
+) -> Account:
+    """Store the account's chat settings; raises ValidationError on bad values.
+
+    Only these two keys change: the row is locked and re-read, so a concurrent write of another
+    key of Account.settings is not lost.
+    """
+    words = clean_highlight_words(highlight_words)
+    days = validate_retention_days(history_retention_days)
+    locked = Account.objects.select_for_update().only("id", "settings").get(pk=account.pk)
+    new_settings = dict(locked.settings or {})
+    new_settings[HIGHLIGHT_WORDS_KEY] = words
+    new_settings[RETENTION_DAYS_KEY] = days
+    # update(), not save(): a plain UPDATE of one column, without TenantMixin's schema checks.
+    Account.objects.filter(pk=account.pk).update(settings=new_settings)
+    account.settings = new_settings
+    account_id = str(account.pk)
+
+    def tell_gateway() -> None:
+        try:
+            publish_command({"op": "settings_changed", "account_id": account_id})
+        except Exception:
+            # Saved all the same: the gateway sees the change the next time it reads the account.
+            logger.warning("could not tell the gateway about new chat settings", exc_info=True)
+
+    transaction.on_commit(tell_gateway)
+    return account
