@@ -16,6 +16,7 @@ Redis pub/sub, JSON payloads:
   {"op": "servers_changed", "account_id": ...}             added / edited / deleted a server
   {"op": "send", "account_id", "server_id", "target", "text", "kind": "message"|"action"|"notice"}
   {"op": "raw", "account_id", "server_id", "line"}          /quote and the other commands
+  {"op": "settings_changed", "account_id": ...}            highlight words changed
 
 - `server_state_key(account_id, server_id)`: the last server_state payload, kept in a Redis
   string so a page rendered now can show it without waiting for the next event.

@@ -1,16 +1,16 @@
-"""Run the web server and a Celery worker together for development (`make run`).
+"""Run the web server, the IRC gateway and a Celery worker together (`make run`).
 
     .venv/bin/python scripts/run_all.py        # PORT=8000 by default
 
-Both children get the same DATABASE_URL and REDIS_URL. When those are unset (in the environment
-and in .env), the embedded PostgreSQL and Redis are started here, once, before either child, and
-their URLs are handed down, so the two never race to start servers of their own (see
+Every child gets the same DATABASE_URL and REDIS_URL. When those are unset (in the environment
+and in .env), the embedded PostgreSQL and Redis are started here, once, before any child, and
+their URLs are handed down, so they never race to start servers of their own (see
 config/embedded.py; the servers keep running after this exits, until `make stop`).
 
 Each child runs in a process group of its own and its output is prefixed with its name. Ctrl-C
-(SIGINT) or SIGTERM stops both: SIGTERM goes to each child's process group (Celery's pool
-processes included), SIGKILL after a grace period. If either child exits on its own, the other
-is stopped and this exits non-zero.
+(SIGINT) or SIGTERM stops them all: SIGTERM goes to each child's process group (Celery's pool
+processes included), SIGKILL after a grace period. If a child exits on its own, the others
+are stopped and this exits non-zero.
 """
 
 import contextlib
@@ -59,7 +59,11 @@ def commands(port: str) -> dict[str, list[str]]:
             "127.0.0.1",
             "--port",
             port,
+            # Open SSE streams would otherwise hold Ctrl-C until the browser goes away.
+            "--timeout-graceful-shutdown",
+            "3",
         ],
+        "gateway": [python, "manage.py", "irc_gateway"],
         "worker": [
             python,
             "-m",
@@ -128,7 +132,7 @@ class Supervisor:
         while True:
             if self.stop_requested is not None:
                 name = signal.Signals(self.stop_requested).name
-                print(f"run_all: {name} received, stopping web and worker", flush=True)
+                print(f"run_all: {name} received, stopping {', '.join(self.children)}", flush=True)
                 self.stop_all()
                 return 0
             for name, child in self.children.items():
@@ -180,7 +184,8 @@ def main() -> int:
     signal.signal(signal.SIGTERM, supervisor._on_signal)
     supervisor.start()
     print(
-        f"run_all: Palaver on http://127.0.0.1:{port}/ with a Celery worker; Ctrl-C stops both",
+        f"run_all: Palaver on http://127.0.0.1:{port}/ with the IRC gateway and a Celery "
+        "worker; Ctrl-C stops them all",
         flush=True,
     )
     code = supervisor.wait()
