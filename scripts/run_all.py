@@ -106,7 +106,8 @@ class Supervisor:
         self.stop_requested = signum
 
     def start(self) -> None:
-        colours = ["\033[36m", "\033[35m"] if sys.stdout.isatty() else ["", ""]
+        palette = ["\033[36m", "\033[33m", "\033[35m"]
+        colours = palette if sys.stdout.isatty() else [""] * len(palette)
         specs = commands(self.port)
         width = max(len(name) for name in specs)
         for (name, argv), colour in zip(specs.items(), colours, strict=True):
