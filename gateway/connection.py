@@ -113,6 +113,7 @@ class IrcConnection:
         self._names_pending: dict[str, list[tuple[str, str, bool]]] = {}
         self._writer: asyncio.StreamWriter | None = None
         self._task: asyncio.Task[None] | None = None
+        self._autojoin_task: asyncio.Task[None] | None = None
         self._stopping = False
         self._last_received = 0.0
         self._nick_attempt = 0
@@ -234,6 +235,8 @@ class IrcConnection:
         finally:
             registration.cancel()
             keepalive.cancel()
+            if self._autojoin_task is not None:
+                self._autojoin_task.cancel()
 
     def _reset_session_state(self) -> None:
         self.nick = self.config.nick
@@ -492,7 +495,7 @@ class IrcConnection:
         if c.sasl_username and c.sasl_password and "sasl" not in self.caps:
             # No SASL on this server: identify to NickServ instead.
             self._send("PRIVMSG", "NickServ", f"IDENTIFY {c.sasl_username} {c.sasl_password}")
-        asyncio.get_running_loop().create_task(self._autojoin())
+        self._autojoin_task = asyncio.get_running_loop().create_task(self._autojoin())
 
     # channel life
 
