@@ -18,7 +18,7 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 
 from accounts.models import Account
-from channels_app.events import publish_command
+from channels_app.events import tell_gateway_on_commit
 
 logger = logging.getLogger(__name__)
 
@@ -155,14 +155,5 @@ def save_chat_settings(
     # update(), not save(): a plain UPDATE of one column, without TenantMixin's schema checks.
     Account.objects.filter(pk=account.pk).update(settings=new_settings)
     account.settings = new_settings
-    account_id = str(account.pk)
-
-    def tell_gateway() -> None:
-        try:
-            publish_command({"op": "settings_changed", "account_id": account_id})
-        except Exception:
-            # Saved all the same: the gateway sees the change the next time it reads the account.
-            logger.warning("could not tell the gateway about new chat settings", exc_info=True)
-
-    transaction.on_commit(tell_gateway)
+    tell_gateway_on_commit("settings_changed", account.pk)
     return account

@@ -23,10 +23,14 @@ Redis pub/sub, JSON payloads:
 """
 
 import json
+import logging
 import uuid
 from typing import Any
 
 from django.conf import settings
+from django.db import transaction
+
+logger = logging.getLogger(__name__)
 
 GATEWAY_COMMANDS = "palaver:gateway:commands"
 
@@ -51,3 +55,19 @@ def encode(payload: dict[str, Any]) -> str:
 
 def publish_command(payload: dict[str, Any], *, client: Any = None) -> None:
     (client or redis_client()).publish(GATEWAY_COMMANDS, encode(payload))
+
+
+def tell_gateway_on_commit(op: str, account_id: uuid.UUID | str) -> None:
+    """After the current transaction commits, tell the gateway `op` happened to the account.
+
+    A Redis failure is logged, not raised: what the web saved stands, and the gateway re-reads
+    every account periodically (gateway.manager.RESYNC_SECONDS)."""
+    payload = {"op": op, "account_id": str(account_id)}
+
+    def publish() -> None:
+        try:
+            publish_command(payload)
+        except Exception:
+            logger.warning("could not tell the gateway %s", op, exc_info=True)
+
+    transaction.on_commit(publish)

@@ -1,31 +1,17 @@
-import logging
-
 from django.db import transaction
 
-from channels_app.events import publish_command
+from channels_app.events import tell_gateway_on_commit
 from channels_app.models import Channel, Server
 from core.forms import apply_secret_changes
 from tenancy import current_account
 
-logger = logging.getLogger(__name__)
-
 
 def _tell_gateway() -> None:
-    """After commit, ask the gateway to re-read this account's servers and channels: it connects,
-    reconnects, joins or parts within a second. If Redis is down the gateway's periodic re-read
-    (gateway.manager.RESYNC_SECONDS) still catches up, so the save stands."""
+    """After commit, the gateway re-reads this account's servers and channels: it connects,
+    reconnects, joins or parts within a second."""
     account = current_account()
-    if account is None:
-        return
-    account_id = str(account.pk)
-
-    def publish() -> None:
-        try:
-            publish_command({"op": "servers_changed", "account_id": account_id})
-        except Exception:
-            logger.warning("could not notify the gateway of a server change", exc_info=True)
-
-    transaction.on_commit(publish)
+    if account is not None:
+        tell_gateway_on_commit("servers_changed", account.pk)
 
 
 @transaction.atomic
