@@ -29,6 +29,7 @@ from django.utils import timezone
 
 from accounts.models import Account, Session, User
 from channels_app import events, selectors
+from channels_app.models import Server
 from tenancy import switch
 from tenancy.context import public_schema
 
@@ -56,6 +57,29 @@ def _read_after(account: Account, after_id: int, limit: int) -> list[dict[str, A
     finally:
         # A stream lives for hours; it must not keep a database connection meanwhile.
         close_old_connections()
+
+
+def _server_ids(account: Account) -> list[int]:
+    try:
+        with switch(account):
+            return list(Server.objects.values_list("pk", flat=True))
+    finally:
+        close_old_connections()
+
+
+async def _current_states(client: Any, account: Account) -> list[dict[str, Any]]:
+    """Each server's last known state: a state that changed between the page's render and
+    this subscription would otherwise never reach the page."""
+    server_ids = await sync_to_async(_server_ids)(account)
+    if not server_ids:
+        return []
+    raw = await client.mget([events.server_state_key(account.pk, i) for i in server_ids])
+    states = []
+    for value in raw:
+        payload = _decode({"data": value}) if value else None
+        if payload is not None and payload.get("type") == "server_state":
+            states.append(payload)
+    return states
 
 
 def _session_valid(session_key: str, user_id: uuid.UUID) -> bool:
@@ -119,6 +143,8 @@ async def event_stream(
         await _subscribe(pubsub, events.events_channel(account.pk))
         # The first bytes go out at once, so the browser sees the stream open.
         yield f"retry: {RETRY_MILLISECONDS}\n: stream open\n\n"
+        for state in await _current_states(client, account):
+            yield format_event("server_state", state)
 
         replayed: set[int] = set()
         if after_id is not None:

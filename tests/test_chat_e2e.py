@@ -438,7 +438,7 @@ def test_chat_in_the_browser(
     ).click()
     expect(page.get_by_role("heading", level=1)).to_contain_text(channel)
     expect(page.locator(".chat-title [data-server-state]")).to_have_text(
-        re.compile(r"^connected as dana_p"), timeout=15_000
+        re.compile(r"^connected as dana_p"), timeout=30_000
     )
     members = page.locator("#chat-member-list")
     expect(members.locator('[data-nick="dana_p"]')).to_have_count(1, timeout=15_000)

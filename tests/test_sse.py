@@ -365,3 +365,27 @@ def test_too_many_missed_lines_ask_the_page_to_reload(
 def test_signed_out_stream_is_refused(world: dict[str, Any]) -> None:
     response = Client().get("/chat/events/")
     assert response.status_code == 302
+
+
+def test_stream_opens_with_each_servers_current_state(world: dict[str, Any]) -> None:
+    """A state that changed after the page rendered, before the stream subscribed, still
+    reaches the page: the stream starts with every server's last known state."""
+    alice, channel = world["alice"], world["channel"]
+    state = {"type": "server_state", "server_id": channel.server_id, "state": "connected",
+             "error": "", "next_retry": None, "nick": "alice_p"}  # fmt: skip
+    redis = events.redis_client()
+    key = events.server_state_key(alice.account_id, channel.server_id)
+    redis.set(key, events.encode(state))
+    cookie = cookie_for(alice)
+
+    async def scenario() -> None:
+        async with EventStream("/chat/events/", cookie=cookie) as stream:
+            assert (await stream.next_block()).startswith("retry: ")
+            first = await stream.next_event()
+            assert first["event"] == "server_state"
+            assert first["data"] == state
+
+    try:
+        run(scenario)
+    finally:
+        redis.delete(key)
