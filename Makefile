@@ -14,12 +14,14 @@ REQUIREMENTS := $(wildcard requirements/*.txt)
 # Type-checked: the tenancy, core and gateway apps whole, plus every app's services module.
 MYPY_TARGETS := tenancy core gateway $(filter-out tenancy/% core/%,$(wildcard */services.py))
 PYTEST_ARGS ?=
+# pytest-xdist workers: each gets its own test database and Redis database (config/settings_test.py).
+PYTEST_WORKERS ?= 2
 
 .PHONY: help venv migrate run test lint bench stop clean
 
 help:
 	@echo "make run      build what is missing, migrate, print the demo sign-in, serve on 127.0.0.1:\$${PORT:-8000} with a Celery worker"
-	@echo "make test     run the test suite (PYTEST_ARGS='-k name' to narrow it)"
+	@echo "make test     run the test suite (PYTEST_ARGS='-k name' to narrow it, PYTEST_WORKERS=1 for one process)"
 	@echo "make lint     ruff check, ruff format --check, mypy"
 	@echo "make migrate  migrate the public schema, then every account schema"
 	@echo "make bench    run each benchmarks/*.py"
@@ -49,7 +51,7 @@ run: migrate
 test: $(STAMP) .env
 	bash scripts/ensure_chromium.sh
 	bash scripts/ensure_ircd.sh
-	@status=0; $(BIN)/pytest $(PYTEST_ARGS) || status=$$?; \
+	@status=0; $(BIN)/pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS) || status=$$?; \
 	if [ $$status -eq 5 ]; then echo "make test: pytest ran no tests, which counts as a failure" >&2; fi; \
 	exit $$status
 
