@@ -113,6 +113,10 @@ class IrcConnection:
         self._names_pending: dict[str, list[tuple[str, str, bool]]] = {}
         self._writer: asyncio.StreamWriter | None = None
         self._task: asyncio.Task[None] | None = None
+        self._offered: set[str] = set()
+        self._sasl_in_progress = False
+        self._cap_negotiating = True
+        self._offered = set()
         self._autojoin_task: asyncio.Task[None] | None = None
         self._stopping = False
         self._last_received = 0.0
@@ -378,7 +382,7 @@ class IrcConnection:
         if sub == "LS":
             more = len(args) > 1 and args[0] == "*"
             offered = {token.split("=", 1)[0] for token in args[-1].split()} if args else set()
-            self._offered = getattr(self, "_offered", set()) | offered
+            self._offered |= offered
             if more:
                 return
             wanted: set[str] = set(WANTED_CAPS & self._offered)

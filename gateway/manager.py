@@ -89,6 +89,7 @@ class Gateway:
         self._stopping = False
         self.ready = asyncio.Event()
         self._subscribed = asyncio.Event()
+        self._states: asyncio.Queue[tuple[uuid.UUID, dict[str, Any]]] = asyncio.Queue()
 
     # -- running -----------------------------------------------------------------------------
 
@@ -100,6 +101,7 @@ class Gateway:
         self._tasks = [
             asyncio.create_task(self.store.run(), name="store"),
             asyncio.create_task(self._listen(), name="commands"),
+            asyncio.create_task(self._publish_states(), name="states"),
         ]
         # Subscribed before the first read of the configuration, so no change slips between.
         await asyncio.wait_for(self._subscribed.wait(), 30)
@@ -116,6 +118,9 @@ class Gateway:
         )
         self.connections.clear()
         await self.store.drain()
+        # The final "disconnected" states reach Redis before its client closes.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._states.join(), 10)
         for task in self._tasks:
             if task.get_name() != "commands":
                 task.cancel()
@@ -192,20 +197,25 @@ class Gateway:
         conn.start()
 
     def _report_state(self, account_id: uuid.UUID, payload: dict[str, Any]) -> None:
-        if self._redis is None:
-            return
-        encoded = events.encode(payload)
+        # One publisher drains a queue: a task per state change overflowed Redis' connection
+        # pool when thousands of connections changed state at once, and lost the events.
+        self._states.put_nowait((account_id, payload))
 
-        async def publish() -> None:
+    async def _publish_states(self) -> None:
+        while True:
+            account_id, payload = await self._states.get()
+            encoded = events.encode(payload)
             try:
-                await self._redis.set(
+                pipe = self._redis.pipeline(transaction=False)
+                pipe.set(
                     events.server_state_key(account_id, payload["server_id"]), encoded, ex=86400
                 )
-                await self._redis.publish(events.events_channel(account_id), encoded)
+                pipe.publish(events.events_channel(account_id), encoded)
+                await pipe.execute()
             except Exception:
                 logger.warning("could not publish server state", exc_info=True)
-
-        asyncio.get_running_loop().create_task(publish())
+            finally:
+                self._states.task_done()
 
     # -- commands from the web ---------------------------------------------------------------
 

@@ -25,7 +25,6 @@ from django.db import (
     DatabaseError,
     InterfaceError,
     OperationalError,
-    close_old_connections,
     transaction,
 )
 from django.db import connection as django_connection
@@ -148,7 +147,9 @@ class Store:
             del self._pending[:overflow]
             self.dropped += overflow
             logger.error("database away too long: dropped %d oldest lines", overflow)
-        if len(self._pending) >= MAX_BATCH:
+        # Write at once when the writer is idle (latency); while a batch is being written,
+        # lines gather into the next one (throughput).
+        if len(self._pending) >= MAX_BATCH or not self._inflight:
             self._wakeup.set()
 
     @property
@@ -213,7 +214,8 @@ class Store:
     # -- database thread ---------------------------------------------------------------------
 
     def _write_batch(self, batch: list[Record]) -> int:
-        close_old_connections()
+        # The writer keeps its connection between batches (reconnecting per batch cost ~7 ms);
+        # a broken one is closed on the error below and reopened by the retry.
         try:
             by_account: dict[uuid.UUID, list[Record]] = defaultdict(list)
             for record in batch:
@@ -372,7 +374,13 @@ class Store:
         msgids = {m.msgid for _, m in lines if m.msgid}
         if not msgids:
             return lines
-        seen = set(Message.objects.filter(msgid__in=msgids).values_list("channel_id", "msgid"))
+        channel_ids = {m.channel_id for _, m in lines if m.msgid}
+        # Both columns, so the partial (channel, msgid) index answers, not a table scan.
+        seen = set(
+            Message.objects.filter(channel_id__in=channel_ids, msgid__in=msgids).values_list(
+                "channel_id", "msgid"
+            )
+        )
         kept = []
         for line, message in lines:
             key = (message.channel_id, message.msgid)
