@@ -27,6 +27,10 @@ def save_server(*, server: Server, alt_nicks: list[str], secrets: dict[str, str]
 
 @transaction.atomic
 def delete_server(*, server: Server) -> None:
+    # Lock the row first: the gateway may be inserting channels or lines for this server right
+    # now. Its inserts then wait for this transaction and fail cleanly on the gateway's side,
+    # instead of slipping in between and failing this delete at commit.
+    Server.objects.select_for_update().filter(pk=server.pk).first()
     server.delete()
     _tell_gateway()
 
@@ -42,5 +46,6 @@ def save_channel(*, channel: Channel, secrets: dict[str, str]) -> Channel:
 
 @transaction.atomic
 def delete_channel(*, channel: Channel) -> None:
+    Channel.objects.select_for_update().filter(pk=channel.pk).first()  # see delete_server
     channel.delete()
     _tell_gateway()
