@@ -27,10 +27,12 @@ def save_server(*, server: Server, alt_nicks: list[str], secrets: dict[str, str]
 
 @transaction.atomic
 def delete_server(*, server: Server) -> None:
-    # Lock the row first: the gateway may be inserting channels or lines for this server right
-    # now. Its inserts then wait for this transaction and fail cleanly on the gateway's side,
-    # instead of slipping in between and failing this delete at commit.
+    # Lock the rows first: the gateway may be inserting channels or lines for this server right
+    # now. Its foreign-key checks (deferred to its commit) then wait for this transaction and
+    # fail cleanly on the gateway's side, instead of committing in between and failing this
+    # delete at its own commit.
     Server.objects.select_for_update().filter(pk=server.pk).first()
+    list(Channel.objects.select_for_update().filter(server_id=server.pk).values_list("pk"))
     server.delete()
     _tell_gateway()
 
