@@ -32,7 +32,6 @@ import argparse
 import gc
 import sys
 import time
-import traceback
 import tracemalloc
 from pathlib import Path
 from typing import Any, TextIO
@@ -54,13 +53,8 @@ from _linesource import (  # noqa: E402
 from provisioning import (  # noqa: E402
     BenchmarkError,
     back_to_public,
-    drop_database,
     log,
-    recreate_database,
-    server_url,
-    setup_django,
-    stdout_to_stderr,
-    with_database,
+    run_in_scratch_database,
 )
 
 DEFAULT_DATABASE = "palaver_bench_irc_idle"
@@ -215,36 +209,9 @@ def run(args: argparse.Namespace, result_out: TextIO) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    with stdout_to_stderr() as result_out:
-        admin_url = ""
-        created = False
-        try:
-            url = server_url()
-            admin_url = with_database(url, "postgres")
-            bench_url = with_database(url, args.database)
-            log(f"recreating database {args.database!r}")
-            recreate_database(admin_url, args.database)
-            created = True
-            setup_django(bench_url)
-            run(args, result_out)
-        except Exception as exc:
-            traceback.print_exc(file=sys.stderr)
-            log(f"IRC idle benchmark failed: {type(exc).__name__}: {exc}")
-            return 1
-        finally:
-            if created:
-                from django.db import connections
-
-                connections.close_all()
-            if created and not args.keep:
-                try:
-                    drop_database(admin_url, args.database)
-                except Exception as exc:
-                    log(f"could not drop database {args.database!r}: {exc}")
-            elif created:
-                log(f"kept database {args.database!r}")
-    return 0
+    return run_in_scratch_database(
+        parse_args(argv), title="IRC idle benchmark", run=lambda a, _url, out: run(a, out)
+    )
 
 
 if __name__ == "__main__":

@@ -39,7 +39,6 @@ import itertools
 import pstats
 import sys
 import time
-import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
@@ -64,13 +63,8 @@ from _linesource import (  # noqa: E402
 from provisioning import (  # noqa: E402
     BenchmarkError,
     back_to_public,
-    drop_database,
     log,
-    recreate_database,
-    server_url,
-    setup_django,
-    stdout_to_stderr,
-    with_database,
+    run_in_scratch_database,
 )
 from psycopg import sql  # noqa: E402
 
@@ -334,36 +328,7 @@ def run(args: argparse.Namespace, bench_url: str, result_out: TextIO) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    with stdout_to_stderr() as result_out:
-        admin_url = ""
-        created = False
-        try:
-            url = server_url()
-            admin_url = with_database(url, "postgres")
-            bench_url = with_database(url, args.database)
-            log(f"recreating database {args.database!r}")
-            recreate_database(admin_url, args.database)
-            created = True
-            setup_django(bench_url)
-            run(args, bench_url, result_out)
-        except Exception as exc:
-            traceback.print_exc(file=sys.stderr)
-            log(f"IRC store benchmark failed: {type(exc).__name__}: {exc}")
-            return 1
-        finally:
-            if created:
-                from django.db import connections
-
-                connections.close_all()
-            if created and not args.keep:
-                try:
-                    drop_database(admin_url, args.database)
-                except Exception as exc:
-                    log(f"could not drop database {args.database!r}: {exc}")
-            elif created:
-                log(f"kept database {args.database!r}")
-    return 0
+    return run_in_scratch_database(parse_args(argv), title="IRC store benchmark", run=run)
 
 
 if __name__ == "__main__":

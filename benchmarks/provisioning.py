@@ -308,8 +308,15 @@ def run(args: argparse.Namespace, bench_url: str, result_out: TextIO) -> None:
     print(" ".join(fields), file=result_out, flush=True)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def run_in_scratch_database(
+    args: argparse.Namespace,
+    *,
+    title: str,
+    run: Callable[[argparse.Namespace, str, TextIO], None],
+) -> int:
+    """The frame every benchmark shares: a scratch database recreated on the server
+    DATABASE_URL names, Django pointed at it, `run(args, bench_url, result_out)`, then the
+    database dropped (unless --keep). Returns the exit code; failures are explained on stderr."""
     with stdout_to_stderr() as result_out:
         admin_url = ""
         created = False
@@ -324,9 +331,13 @@ def main(argv: list[str] | None = None) -> int:
             run(args, bench_url, result_out)
         except Exception as exc:
             traceback.print_exc(file=sys.stderr)
-            log(f"provisioning benchmark failed: {type(exc).__name__}: {exc}")
+            log(f"{title} failed: {type(exc).__name__}: {exc}")
             return 1
         finally:
+            if created:
+                from django.db import connections
+
+                connections.close_all()
             if created and not args.keep:
                 try:
                     drop_database(admin_url, args.database)
@@ -335,6 +346,10 @@ def main(argv: list[str] | None = None) -> int:
             elif created:
                 log(f"kept database {args.database!r}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_in_scratch_database(parse_args(argv), title="provisioning benchmark", run=run)
 
 
 if __name__ == "__main__":
