@@ -33,7 +33,6 @@ import random
 import statistics
 import sys
 import time
-import traceback
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -48,15 +47,10 @@ import psycopg  # noqa: E402
 from provisioning import (  # noqa: E402
     BenchmarkError,
     back_to_public,
-    drop_database,
     log,
     p95,
-    recreate_database,
-    server_url,
-    setup_django,
-    stdout_to_stderr,
+    run_in_scratch_database,
     timed_ms,
-    with_database,
 )
 from psycopg import sql  # noqa: E402
 
@@ -462,32 +456,9 @@ def run(args: argparse.Namespace, bench_url: str, result_out: Any) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    with stdout_to_stderr() as result_out:
-        admin_url = ""
-        created = False
-        try:
-            url = server_url()
-            admin_url = with_database(url, "postgres")
-            bench_url = with_database(url, args.database)
-            if not args.reuse:
-                log(f"recreating database {args.database!r}")
-                recreate_database(admin_url, args.database)
-            created = True
-            setup_django(bench_url)
-            run(args, bench_url, result_out)
-        except Exception as exc:
-            traceback.print_exc(file=sys.stderr)
-            log(f"history benchmark failed: {type(exc).__name__}: {exc}")
-            return 1
-        finally:
-            if created and not args.keep:
-                try:
-                    drop_database(admin_url, args.database)
-                except Exception as exc:
-                    log(f"could not drop database {args.database!r}: {exc}")
-            elif created:
-                log(f"kept database {args.database!r}")
-    return 0
+    return run_in_scratch_database(
+        args, title="history benchmark", run=run, recreate=not args.reuse
+    )
 
 
 if __name__ == "__main__":

@@ -313,10 +313,12 @@ def run_in_scratch_database(
     *,
     title: str,
     run: Callable[[argparse.Namespace, str, TextIO], None],
+    recreate: bool = True,
 ) -> int:
     """The frame every benchmark shares: a scratch database recreated on the server
     DATABASE_URL names, Django pointed at it, `run(args, bench_url, result_out)`, then the
-    database dropped (unless --keep). Returns the exit code; failures are explained on stderr."""
+    database dropped (unless --keep). `recreate=False` reuses a database a previous run kept.
+    Returns the exit code; failures are explained on stderr."""
     with stdout_to_stderr() as result_out:
         admin_url = ""
         created = False
@@ -324,8 +326,9 @@ def run_in_scratch_database(
             url = server_url()
             admin_url = with_database(url, "postgres")
             bench_url = with_database(url, args.database)
-            log(f"recreating database {args.database!r}")
-            recreate_database(admin_url, args.database)
+            if recreate:
+                log(f"recreating database {args.database!r}")
+                recreate_database(admin_url, args.database)
             created = True
             setup_django(bench_url)
             run(args, bench_url, result_out)
