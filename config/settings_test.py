@@ -9,9 +9,10 @@ from config.settings import REDIS_URL
 # A database number of its own, so a test run never touches the development data
 # (TEST_REDIS_DB lets two runs on one machine keep apart).
 _parts = urlsplit(REDIS_URL)
-# Under pytest-xdist each worker (gw0, gw1, ...) takes a database of its own, counting down.
+# Under pytest-xdist each worker (gw0, gw1, ...) takes a database of its own, counting down
+# from TEST_REDIS_DB (default 15).
 _worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
-_db = os.environ.get("TEST_REDIS_DB") or str(15 - int(_worker.removeprefix("gw") or 0))
+_db = str(int(os.environ.get("TEST_REDIS_DB") or 15) - int(_worker.removeprefix("gw") or 0))
 _TEST_REDIS = (
     urlunsplit(_parts._replace(path=f"/{_db}"))
     if _parts.scheme in ("redis", "rediss")
