@@ -24,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 from django.conf import settings
 
@@ -156,7 +157,7 @@ def check_addresses(host: str, port: int, addresses: Iterable[IPAddress]) -> Des
     return Destination(host=host, port=port, addresses=checked)
 
 
-def _addresses(infos: list[tuple]) -> list[IPAddress]:  # type: ignore[type-arg]
+def _addresses(infos: list[tuple[Any, ...]]) -> list[IPAddress]:
     return [ipaddress.ip_address(info[4][0]) for info in infos]
 
 
