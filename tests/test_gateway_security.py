@@ -69,6 +69,24 @@ class Listener:
         self.sock.close()
 
 
+InChannel = tuple[Any, int, str, IrcBot]
+
+
+@pytest.fixture
+def in_channel(
+    alice: User, inspircd: IrcServer, irc_bot: Callable[..., IrcBot], run_gateway: Callable
+) -> InChannel:
+    """A running gateway holding alice's server, joined to a channel where carol listens:
+    (gateway thread, server id, channel, carol)."""
+    channel = unique_channel()
+    server_id = add_server(alice, inspircd, channels=(channel,))
+    carol = irc_bot(inspircd, "carol")
+    carol.join(channel)
+    gateway = run_gateway()
+    carol.wait_for(r":alice_p!\S+ JOIN", timeout=15)
+    return gateway, server_id, channel, carol
+
+
 def closed_port() -> int:
     sock = socket.create_server(("127.0.0.1", 0))
     port = sock.getsockname()[1]
@@ -189,15 +207,8 @@ def test_nothing_typed_reaches_the_socket_before_the_welcome(
         server.stop()
 
 
-def test_a_typed_line_cannot_carry_a_second_command(
-    alice: User, inspircd: IrcServer, irc_bot: Callable[..., IrcBot], run_gateway: Callable
-) -> None:
-    channel = unique_channel()
-    server_id = add_server(alice, inspircd, channels=(channel,))
-    carol = irc_bot(inspircd, "carol")
-    carol.join(channel)
-    gateway = run_gateway()
-    carol.wait_for(r":alice_p!\S+ JOIN", timeout=15)
+def test_a_typed_line_cannot_carry_a_second_command(alice: User, in_channel: InChannel) -> None:
+    gateway, server_id, channel, carol = in_channel
     command = {"account_id": str(alice.account.pk), "server_id": server_id}
     assert gateway.gateway is not None
     smuggling = ["one\rQUIT :smuggled", "two\r\nQUIT", "three\nQUIT", "four\x00QUIT"]
@@ -220,16 +231,10 @@ def test_a_typed_line_cannot_carry_a_second_command(
 
 
 def test_unsealed_or_replayed_commands_are_ignored_and_not_logged(
-    alice: User, inspircd: IrcServer, irc_bot: Callable[..., IrcBot], run_gateway: Callable,
-    caplog: pytest.LogCaptureFixture,
-) -> None:  # fmt: skip
+    alice: User, in_channel: InChannel, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.INFO)
-    channel = unique_channel()
-    server_id = add_server(alice, inspircd, channels=(channel,))
-    carol = irc_bot(inspircd, "carol")
-    carol.join(channel)
-    run_gateway()
-    carol.wait_for(r":alice_p!\S+ JOIN", timeout=15)
+    _gateway, server_id, channel, carol = in_channel
     command = {"op": "raw", "account_id": str(alice.account.pk), "server_id": server_id}
     client = redis.Redis.from_url(django_settings.REDIS_URL)
     # What anyone who can PUBLISH to Redis could send: the old wire format, plain JSON.
@@ -259,15 +264,9 @@ def test_unsealed_or_replayed_commands_are_ignored_and_not_logged(
 
 
 def test_commands_naming_a_server_not_in_the_account_are_ignored(
-    alice: User, bob: User, inspircd: IrcServer, irc_bot: Callable[..., IrcBot],
-    run_gateway: Callable, monkeypatch: pytest.MonkeyPatch,
-) -> None:  # fmt: skip
-    channel = unique_channel()
-    server_id = add_server(alice, inspircd, channels=(channel,))
-    carol = irc_bot(inspircd, "carol")
-    carol.join(channel)
-    gateway = run_gateway()
-    carol.wait_for(r":alice_p!\S+ JOIN", timeout=15)
+    alice: User, bob: User, in_channel: InChannel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gateway, server_id, channel, carol = in_channel
     assert gateway.gateway is not None
 
     def send(account: User, text: str) -> None:
