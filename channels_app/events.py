@@ -18,6 +18,12 @@ Redis pub/sub, JSON payloads:
   {"op": "raw", "account_id", "server_id", "line"}          /quote and the other commands
   {"op": "settings_changed", "account_id": ...}            highlight words changed
 
+  Commands travel sealed (publish_command / open_command): Fernet with the deployment's
+  SECRET_ENCRYPTION_KEYS, i.e. encrypted and HMAC-signed, valid for COMMAND_TTL_SECONDS. Someone
+  who can PUBLISH to Redis cannot forge one, and one who can SUBSCRIBE cannot read the lines
+  people type (NickServ passwords, channel keys). The gateway still checks every account and
+  server a command names against the database before acting on it.
+
 - `server_state_key(account_id, server_id)`: the last server_state payload, kept in a Redis
   string so a page rendered now can show it without waiting for the next event.
 """
@@ -27,12 +33,18 @@ import logging
 import uuid
 from typing import Any
 
+from cryptography.fernet import InvalidToken
 from django.conf import settings
 from django.db import transaction
+
+from core import crypto
 
 logger = logging.getLogger(__name__)
 
 GATEWAY_COMMANDS = "palaver:gateway:commands"
+# Long enough for a queued command and clock skew between web and gateway hosts; short enough
+# that a captured command cannot be replayed later.
+COMMAND_TTL_SECONDS = 120
 
 
 def events_channel(account_id: uuid.UUID | str) -> str:
@@ -53,8 +65,23 @@ def encode(payload: dict[str, Any]) -> str:
     return json.dumps(payload, separators=(",", ":"), default=str)
 
 
+def seal_command(payload: dict[str, Any]) -> str:
+    return crypto.encrypt(encode(payload))
+
+
+def open_command(data: bytes | str) -> dict[str, Any] | None:
+    """The command sealed in `data`, or None when it was not sealed with our keys, is older than
+    COMMAND_TTL_SECONDS (a replay) or is not a command."""
+    token = data if isinstance(data, bytes) else data.encode()
+    try:
+        payload = json.loads(crypto.box().decrypt(token, ttl=COMMAND_TTL_SECONDS))
+    except (InvalidToken, ValueError):
+        return None
+    return payload if isinstance(payload, dict) else None
+
+
 def publish_command(payload: dict[str, Any], *, client: Any = None) -> None:
-    (client or redis_client()).publish(GATEWAY_COMMANDS, encode(payload))
+    (client or redis_client()).publish(GATEWAY_COMMANDS, seal_command(payload))
 
 
 def tell_gateway_on_commit(op: str, account_id: uuid.UUID | str) -> None:

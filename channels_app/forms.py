@@ -4,6 +4,7 @@ from django import forms
 
 from channels_app.models import Channel, Server
 from channels_app.validators import validate_nick
+from core import net_policy
 from core.forms import SecretFieldsMixin
 
 
@@ -68,7 +69,20 @@ class ServerForm(SecretFieldsMixin):
         return nicks
 
     def clean_host(self) -> str:
-        return str(self.cleaned_data["host"]).strip().lower()
+        host = str(self.cleaned_data["host"]).strip().lower()
+        try:
+            # The port plays no part in the address policy.
+            net_policy.resolve(host, 6667)
+        except net_policy.AddressRefused as exc:
+            raise forms.ValidationError(
+                f"Palaver does not connect to this host ({exc}).", code="refused_host"
+            ) from None
+        except net_policy.ResolutionFailed:
+            # Accepted: whether a name resolves is not a safety question (the gateway checks
+            # again at every connect and says so in the server buffer), and DNS seen from the
+            # web may differ from the gateway's or be down for a moment.
+            pass
+        return host
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean() or {}

@@ -1,5 +1,6 @@
 """Reading configuration from the environment, failing loudly on anything missing or malformed."""
 
+import ipaddress
 from pathlib import Path
 from typing import Any
 
@@ -56,3 +57,18 @@ def setting(name: str, cast: Any = str, default: Any = _MISSING) -> Any:
         ) from None
     except (ValueError, TypeError) as exc:
         raise ImproperlyConfigured(f"{name} has a bad value: {exc}") from None
+
+
+def networks(name: str) -> Any:
+    """A cast for setting(): a comma-separated list of IP networks (CIDR), each checked."""
+
+    def cast(raw: str) -> list[str]:
+        values = [v.strip() for v in str(raw).split(",") if v.strip()]
+        for value in values:
+            try:
+                ipaddress.ip_network(value, strict=False)
+            except ValueError:
+                raise ValueError(f"{value!r} is not an IP network such as 10.0.0.0/8") from None
+        return values
+
+    return cast

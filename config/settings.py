@@ -5,7 +5,7 @@ from typing import Any
 from django.urls import reverse_lazy
 
 from config import embedded
-from config.env import BASE_DIR, env, setting
+from config.env import BASE_DIR, env, networks, setting
 
 DEBUG: bool = setting("DEBUG", cast=bool, default=False)
 SECRET_KEY: str = setting("SECRET_KEY")
@@ -145,6 +145,16 @@ SESSION_LAST_SEEN_INTERVAL = 300
 SIGN_IN_WINDOW_SECONDS: int = setting("SIGN_IN_WINDOW_SECONDS", cast=int, default=15 * 60)
 SIGN_IN_MAX_FAILURES_PER_EMAIL: int = setting("SIGN_IN_MAX_FAILURES_PER_EMAIL", cast=int, default=5)
 SIGN_IN_MAX_FAILURES_PER_IP: int = setting("SIGN_IN_MAX_FAILURES_PER_IP", cast=int, default=20)
+
+# --- outbound connections made for a user (core/net_policy.py, the one address policy) -------
+# CIDR lists; denied beats allowed beats the built-in refusal of loopback, private, link-local,
+# CGNAT, multicast and reserved addresses.
+OUTBOUND_ALLOWED_NETWORKS: list[str] = setting(
+    "OUTBOUND_ALLOWED_NETWORKS", cast=networks("OUTBOUND_ALLOWED_NETWORKS"), default=[]
+)
+OUTBOUND_DENIED_NETWORKS: list[str] = setting(
+    "OUTBOUND_DENIED_NETWORKS", cast=networks("OUTBOUND_DENIED_NETWORKS"), default=[]
+)
 
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"

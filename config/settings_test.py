@@ -32,3 +32,5 @@ CELERY_RESULT_BACKEND = _TEST_REDIS
 SESSION_COOKIE_SECURE = False
 CSRF_COOKIE_SECURE = False
 DEBUG = False
+# The IRC servers the tests start listen on loopback, which the address policy refuses by default.
+OUTBOUND_ALLOWED_NETWORKS = ["127.0.0.0/8", "::1/128"]

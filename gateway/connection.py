@@ -17,8 +17,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from core import net_policy
 from gateway import protocol
 from gateway.protocol import IrcLine, ParseError
+from gateway.redaction import hide_secrets
 from gateway.storage import SERVER_BUFFER, Joined, Line, Members, Store, Topic, highlight_pattern
 
 logger = logging.getLogger(__name__)
@@ -193,8 +195,11 @@ class IrcConnection:
                 ssl_arg = ssl.create_default_context()
                 ssl_arg.check_hostname = False
                 ssl_arg.verify_mode = ssl.CERT_NONE
+        # Through the address policy at every attempt (a refusal raises before any packet).
         reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(c.host, c.port, ssl=ssl_arg, limit=protocol.MAX_LINE_BYTES * 2),
+            net_policy.open_connection(
+                c.host, c.port, ssl_context=ssl_arg, limit=protocol.MAX_LINE_BYTES * 2
+            ),
             CONNECT_TIMEOUT,
         )
         self._writer = writer
@@ -283,13 +288,19 @@ class IrcConnection:
     def send_raw(self, text: str) -> None:
         """/quote: the user's own line. parse_line refuses LF and NUL, format_line CR, so it can
         never carry a second command."""
+        self._require_registered()
         line = protocol.parse_line(text)
         self._send(line.command, *line.params)
 
+    def _require_registered(self) -> None:
+        # Nothing the user sends reaches the socket before the welcome (001): before it, a line
+        # goes to whatever listens on that port, IRC server or not.
+        if not self.registered:
+            raise ConnectionLost("not connected to the server yet (still registering)")
+
     def say(self, target: str, text: str, kind: str = "message") -> None:
         """Send a message, split to fit; stored now unless the server echoes it back."""
-        if not self.registered:
-            raise ConnectionLost("not connected to the server yet")
+        self._require_registered()
         command = "NOTICE" if kind == "notice" else "PRIVMSG"
         # Room for ":nick!user@host PRIVMSG target :" as the server relays it, and CTCP framing.
         overhead = len(f":{self.nick}!{'x' * 10}@{'x' * 63} {command} {target} :".encode()) + 10
@@ -731,6 +742,8 @@ class IrcConnection:
         own: bool = False,
         private: bool = False,
     ) -> None:
+        if own:  # ours, sent or echoed back: a password to services is never kept
+            text = hide_secrets(buffer, text)
         server_time = protocol.parse_server_time(tags.get("time", "")) if tags else None
         highlight = False
         if not own and kind in ("message", "action", "notice") and self._is_channel(buffer):

@@ -6,7 +6,6 @@ everything every RESYNC_SECONDS in case a command was missed.
 
 import asyncio
 import contextlib
-import json
 import logging
 import ssl
 import uuid
@@ -36,6 +35,14 @@ def load_accounts(shard: int, shards: int) -> list[Account]:
 
 def load_account(account_id: uuid.UUID) -> Account | None:
     return Account.objects.filter(pk=account_id).first()
+
+
+def server_exists(account_id: uuid.UUID, server_id: int) -> bool:
+    account = load_account(account_id)
+    if account is None:
+        return False
+    with switch(account):
+        return Server.objects.filter(pk=server_id).exists()
 
 
 def load_server_configs(account: Account) -> list[ServerConfig]:
@@ -232,7 +239,7 @@ class Gateway:
                     if message is None or message.get("type") != "message":
                         continue
                     try:
-                        await self.handle_command(json.loads(message["data"]))
+                        await self.handle_message(message["data"])
                     except Exception:
                         logger.exception("gateway command failed")
             except Exception:
@@ -243,6 +250,16 @@ class Gateway:
             finally:
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()
+
+    async def handle_message(self, data: bytes) -> None:
+        """One message from the command channel: acted on only when the web sealed it."""
+        command = events.open_command(data)
+        if command is None:
+            # Its content is not logged: it may be anything, a typed password included.
+            logger.warning("ignored a gateway command not sealed by this deployment (%d bytes)",
+                           len(data))  # fmt: skip
+            return
+        await self.handle_command(command)
 
     async def handle_command(self, command: dict[str, Any]) -> None:
         try:
@@ -259,8 +276,18 @@ class Gateway:
             if account is not None:
                 self.accounts[account_id] = account
         elif op in ("send", "raw"):
-            conn = self.connections.get((account_id, int(command.get("server_id") or 0)))
+            try:
+                server_id = int(command.get("server_id") or 0)
+            except (TypeError, ValueError):
+                return
+            conn = self.connections.get((account_id, server_id))
             if conn is None:
+                return
+            # What we hold in memory may be stale (a deletion whose notice was lost): the row
+            # must exist in the account's schema now.
+            if not await self.store.run_sync(server_exists, account_id, server_id):
+                logger.warning("ignored %s for server %s: not in account %s", op, server_id,
+                               account_id)  # fmt: skip
                 return
             try:
                 if op == "send":

@@ -413,13 +413,13 @@ def published() -> Iterator[Published]:
             message = pubsub.get_message(ignore_subscribe_messages=True, timeout=0.05)
             if message is None:
                 continue
-            payload = json.loads(message["data"])
+            payload = events.open_command(message["data"]) or {}
             if payload.get("account_id") == account_id:
                 got.append(payload)
         # Anything more would show up now.
         extra = pubsub.get_message(ignore_subscribe_messages=True, timeout=0.05)
         if extra is not None:
-            payload = json.loads(extra["data"])
+            payload = events.open_command(extra["data"]) or {}
             if payload.get("account_id") == account_id:
                 got.append(payload)
         return got

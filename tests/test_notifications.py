@@ -2,7 +2,6 @@
 that decide what highlights (validated, saved on the signed-in account only, told to the
 gateway)."""
 
-import json
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -19,7 +18,7 @@ from channels_app.account_settings import (
     retention_days,
     save_chat_settings,
 )
-from channels_app.events import GATEWAY_COMMANDS, redis_client
+from channels_app.events import GATEWAY_COMMANDS, open_command, redis_client
 from channels_app.models import Channel, Message, Notification, Server
 from tenancy import switch
 from tests.conftest import signed_in_client
@@ -283,7 +282,7 @@ def test_saving_tells_the_gateway(alice: User, django_capture_on_commit_callback
         while time.monotonic() < deadline and received != expected:
             message = pubsub.get_message(timeout=0.5)
             if message is not None:
-                received = json.loads(message["data"])
+                received = open_command(message["data"])
         assert received == expected
     finally:
         pubsub.close()

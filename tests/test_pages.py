@@ -79,12 +79,12 @@ def test_server_form_rejects_bad_input(alice_client: Client, field, value, messa
 def test_server_form_accepts_ip_and_saves_alt_nicks(alice: User, alice_client: Client) -> None:
     response = alice_client.post(
         reverse("channels:server_create"),
-        {**SERVER, "host": "2001:db8::1", "alt_nicks": "alice_, alice__  [alice]"},
+        {**SERVER, "host": "2606:4700:4700::1111", "alt_nicks": "alice_, alice__  [alice]"},
     )
     assert response.status_code == 302
     with switch(alice):
         server = Server.objects.get()
-    assert server.host == "2001:db8::1"
+    assert server.host == "2606:4700:4700::1111"
     assert server.alt_nicks == ["alice_", "alice__", "[alice]"]
 
 
