@@ -34,6 +34,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import httpx
+import pytest
 from django.db import connection
 from django.urls import resolve, reverse
 
@@ -304,25 +305,38 @@ def gateway_commands() -> Iterator[list[str]]:
 
 
 class StreamReader:
-    """GET /chat/events/ with a browser's cookies; reads until `until` matches the text so far
-    or nothing arrives for `quiet` seconds."""
+    """GET /chat/events/ with a browser's cookies, on a thread; reads until `until` matches the
+    text so far or nothing arrives for `quiet` seconds."""
 
-    def __init__(self, browser: Browser, url: str, *, quiet: float) -> None:
+    def __init__(
+        self,
+        browser: Browser,
+        url: str,
+        *,
+        quiet: float,
+        until: Callable[[str], bool] = lambda text: False,
+    ) -> None:
         self.text = ""
+        self.status = 0
+        self.content_type = ""
+        self.until = until
         self.opened = threading.Event()
         self.done = threading.Event()
         self.client = httpx.Client(
             base_url=browser.base_url, cookies=browser.http.cookies, timeout=quiet
         )
         self.thread = threading.Thread(target=self._read, args=(url,), daemon=True)
-        self.until: Callable[[str], bool] = lambda text: False
         self.thread.start()
         assert self.opened.wait(10), f"{browser.name}: the stream did not open"
+        assert self.status == 200 and self.content_type.startswith("text/event-stream"), (
+            f"{browser.name}: {url} -> {self.status} {self.content_type}"
+        )
 
     def _read(self, url: str) -> None:
         try:
             with self.client.stream("GET", url) as response:
-                assert response.headers["content-type"].startswith("text/event-stream")
+                self.status = response.status_code
+                self.content_type = response.headers.get("content-type", "")
                 for chunk in response.iter_text():
                     self.text += chunk
                     self.opened.set()
@@ -346,8 +360,21 @@ def allowed_for_visitor(response: Response, public: set[str]) -> bool:
     return response.status in REFUSED or (path in public and response.status < 500)
 
 
+@pytest.fixture
+def browsers(asgi_server: AsgiServer) -> Iterator[Callable[[str], Browser]]:  # noqa: F811
+    opened: list[Browser] = []
+
+    def browser(name: str) -> Browser:
+        opened.append(Browser(asgi_server.url, name))
+        return opened[-1]
+
+    yield browser
+    for each in opened:
+        each.close()
+
+
 def test_another_account_and_a_visitor_see_and_change_nothing_of_an_account(
-    asgi_server: AsgiServer,  # noqa: F811
+    browsers: Callable[[str], Browser],
 ) -> None:
     started = time.monotonic()
     mark_a, mark_b, mark_visitor = marker(), marker(), marker()
@@ -357,9 +384,7 @@ def test_another_account_and_a_visitor_see_and_change_nothing_of_an_account(
         "channel key": f"chankey{secrets.token_hex(6)}",
         "API key": f"sk-probe-{secrets.token_hex(12)}",
     }
-    alice = Browser(asgi_server.url, "first account")
-    bob = Browser(asgi_server.url, "second account")
-    visitor = Browser(asgi_server.url, "visitor")
+    alice, bob, visitor = browsers("first account"), browsers("second account"), browsers("visitor")
     problems: list[str] = []
 
     with gateway_commands() as commands:
@@ -459,8 +484,6 @@ def test_another_account_and_a_visitor_see_and_change_nothing_of_an_account(
         f"a visitor, {requests} requests, {len(reached)} URL patterns, "
         f"{time.monotonic() - started:.1f} s"
     )
-    for client in (alice, bob, visitor):
-        client.close()
 
 
 def findings(response: Response, who: str, leaks: list[str]) -> list[str]:
@@ -547,6 +570,8 @@ class Replayer:
 
     def check(self, response: Response, url: str) -> None:
         self.problems.extend(findings(response, self.who.name, self.leaks))
+        if response.status >= 500:
+            return  # reported already
         if self.public is not None:
             if allowed_for_visitor(response, self.public):
                 return
@@ -565,10 +590,9 @@ class Replayer:
 
 def stream_problems(alice: Browser, bob: Browser, account: Account, mark: str) -> list[str]:
     events_url = reverse("chat:events")
-    bob_stream = StreamReader(bob, events_url, quiet=2)
-    alice_stream = StreamReader(alice, events_url, quiet=10)
     live = f"{mark} live line"
-    alice_stream.until = lambda text: live in text
+    bob_stream = StreamReader(bob, events_url, quiet=2)
+    alice_stream = StreamReader(alice, events_url, quiet=10, until=lambda text: live in text)
     with switch(account):
         channel = Channel.objects.get(name__endswith="chan")
         message = Message.objects.create(
