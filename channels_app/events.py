@@ -41,18 +41,21 @@ from core import crypto
 
 logger = logging.getLogger(__name__)
 
-GATEWAY_COMMANDS = "palaver:gateway:commands"
+# Redis pub/sub channels are shared by every database number of a server, so the names carry
+# the deployment's prefix: two deployments (or two test runs) on one Redis never hear each other.
+_PREFIX: str = settings.REDIS_CHANNEL_PREFIX
+GATEWAY_COMMANDS = f"{_PREFIX}:gateway:commands"
 # Long enough for a queued command and clock skew between web and gateway hosts; short enough
 # that a captured command cannot be replayed later.
 COMMAND_TTL_SECONDS = 120
 
 
 def events_channel(account_id: uuid.UUID | str) -> str:
-    return f"palaver:events:{account_id}"
+    return f"{_PREFIX}:events:{account_id}"
 
 
 def server_state_key(account_id: uuid.UUID | str, server_id: int) -> str:
-    return f"palaver:server-state:{account_id}:{server_id}"
+    return f"{_PREFIX}:server-state:{account_id}:{server_id}"
 
 
 def redis_client() -> Any:

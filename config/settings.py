@@ -48,6 +48,9 @@ CACHES = {
         "KEY_PREFIX": "palaver",
     }
 }
+# Prefix of the live-event and gateway-command pub/sub channels (channels_app/events.py): pub/sub
+# ignores Redis database numbers, so deployments sharing one Redis need different prefixes.
+REDIS_CHANNEL_PREFIX: str = setting("REDIS_CHANNEL_PREFIX", default="palaver")
 CELERY_BROKER_URL = REDIS_URL
 CELERY_RESULT_BACKEND = REDIS_URL
 CELERY_TASK_SERIALIZER = "json"

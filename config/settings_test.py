@@ -27,6 +27,8 @@ CACHES = {
 }
 # Live events and gateway commands too (channels_app.events reads REDIS_URL).
 REDIS_URL = _TEST_REDIS
+# Pub/sub ignores database numbers: each worker of each run hears only its own events.
+REDIS_CHANNEL_PREFIX = f"palaver-test-{_db}"
 CELERY_BROKER_URL = _TEST_REDIS
 CELERY_RESULT_BACKEND = _TEST_REDIS
 SESSION_COOKIE_SECURE = False

@@ -35,3 +35,17 @@ def test_bad_setting_is_one_clear_line() -> None:
     assert result.returncode == 2
     assert result.stderr.startswith("palaver: configuration error:"), result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_pub_sub_channels_carry_the_deployment_prefix() -> None:
+    """Pub/sub ignores Redis database numbers: without the prefix two deployments (or two test
+    workers) sharing a Redis would hear each other's events and gateway commands."""
+    from django.conf import settings
+
+    from channels_app import events
+
+    prefix = settings.REDIS_CHANNEL_PREFIX + ":"
+    assert prefix != "palaver:"  # the tests run under a prefix of their own
+    assert events.GATEWAY_COMMANDS.startswith(prefix)
+    assert events.events_channel("a").startswith(prefix)
+    assert events.server_state_key("a", 1).startswith(prefix)
