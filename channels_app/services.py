@@ -1,7 +1,11 @@
-from django.db import transaction
+import uuid
 
-from channels_app.events import tell_gateway_on_commit
-from channels_app.models import Channel, Server
+from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from channels_app.events import publish_event_on_commit, tell_gateway_on_commit
+from channels_app.models import Channel, Notification, Server
 from core.forms import apply_secret_changes
 from tenancy import current_account
 
@@ -51,3 +55,22 @@ def delete_channel(*, channel: Channel) -> None:
     Channel.objects.select_for_update().filter(pk=channel.pk).first()  # see delete_server
     channel.delete()
     _tell_gateway()
+
+
+@transaction.atomic
+def mark_read(*, account_id: uuid.UUID | str, channel: Channel, up_to: int) -> bool:
+    """The user has seen `channel` up to the line `up_to`: unread counts and the highlights
+    there are cleared, and the account's other open tabs are told (a `read` event). The marker
+    only moves forward; False when it did not move (nothing to tell)."""
+    moved = (
+        Channel.objects.filter(pk=channel.pk)
+        .filter(Q(last_read_message_id__isnull=True) | Q(last_read_message_id__lt=up_to))
+        .update(last_read_message_id=up_to)
+    )
+    cleared = Notification.objects.filter(
+        message__channel=channel, message_id__lte=up_to, read_at__isnull=True
+    ).update(read_at=timezone.now())
+    if not (moved or cleared):
+        return False
+    publish_event_on_commit(account_id, {"type": "read", "channel_id": channel.pk, "up_to": up_to})
+    return True

@@ -41,7 +41,7 @@ RETRY_MILLISECONDS = 3000
 REPLAY_BATCH = 500
 # Past this many missed lines a page is better reloaded than replayed line by line.
 REPLAY_MAX = 5000
-EVENT_TYPES = frozenset({"message", "channel", "server_state", "notification"})
+EVENT_TYPES = frozenset({"message", "channel", "server_state", "notification", "read"})
 
 
 def format_event(event: str, payload: dict[str, Any], event_id: int | None = None) -> str:

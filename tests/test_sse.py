@@ -266,6 +266,11 @@ def test_query_parameter_resumes_and_no_id_means_live_only(world: dict[str, Any]
                                   "nick": "alice"})  # fmt: skip
             event = await stream.next_event()
             assert event["event"] == "server_state" and "id" not in event
+            # Another tab marked a channel read: this tab's counts change too.
+            read = {"type": "read", "channel_id": channel.pk, "up_to": messages[2].pk}
+            await publish(alice, read)
+            event = await stream.next_event()
+            assert event["event"] == "read" and event["data"] == read
 
     run(scenario)
 

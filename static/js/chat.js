@@ -203,7 +203,10 @@
     if (!upTo) return;
     const body = new FormData();
     body.append("up_to", String(upTo));
+    // The server answers with a `read` event on every open tab's stream (this one too), which
+    // refreshes the counts; refreshing here as well covers a stream that is reconnecting.
     post(data.readUrl, body).then(() => {
+      refreshSidebar();
       document.body.dispatchEvent(new CustomEvent("notifications-changed", { bubbles: true }));
     }).catch(() => {});
   }, 400);
@@ -405,6 +408,11 @@
       else if (!sidebarLink(payload.channel_id)) refreshSidebar();
     });
     source.addEventListener("server_state", (event) => showServerState(JSON.parse(event.data)));
+    // This account read a channel in some tab: its unread and highlight counts changed.
+    source.addEventListener("read", () => {
+      refreshSidebar();
+      document.body.dispatchEvent(new CustomEvent("notifications-changed", { bubbles: true }));
+    });
     source.addEventListener("resync", () => { source.close(); location.reload(); });
     source.addEventListener("signed_out", () => { source.close(); location.reload(); });
     window.addEventListener("pagehide", () => source.close());
@@ -562,4 +570,6 @@
   watchOlder();
   setUpNotifyButton();
   connect();
+  // Opening the page (a GET) changes nothing; showing the latest lines is what marks them read.
+  markRead();
 })();
