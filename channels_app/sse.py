@@ -9,6 +9,17 @@ no duplicate.
 The schema middleware hands the connection back to public when the view returns, before the
 stream runs, so every database read in the stream enters the account itself
 (`tenancy.switch`) in a sync function.
+
+Every SESSION_RECHECK_SECONDS, however busy the stream, it checks that its browser is still
+signed in (one primary-key query: the session row joined to its user), so a revoked session, a
+deactivated user or a changed password ends it within seconds. A query, not a Redis
+notification of revocation: it sees every way a session ends (the sessions page, the admin, a
+password set in the shell, a queryset update, expiry) without each of them having to remember
+to publish.
+
+Each user may hold LIMIT_SSE_STREAMS_PER_USER streams at once: a Redis sorted set of stream
+ids scored by when each lapses, renewed at every recheck, so a worker that dies without
+releasing its streams frees their slots within STREAM_SLOT_TTL_SECONDS.
 """
 
 import asyncio
@@ -21,11 +32,18 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.contrib.auth import HASH_SESSION_KEY
 from django.contrib.auth.decorators import login_required
 from django.db import close_old_connections
-from django.http import HttpRequest, HttpResponseNotAllowed, StreamingHttpResponse
+from django.http import (
+    HttpRequest,
+    HttpResponse,
+    HttpResponseNotAllowed,
+    StreamingHttpResponse,
+)
 from django.http.response import HttpResponseBase
 from django.utils import timezone
+from django.utils.crypto import constant_time_compare
 
 from accounts.models import Account, Session, User
 from channels_app import events, selectors
@@ -36,12 +54,20 @@ from tenancy.context import public_schema
 logger = logging.getLogger(__name__)
 
 HEARTBEAT_SECONDS = 15.0
+# A stream ends within this (plus one query) of its session ending: well inside 5 s.
+SESSION_RECHECK_SECONDS = 2.0
+# A stream's slot lapses this long after its last renewal (every recheck) unless renewed again.
+STREAM_SLOT_TTL_SECONDS = 30
 # How long the browser waits before reconnecting after the stream ends.
 RETRY_MILLISECONDS = 3000
 REPLAY_BATCH = 500
 # Past this many missed lines a page is better reloaded than replayed line by line.
 REPLAY_MAX = 5000
 EVENT_TYPES = frozenset({"message", "channel", "server_state", "notification", "read"})
+TOO_MANY_STREAMS = (
+    "Too many live streams are open for your user ({limit}): close some tabs or devices, "
+    "then reload this page."
+)
 
 
 def format_event(event: str, payload: dict[str, Any], event_id: int | None = None) -> str:
@@ -83,18 +109,77 @@ async def _current_states(client: Any, account: Account) -> list[dict[str, Any]]
 
 
 def _session_valid(session_key: str, user_id: uuid.UUID) -> bool:
-    """The browser is still signed in: its session was not ended, has not expired, and the
-    user can still sign in."""
+    """The browser is still signed in, as Django's authentication would decide on its next
+    request: its session was not ended and has not expired, the user can still sign in, and
+    the password hash the session was signed in with is still the user's (a password change
+    ends the other sessions)."""
     try:
         with public_schema():
-            return Session.objects.filter(
-                session_key=session_key,
-                user_id=user_id,
-                user__is_active=True,
-                expire_date__gt=timezone.now(),
-            ).exists()
+            row = (
+                Session.objects.filter(
+                    session_key=session_key,
+                    user_id=user_id,
+                    user__is_active=True,
+                    expire_date__gt=timezone.now(),
+                )
+                .values_list("session_data", "user__password")
+                .first()
+            )
     finally:
         close_old_connections()
+    if row is None:
+        return False
+    session_data, password = row
+    session_hash = Session.get_session_store_class()().decode(session_data).get(HASH_SESSION_KEY)
+    if not isinstance(session_hash, str):
+        return False
+    user = User(password=password)
+    return any(
+        constant_time_compare(session_hash, expected)
+        for expected in [user.get_session_auth_hash(), *user.get_session_auth_fallback_hash()]
+    )
+
+
+def _slots_key(user_id: uuid.UUID) -> str:
+    return f"palaver:sse-streams:{user_id}"
+
+
+# Drop lapsed slots, then take one if fewer than the limit are held: atomic in Redis, so two
+# streams opening at once cannot both take the last slot.
+_TAKE_SLOT = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[4]) then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+return 1
+"""
+
+
+async def take_stream_slot(client: Any, *, user_id: uuid.UUID, stream_id: str) -> bool:
+    now = time.time()
+    taken = await client.eval(
+        _TAKE_SLOT,
+        1,
+        _slots_key(user_id),
+        now,
+        now + STREAM_SLOT_TTL_SECONDS,
+        stream_id,
+        settings.LIMIT_SSE_STREAMS_PER_USER,
+        STREAM_SLOT_TTL_SECONDS,
+    )
+    return bool(taken)
+
+
+async def _renew_stream_slot(client: Any, *, user_id: uuid.UUID, stream_id: str) -> None:
+    key = _slots_key(user_id)
+    async with client.pipeline(transaction=True) as pipe:
+        pipe.zadd(key, {stream_id: time.time() + STREAM_SLOT_TTL_SECONDS})
+        pipe.expire(key, STREAM_SLOT_TTL_SECONDS)
+        await pipe.execute()
+
+
+async def _release_stream_slot(client: Any, *, user_id: uuid.UUID, stream_id: str) -> None:
+    await client.zrem(_slots_key(user_id), stream_id)
 
 
 def last_event_id(request: HttpRequest) -> int | None:
@@ -128,16 +213,23 @@ def _decode(message: dict[str, Any]) -> dict[str, Any] | None:
     return payload
 
 
+def _redis() -> Any:
+    import redis.asyncio as aioredis
+
+    return aioredis.Redis.from_url(settings.REDIS_URL)
+
+
 async def event_stream(
     *,
     account: Account,
     user_id: uuid.UUID,
     session_key: str,
     after_id: int | None,
+    stream_id: str,
 ) -> AsyncIterator[str]:
-    import redis.asyncio as aioredis
-
-    client = aioredis.Redis.from_url(settings.REDIS_URL)
+    """The events; the stream holds the slot `stream_id` (see take_stream_slot) and frees it
+    when it ends."""
+    client = _redis()
     pubsub = client.pubsub()
     try:
         await _subscribe(pubsub, events.events_channel(account.pk))
@@ -161,18 +253,22 @@ async def event_stream(
                     yield format_event("resync", {"reason": "too many missed lines"})
                     return
 
-        last_sent = time.monotonic()
+        last_sent = next_check = time.monotonic()
         while True:
-            wait = max(0.0, HEARTBEAT_SECONDS - (time.monotonic() - last_sent))
-            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=wait)
-            if message is None:
-                if time.monotonic() - last_sent < HEARTBEAT_SECONDS:
-                    continue
+            now = time.monotonic()
+            # Checked here, not only when the stream is idle: a busy account's stream never is.
+            if now >= next_check:
                 if not await sync_to_async(_session_valid)(session_key, user_id):
                     yield format_event("signed_out", {})
                     return
-                yield ": heartbeat\n\n"
-                last_sent = time.monotonic()
+                await _renew_stream_slot(client, user_id=user_id, stream_id=stream_id)
+                next_check = now + SESSION_RECHECK_SECONDS
+            wait = max(0.0, min(HEARTBEAT_SECONDS - (now - last_sent), next_check - now))
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=wait)
+            if message is None:
+                if time.monotonic() - last_sent >= HEARTBEAT_SECONDS:
+                    yield ": heartbeat\n\n"
+                    last_sent = time.monotonic()
                 continue
             payload = _decode(message)
             if payload is None:
@@ -197,8 +293,10 @@ async def event_stream(
     finally:
         try:
             await pubsub.aclose()
+            await _release_stream_slot(client, user_id=user_id, stream_id=stream_id)
             await client.aclose()
         except Exception:
+            # The slot then lapses by itself (STREAM_SLOT_TTL_SECONDS).
             logger.debug("closing the Redis subscription failed", exc_info=True)
 
 
@@ -209,12 +307,29 @@ async def stream(request: HttpRequest) -> HttpResponseBase:
     user = await request.auser()
     assert isinstance(user, User)  # login_required let only a signed-in user through
     account = await sync_to_async(lambda: user.account)()
+    stream_id = uuid.uuid4().hex
+    client = _redis()
+    try:
+        taken = await take_stream_slot(client, user_id=user.pk, stream_id=stream_id)
+    finally:
+        await client.aclose()
+    if not taken:
+        # EventSource cannot read this body; chat.js fetches the URL again to show it.
+        limit = settings.LIMIT_SSE_STREAMS_PER_USER
+        refused = HttpResponse(
+            TOO_MANY_STREAMS.format(limit=limit),
+            status=429,
+            content_type="text/plain; charset=utf-8",
+        )
+        refused["Retry-After"] = str(STREAM_SLOT_TTL_SECONDS)
+        return refused
     response = StreamingHttpResponse(
         event_stream(
             account=account,
             user_id=user.pk,
             session_key=request.session.session_key or "",
             after_id=last_event_id(request),
+            stream_id=stream_id,
         ),
         content_type="text/event-stream",
     )

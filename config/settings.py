@@ -170,6 +170,15 @@ FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
 DATA_UPLOAD_MAX_MEMORY_SIZE = 3 * 1024 * 1024
 KNOWLEDGE_MAX_DOCUMENT_BYTES = 1024 * 1024
 
+# --- limits an operator sets, per account or per user (see README) ----------------------------
+LIMIT_SERVERS_PER_ACCOUNT: int = setting("LIMIT_SERVERS_PER_ACCOUNT", cast=int, default=20)
+LIMIT_CHANNELS_PER_SERVER: int = setting("LIMIT_CHANNELS_PER_SERVER", cast=int, default=100)
+LIMIT_KNOWLEDGE_BASES_PER_ACCOUNT: int = setting(
+    "LIMIT_KNOWLEDGE_BASES_PER_ACCOUNT", cast=int, default=20
+)
+LIMIT_DOCUMENTS_PER_ACCOUNT: int = setting("LIMIT_DOCUMENTS_PER_ACCOUNT", cast=int, default=1000)
+LIMIT_SSE_STREAMS_PER_USER: int = setting("LIMIT_SSE_STREAMS_PER_USER", cast=int, default=10)
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

@@ -3,6 +3,7 @@ events from Redis, with no gap and no duplicate, and never another account's eve
 
 import asyncio
 import json
+import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -389,6 +390,55 @@ def test_stream_opens_with_each_servers_current_state(world: dict[str, Any]) -> 
             first = await stream.next_event()
             assert first["event"] == "server_state"
             assert first["data"] == state
+
+    try:
+        run(scenario)
+    finally:
+        redis.delete(key)
+
+
+async def _body(stream: EventStream) -> str:
+    message = await asyncio.wait_for(stream.sent.get(), 5)
+    return bytes(message.get("body", b"")).decode()
+
+
+def test_streams_per_user_are_limited_and_slots_come_back(
+    world: dict[str, Any], settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings.LIMIT_SSE_STREAMS_PER_USER = 2
+    monkeypatch.setattr(sse, "SESSION_RECHECK_SECONDS", 0.2)
+    monkeypatch.setattr(sse, "STREAM_SLOT_TTL_SECONDS", 1)
+    alice, bob = world["alice"], world["bob"]
+    alice_cookie, bob_cookie = cookie_for(alice), cookie_for(bob)
+    redis = events.redis_client()
+    key = f"palaver:sse-streams:{alice.pk}"
+
+    async def scenario() -> None:
+        async with (
+            EventStream("/chat/events/", cookie=alice_cookie) as one,
+            EventStream("/chat/events/", cookie=alice_cookie) as two,
+        ):
+            assert (one.status, two.status) == (200, 200)
+            # Held well past a slot's lifetime: each recheck renews it.
+            await asyncio.sleep(1.5)
+            async with EventStream("/chat/events/", cookie=alice_cookie) as three:
+                assert three.status == 429
+                assert three.headers["retry-after"] == "1"
+                text = await _body(three)
+                assert text.startswith("Too many live streams are open for your user (2)")
+            # The limit is per user: bob's stream opens.
+            async with EventStream("/chat/events/", cookie=bob_cookie) as bobs:
+                assert bobs.status == 200
+        # Both ended: their slots are free at once.
+        assert await sync_to_async(redis.zcard)(key) == 0
+
+        # A worker that died holding both slots stops renewing them: they lapse.
+        await sync_to_async(redis.zadd)(key, {"dead-1": time.time() + 1, "dead-2": time.time() + 1})
+        async with EventStream("/chat/events/", cookie=alice_cookie) as refused:
+            assert refused.status == 429
+        await asyncio.sleep(1.2)
+        async with EventStream("/chat/events/", cookie=alice_cookie) as after:
+            assert after.status == 200
 
     try:
         run(scenario)

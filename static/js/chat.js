@@ -359,6 +359,21 @@
   }
 
   // --- the live stream -------------------------------------------------------------------------
+  // EventSource gives up on a refused stream without showing why: ask once more with fetch and
+  // show the server's reason (429: too many streams for this user). A stream that opens this
+  // time is aborted at once, so it frees its slot.
+  async function explainRefusal(url, status) {
+    const controller = new AbortController();
+    try {
+      const response = await fetch(url, { credentials: "same-origin", signal: controller.signal });
+      if (response.status === 429) status.textContent = (await response.text()).trim();
+    } catch (error) {
+      console.warn(error);
+    } finally {
+      controller.abort();
+    }
+  }
+
   function connect() {
     const url = new URL(data.eventsUrl, location.href);
     if (data.lastEventId) url.searchParams.set("last_event_id", data.lastEventId);
@@ -384,6 +399,7 @@
         ? "live updates stopped: reload the page"
         : "reconnecting…";
       if (title && !status.isConnected) title.append(status);
+      if (source.readyState === EventSource.CLOSED) explainRefusal(url, status);
     });
     source.addEventListener("message", (event) => {
       const payload = JSON.parse(event.data);
