@@ -7,6 +7,7 @@ from django.utils import timezone
 from channels_app.events import publish_event_on_commit, tell_gateway_on_commit
 from channels_app.models import Channel, Notification, Server
 from core.forms import apply_secret_changes
+from core.limits import check_limit, lock_account
 from tenancy import current_account
 
 
@@ -21,6 +22,13 @@ def _tell_gateway() -> None:
 @transaction.atomic
 def save_server(*, server: Server, alt_nicks: list[str], secrets: dict[str, str]) -> Server:
     """Create or update a server; `secrets` holds only the secrets that change ("" clears)."""
+    if server.pk is None:
+        lock_account()
+        check_limit(
+            used=Server.objects.count(),
+            setting="LIMIT_SERVERS_PER_ACCOUNT",
+            what="IRC servers",
+        )
     server.alt_nicks = alt_nicks
     apply_secret_changes(server, secrets)
     server.full_clean()
@@ -43,6 +51,16 @@ def delete_server(*, server: Server) -> None:
 
 @transaction.atomic
 def save_channel(*, channel: Channel, secrets: dict[str, str]) -> Channel:
+    if channel.pk is None:
+        # Locking the server counts two channels added to it at once one after the other.
+        Server.objects.select_for_update().filter(pk=channel.server_id).values_list("pk").first()
+        check_limit(
+            used=Channel.objects.filter(server_id=channel.server_id)
+            .exclude(kind=Channel.Kind.SERVER)
+            .count(),
+            setting="LIMIT_CHANNELS_PER_SERVER",
+            what="channels and conversations per server",
+        )
     apply_secret_changes(channel, secrets)
     channel.full_clean()
     channel.save()
