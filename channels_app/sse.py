@@ -10,12 +10,16 @@ The schema middleware hands the connection back to public when the view returns,
 stream runs, so every database read in the stream enters the account itself
 (`tenancy.switch`) in a sync function.
 
-Every SESSION_RECHECK_SECONDS, however busy the stream, it checks that its browser is still
-signed in (one primary-key query: the session row joined to its user), so a revoked session, a
-deactivated user or a changed password ends it within seconds. A query, not a Redis
-notification of revocation: it sees every way a session ends (the sessions page, the admin, a
-password set in the shell, a queryset update, expiry) without each of them having to remember
-to publish.
+Every SESSION_RECHECK_SECONDS, however busy the stream, it looks at its user's sign-in
+generation in Redis (one GET, pipelined with the renewal of its slot, below). Ending a session,
+saving the user (deactivated, password changed) bumps that generation after the commit
+(`announce_sign_in_change`, connected to the models' signals), and a stream that sees it move
+re-validates its session against the database: a revoked session, a deactivated user or a
+changed password ends it within seconds. The database is also asked every
+SESSION_DB_RECHECK_SECONDS whatever Redis says, for what bypasses the signals (a queryset
+update, expiry). Asking the database at every recheck instead measured ~30 ms a check here (a
+new connection each time: a stream must not hold one for hours), ~15 CPU-seconds a second for
+a thousand open streams; the Redis GET rides on a round trip the slot renewal makes anyway.
 
 Each user may hold LIMIT_SSE_STREAMS_PER_USER streams at once: a Redis sorted set of stream
 ids scored by when each lapses, renewed at every recheck, so a worker that dies without
@@ -34,7 +38,8 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib.auth import HASH_SESSION_KEY
 from django.contrib.auth.decorators import login_required
-from django.db import close_old_connections
+from django.db import close_old_connections, transaction
+from django.db.models.signals import post_delete, post_save
 from django.http import (
     HttpRequest,
     HttpResponse,
@@ -56,6 +61,8 @@ logger = logging.getLogger(__name__)
 HEARTBEAT_SECONDS = 15.0
 # A stream ends within this (plus one query) of its session ending: well inside 5 s.
 SESSION_RECHECK_SECONDS = 2.0
+# The database is asked this often even when Redis announced nothing.
+SESSION_DB_RECHECK_SECONDS = 60.0
 # A stream's slot lapses this long after its last renewal (every recheck) unless renewed again.
 STREAM_SLOT_TTL_SECONDS = 30
 # How long the browser waits before reconnecting after the stream ends.
@@ -140,6 +147,43 @@ def _session_valid(session_key: str, user_id: uuid.UUID) -> bool:
     )
 
 
+def _sign_in_generation_key(user_id: uuid.UUID | str) -> str:
+    return f"palaver:sign-in-generation:{user_id}"
+
+
+def announce_sign_in_change(user_id: uuid.UUID | str) -> None:
+    """After the commit, tell the user's live streams to re-validate their sessions. A Redis
+    failure is logged: the streams still ask the database every SESSION_DB_RECHECK_SECONDS."""
+    key = _sign_in_generation_key(user_id)
+
+    def bump() -> None:
+        try:
+            with events.redis_client().pipeline(transaction=False) as pipe:
+                pipe.incr(key)
+                pipe.expire(key, 7 * 24 * 3600)
+                pipe.execute()
+        except Exception:
+            logger.warning("could not tell the live streams of a sign-in change", exc_info=True)
+
+    transaction.on_commit(bump)
+
+
+def _session_ended(sender: type[Session], instance: Session, **kwargs: Any) -> None:
+    if instance.user_id is not None:
+        announce_sign_in_change(instance.user_id)
+
+
+def _user_saved(sender: type[User], instance: User, created: bool, **kwargs: Any) -> None:
+    if not created:
+        announce_sign_in_change(instance.pk)
+
+
+def connect_signals() -> None:
+    """Called once, from the app's ready()."""
+    post_delete.connect(_session_ended, sender=Session, dispatch_uid="sse-session-ended")
+    post_save.connect(_user_saved, sender=User, dispatch_uid="sse-user-saved")
+
+
 def _slots_key(user_id: uuid.UUID) -> str:
     return f"palaver:sse-streams:{user_id}"
 
@@ -170,12 +214,17 @@ async def take_stream_slot(client: Any, *, user_id: uuid.UUID, stream_id: str) -
     return bool(taken)
 
 
-async def _renew_stream_slot(client: Any, *, user_id: uuid.UUID, stream_id: str) -> None:
+async def _renew_slot_and_read_generation(
+    client: Any, *, user_id: uuid.UUID, stream_id: str
+) -> bytes | None:
+    """Renew the stream's slot and read the user's sign-in generation: one round trip."""
     key = _slots_key(user_id)
-    async with client.pipeline(transaction=True) as pipe:
+    async with client.pipeline(transaction=False) as pipe:
         pipe.zadd(key, {stream_id: time.time() + STREAM_SLOT_TTL_SECONDS})
         pipe.expire(key, STREAM_SLOT_TTL_SECONDS)
-        await pipe.execute()
+        pipe.get(_sign_in_generation_key(user_id))
+        _, _, generation = await pipe.execute()
+    return generation
 
 
 async def _release_stream_slot(client: Any, *, user_id: uuid.UUID, stream_id: str) -> None:
@@ -253,15 +302,23 @@ async def event_stream(
                     yield format_event("resync", {"reason": "too many missed lines"})
                     return
 
+        # The generation is read before the database is asked: a change committed in between
+        # then shows as a moved generation at the first recheck.
+        known = await _renew_slot_and_read_generation(client, user_id=user_id, stream_id=stream_id)
+        next_db_check = 0.0
         last_sent = next_check = time.monotonic()
         while True:
             now = time.monotonic()
             # Checked here, not only when the stream is idle: a busy account's stream never is.
             if now >= next_check:
-                if not await sync_to_async(_session_valid)(session_key, user_id):
-                    yield format_event("signed_out", {})
-                    return
-                await _renew_stream_slot(client, user_id=user_id, stream_id=stream_id)
+                generation = await _renew_slot_and_read_generation(
+                    client, user_id=user_id, stream_id=stream_id
+                )
+                if generation != known or now >= next_db_check:
+                    if not await sync_to_async(_session_valid)(session_key, user_id):
+                        yield format_event("signed_out", {})
+                        return
+                    known, next_db_check = generation, now + SESSION_DB_RECHECK_SECONDS
                 next_check = now + SESSION_RECHECK_SECONDS
             wait = max(0.0, min(HEARTBEAT_SECONDS - (now - last_sent), next_check - now))
             message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=wait)
