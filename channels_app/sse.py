@@ -262,6 +262,12 @@ def _decode(message: dict[str, Any]) -> dict[str, Any] | None:
     return payload
 
 
+def _is_redis_error(exc: Exception) -> bool:
+    import redis
+
+    return isinstance(exc, redis.RedisError)
+
+
 def _redis() -> Any:
     import redis.asyncio as aioredis
 
@@ -368,6 +374,16 @@ async def stream(request: HttpRequest) -> HttpResponseBase:
     client = _redis()
     try:
         taken = await take_stream_slot(client, user_id=user.pk, stream_id=stream_id)
+    except Exception as exc:
+        if not _is_redis_error(exc):
+            raise
+        # The browser retries by itself; the page says it is reconnecting.
+        logger.warning("live event stream refused: Redis unreachable", exc_info=True)
+        return HttpResponse(
+            "Live updates are unavailable for a moment.",
+            status=503,
+            content_type="text/plain; charset=utf-8",
+        )
     finally:
         await client.aclose()
     if not taken:

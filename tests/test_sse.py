@@ -444,3 +444,15 @@ def test_streams_per_user_are_limited_and_slots_come_back(
         run(scenario)
     finally:
         redis.delete(key)
+
+
+def test_redis_unreachable_is_a_503_not_a_500(world: dict[str, Any], settings: Any) -> None:
+    cookie = cookie_for(world["alice"])
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens there
+
+    async def scenario() -> None:
+        async with EventStream("/chat/events/", cookie=cookie) as stream:
+            assert stream.status == 503
+            assert "unavailable" in await _body(stream)
+
+    run(scenario)
