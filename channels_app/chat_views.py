@@ -10,8 +10,6 @@ from functools import wraps
 from typing import Any
 
 from django.contrib.auth.decorators import login_required
-from django.db import transaction
-from django.db.models import Q
 from django.http import (
     HttpRequest,
     HttpResponse,
@@ -22,8 +20,8 @@ from django.shortcuts import get_object_or_404, render
 from django.urls import reverse
 from django.utils import timezone
 
-from channels_app import selectors, slash_commands
-from channels_app.models import Channel, Message, Notification
+from channels_app import selectors, services, slash_commands
+from channels_app.models import Channel, Message
 from channels_app.selectors import ServerEntry
 
 TIMEZONE_COOKIE = "palaver_tz"
@@ -62,18 +60,6 @@ def _int(value: str | None) -> int | None:
 
 def _account_id(request: HttpRequest) -> str:
     return str(request.user.account_id)  # type: ignore[union-attr]
-
-
-@transaction.atomic
-def mark_read(*, channel: Channel, up_to: int) -> None:
-    """The user has seen `channel` up to the line `up_to`: unread counts and the highlights
-    there are cleared. The marker only moves forward."""
-    Channel.objects.filter(pk=channel.pk).filter(
-        Q(last_read_message_id__isnull=True) | Q(last_read_message_id__lt=up_to)
-    ).update(last_read_message_id=up_to)
-    Notification.objects.filter(
-        message__channel=channel, message_id__lte=up_to, read_at__isnull=True
-    ).update(read_at=timezone.now())
 
 
 def _own_nick(entry: ServerEntry | None, channel: Channel) -> str:
@@ -115,8 +101,8 @@ def index(request: HttpRequest) -> HttpResponse:
 @_browser_timezone
 def channel_page(request: HttpRequest, channel_id: int) -> HttpResponse:
     """A buffer: its latest lines (or, with ?before=<id>, an older page; with ?around=<id>, the
-    lines around one line), the topic and members, the input. Showing the latest lines marks
-    the buffer read."""
+    lines around one line), the topic and members, the input. It changes nothing in the
+    account: the page's script marks the buffer read (POST to `read`) once it is shown."""
     channel = _channel_or_404(channel_id)
     if request.method != "GET":
         return HttpResponseNotAllowed(["GET"])
@@ -138,11 +124,10 @@ def channel_page(request: HttpRequest, channel_id: int) -> HttpResponse:
         page = selectors.history_page(channel, before_id=before)
         messages, has_older = page.messages, page.has_older
         has_newer = before is not None
-    if not has_newer:
-        if messages:
-            mark_read(channel=channel, up_to=max(m.pk for m in messages))
-        if request.session.get(LAST_CHANNEL_KEY) != channel.pk:
-            request.session[LAST_CHANNEL_KEY] = channel.pk
+    # Which buffer to reopen is this browser's preference, kept in its session, not account
+    # state.
+    if not has_newer and request.session.get(LAST_CHANNEL_KEY) != channel.pk:
+        request.session[LAST_CHANNEL_KEY] = channel.pk
     context = _sidebar_context(request, channel)
     entry = next((s for s in context["servers"] if s.server.pk == channel.server_id), None)
     own_nick = _own_nick(entry, channel)
@@ -279,7 +264,7 @@ def _input_error(request: HttpRequest, message: str, status: int = 400) -> HttpR
 
 @login_required
 def read(request: HttpRequest, channel_id: int) -> HttpResponse:
-    """The page has shown the channel up to ?up_to (default: its newest line)."""
+    """The page has shown the channel up to `up_to` (default: its newest line)."""
     channel = _channel_or_404(channel_id)
     if request.method != "POST":
         return HttpResponseNotAllowed(["POST"])
@@ -288,5 +273,5 @@ def read(request: HttpRequest, channel_id: int) -> HttpResponse:
     # Never past the newest line: a marker beyond it would hide lines not yet seen.
     up_to = newest if up_to is None else min(up_to, newest)
     if up_to and Message.objects.filter(channel=channel, pk=up_to).exists():
-        mark_read(channel=channel, up_to=up_to)
+        services.mark_read(account_id=_account_id(request), channel=channel, up_to=up_to)
     return HttpResponse(status=204)

@@ -9,6 +9,9 @@ Redis pub/sub, JSON payloads:
   {"type": "server_state", "server_id": ..., "state": "connecting" | "connected" |
    "disconnected", "error": str, "next_retry": ISO-8601 | null, "nick": str}
   {"type": "notification", "id": <Notification.id>, "message_id": ..., "kind": ...}
+  {"type": "read", "channel_id": ..., "up_to": <Message.id>}   the web: a browser of the account
+    marked the channel read up to that line (POST /chat/<id>/read/), so its other open tabs
+    update their unread counts
   Message events carry the Message.id as their SSE event id: ids only grow within an account
   (one gateway writes an account's lines), so a browser resumes with Last-Event-ID.
 
@@ -87,17 +90,27 @@ def publish_command(payload: dict[str, Any], *, client: Any = None) -> None:
     (client or redis_client()).publish(GATEWAY_COMMANDS, seal_command(payload))
 
 
-def tell_gateway_on_commit(op: str, account_id: uuid.UUID | str) -> None:
-    """After the current transaction commits, tell the gateway `op` happened to the account.
-
-    A Redis failure is logged, not raised: what the web saved stands, and the gateway re-reads
-    every account periodically (gateway.manager.RESYNC_SECONDS)."""
-    payload = {"op": op, "account_id": str(account_id)}
+def _publish_on_commit(channel: str, payload: dict[str, Any], what: str) -> None:
+    """Publish after the current transaction commits. A Redis failure is logged, not raised:
+    what the web saved stands."""
 
     def publish() -> None:
         try:
-            publish_command(payload)
+            redis_client().publish(channel, encode(payload))
         except Exception:
-            logger.warning("could not tell the gateway %s", op, exc_info=True)
+            logger.warning("could not publish %s", what, exc_info=True)
 
     transaction.on_commit(publish)
+
+
+def tell_gateway_on_commit(op: str, account_id: uuid.UUID | str) -> None:
+    """After the current transaction commits, tell the gateway `op` happened to the account
+    (on a Redis failure the gateway still re-reads every account periodically,
+    gateway.manager.RESYNC_SECONDS)."""
+    _publish_on_commit(GATEWAY_COMMANDS, {"op": op, "account_id": str(account_id)}, op)
+
+
+def publish_event_on_commit(account_id: uuid.UUID | str, payload: dict[str, Any]) -> None:
+    """After the current transaction commits, tell the account's open browsers (the SSE
+    stream forwards `payload`; its "type" must be one the stream knows, sse.EVENT_TYPES)."""
+    _publish_on_commit(events_channel(account_id), payload, f"a {payload.get('type')} event")

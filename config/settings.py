@@ -178,10 +178,23 @@ STORAGES = {
 }
 WHITENOISE_USE_FINDERS = True
 
-# Uploaded documents are read into the database, never kept on disk.
-FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
+# Uploaded documents are read into the database, never kept on disk: the one upload handler
+# keeps a file in memory and stops the upload as soon as it passes LIMIT_DOCUMENT_BYTES.
+FILE_UPLOAD_HANDLERS = ["core.uploads.LimitedMemoryUploadHandler"]
 DATA_UPLOAD_MAX_MEMORY_SIZE = 3 * 1024 * 1024
-KNOWLEDGE_MAX_DOCUMENT_BYTES = 1024 * 1024
+
+# --- limits an operator sets, per account or per user (see README) ----------------------------
+LIMIT_SERVERS_PER_ACCOUNT: int = setting("LIMIT_SERVERS_PER_ACCOUNT", cast=int, default=20)
+LIMIT_CHANNELS_PER_SERVER: int = setting("LIMIT_CHANNELS_PER_SERVER", cast=int, default=100)
+LIMIT_KNOWLEDGE_BASES_PER_ACCOUNT: int = setting(
+    "LIMIT_KNOWLEDGE_BASES_PER_ACCOUNT", cast=int, default=20
+)
+LIMIT_DOCUMENTS_PER_ACCOUNT: int = setting("LIMIT_DOCUMENTS_PER_ACCOUNT", cast=int, default=1000)
+LIMIT_DOCUMENT_BYTES: int = setting("LIMIT_DOCUMENT_BYTES", cast=int, default=1024 * 1024)
+LIMIT_DOCUMENTS_TOTAL_BYTES: int = setting(
+    "LIMIT_DOCUMENTS_TOTAL_BYTES", cast=int, default=100 * 1024 * 1024
+)
+LIMIT_SSE_STREAMS_PER_USER: int = setting("LIMIT_SSE_STREAMS_PER_USER", cast=int, default=10)
 
 LOGGING = {
     "version": 1,

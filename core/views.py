@@ -5,6 +5,7 @@ from typing import Any
 
 from django import forms
 from django.contrib import messages
+from django.core.exceptions import ValidationError
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import render
 from django.urls import reverse
@@ -27,9 +28,14 @@ def form_page(
     multipart: bool = False,
     status: int = 200,
 ) -> HttpResponse:
-    """A form on a page of its own; a valid POST goes to `on_valid`, which saves and redirects."""
+    """A form on a page of its own; a valid POST goes to `on_valid`, which saves and redirects.
+    A ValidationError from the save (a limit reached, a check only the transaction can make)
+    is shown on the form like any other error."""
     if on_valid is not None and request.method == "POST" and form.is_valid():
-        return on_valid()
+        try:
+            return on_valid()
+        except ValidationError as exc:
+            form.add_error(None, exc)
     return render(
         request,
         "core/form_page.html",

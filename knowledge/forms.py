@@ -4,6 +4,7 @@ from django import forms
 from django.conf import settings
 from django.core.files.uploadedfile import UploadedFile
 
+from core.uploads import too_large_message
 from knowledge.models import KnowledgeBase
 
 ALLOWED_SUFFIXES = (".txt", ".md", ".markdown")
@@ -17,7 +18,10 @@ class KnowledgeBaseForm(forms.ModelForm):
 
 
 class DocumentForm(forms.Form):
-    """A document comes from pasted text or from an uploaded .txt / .md file, not both."""
+    """A document comes from pasted text or from an uploaded .txt / .md file, not both.
+
+    `upload_refusal` is why the upload was stopped while it streamed in (core.uploads), if it
+    was: the file then never reached the form."""
 
     title = forms.CharField(
         max_length=200, required=False, help_text="Defaults to the file's name."
@@ -28,11 +32,17 @@ class DocumentForm(forms.Form):
     file = forms.FileField(
         label="Or upload a file",
         required=False,
-        help_text="Plain text or Markdown (.txt, .md), UTF-8, up to 1 MB.",
+        help_text="Plain text or Markdown (.txt, .md), UTF-8.",
         widget=forms.ClearableFileInput(
             attrs={"accept": ".txt,.md,.markdown,text/plain,text/markdown"}
         ),
     )
+
+    def __init__(self, *args: Any, upload_refusal: str | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.upload_refusal = upload_refusal
+        limit = settings.LIMIT_DOCUMENT_BYTES
+        self.fields["file"].help_text += f" Up to {limit:,} bytes."
 
     def clean_file(self) -> UploadedFile | None:
         upload: UploadedFile | None = self.cleaned_data.get("file")
@@ -41,12 +51,15 @@ class DocumentForm(forms.Form):
         name = (upload.name or "").lower()
         if not name.endswith(ALLOWED_SUFFIXES):
             raise forms.ValidationError("Upload a .txt or .md file.")
-        if upload.size is not None and upload.size > settings.KNOWLEDGE_MAX_DOCUMENT_BYTES:
-            raise forms.ValidationError("That file is larger than 1 MB.")
+        if upload.size is not None and upload.size > settings.LIMIT_DOCUMENT_BYTES:
+            raise forms.ValidationError(too_large_message())
         return upload
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean() or {}
+        if self.upload_refusal:
+            self.add_error("file", self.upload_refusal)
+            return cleaned
         text = cleaned.get("text") or ""
         upload = cleaned.get("file")
         if upload is not None and text.strip():
@@ -71,8 +84,13 @@ class DocumentForm(forms.Form):
         elif not text.strip():
             self.add_error("text", "Paste some text or upload a file.")
         else:
-            if len(text.encode()) > settings.KNOWLEDGE_MAX_DOCUMENT_BYTES:
-                self.add_error("text", "That text is larger than 1 MB.")
+            limit = settings.LIMIT_DOCUMENT_BYTES
+            if len(text.encode()) > limit:
+                self.add_error(
+                    "text",
+                    f"That text is larger than the limit of {limit:,} bytes "
+                    "(LIMIT_DOCUMENT_BYTES).",
+                )
             cleaned["filename"] = ""
             if not cleaned.get("title"):
                 self.add_error("title", "Give the pasted text a title.")

@@ -5,6 +5,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 
+from core.uploads import upload_refusal
 from core.views import back_url, confirm_delete, form_page
 from knowledge import services
 from knowledge.forms import DocumentForm, KnowledgeBaseForm
@@ -68,7 +69,12 @@ def kb_delete(request: HttpRequest, pk: int) -> HttpResponse:
 @login_required
 def document_create(request: HttpRequest, kb_pk: int) -> HttpResponse:
     kb = get_object_or_404(KnowledgeBase, pk=kb_pk)
-    form = DocumentForm(request.POST or None, request.FILES or None)
+    if request.method == "POST":
+        # Reading the body first: a stopped upload has left its reason on the request by then.
+        data, files = request.POST, request.FILES
+        form = DocumentForm(data, files, upload_refusal=upload_refusal(request))
+    else:
+        form = DocumentForm()
 
     def save() -> HttpResponse:
         document = services.add_document(

@@ -211,7 +211,37 @@ def _sidebar_counts(client: Client, channel: Channel) -> tuple[str, str]:
     return unread.group(1), highlights.group(1)
 
 
-def test_unread_counts_highlights_and_mark_read_on_open(alice: User, alice_chat: dict) -> None:
+@pytest.fixture
+def account_events() -> Iterator[Callable[[User], list[dict[str, Any]]]]:
+    """What is published on an account's live-event channel, read back from Redis."""
+    pubsubs: list[Any] = []
+
+    def subscribe(user: User) -> list[dict[str, Any]]:
+        pubsub = events.redis_client().pubsub(ignore_subscribe_messages=True)
+        pubsub.subscribe(events.events_channel(user.account_id))
+        pubsubs.append(pubsub)
+        got: list[dict[str, Any]] = []
+
+        def read() -> list[dict[str, Any]]:
+            # Until nothing more comes for a moment (an ignored confirmation also reads as None).
+            quiet_since = time.monotonic()
+            while time.monotonic() - quiet_since < 0.3:
+                message = pubsub.get_message(timeout=0.05)
+                if message is not None:
+                    got.append(json.loads(message["data"]))
+                    quiet_since = time.monotonic()
+            return got
+
+        return read  # type: ignore[return-value]
+
+    yield subscribe
+    for pubsub in pubsubs:
+        pubsub.close()
+
+
+def test_unread_counts_highlights_and_opening_a_channel_marks_nothing_read(
+    alice: User, alice_chat: dict, account_events: Any
+) -> None:
     channel = alice_chat["channel"]
     with switch(alice):
         say(channel, "hello", at=1)
@@ -222,26 +252,76 @@ def test_unread_counts_highlights_and_mark_read_on_open(alice: User, alice_chat:
     client = signed_in_client(alice)
     # Joins and parts are not unread lines.
     assert _sidebar_counts(client, channel) == ("3", "1")
+    read_events = account_events(alice)
 
-    client.get(reverse("chat:channel", args=[channel.pk]))
+    # GET changes nothing: a link preview, a prefetch or a crawler opening the page must not
+    # hide what the person has not seen.
+    assert client.get(reverse("chat:channel", args=[channel.pk])).status_code == 200
+    assert client.get(reverse("chat:index")).status_code == 302
     with switch(alice):
         channel.refresh_from_db()
-        assert channel.last_read_message_id == Message.objects.latest("id").pk
-        assert not Notification.objects.filter(read_at__isnull=True).exists()
+        assert channel.last_read_message_id is None
+        assert Notification.objects.filter(read_at__isnull=True).count() == 1
+    assert _sidebar_counts(client, channel) == ("3", "1")
+    assert read_events() == []
+
+
+def test_marking_read_is_a_post_that_tells_the_accounts_other_tabs(
+    alice: User,
+    bob: User,
+    alice_chat: dict,
+    account_events: Any,
+    django_capture_on_commit_callbacks: Any,
+) -> None:
+    channel = alice_chat["channel"]
+    with switch(alice):
+        first = say(channel, "hello", at=1)
+        mention = say(channel, "alice: ping", at=3)
+        Notification.objects.create(message=mention, kind=Notification.Kind.HIGHLIGHT)
         newer = say(channel, "are you there?", at=5)
         say(channel, "hello?", at=6)
-    assert _sidebar_counts(client, channel) == ("2", "0")
-
-    # The page shows a line live and says so; the marker never moves backwards.
+    client = signed_in_client(alice)
+    alice_events = account_events(alice)
+    bob_events = account_events(bob)
     read_url = reverse("chat:read", args=[channel.pk])
-    assert client.post(read_url, {"up_to": newer.pk}).status_code == 204
-    assert _sidebar_counts(client, channel) == ("1", "0")
-    assert client.post(read_url, {"up_to": newer.pk - 3}).status_code == 204
+
+    def post(url: str, data: dict[str, Any] | None = None) -> int:
+        # The test's transaction never commits: run what waits for the commit.
+        with django_capture_on_commit_callbacks(execute=True):
+            return client.post(url, data or {}).status_code
+
+    assert client.get(read_url).status_code == 405
+    assert post(read_url, {"up_to": mention.pk}) == 204
+    assert _sidebar_counts(client, channel) == ("2", "0")
+    assert alice_events() == [{"type": "read", "channel_id": channel.pk, "up_to": mention.pk}]
+
+    # The marker never moves backwards, and a POST that moves nothing tells nobody.
+    assert post(read_url, {"up_to": first.pk}) == 204
     with switch(alice):
         channel.refresh_from_db()
-        assert channel.last_read_message_id == newer.pk
-    assert client.post(read_url).status_code == 204
+        assert channel.last_read_message_id == mention.pk
+    assert len(alice_events()) == 1
+
+    assert post(read_url, {"up_to": newer.pk}) == 204
+    assert post(read_url) == 204
     assert _sidebar_counts(client, channel) == ("0", "0")
+    assert [e["up_to"] for e in alice_events()[1:]] == [newer.pk, newer.pk + 1]
+
+    # Another account's channel id is a 404 (bob has no channel with the id of alice's
+    # conversation), and nothing moves or is published.
+    query = alice_chat["query"]
+    with switch(alice):
+        say(query, "unread in the conversation")
+    with switch(bob):
+        make_channel(make_server("EFnet", "bob"))
+        assert not Channel.objects.filter(pk=query.pk).exists()
+    client = signed_in_client(bob)
+    assert post(reverse("chat:read", args=[query.pk])) == 404
+    with switch(alice):
+        query.refresh_from_db()
+        assert query.last_read_message_id is None
+    assert bob_events() == []
+    assert len(alice_events()) == 3
 
 
 def test_sidebar_lists_servers_buffers_and_connection_state(alice: User, alice_chat: dict) -> None:

@@ -240,10 +240,11 @@ class TestDocuments:
             assert Document.objects.count() == 0
 
     def test_too_large_upload(self, alice_client: Client, kb: KnowledgeBase, settings) -> None:
-        settings.KNOWLEDGE_MAX_DOCUMENT_BYTES = 100
+        settings.LIMIT_DOCUMENT_BYTES = 100
         upload = SimpleUploadedFile("big.txt", b"x" * 101)
         response = self.post(alice_client, kb, {"file": upload})
-        assert "larger than 1 MB" in errors_of(response)["file"][0]
+        error = errors_of(response)["file"][0]
+        assert "larger than the limit of 100 bytes (LIMIT_DOCUMENT_BYTES)" in error
 
 
 def test_delete_server_takes_its_channels(alice: User, alice_client: Client) -> None:

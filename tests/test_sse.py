@@ -3,6 +3,7 @@ events from Redis, with no gap and no duplicate, and never another account's eve
 
 import asyncio
 import json
+import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -266,6 +267,11 @@ def test_query_parameter_resumes_and_no_id_means_live_only(world: dict[str, Any]
                                   "nick": "alice"})  # fmt: skip
             event = await stream.next_event()
             assert event["event"] == "server_state" and "id" not in event
+            # Another tab marked a channel read: this tab's counts change too.
+            read = {"type": "read", "channel_id": channel.pk, "up_to": messages[2].pk}
+            await publish(alice, read)
+            event = await stream.next_event()
+            assert event["event"] == "read" and event["data"] == read
 
     run(scenario)
 
@@ -389,3 +395,64 @@ def test_stream_opens_with_each_servers_current_state(world: dict[str, Any]) -> 
         run(scenario)
     finally:
         redis.delete(key)
+
+
+async def _body(stream: EventStream) -> str:
+    message = await asyncio.wait_for(stream.sent.get(), 5)
+    return bytes(message.get("body", b"")).decode()
+
+
+def test_streams_per_user_are_limited_and_slots_come_back(
+    world: dict[str, Any], settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings.LIMIT_SSE_STREAMS_PER_USER = 2
+    monkeypatch.setattr(sse, "SESSION_RECHECK_SECONDS", 0.2)
+    monkeypatch.setattr(sse, "STREAM_SLOT_TTL_SECONDS", 1)
+    alice, bob = world["alice"], world["bob"]
+    alice_cookie, bob_cookie = cookie_for(alice), cookie_for(bob)
+    redis = events.redis_client()
+    key = f"palaver:sse-streams:{alice.pk}"
+
+    async def scenario() -> None:
+        async with (
+            EventStream("/chat/events/", cookie=alice_cookie) as one,
+            EventStream("/chat/events/", cookie=alice_cookie) as two,
+        ):
+            assert (one.status, two.status) == (200, 200)
+            # Held well past a slot's lifetime: each recheck renews it.
+            await asyncio.sleep(1.5)
+            async with EventStream("/chat/events/", cookie=alice_cookie) as three:
+                assert three.status == 429
+                assert three.headers["retry-after"] == "1"
+                text = await _body(three)
+                assert text.startswith("Too many live streams are open for your user (2)")
+            # The limit is per user: bob's stream opens.
+            async with EventStream("/chat/events/", cookie=bob_cookie) as bobs:
+                assert bobs.status == 200
+        # Both ended: their slots are free at once.
+        assert await sync_to_async(redis.zcard)(key) == 0
+
+        # A worker that died holding both slots stops renewing them: they lapse.
+        await sync_to_async(redis.zadd)(key, {"dead-1": time.time() + 1, "dead-2": time.time() + 1})
+        async with EventStream("/chat/events/", cookie=alice_cookie) as refused:
+            assert refused.status == 429
+        await asyncio.sleep(1.2)
+        async with EventStream("/chat/events/", cookie=alice_cookie) as after:
+            assert after.status == 200
+
+    try:
+        run(scenario)
+    finally:
+        redis.delete(key)
+
+
+def test_redis_unreachable_is_a_503_not_a_500(world: dict[str, Any], settings: Any) -> None:
+    cookie = cookie_for(world["alice"])
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens there
+
+    async def scenario() -> None:
+        async with EventStream("/chat/events/", cookie=cookie) as stream:
+            assert stream.status == 503
+            assert "unavailable" in await _body(stream)
+
+    run(scenario)

@@ -203,7 +203,10 @@
     if (!upTo) return;
     const body = new FormData();
     body.append("up_to", String(upTo));
+    // The server answers with a `read` event on every open tab's stream (this one too), which
+    // refreshes the counts; refreshing here as well covers a stream that is reconnecting.
     post(data.readUrl, body).then(() => {
+      refreshSidebar();
       document.body.dispatchEvent(new CustomEvent("notifications-changed", { bubbles: true }));
     }).catch(() => {});
   }, 400);
@@ -356,6 +359,21 @@
   }
 
   // --- the live stream -------------------------------------------------------------------------
+  // EventSource gives up on a refused stream without showing why: ask once more with fetch and
+  // show the server's reason (429: too many streams for this user). A stream that opens this
+  // time is aborted at once, so it frees its slot.
+  async function explainRefusal(url, status) {
+    const controller = new AbortController();
+    try {
+      const response = await fetch(url, { credentials: "same-origin", signal: controller.signal });
+      if (response.status === 429) status.textContent = (await response.text()).trim();
+    } catch (error) {
+      console.warn(error);
+    } finally {
+      controller.abort();
+    }
+  }
+
   function connect() {
     const url = new URL(data.eventsUrl, location.href);
     if (data.lastEventId) url.searchParams.set("last_event_id", data.lastEventId);
@@ -381,6 +399,7 @@
         ? "live updates stopped: reload the page"
         : "reconnecting…";
       if (title && !status.isConnected) title.append(status);
+      if (source.readyState === EventSource.CLOSED) explainRefusal(url, status);
     });
     source.addEventListener("message", (event) => {
       const payload = JSON.parse(event.data);
@@ -405,6 +424,11 @@
       else if (!sidebarLink(payload.channel_id)) refreshSidebar();
     });
     source.addEventListener("server_state", (event) => showServerState(JSON.parse(event.data)));
+    // This account read a channel in some tab: its unread and highlight counts changed.
+    source.addEventListener("read", () => {
+      refreshSidebar();
+      document.body.dispatchEvent(new CustomEvent("notifications-changed", { bubbles: true }));
+    });
     source.addEventListener("resync", () => { source.close(); location.reload(); });
     source.addEventListener("signed_out", () => { source.close(); location.reload(); });
     window.addEventListener("pagehide", () => source.close());
@@ -562,4 +586,6 @@
   watchOlder();
   setUpNotifyButton();
   connect();
+  // Opening the page (a GET) changes nothing; showing the latest lines is what marks them read.
+  markRead();
 })();

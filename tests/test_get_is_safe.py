@@ -1,0 +1,111 @@
+"""GET changes nothing: every page and fragment, fetched with GET, writes no row except the
+browser's own session (its last-seen time and which buffer to reopen)."""
+
+import re
+from typing import Any
+
+from django.db import connection
+from django.test import Client
+from django.test.utils import CaptureQueriesContext
+from django.urls import URLPattern, URLResolver, get_resolver, reverse
+
+from accounts.models import User
+from channels_app.models import Message, Notification
+from tenancy import switch
+from tests.helpers import populate
+
+WRITE = re.compile(r"^\s*(INSERT|UPDATE|DELETE|TRUNCATE|ALTER|DROP|CREATE)\b", re.I)
+# Views that answer GET with 405 (or only redirect): what they do is a POST.
+POST_ONLY = {
+    "accounts:sign_out",
+    "accounts:session_revoke",
+    "channels:server_delete",
+    "channels:channel_delete",
+    "knowledge:kb_delete",
+    "knowledge:document_delete",
+    "agents:agent_delete",
+    "llms:provider_delete",
+    "chat:send",
+    "chat:read",
+    "history:notification_read",
+    "history:notification_read_all",
+}
+# Not a page: the live stream (tests/test_sse.py) and the operators' admin.
+ELSEWHERE = {"chat:events"}
+
+
+def _names(patterns: list[Any], namespace: str = "") -> set[str]:
+    names: set[str] = set()
+    for pattern in patterns:
+        if isinstance(pattern, URLResolver):
+            if pattern.namespace == "admin":
+                continue
+            inner = f"{namespace}{pattern.namespace}:" if pattern.namespace else namespace
+            names |= _names(pattern.url_patterns, inner)
+        elif isinstance(pattern, URLPattern) and pattern.name:
+            names.add(f"{namespace}{pattern.name}")
+    return names
+
+
+def test_no_get_writes_anything_but_the_session(alice: User, alice_client: Client) -> None:
+    objs = populate(alice)
+    channel = objs["channel"]
+    with switch(alice):
+        message = Message.objects.create(
+            channel=channel, sender="carol", text="alice: ping", server_time="2026-11-23T12:00Z"
+        )
+        Notification.objects.create(message=message, kind=Notification.Kind.HIGHLIGHT)
+    gets = {
+        "dashboard": reverse("dashboard"),
+        "accounts:sign_up": reverse("accounts:sign_up"),
+        "accounts:sign_in": reverse("accounts:sign_in"),
+        "accounts:session_list": reverse("accounts:session_list"),
+        "channels:server_list": reverse("channels:server_list"),
+        "channels:server_create": reverse("channels:server_create"),
+        "channels:server_detail": reverse("channels:server_detail", args=[objs["server"].pk]),
+        "channels:server_edit": reverse("channels:server_edit", args=[objs["server"].pk]),
+        "channels:channel_create": reverse("channels:channel_create", args=[objs["server"].pk]),
+        "channels:channel_edit": reverse("channels:channel_edit", args=[channel.pk]),
+        "chat:index": reverse("chat:index"),
+        "chat:sidebar": reverse("chat:sidebar") + f"?open={channel.pk}",
+        "chat:channel": reverse("chat:channel", args=[channel.pk]),
+        "chat:history": reverse("chat:history", args=[channel.pk]) + f"?before={message.pk + 1}",
+        "chat:lines": reverse("chat:lines", args=[channel.pk]) + "?after=0",
+        "chat:info": reverse("chat:info", args=[channel.pk]),
+        "agents:agent_list": reverse("agents:agent_list"),
+        "agents:agent_create": reverse("agents:agent_create"),
+        "agents:agent_detail": reverse("agents:agent_detail", args=[objs["agent"].pk]),
+        "agents:agent_edit": reverse("agents:agent_edit", args=[objs["agent"].pk]),
+        "knowledge:kb_list": reverse("knowledge:kb_list"),
+        "knowledge:kb_create": reverse("knowledge:kb_create"),
+        "knowledge:kb_detail": reverse("knowledge:kb_detail", args=[objs["kb"].pk]),
+        "knowledge:kb_edit": reverse("knowledge:kb_edit", args=[objs["kb"].pk]),
+        "knowledge:document_create": reverse("knowledge:document_create", args=[objs["kb"].pk]),
+        "knowledge:document_detail": reverse(
+            "knowledge:document_detail", args=[objs["document"].pk]
+        ),
+        "llms:provider_list": reverse("llms:provider_list"),
+        "llms:provider_create": reverse("llms:provider_create"),
+        "llms:provider_edit": reverse("llms:provider_edit", args=[objs["provider"].pk]),
+        "llms:tool_list": reverse("llms:tool_list"),
+        "llms:tool_edit": reverse("llms:tool_edit", args=["current_time"]),
+        "history:search": reverse("history:search") + "?q=ping",
+        "history:notifications": reverse("history:notifications"),
+        "history:notification_badge": reverse("history:notification_badge"),
+        "history:chat_settings": reverse("history:chat_settings"),
+    }
+    # Every view of the project is looked at here: a new one must be added to one list.
+    assert _names(get_resolver().url_patterns) - set(gets) - POST_ONLY - ELSEWHERE == set()
+
+    for name, url in gets.items():
+        with CaptureQueriesContext(connection) as queries:
+            response = alice_client.get(url)
+        assert response.status_code in (200, 302), (name, response.status_code)
+        writes = [
+            q["sql"]
+            for q in queries.captured_queries
+            if WRITE.match(q["sql"]) and '"accounts_session"' not in q["sql"]
+        ]
+        assert writes == [], (name, writes)
+    for name in POST_ONLY:
+        assert name in _names(get_resolver().url_patterns), name

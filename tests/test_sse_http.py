@@ -1,0 +1,105 @@
+"""The live stream over real HTTP (uvicorn, as in production): however busy the account, the
+stream ends within 5 s of its browser being signed out, whichever way that happens."""
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, cast
+
+import pytest
+
+from accounts.models import Session, User
+from accounts.services import revoke_session
+from channels_app import events
+from tests.factories import UserFactory
+from tests.test_chat_e2e import AsgiServer, asgi_server, event_stream
+
+__all__ = ["asgi_server"]  # the fixture, used here by name
+
+SIGN_OUT_DEADLINE = 5.0
+
+
+@pytest.fixture
+def alice(clean_schemas: None) -> User:
+    return cast(User, UserFactory(email="alice@example.org"))
+
+
+@contextlib.contextmanager
+def busy_account(user: User, every: float = 0.05) -> Iterator[None]:
+    """The gateway publishing for the account without a pause: the stream is never idle."""
+    stop = threading.Event()
+    redis = events.redis_client()
+    payload = events.encode(
+        {
+            "type": "channel",
+            "channel_id": 1,
+            "server_id": 1,
+            "topic": "busy",
+            "members_changed": False,
+        }
+    )
+
+    def publish() -> None:
+        while not stop.wait(every):
+            redis.publish(events.events_channel(user.account_id), payload)
+
+    thread = threading.Thread(target=publish, name="busy-account", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(5)
+        redis.close()
+
+
+def revoke(user: User) -> None:
+    # The sessions page's service, for the one session the stream signed in with.
+    (session_key,) = Session.objects.filter(user=user).values_list("session_key", flat=True)
+    assert revoke_session(user=user, session_key=session_key)
+
+
+def deactivate(user: User) -> None:
+    user.is_active = False
+    user.save(update_fields=["is_active"])
+
+
+def change_password(user: User) -> None:
+    # The session's auth hash no longer matches the user's.
+    user.set_password("a quite different passphrase")
+    user.save(update_fields=["password"])
+
+
+@pytest.mark.parametrize(
+    "sign_out", [revoke, deactivate, change_password], ids=lambda f: f.__name__
+)
+def test_busy_stream_ends_within_5_seconds_of_signing_out(
+    alice: User, asgi_server: AsgiServer, sign_out: Callable[[User], None]
+) -> None:
+    def channel_events(stream: Any) -> int:
+        return sum(1 for e in stream.events if e["event"] == "channel")
+
+    with busy_account(alice), event_stream(asgi_server, alice) as stream:
+        stream.wait_for(lambda e: e["event"] == "channel", what="a busy event")
+        # Still signed in: the stream goes on past several rechecks.
+        time.sleep(3)
+        assert not stream.ended
+        flowing = channel_events(stream)
+        assert flowing > 20, flowing
+
+        sign_out(alice)
+        signed_out_at = time.monotonic()
+        stream.wait_for(
+            lambda e: e["event"] == "signed_out",
+            timeout=SIGN_OUT_DEADLINE,
+            what="signed_out within 5 s",
+        )
+        deadline = time.monotonic() + 1
+        while not stream.ended and time.monotonic() < deadline:
+            time.sleep(0.02)
+        elapsed = time.monotonic() - signed_out_at
+        assert stream.ended, "the stream stayed open after signed_out"
+        assert elapsed < SIGN_OUT_DEADLINE, elapsed
+        # It was busy up to the end.
+        assert channel_events(stream) > flowing
