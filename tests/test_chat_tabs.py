@@ -84,3 +84,35 @@ def test_a_stream_over_the_limit_says_why_on_the_page(
             "Too many live streams are open for your user"
         )
     context.close()
+
+
+@pytest.mark.browser
+def test_lines_carrying_a_password_stay_out_of_the_saved_input_history(
+    clean_schemas: None, asgi_server: AsgiServer, chromium: Browser
+) -> None:
+    """The input history is kept in localStorage, in clear: a line that carries a password must
+    never be put there (Up arrow still brings back the ordinary lines)."""
+    base = asgi_server.url
+    context, erin = _signed_in(chromium, base)
+    with switch(erin):
+        server = Server.objects.create(name="Libera", host="irc.libera.chat", nick="erin")
+        channel = Channel.objects.create(server=server, name="#palaver")
+    page = context.new_page()
+    page.goto(base + reverse("chat:channel", args=[channel.pk]))
+    typed = [
+        "hello there",
+        "/msg NickServ IDENTIFY erin s3cret-one",
+        "/quote PASS s3cret-two",
+        "/join #keyed s3cret-three",
+        "/me waves",
+    ]
+    box = page.locator("#chat-text")
+    for line in typed:
+        box.fill(line)
+        box.press("Enter")
+        expect(box).to_have_value("")
+    saved = page.evaluate("localStorage.getItem('palaver.inputHistory')")
+    assert saved is not None
+    assert "hello there" in saved and "/me waves" in saved
+    assert "s3cret" not in saved
+    context.close()

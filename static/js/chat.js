@@ -441,7 +441,19 @@
   let historyIndex = history.length;
   let draft = "";
 
+  // Lines that carry a password (to a network service, /oper, /quote PASS, a channel key) are
+  // never kept: the history lives in localStorage, in clear, on whatever device this is. The
+  // services list mirrors gateway/redaction.py, which masks the same lines before they are stored.
+  const SECRET_LINE = new RegExp(
+    "^/(?:(?:msg|query|notice)\\s+(?:[a-z]*serv|q|x)(?:@\\S+)?\\s+" +
+      "(?:identify|id|register|ghost|release|regain|recover|login|auth|group|(?:set\\s+)?(?:new)?pass(?:word)?)\\b" +
+      "|(?:ns|nickserv|cs|chanserv)\\b|oper\\b|(?:quote|raw)\\s+(?:pass|oper|authenticate)\\b" +
+      "|join\\s+\\S+\\s+\\S)",
+    "i",
+  );
+
   function rememberInput(text) {
+    if (SECRET_LINE.test(text.trim())) return;
     if (history[history.length - 1] !== text) history.push(text);
     history = history.slice(-100);
     try { localStorage.setItem(HISTORY_KEY, JSON.stringify(history)); } catch { /* full or private */ }
