@@ -4,12 +4,13 @@ from dataclasses import dataclass
 
 from django.conf import settings
 from django.contrib.auth import authenticate
-from django.core.cache import cache
 from django.core.validators import validate_email
 from django.db import IntegrityError, transaction
 from django.http import HttpRequest
 
+from accounts import throttle
 from accounts.models import Account, Session, User, normalize_email
+from accounts.throttle import client_key, email_key
 from tenancy.services import provision_account
 
 
@@ -68,33 +69,38 @@ class SignInResult:
     retry_after_seconds: int = 0
 
 
-def _throttle_keys(email: str, ip: str | None) -> list[tuple[str, int]]:
-    keys = [(f"sign-in:email:{email}", settings.SIGN_IN_MAX_FAILURES_PER_EMAIL)]
-    if ip:
-        keys.append((f"sign-in:ip:{ip}", settings.SIGN_IN_MAX_FAILURES_PER_IP))
-    return keys
+def throttled_message(retry_after_seconds: int) -> str:
+    minutes = max(1, -(-retry_after_seconds // 60))
+    return f"Too many failed sign-ins. Try again in {minutes} minute{'s' if minutes > 1 else ''}."
 
 
-def check_credentials(*, request: HttpRequest, email: str, password: str) -> SignInResult:
-    """Authenticate, counting failures per email and per client address in fixed windows."""
-    from accounts.middleware import client_ip
+def check_credentials(
+    *, request: HttpRequest | None, email: str, password: str, client: str | None
+) -> SignInResult:
+    """Authenticate, throttling failures per (email, client) pair and per client.
 
+    Not per email alone: then anyone could lock a person out by failing five times with their
+    address. Each attempt is counted before the password is checked, so parallel guesses cannot
+    slip past the limit; a success gives its count back and clears the pair's."""
     email = normalize_email(email)
-    keys = _throttle_keys(email, client_ip(request))
+    client_id = client_key(client)
     window = settings.SIGN_IN_WINDOW_SECONDS
-    for key, limit in keys:
-        if (cache.get(key) or 0) >= limit:
-            return SignInResult(user=None, throttled=True, retry_after_seconds=window)
+    counters = [
+        (
+            f"sign-in:pair:{client_id}:{email_key(email)}",
+            settings.SIGN_IN_MAX_FAILURES_PER_EMAIL_AND_CLIENT,
+        ),
+        (f"sign-in:client:{client_id}", settings.SIGN_IN_MAX_FAILURES_PER_CLIENT),
+    ]
+    # Every counter counts this attempt, even when an earlier one already refuses it.
+    waits = [throttle.over_limit(k, limit=n, window_seconds=window) for k, n in counters]
+    if any(waits):
+        return SignInResult(user=None, throttled=True, retry_after_seconds=max(waits))
     user = authenticate(request, username=email, password=password)
     if user is None:
-        for key, _limit in keys:
-            cache.add(key, 0, timeout=window)
-            try:
-                cache.incr(key)
-            except ValueError:  # expired between add and incr
-                cache.set(key, 1, timeout=window)
         return SignInResult(user=None)
-    cache.delete(keys[0][0])
+    throttle.reset(counters[0][0])
+    throttle.hit(counters[1][0], window_seconds=window, amount=-1)
     assert isinstance(user, User)
     return SignInResult(user=user)
 

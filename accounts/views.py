@@ -12,6 +12,7 @@ from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_POST
 
 from accounts import selectors, services
+from accounts.throttle import client_address
 from accounts.forms import SignInForm, SignUpForm
 from accounts.models import User
 from agents.models import Agent
@@ -115,14 +116,14 @@ def sign_in(request: HttpRequest) -> HttpResponse:
             request=request,
             email=form.cleaned_data["email"],
             password=form.cleaned_data["password"],
+            client=client_address(request),
         )
         if result.user is not None:
             # login() rotates the session key, so a key planted before sign-in is worthless.
             login(request, result.user, backend="accounts.backends.EmailBackend")
             return HttpResponseRedirect(next_url or reverse("dashboard"))
         if result.throttled:
-            minutes = max(1, result.retry_after_seconds // 60)
-            form.add_error(None, f"Too many failed sign-ins. Try again in {minutes} minutes.")
+            form.add_error(None, services.throttled_message(result.retry_after_seconds))
             status = 429
         else:
             form.add_error(None, GENERIC_SIGN_IN_ERROR)
