@@ -62,6 +62,16 @@ def sign_up(
     return user
 
 
+def count_sign_up(*, client: str | None) -> int:
+    """Count a sign-up attempt from the client; each builds a schema, so a client gets
+    SIGN_UP_MAX_PER_CLIENT per window. Returns the seconds to wait when over, else 0."""
+    return throttle.over_limit(
+        f"sign-up:client:{client_key(client)}",
+        limit=settings.SIGN_UP_MAX_PER_CLIENT,
+        window_seconds=settings.SIGN_UP_WINDOW_SECONDS,
+    )
+
+
 @dataclass(frozen=True)
 class SignInResult:
     user: User | None
@@ -70,8 +80,7 @@ class SignInResult:
 
 
 def throttled_message(retry_after_seconds: int) -> str:
-    minutes = max(1, -(-retry_after_seconds // 60))
-    return f"Too many failed sign-ins. Try again in {minutes} minute{'s' if minutes > 1 else ''}."
+    return f"Too many failed sign-ins. Try again in {throttle.describe_wait(retry_after_seconds)}."
 
 
 def check_credentials(

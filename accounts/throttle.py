@@ -61,6 +61,11 @@ def over_limit(key: str, *, limit: int, window_seconds: int) -> int:
     return max(1, count.seconds_left) if count.value > limit else 0
 
 
+def describe_wait(seconds: int) -> str:
+    minutes = max(1, -(-seconds // 60))
+    return f"{minutes} minute{'s' if minutes > 1 else ''}"
+
+
 def reset(key: str) -> None:
     cache, client = _redis()
     client.delete(cache.make_and_validate_key(key))

@@ -12,7 +12,7 @@ from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_POST
 
 from accounts import selectors, services
-from accounts.throttle import client_address
+from accounts.throttle import client_address, describe_wait
 from accounts.forms import SignInForm, SignUpForm
 from accounts.models import User
 from agents.models import Agent
@@ -70,6 +70,12 @@ def sign_up(request: HttpRequest) -> HttpResponse:
         return redirect("dashboard")
     form = SignUpForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
+        wait = services.count_sign_up(client=client_address(request))
+        if wait:
+            form.add_error(
+                None, f"Too many sign-ups from your address. Try again in {describe_wait(wait)}."
+            )
+            return render(request, "accounts/sign_up.html", {"form": form}, status=429)
         try:
             user = services.sign_up(
                 account_name=form.cleaned_data["account_name"],

@@ -164,3 +164,26 @@ def test_admin_sign_in_is_throttled_like_the_site(db: None) -> None:
     response = elsewhere.post(url, {"username": operator.email, "password": PASSWORD})
     assert response.status_code == 302
     assert elsewhere.get(reverse("admin:index")).status_code == 200
+
+
+@override_settings(SIGN_UP_MAX_PER_CLIENT=2)
+def test_sign_up_is_throttled_per_client(db: None) -> None:
+    url = reverse("accounts:sign_up")
+
+    def sign_up(n: int, address: str) -> int:
+        form = {"account_name": f"Team {n}", "email": f"new{n}@example.org", "password": PASSWORD}
+        return Client(REMOTE_ADDR=address).post(url, form).status_code
+
+    assert sign_up(1, ATTACKER) == 302
+    assert sign_up(2, "2001:db8:0:7::1") == 302
+    assert sign_up(3, ATTACKER) == 302
+    response = Client(REMOTE_ADDR=ATTACKER).post(
+        url, {"account_name": "Team 4", "email": "new4@example.org", "password": PASSWORD}
+    )
+    assert response.status_code == 429
+    assert "Too many sign-ups from your address" in response.content.decode()
+    assert 'value="Team 4"' in response.content.decode()
+    assert sign_up(5, "2001:db8:0:7::2") == 302
+    assert sign_up(6, "2001:db8:0:7::3") == 429
+    assert sign_up(7, "198.51.100.4") == 302
+    assert not User.objects.filter(email__in=["new4@example.org", "new6@example.org"]).exists()
