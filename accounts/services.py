@@ -1,5 +1,6 @@
 """Writes on identity: sign-up, sign-in with throttling, sessions."""
 
+import uuid
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -114,7 +115,12 @@ def check_credentials(
     return SignInResult(user=user)
 
 
-def revoke_session(*, user: User, session_key: str) -> bool:
-    """End one of the user's sessions. Returns False if it is not theirs (or gone)."""
-    deleted, _ = Session.objects.filter(user=user, session_key=session_key).delete()
-    return bool(deleted)
+def revoke_session(*, user: User, public_id: uuid.UUID) -> str | None:
+    """End one of the user's sessions. Returns its session key, or None if it is not theirs
+    (or gone)."""
+    session = Session.objects.filter(user=user, public_id=public_id).first()
+    if session is None:
+        return None
+    key = session.session_key  # delete() sets the primary key to None
+    session.delete()
+    return key

@@ -8,5 +8,5 @@ urlpatterns = [
     path("sign-in/", views.sign_in, name="sign_in"),
     path("sign-out/", views.sign_out, name="sign_out"),
     path("sessions/", views.session_list, name="session_list"),
-    path("sessions/<str:session_key>/revoke/", views.session_revoke, name="session_revoke"),
+    path("sessions/<uuid:public_id>/revoke/", views.session_revoke, name="session_revoke"),
 ]

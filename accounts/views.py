@@ -1,4 +1,5 @@
 import logging
+import uuid
 
 from django.contrib import messages
 from django.contrib.auth import login, logout
@@ -148,21 +149,22 @@ def sign_out(request: HttpRequest) -> HttpResponse:
 
 @login_required
 def session_list(request: HttpRequest) -> HttpResponse:
-    sessions = selectors.active_sessions(user=_user(request))
+    sessions = list(selectors.active_sessions(user=_user(request)))
+    current_id = next(
+        (s.public_id for s in sessions if s.session_key == request.session.session_key), None
+    )
     return render(
-        request,
-        "accounts/session_list.html",
-        {"sessions": sessions, "current_key": request.session.session_key},
+        request, "accounts/session_list.html", {"sessions": sessions, "current_id": current_id}
     )
 
 
 @login_required
 @require_POST
-def session_revoke(request: HttpRequest, session_key: str) -> HttpResponse:
-    is_current = session_key == request.session.session_key
-    if not services.revoke_session(user=_user(request), session_key=session_key):
+def session_revoke(request: HttpRequest, public_id: uuid.UUID) -> HttpResponse:
+    revoked = services.revoke_session(user=_user(request), public_id=public_id)
+    if revoked is None:
         raise Http404("No such session")
-    if is_current:
+    if revoked == request.session.session_key:
         logout(request)
         return redirect("accounts:sign_in")
     if request.headers.get("HX-Request"):

@@ -143,10 +143,15 @@ def test_sessions_are_listed_and_revocable(alice: User, bob: User) -> None:
     assert "PhoneBrowser/1.0" in page and "192.0.2.7" in page
     phone_session = Session.objects.get(user=alice, user_agent="PhoneBrowser/1.0")
     assert phone_session.ip_address == "192.0.2.7"
+    # The page names sessions by an opaque id: a session key is a credential, and one in a URL
+    # leaks through history, logs and Referer.
+    assert phone_session.session_key not in page
+    assert laptop.session.session_key not in page
+    revoke_url = reverse("accounts:session_revoke", args=[phone_session.public_id])
+    assert revoke_url in page
 
     # B cannot revoke A's session.
     bob_client = signed_in_client(bob)
-    revoke_url = reverse("accounts:session_revoke", args=[phone_session.session_key])
     assert bob_client.post(revoke_url).status_code == 404
     assert Session.objects.filter(pk=phone_session.pk).exists()
 
@@ -157,6 +162,22 @@ def test_sessions_are_listed_and_revocable(alice: User, bob: User) -> None:
     assert response.status_code == 302
     assert response["Location"].startswith(reverse("accounts:sign_in"))
     assert laptop.get(reverse("dashboard")).status_code == 200
+
+
+def test_a_session_key_in_the_url_revokes_nothing(alice: User) -> None:
+    laptop = signed_in_client(alice)
+    phone = signed_in_client(alice)
+    key = phone.session.session_key
+    assert laptop.post(f"/sessions/{key}/revoke/").status_code == 404
+    assert phone.get(reverse("dashboard")).status_code == 200
+
+
+def test_revoking_this_browsers_session_signs_it_out(alice: User) -> None:
+    client = signed_in_client(alice)
+    own = Session.objects.get(session_key=client.session.session_key)
+    response = client.post(reverse("accounts:session_revoke", args=[own.public_id]))
+    assert response.status_code == 302 and response["Location"] == reverse("accounts:sign_in")
+    assert not Session.objects.filter(user=alice).exists()
 
 
 def test_sign_out_ends_the_session(alice: User) -> None:
