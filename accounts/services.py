@@ -5,9 +5,15 @@ from dataclasses import dataclass
 
 from django.conf import settings
 from django.contrib.auth import authenticate
+from django.contrib.auth.tokens import default_token_generator
+from django.core.mail import send_mail
 from django.core.validators import validate_email
 from django.db import IntegrityError, transaction
 from django.http import HttpRequest
+from django.template.loader import render_to_string
+from django.urls import reverse
+from django.utils.encoding import force_bytes
+from django.utils.http import urlsafe_base64_encode
 
 from accounts import throttle
 from accounts.models import Account, Session, User, normalize_email
@@ -113,6 +119,70 @@ def check_credentials(
     throttle.hit(counters[1][0], window_seconds=window, amount=-1)
     assert isinstance(user, User)
     return SignInResult(user=user)
+
+
+@transaction.atomic
+def set_password(*, user: User, new_password: str, keep_session_key: str | None) -> None:
+    """Give the user a new password and end every session of theirs but `keep_session_key` (the
+    one that changed it; None for a reset by email, which ends them all). Sessions left alive
+    anyway would be signed out by Django's session auth hash on their next request; deleting
+    them also takes them off the sessions page and ends their live streams."""
+    user.set_password(new_password)
+    user.save(update_fields=["password"])
+    Session.objects.filter(user=user).exclude(session_key=keep_session_key or "").delete()
+
+
+def request_password_reset(*, email: str, client: str | None, site_url: str) -> int:
+    """Ask for a reset link for `email`. Returns the seconds the client must wait when it asked
+    too often, else 0. Whether the address has an account shows nowhere in the outcome: the
+    lookup and the email happen in a Celery task, and requests past the per-email limit get
+    the same answer without an email."""
+    wait = throttle.over_limit(
+        f"password-reset:client:{client_key(client)}",
+        limit=settings.PASSWORD_RESET_MAX_PER_CLIENT,
+        window_seconds=settings.PASSWORD_RESET_WINDOW_SECONDS,
+    )
+    if wait:
+        return wait
+    if throttle.over_limit(
+        f"password-reset:email:{email_key(email)}",
+        limit=settings.PASSWORD_RESET_MAX_PER_EMAIL,
+        window_seconds=settings.PASSWORD_RESET_WINDOW_SECONDS,
+    ):
+        return 0
+    from accounts.tasks import send_password_reset
+
+    email = normalize_email(email)
+    transaction.on_commit(lambda: send_password_reset.delay(email=email, site_url=site_url))
+    return 0
+
+
+def send_password_reset(*, email: str, site_url: str) -> bool:
+    """Email a one-time reset link to the active user with this address, if there is one.
+    The link carries Django's reset token: it expires after PASSWORD_RESET_TIMEOUT and stops
+    working once the password changes."""
+    user = User.objects.filter(email=normalize_email(email), is_active=True).first()
+    if user is None or not user.has_usable_password():
+        return False
+    path = reverse(
+        "accounts:password_reset_confirm",
+        kwargs={
+            "uidb64": urlsafe_base64_encode(force_bytes(user.pk)),
+            "token": default_token_generator.make_token(user),
+        },
+    )
+    context = {
+        "link": site_url.rstrip("/") + path,
+        "within": throttle.describe_wait(settings.PASSWORD_RESET_TIMEOUT),
+        "email": user.email,
+    }
+    send_mail(
+        subject="Reset your Palaver password",
+        message=render_to_string("accounts/email/password_reset.txt", context),
+        from_email=None,
+        recipient_list=[user.email],
+    )
+    return True
 
 
 def revoke_session(*, user: User, public_id: uuid.UUID) -> str | None:

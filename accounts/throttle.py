@@ -43,7 +43,7 @@ def _redis() -> tuple[RedisCache, Any]:
     cache = caches["default"]
     if not isinstance(cache, RedisCache):
         raise ImproperlyConfigured("Throttling needs the default cache to be Django's RedisCache")
-    return cache, cache._cache.get_client(write=True)
+    return cache, cache._cache.get_client(write=True)  # type: ignore[attr-defined]
 
 
 def hit(key: str, *, window_seconds: int, amount: int = 1) -> Count:

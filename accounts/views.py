@@ -1,21 +1,25 @@
 import logging
 import uuid
 
+from django.conf import settings
 from django.contrib import messages
-from django.contrib.auth import login, logout
+from django.contrib.auth import login, logout, update_session_auth_hash
+from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
+from django.contrib.auth.forms import PasswordChangeForm, SetPasswordForm
 from django.db import DatabaseError
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import redirect, render
 from django.urls import reverse
+from django.utils.decorators import method_decorator
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_POST
 
 from accounts import selectors, services
-from accounts.throttle import client_address, describe_wait
-from accounts.forms import SignInForm, SignUpForm
+from accounts.forms import PasswordResetRequestForm, SignInForm, SignUpForm
 from accounts.models import User
+from accounts.throttle import client_address, describe_wait
 from agents.models import Agent
 from channels_app.history_views import notification_context, unread_notifications
 from channels_app.models import Channel, Server
@@ -171,3 +175,95 @@ def session_revoke(request: HttpRequest, public_id: uuid.UUID) -> HttpResponse:
         return HttpResponse("")  # htmx removes the row in place
     messages.success(request, "Session signed out.")
     return redirect("accounts:session_list")
+
+
+@login_required
+@sensitive_post_parameters("old_password", "new_password1", "new_password2")
+def password_change(request: HttpRequest) -> HttpResponse:
+    user = _user(request)
+    form = PasswordChangeForm(user, request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        services.set_password(
+            user=user,
+            new_password=form.cleaned_data["new_password1"],
+            keep_session_key=request.session.session_key,
+        )
+        # Keeps this browser signed in under the new password's session hash.
+        update_session_auth_hash(request, user)
+        messages.success(request, "Password changed. Every other session is signed out.")
+        return redirect("accounts:session_list")
+    return render(
+        request,
+        "accounts/password_form.html",
+        {
+            "form": form,
+            "title": "Change your password",
+            "intro": "Every other browser signed in as you will be signed out.",
+            "submit_label": "Change password",
+            "cancel_url": reverse("accounts:session_list"),
+        },
+        status=400 if form.is_bound else 200,
+    )
+
+
+def password_reset(request: HttpRequest) -> HttpResponse:
+    form = PasswordResetRequestForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        wait = services.request_password_reset(
+            email=form.cleaned_data["email"],
+            client=client_address(request),
+            site_url=request.build_absolute_uri("/"),
+        )
+        if not wait:
+            return render(
+                request,
+                "accounts/password_form.html",
+                {
+                    "title": "Check your email",
+                    "intro": (
+                        f"If an account uses {form.cleaned_data['email']}, we have sent a link "
+                        f"to it. The link works once, within "
+                        f"{describe_wait(settings.PASSWORD_RESET_TIMEOUT)}."
+                    ),
+                },
+            )
+        form.add_error(
+            None, f"Too many reset requests from your address. Try again in {describe_wait(wait)}."
+        )
+        status = 429
+    else:
+        status = 400 if form.is_bound else 200
+    return render(
+        request,
+        "accounts/password_form.html",
+        {
+            "form": form,
+            "title": "Reset your password",
+            "intro": "We will email you a link to choose a new password.",
+            "submit_label": "Email me a link",
+            "cancel_url": reverse("accounts:sign_in"),
+        },
+        status=status,
+    )
+
+
+@method_decorator(sensitive_post_parameters("new_password1", "new_password2"), name="dispatch")
+class PasswordResetConfirm(auth_views.PasswordResetConfirmView):
+    """Django's reset-link view (it moves the token out of the URL into the session before
+    showing the form, so it cannot leak through Referer), with our write: a reset ends every
+    session of the user."""
+
+    template_name = "accounts/password_form.html"
+    post_reset_login = False
+    extra_context = {
+        "title": "Choose a new password",
+        "submit_label": "Set password",
+    }
+
+    def form_valid(self, form: SetPasswordForm) -> HttpResponse:  # type: ignore[type-arg]
+        services.set_password(
+            user=form.user, new_password=form.cleaned_data["new_password1"], keep_session_key=None
+        )
+        del self.request.session[auth_views.INTERNAL_RESET_SESSION_TOKEN]
+        messages.success(self.request, "Password changed. Sign in with your new password.")
+        return HttpResponseRedirect(reverse("accounts:sign_in"))

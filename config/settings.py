@@ -4,7 +4,6 @@ import ipaddress
 from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
-
 from django.urls import reverse_lazy
 
 from config import embedded
@@ -184,7 +183,7 @@ TRUSTED_PROXIES = _networks("TRUSTED_PROXIES")
 # unless DEBUG: a production site that silently printed or dropped reset links would either log
 # a secret or leave people locked out without anyone noticing.
 _email_url: str = (
-    setting("EMAIL_URL", default="consolemail://") if DEBUG else setting("EMAIL_URL")
+    (setting("EMAIL_URL", default="") or "consolemail://") if DEBUG else setting("EMAIL_URL")
 )
 try:
     _email: dict[str, Any] = env.email_url_config(_email_url)

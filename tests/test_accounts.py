@@ -3,7 +3,7 @@ import threading
 import pytest
 from django.contrib.auth import SESSION_KEY
 from django.db import connection
-from django.test import Client, override_settings
+from django.test import Client
 from django.urls import reverse
 from django_tenants.utils import schema_exists
 
@@ -12,7 +12,7 @@ from accounts.services import EmailTakenError, sign_up
 from accounts.views import GENERIC_SIGN_IN_ERROR
 from tenancy import provisioning
 from tests.conftest import signed_in_client
-from tests.factories import PASSWORD, UserFactory
+from tests.factories import PASSWORD
 
 SIGN_UP = {"account_name": "Carol's", "email": "  Carol@Example.ORG ", "password": PASSWORD}
 

@@ -22,9 +22,7 @@ def sign_in(email: str, password: str, address: str = "192.0.2.1") -> int:
     return client.post(SIGN_IN, {"email": email, "password": password}).status_code
 
 
-@override_settings(
-    SIGN_IN_MAX_FAILURES_PER_EMAIL_AND_CLIENT=3, SIGN_IN_MAX_FAILURES_PER_CLIENT=100
-)
+@override_settings(SIGN_IN_MAX_FAILURES_PER_EMAIL_AND_CLIENT=3, SIGN_IN_MAX_FAILURES_PER_CLIENT=100)
 def test_sign_in_is_throttled_per_email_and_client(alice: User) -> None:
     for _ in range(3):
         assert sign_in(alice.email, "bad guess", ATTACKER) == 400
@@ -39,9 +37,7 @@ def test_sign_in_is_throttled_per_email_and_client(alice: User) -> None:
     assert sign_in(bob.email, PASSWORD, ATTACKER) == 302
 
 
-@override_settings(
-    SIGN_IN_MAX_FAILURES_PER_EMAIL_AND_CLIENT=5, SIGN_IN_MAX_FAILURES_PER_CLIENT=100
-)
+@override_settings(SIGN_IN_MAX_FAILURES_PER_EMAIL_AND_CLIENT=5, SIGN_IN_MAX_FAILURES_PER_CLIENT=100)
 def test_an_attacker_cannot_lock_the_real_user_out(alice: User) -> None:
     for _ in range(10):
         sign_in(alice.email, "bad guess", ATTACKER)
@@ -49,9 +45,7 @@ def test_an_attacker_cannot_lock_the_real_user_out(alice: User) -> None:
     assert sign_in(alice.email, PASSWORD, "198.51.100.4") == 302
 
 
-@override_settings(
-    SIGN_IN_MAX_FAILURES_PER_EMAIL_AND_CLIENT=100, SIGN_IN_MAX_FAILURES_PER_CLIENT=4
-)
+@override_settings(SIGN_IN_MAX_FAILURES_PER_EMAIL_AND_CLIENT=100, SIGN_IN_MAX_FAILURES_PER_CLIENT=4)
 def test_sign_in_is_throttled_per_client(alice: User) -> None:
     for n in range(4):
         assert sign_in(f"guess{n}@example.org", "bad guess", ATTACKER) == 400
@@ -59,9 +53,7 @@ def test_sign_in_is_throttled_per_client(alice: User) -> None:
     assert sign_in(alice.email, PASSWORD, "10.9.8.7") == 302
 
 
-@override_settings(
-    SIGN_IN_MAX_FAILURES_PER_EMAIL_AND_CLIENT=100, SIGN_IN_MAX_FAILURES_PER_CLIENT=3
-)
+@override_settings(SIGN_IN_MAX_FAILURES_PER_EMAIL_AND_CLIENT=100, SIGN_IN_MAX_FAILURES_PER_CLIENT=3)
 def test_ipv6_clients_are_grouped_by_their_64(alice: User) -> None:
     for n in range(1, 4):
         assert sign_in(f"guess{n}@example.org", "bad guess", f"2001:db8:0:7::{n:x}") == 400
@@ -71,9 +63,7 @@ def test_ipv6_clients_are_grouped_by_their_64(alice: User) -> None:
     assert sign_in(alice.email, PASSWORD, "2001:db8:0:8::1") == 302
 
 
-@override_settings(
-    SIGN_IN_MAX_FAILURES_PER_EMAIL_AND_CLIENT=3, SIGN_IN_MAX_FAILURES_PER_CLIENT=100
-)
+@override_settings(SIGN_IN_MAX_FAILURES_PER_EMAIL_AND_CLIENT=3, SIGN_IN_MAX_FAILURES_PER_CLIENT=100)
 def test_the_email_count_is_shared_by_every_spelling_of_the_address(alice: User) -> None:
     for _ in range(3):
         assert sign_in("alice@example.org", "bad guess", ATTACKER) == 400
@@ -81,9 +71,7 @@ def test_the_email_count_is_shared_by_every_spelling_of_the_address(alice: User)
     assert sign_in(" Alice@Example.org ", PASSWORD, ATTACKER) == 429
 
 
-@override_settings(
-    SIGN_IN_MAX_FAILURES_PER_EMAIL_AND_CLIENT=5, SIGN_IN_MAX_FAILURES_PER_CLIENT=100
-)
+@override_settings(SIGN_IN_MAX_FAILURES_PER_EMAIL_AND_CLIENT=5, SIGN_IN_MAX_FAILURES_PER_CLIENT=100)
 def test_parallel_guesses_cannot_pass_the_limit(alice: User) -> None:
     """Twenty guesses at once: exactly five get their password checked."""
     outcomes: list[str] = []
@@ -142,9 +130,7 @@ def test_client_key_groups_ipv6_by_64() -> None:
     assert throttle.client_key(None) == "unknown"
 
 
-@override_settings(
-    SIGN_IN_MAX_FAILURES_PER_EMAIL_AND_CLIENT=3, SIGN_IN_MAX_FAILURES_PER_CLIENT=100
-)
+@override_settings(SIGN_IN_MAX_FAILURES_PER_EMAIL_AND_CLIENT=3, SIGN_IN_MAX_FAILURES_PER_CLIENT=100)
 def test_admin_sign_in_is_throttled_like_the_site(db: None) -> None:
     operator = UserFactory(email="op@example.org", is_staff=True, is_superuser=True)
     url = reverse("admin:login")

@@ -5,15 +5,18 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('accounts', '0001_initial'),
+        ("accounts", "0001_initial"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='session',
-            name='public_id',
-            field=models.UUIDField(db_default=django.contrib.postgres.functions.RandomUUID(), editable=False, unique=True),
+            model_name="session",
+            name="public_id",
+            field=models.UUIDField(
+                db_default=django.contrib.postgres.functions.RandomUUID(),
+                editable=False,
+                unique=True,
+            ),
         ),
     ]
