@@ -178,12 +178,13 @@ def _networks(name: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
 # since anyone can send the header.
 TRUSTED_PROXIES = _networks("TRUSTED_PROXIES")
 
-# Outgoing email (password resets), as a URL: smtp://user:password@host:587 (submission with
-# STARTTLS), smtp+ssl://...:465, consolemail:// (print), dummymail:// (discard). Required
-# unless DEBUG: a production site that silently printed or dropped reset links would either log
-# a secret or leave people locked out without anyone noticing.
-_email_url: str = (
-    (setting("EMAIL_URL", default="") or "consolemail://") if DEBUG else setting("EMAIL_URL")
+# Outgoing email (password resets), as a URL: smtp://user:password@host:25, smtp+tls://...:587
+# (STARTTLS), smtp+ssl://...:465, consolemail:// (print), dummymail:// (discard). Unset: printed
+# under DEBUG; otherwise the local mail server on localhost:25, Django's and Unix's convention.
+# Not the console there, which would log reset links, and not a drop, which would lock people
+# out unnoticed: with no mail server the worker's send fails, retries and logs the error.
+_email_url: str = setting("EMAIL_URL", default="") or (
+    "consolemail://" if DEBUG else "smtp://localhost:25"
 )
 try:
     _email: dict[str, Any] = env.email_url_config(_email_url)

@@ -234,15 +234,24 @@ def test_password_reset_with_a_malformed_email_is_a_form_error(db: None) -> None
 # --- email configuration ----------------------------------------------------------------------
 
 
-def test_email_url_is_required_unless_debug() -> None:
-    result = run_manage("check", DEBUG="false", EMAIL_URL="")
-    assert result.returncode == 2
-    assert "EMAIL_URL is not set" in result.stderr
-    assert "Traceback" not in result.stderr
-    assert (
-        run_manage("check", DEBUG="false", EMAIL_URL="smtp://mail.example.org:25").returncode == 0
+def test_email_goes_to_the_local_mail_server_unless_configured() -> None:
+    show = (
+        "from django.conf import settings as s; print(s.EMAIL_BACKEND, s.EMAIL_HOST, s.EMAIL_PORT)"
     )
-    assert run_manage("check", DEBUG="true", EMAIL_URL="").returncode == 0
+
+    def email_settings(**env: str) -> str:
+        result = run_manage("shell", "-c", show, **env)
+        assert result.returncode == 0, result.stderr
+        return result.stdout.strip().splitlines()[-1]
+
+    smtp = "django.core.mail.backends.smtp.EmailBackend"
+    assert email_settings(DEBUG="false", EMAIL_URL="") == f"{smtp} localhost 25"
+    assert email_settings(DEBUG="true", EMAIL_URL="").startswith(
+        "django.core.mail.backends.console.EmailBackend"
+    )
+    assert email_settings(DEBUG="false", EMAIL_URL="smtp+tls://u:p@mail.example.org:587") == (
+        f"{smtp} mail.example.org 587"
+    )
 
 
 def test_bad_email_url_is_one_clear_line() -> None:
