@@ -2,12 +2,42 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin.forms import AdminAuthenticationForm
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 from django.db.models import Count, QuerySet
 from django.http import HttpRequest
 
 from accounts.models import Account, Session, User
+from accounts.services import check_credentials, throttled_message
+from accounts.throttle import client_address
 from tenancy.services import delete_account, provision_account
+
+
+class ThrottledAdminAuthenticationForm(AdminAuthenticationForm):
+    """The admin's sign-in, through the same throttled check as the site's sign-in page."""
+
+    def clean(self) -> dict[str, Any]:
+        email = self.cleaned_data.get("username")
+        password = self.cleaned_data.get("password")
+        if email is not None and password:
+            result = check_credentials(
+                request=self.request,
+                email=email,
+                password=password,
+                client=client_address(self.request) if self.request else None,
+            )
+            if result.throttled:
+                raise forms.ValidationError(
+                    throttled_message(result.retry_after_seconds), code="throttled"
+                )
+            if result.user is None:
+                raise self.get_invalid_login_error()
+            self.user_cache = result.user
+            self.confirm_login_allowed(result.user)
+        return self.cleaned_data
+
+
+admin.site.login_form = ThrottledAdminAuthenticationForm
 
 
 class AccountCreationForm(forms.ModelForm):

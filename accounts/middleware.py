@@ -4,12 +4,9 @@ from collections.abc import Callable
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 
+from accounts.throttle import client_address
+
 LAST_SEEN_KEY = "_last_seen"
-
-
-def client_ip(request: HttpRequest) -> str | None:
-    # Behind a proxy, configure it to set REMOTE_ADDR (uvicorn --proxy-headers does).
-    return request.META.get("REMOTE_ADDR") or None
 
 
 class SessionMetadataMiddleware:
@@ -20,7 +17,7 @@ class SessionMetadataMiddleware:
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
         session = request.session
-        session.client_ip = client_ip(request)  # type: ignore[attr-defined]
+        session.client_ip = client_address(request)  # type: ignore[attr-defined]
         session.user_agent = request.headers.get("user-agent", "")  # type: ignore[attr-defined]
         response = self.get_response(request)
         if session.session_key and not session.is_empty():

@@ -1,19 +1,25 @@
 import logging
+import uuid
 
+from django.conf import settings
 from django.contrib import messages
-from django.contrib.auth import login, logout
+from django.contrib.auth import login, logout, update_session_auth_hash
+from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
+from django.contrib.auth.forms import PasswordChangeForm, SetPasswordForm
 from django.db import DatabaseError
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import redirect, render
 from django.urls import reverse
+from django.utils.decorators import method_decorator
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_POST
 
 from accounts import selectors, services
-from accounts.forms import SignInForm, SignUpForm
+from accounts.forms import PasswordResetRequestForm, SignInForm, SignUpForm
 from accounts.models import User
+from accounts.throttle import client_address, describe_wait
 from agents.models import Agent
 from channels_app.history_views import notification_context, unread_notifications
 from channels_app.models import Channel, Server
@@ -69,6 +75,12 @@ def sign_up(request: HttpRequest) -> HttpResponse:
         return redirect("dashboard")
     form = SignUpForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
+        wait = services.count_sign_up(client=client_address(request))
+        if wait:
+            form.add_error(
+                None, f"Too many sign-ups from your address. Try again in {describe_wait(wait)}."
+            )
+            return render(request, "accounts/sign_up.html", {"form": form}, status=429)
         try:
             user = services.sign_up(
                 account_name=form.cleaned_data["account_name"],
@@ -115,14 +127,14 @@ def sign_in(request: HttpRequest) -> HttpResponse:
             request=request,
             email=form.cleaned_data["email"],
             password=form.cleaned_data["password"],
+            client=client_address(request),
         )
         if result.user is not None:
             # login() rotates the session key, so a key planted before sign-in is worthless.
             login(request, result.user, backend="accounts.backends.EmailBackend")
             return HttpResponseRedirect(next_url or reverse("dashboard"))
         if result.throttled:
-            minutes = max(1, result.retry_after_seconds // 60)
-            form.add_error(None, f"Too many failed sign-ins. Try again in {minutes} minutes.")
+            form.add_error(None, services.throttled_message(result.retry_after_seconds))
             status = 429
         else:
             form.add_error(None, GENERIC_SIGN_IN_ERROR)
@@ -141,24 +153,117 @@ def sign_out(request: HttpRequest) -> HttpResponse:
 
 @login_required
 def session_list(request: HttpRequest) -> HttpResponse:
-    sessions = selectors.active_sessions(user=_user(request))
+    sessions = list(selectors.active_sessions(user=_user(request)))
+    current_id = next(
+        (s.public_id for s in sessions if s.session_key == request.session.session_key), None
+    )
     return render(
-        request,
-        "accounts/session_list.html",
-        {"sessions": sessions, "current_key": request.session.session_key},
+        request, "accounts/session_list.html", {"sessions": sessions, "current_id": current_id}
     )
 
 
 @login_required
 @require_POST
-def session_revoke(request: HttpRequest, session_key: str) -> HttpResponse:
-    is_current = session_key == request.session.session_key
-    if not services.revoke_session(user=_user(request), session_key=session_key):
+def session_revoke(request: HttpRequest, public_id: uuid.UUID) -> HttpResponse:
+    revoked = services.revoke_session(user=_user(request), public_id=public_id)
+    if revoked is None:
         raise Http404("No such session")
-    if is_current:
+    if revoked == request.session.session_key:
         logout(request)
         return redirect("accounts:sign_in")
     if request.headers.get("HX-Request"):
         return HttpResponse("")  # htmx removes the row in place
     messages.success(request, "Session signed out.")
     return redirect("accounts:session_list")
+
+
+@login_required
+@sensitive_post_parameters("old_password", "new_password1", "new_password2")
+def password_change(request: HttpRequest) -> HttpResponse:
+    user = _user(request)
+    form = PasswordChangeForm(user, request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        services.set_password(
+            user=user,
+            new_password=form.cleaned_data["new_password1"],
+            keep_session_key=request.session.session_key,
+        )
+        # Keeps this browser signed in under the new password's session hash.
+        update_session_auth_hash(request, user)
+        messages.success(request, "Password changed. Every other session is signed out.")
+        return redirect("accounts:session_list")
+    return render(
+        request,
+        "accounts/password_form.html",
+        {
+            "form": form,
+            "title": "Change your password",
+            "intro": "Every other browser signed in as you will be signed out.",
+            "submit_label": "Change password",
+            "cancel_url": reverse("accounts:session_list"),
+        },
+        status=400 if form.is_bound else 200,
+    )
+
+
+def password_reset(request: HttpRequest) -> HttpResponse:
+    form = PasswordResetRequestForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        wait = services.request_password_reset(
+            email=form.cleaned_data["email"],
+            client=client_address(request),
+            site_url=request.build_absolute_uri("/"),
+        )
+        if not wait:
+            return render(
+                request,
+                "accounts/password_form.html",
+                {
+                    "title": "Check your email",
+                    "intro": (
+                        f"If an account uses {form.cleaned_data['email']}, we have sent a link "
+                        f"to it. The link works once, within "
+                        f"{describe_wait(settings.PASSWORD_RESET_TIMEOUT)}."
+                    ),
+                },
+            )
+        form.add_error(
+            None, f"Too many reset requests from your address. Try again in {describe_wait(wait)}."
+        )
+        status = 429
+    else:
+        status = 400 if form.is_bound else 200
+    return render(
+        request,
+        "accounts/password_form.html",
+        {
+            "form": form,
+            "title": "Reset your password",
+            "intro": "We will email you a link to choose a new password.",
+            "submit_label": "Email me a link",
+            "cancel_url": reverse("accounts:sign_in"),
+        },
+        status=status,
+    )
+
+
+@method_decorator(sensitive_post_parameters("new_password1", "new_password2"), name="dispatch")
+class PasswordResetConfirm(auth_views.PasswordResetConfirmView):
+    """Django's reset-link view (it moves the token out of the URL into the session before
+    showing the form, so it cannot leak through Referer), with our write: a reset ends every
+    session of the user."""
+
+    template_name = "accounts/password_form.html"
+    post_reset_login = False
+    extra_context = {
+        "title": "Choose a new password",
+        "submit_label": "Set password",
+    }
+
+    def form_valid(self, form: SetPasswordForm) -> HttpResponse:  # type: ignore[type-arg]
+        services.set_password(
+            user=form.user, new_password=form.cleaned_data["new_password1"], keep_session_key=None
+        )
+        del self.request.session[auth_views.INTERNAL_RESET_SESSION_TOKEN]
+        messages.success(self.request, "Password changed. Sign in with your new password.")
+        return HttpResponseRedirect(reverse("accounts:sign_in"))

@@ -1,7 +1,9 @@
 """Palaver settings: everything that varies between machines comes from the environment."""
 
+import ipaddress
 from typing import Any
 
+from django.core.exceptions import ImproperlyConfigured
 from django.urls import reverse_lazy
 
 from config import embedded
@@ -144,10 +146,63 @@ SESSION_COOKIE_AGE = 60 * 60 * 24 * 30
 # How often a request refreshes its session's last-seen time.
 SESSION_LAST_SEEN_INTERVAL = 300
 
-# Sign-in throttling: failures allowed per window, per email address and per client address.
+# --- authentication: throttling, client addresses, password reset email ----------------------
+# Sign-in failures allowed per window: per (email, client) pair, so an attacker elsewhere cannot
+# lock the real user out, and per client, so one client cannot guess across many emails.
+# A client is its IP address, IPv6 grouped by /64 (accounts/throttle.py).
 SIGN_IN_WINDOW_SECONDS: int = setting("SIGN_IN_WINDOW_SECONDS", cast=int, default=15 * 60)
-SIGN_IN_MAX_FAILURES_PER_EMAIL: int = setting("SIGN_IN_MAX_FAILURES_PER_EMAIL", cast=int, default=5)
-SIGN_IN_MAX_FAILURES_PER_IP: int = setting("SIGN_IN_MAX_FAILURES_PER_IP", cast=int, default=20)
+SIGN_IN_MAX_FAILURES_PER_EMAIL_AND_CLIENT: int = setting(
+    "SIGN_IN_MAX_FAILURES_PER_EMAIL_AND_CLIENT", cast=int, default=5
+)
+SIGN_IN_MAX_FAILURES_PER_CLIENT: int = setting(
+    "SIGN_IN_MAX_FAILURES_PER_CLIENT", cast=int, default=20
+)
+# Every sign-up builds a schema: sign-up attempts allowed per client per window.
+SIGN_UP_WINDOW_SECONDS: int = setting("SIGN_UP_WINDOW_SECONDS", cast=int, default=60 * 60)
+SIGN_UP_MAX_PER_CLIENT: int = setting("SIGN_UP_MAX_PER_CLIENT", cast=int, default=5)
+# Password reset requests allowed per window, per client and per email address.
+PASSWORD_RESET_WINDOW_SECONDS: int = setting(
+    "PASSWORD_RESET_WINDOW_SECONDS", cast=int, default=60 * 60
+)
+PASSWORD_RESET_MAX_PER_CLIENT: int = setting("PASSWORD_RESET_MAX_PER_CLIENT", cast=int, default=5)
+PASSWORD_RESET_MAX_PER_EMAIL: int = setting("PASSWORD_RESET_MAX_PER_EMAIL", cast=int, default=3)
+# How long a password reset link works (seconds); it also stops working once used.
+PASSWORD_RESET_TIMEOUT: int = setting("PASSWORD_RESET_TIMEOUT", cast=int, default=60 * 60)
+
+
+def _networks(name: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    try:
+        return [ipaddress.ip_network(n, strict=False) for n in setting(name, cast=list, default=[])]
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"{name} has a bad value: {exc}") from None
+
+
+# Proxies whose X-Forwarded-For is believed (addresses or networks). Empty: REMOTE_ADDR only,
+# since anyone can send the header.
+TRUSTED_PROXIES = _networks("TRUSTED_PROXIES")
+
+# Outgoing email (password resets), as a URL: smtp://user:password@host:25, smtp+tls://...:587
+# (STARTTLS), smtp+ssl://...:465, consolemail:// (print), dummymail:// (discard). Unset: printed
+# under DEBUG; otherwise the local mail server on localhost:25, Django's and Unix's convention.
+# Not the console there, which would log reset links, and not a drop, which would lock people
+# out unnoticed: with no mail server the worker's send fails, retries and logs the error.
+_email_url: str = setting("EMAIL_URL", default="") or (
+    "consolemail://" if DEBUG else "smtp://localhost:25"
+)
+try:
+    _email: dict[str, Any] = env.email_url_config(_email_url)
+except Exception as exc:  # django-environ raises a bare exception on an unknown scheme
+    raise ImproperlyConfigured(f"EMAIL_URL has a bad value: {exc}") from None
+EMAIL_BACKEND: str = _email["EMAIL_BACKEND"]
+EMAIL_HOST: str = _email["EMAIL_HOST"] or "localhost"
+EMAIL_PORT: int = _email["EMAIL_PORT"] or 25
+EMAIL_HOST_USER: str = _email["EMAIL_HOST_USER"] or ""
+EMAIL_HOST_PASSWORD: str = _email["EMAIL_HOST_PASSWORD"] or ""
+EMAIL_USE_TLS: bool = bool(_email.get("EMAIL_USE_TLS"))
+EMAIL_USE_SSL: bool = bool(_email.get("EMAIL_USE_SSL"))
+EMAIL_TIMEOUT = 10
+DEFAULT_FROM_EMAIL: str = setting("DEFAULT_FROM_EMAIL", default="Palaver <palaver@localhost>")
+SERVER_EMAIL = DEFAULT_FROM_EMAIL
 
 # --- outbound connections made for a user (core/net_policy.py, the one address policy) -------
 # CIDR lists; denied beats allowed beats the built-in refusal of loopback, private, link-local,

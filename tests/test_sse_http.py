@@ -56,8 +56,8 @@ def busy_account(user: User, every: float = 0.05) -> Iterator[None]:
 
 def revoke(user: User) -> None:
     # The sessions page's service, for the one session the stream signed in with.
-    (session_key,) = Session.objects.filter(user=user).values_list("session_key", flat=True)
-    assert revoke_session(user=user, session_key=session_key)
+    (public_id,) = Session.objects.filter(user=user).values_list("public_id", flat=True)
+    assert revoke_session(user=user, public_id=public_id)
 
 
 def deactivate(user: User) -> None:
