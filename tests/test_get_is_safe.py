@@ -4,10 +4,13 @@ browser's own session (its last-seen time and which buffer to reopen)."""
 import re
 from typing import Any
 
+from django.contrib.auth.tokens import default_token_generator
 from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
+from django.utils.encoding import force_bytes
+from django.utils.http import urlsafe_base64_encode
 
 from accounts.models import User
 from channels_app.models import Message, Notification
@@ -60,6 +63,16 @@ def test_no_get_writes_anything_but_the_session(alice: User, alice_client: Clien
         "accounts:sign_up": reverse("accounts:sign_up"),
         "accounts:sign_in": reverse("accounts:sign_in"),
         "accounts:session_list": reverse("accounts:session_list"),
+        "accounts:password_change": reverse("accounts:password_change"),
+        "accounts:password_reset": reverse("accounts:password_reset"),
+        # A valid link: the view moves the token into the session (allowed) and redirects.
+        "accounts:password_reset_confirm": reverse(
+            "accounts:password_reset_confirm",
+            args=[
+                urlsafe_base64_encode(force_bytes(alice.pk)),
+                default_token_generator.make_token(alice),
+            ],
+        ),
         "channels:server_list": reverse("channels:server_list"),
         "channels:server_create": reverse("channels:server_create"),
         "channels:server_detail": reverse("channels:server_detail", args=[objs["server"].pk]),
