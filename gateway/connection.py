@@ -53,6 +53,8 @@ STABLE_SECONDS = 60.0
 JOINS_PER_BURST = 5
 JOIN_BURST_SECONDS = 1.0
 CTCP_REPLIES_PER_MINUTE = 6
+# Read-rate tokens taken at once (see _take_read_credit).
+READ_CHUNK = 20
 VERSION = "Palaver (hosted IRC client)"
 
 
@@ -181,6 +183,7 @@ class IrcConnection:
         self._send_bucket = token_bucket(self.limits.send_burst, 1 / self.limits.send_interval)
         self._pump_task: asyncio.Task[None] | None = None
         self._read_bucket = token_bucket(self.limits.line_burst, self.limits.lines_per_second)
+        self._read_credit = 0
         self.state = "disconnected"
         self.last_error = ""
 
@@ -283,14 +286,9 @@ class IrcConnection:
                 if skipping:
                     skipping = False  # the tail of the oversized line
                     continue
-                if not self._read_bucket.has_capacity():
-                    # Read slower: TCP holds the rest at the server, nothing here grows.
-                    self._refuse(
-                        "rate",
-                        f"The server sends more than {self.limits.lines_per_second:g} lines a "
-                        "second; reading it slower.",
-                    )
-                await self._read_bucket.acquire()
+                if not self._read_credit:
+                    await self._take_read_credit()
+                self._read_credit -= 1
                 self._last_received = time.monotonic()
                 try:
                     line = protocol.parse_line(raw)
@@ -311,6 +309,20 @@ class IrcConnection:
             if self._autojoin_task is not None:
                 self._autojoin_task.cancel()
 
+    async def _take_read_credit(self) -> None:
+        """Lines may be read at GATEWAY_MAX_LINES_PER_SECOND: taken from the bucket READ_CHUNK
+        at a time, since a bucket call costs as much as handling a line."""
+        chunk = min(READ_CHUNK, self.limits.line_burst)
+        if not self._read_bucket.has_capacity(chunk):
+            # Read slower: TCP holds the rest at the server, nothing here grows.
+            self._refuse(
+                "rate",
+                f"The server sends more than {self.limits.lines_per_second:g} lines a second; "
+                "reading it slower.",
+            )
+        await self._read_bucket.acquire(chunk)
+        self._read_credit = chunk
+
     def _reset_session_state(self) -> None:
         self.nick = self.config.nick
         self._nick_attempt = 0
@@ -328,6 +340,7 @@ class IrcConnection:
         self._caps_seen = 0
         self.limits = Limits.from_settings()
         self._read_bucket = token_bucket(self.limits.line_burst, self.limits.lines_per_second)
+        self._read_credit = 0
 
     def _registration_timeout(self) -> None:
         if not self.registered and self._writer is not None:

@@ -42,7 +42,7 @@ from django.utils import timezone
 from accounts.models import Account
 from channels_app import events
 from channels_app.hooks import notify_message_stored
-from channels_app.models import Channel, ChannelUser, Message, Notification
+from channels_app.models import Channel, ChannelUser, Message, Notification, Server
 from tenancy import switch
 
 logger = logging.getLogger(__name__)
@@ -333,9 +333,13 @@ class Store:
 
     def _write_one_by_one(self, batch: list[Record]) -> int:
         written = 0
+        # Servers deleted in the web while their lines waited: the rest of their records are
+        # dropped without a try. Two failing transactions each, with a traceback, kept this
+        # thread (and so every config change the gateway reads through it) busy for seconds.
+        gone: set[tuple[uuid.UUID, int]] = set()
         for record in batch:
             account = self._accounts.get(record.account_id)
-            if account is None:
+            if account is None or (record.account_id, record.server_id) in gone:
                 continue
             payloads: list[dict[str, Any]] = []
             ids: list[int] = []
@@ -351,10 +355,20 @@ class Store:
                     # forget the cache and try once more before giving the record up.
                     self._channels.clear()
                     if attempt == 2:
-                        logger.exception("dropping a record the database refuses: %r", record)
+                        if not self._server_exists(account, record.server_id):
+                            logger.info("server %s deleted: dropping its waiting records",
+                                        record.server_id)  # fmt: skip
+                            gone.add((record.account_id, record.server_id))
+                        else:
+                            logger.exception("dropping a record the database refuses: %r", record)
             written += len(ids)
             self._after_commit(record.account_id, payloads, ids)
         return written
+
+    @staticmethod
+    def _server_exists(account: Account, server_id: int) -> bool:
+        with switch(account):
+            return Server.objects.filter(pk=server_id).exists()
 
     def _reset_connection(self) -> None:
         self._channels.clear()
