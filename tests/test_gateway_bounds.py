@@ -18,21 +18,13 @@ from gateway import storage
 from gateway.connection import WANTED_CAPS, next_backoff
 from tenancy import switch
 from tests.conftest import signed_in_client
-from tests.factories import UserFactory
 from tests.gateway_support import messages, wait_until
 from tests.ircd import IrcBot, IrcServer, free_port, unique_channel
 from tests.test_gateway import add_server
 from tests.test_gateway_auth import ScriptedServer
 
-
-@pytest.fixture
-def alice(clean_schemas: None) -> User:
-    return UserFactory(email="alice@example.org")
-
-
-@pytest.fixture
-def bob(clean_schemas: None) -> User:
-    return UserFactory(email="bob@example.org")
+# The personas (tests/conftest.py) in real transactions: the gateway's threads must see them.
+pytestmark = pytest.mark.usefixtures("clean_schemas")
 
 
 class Hostile:
