@@ -90,6 +90,10 @@ class ConnectionLost(Exception):
     pass
 
 
+# A line the user sends: command, parameters, and what to do once it is on the wire.
+Outgoing = tuple[str, tuple[str, ...], Callable[[], None] | None]
+
+
 class SendQueueFull(ValueError):
     """The user sends faster than the flood protection lets lines out, for too long."""
 
@@ -176,13 +180,12 @@ class IrcConnection:
         self._ctcp_times: list[float] = []
         self.limits = Limits.from_settings()
         self._refused_at: dict[str, float] = {}  # kind of refusal -> when it was last said
-        # Flood protection for what the user sends: the lines wait here, in order.
-        self._outbox: collections.deque[tuple[str, tuple[str, ...], Callable[[], None] | None]] = (
-            collections.deque()
-        )
-        self._send_bucket = token_bucket(self.limits.send_burst, 1 / self.limits.send_interval)
+        # Flood protection for what the user sends: the lines wait here, in order. Made on the
+        # first send (an idle connection should cost little: DESIGN.md's 20 KB).
+        self._outbox: collections.deque[Outgoing] | None = None
+        self._send_bucket: AsyncLimiter | None = None
         self._pump_task: asyncio.Task[None] | None = None
-        self._read_bucket = token_bucket(self.limits.line_burst, self.limits.lines_per_second)
+        self._read_bucket: AsyncLimiter | None = None  # a fresh one per session
         self._read_credit = 0
         self.state = "disconnected"
         self.last_error = ""
@@ -313,6 +316,8 @@ class IrcConnection:
         """Lines may be read at GATEWAY_MAX_LINES_PER_SECOND: taken from the bucket READ_CHUNK
         at a time, since a bucket call costs as much as handling a line."""
         chunk = min(READ_CHUNK, self.limits.line_burst)
+        if self._read_bucket is None:
+            self._read_bucket = token_bucket(self.limits.line_burst, self.limits.lines_per_second)
         if not self._read_bucket.has_capacity(chunk):
             # Read slower: TCP holds the rest at the server, nothing here grows.
             self._refuse(
@@ -339,7 +344,7 @@ class IrcConnection:
         self._offered = set()
         self._caps_seen = 0
         self.limits = Limits.from_settings()
-        self._read_bucket = token_bucket(self.limits.line_burst, self.limits.lines_per_second)
+        self._read_bucket = None
         self._read_credit = 0
 
     def _registration_timeout(self) -> None:
@@ -377,20 +382,25 @@ class IrcConnection:
     ) -> None:
         """Send what the user typed through the flood protection: a burst at once, then one
         line per interval, in order; `after` runs once the line is on the wire."""
+        if self._outbox is None or self._send_bucket is None:
+            self._outbox = collections.deque()
+            self._send_bucket = token_bucket(self.limits.send_burst, 1 / self.limits.send_interval)
         if len(self._outbox) >= self.limits.send_queue:
             raise SendQueueFull(
                 f"{len(self._outbox)} lines are already waiting to be sent to this server"
             )
         self._outbox.append((command, params, after))
         if self._pump_task is None or self._pump_task.done():
-            self._pump_task = asyncio.get_running_loop().create_task(self._pump())
+            self._pump_task = asyncio.get_running_loop().create_task(
+                self._pump(self._outbox, self._send_bucket)
+            )
 
-    async def _pump(self) -> None:
-        while self._outbox:
-            await self._send_bucket.acquire()
-            if not self._outbox:
+    async def _pump(self, outbox: "collections.deque[Outgoing]", bucket: AsyncLimiter) -> None:
+        while outbox:
+            await bucket.acquire()
+            if not outbox:
                 return  # the session ended meanwhile
-            command, params, after = self._outbox.popleft()
+            command, params, after = outbox.popleft()
             try:
                 self._send(command, *params)
             except ConnectionLost:

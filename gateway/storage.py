@@ -171,7 +171,10 @@ class Store:
         if len(queue) > self._max_per_account:
             self._drop_oldest(queue)
         elif self._pending_count > MAX_PENDING:
-            self._drop_oldest(max(self._pending.values(), key=len))
+            # The account putting is usually the flooding one: its own queue when it holds at
+            # least a fair share, so a long outage does not scan every account per record.
+            fair = MAX_PENDING // len(self._pending)
+            self._drop_oldest(queue if len(queue) >= fair else max(self._pending.values(), key=len))
         # Write at once when the writer is idle (latency); while a batch is being written,
         # lines gather into the next one (throughput).
         if self._pending_count >= MAX_BATCH or not self._inflight:
