@@ -8,8 +8,8 @@ published. No line that reaches the gateway contains CR, LF or NUL: a multi-line
 one send per line.
 """
 
+import contextlib
 import re
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -351,15 +351,21 @@ def open_query(*, channel: Channel, nick: str) -> Channel:
 
 def take_send_allowance(*, account_id: str, lines: int) -> None:
     """Count `lines` against the account's LIMIT_MESSAGES_PER_MINUTE, or raise CommandError and
-    count nothing. One counter per account and clock minute in Redis (INCRBY is atomic, so two
-    tabs cannot both slip past it)."""
+    count nothing. One counter per account in Redis, for the minute from its first line
+    (INCRBY is atomic and keeps the expiry, so two tabs cannot both slip past it)."""
     if not lines:
         return
     limit = settings.LIMIT_MESSAGES_PER_MINUTE
-    key = f"sent-per-minute:{account_id}:{int(time.time() // 60)}"
-    cache.add(key, 0, timeout=120)
-    if cache.incr(key, lines) > limit:
-        cache.decr(key, lines)  # refused lines are not sent, so they do not count
+    key = f"sent-per-minute:{account_id}"
+    cache.add(key, 0, timeout=60)
+    try:
+        total = cache.incr(key, lines)
+    except ValueError:  # the minute ended between the two calls
+        cache.add(key, 0, timeout=60)
+        total = cache.incr(key, lines)
+    if total > limit:
+        with contextlib.suppress(ValueError):  # the minute may have ended meanwhile
+            cache.decr(key, lines)  # refused lines are not sent, so they do not count
         raise CommandError(
             f"Not sent: this account may send {limit} lines a minute, and that would pass it. "
             "Wait a moment and send again."
