@@ -8,11 +8,14 @@ published. No line that reaches the gateway contains CR, LF or NUL: a multi-line
 one send per line.
 """
 
+import contextlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from django.conf import settings
+from django.core.cache import cache
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError
 
@@ -346,8 +349,32 @@ def open_query(*, channel: Channel, nick: str) -> Channel:
         return Channel.objects.get(server_id=channel.server_id, name__iexact=nick)
 
 
+def take_send_allowance(*, account_id: str, lines: int) -> None:
+    """Count `lines` against the account's LIMIT_MESSAGES_PER_MINUTE, or raise CommandError and
+    count nothing. One counter per account in Redis, for the minute from its first line
+    (INCRBY is atomic and keeps the expiry, so two tabs cannot both slip past it)."""
+    if not lines:
+        return
+    limit = settings.LIMIT_MESSAGES_PER_MINUTE
+    key = f"sent-per-minute:{account_id}"
+    cache.add(key, 0, timeout=60)
+    try:
+        total = cache.incr(key, lines)
+    except ValueError:  # the minute ended between the two calls
+        cache.add(key, 0, timeout=60)
+        total = cache.incr(key, lines)
+    if total > limit:
+        with contextlib.suppress(ValueError):  # the minute may have ended meanwhile
+            cache.decr(key, lines)  # refused lines are not sent, so they do not count
+        raise CommandError(
+            f"Not sent: this account may send {limit} lines a minute, and that would pass it. "
+            "Wait a moment and send again."
+        )
+
+
 def run(text: str, *, channel: Channel, account_id: str) -> Outcome:
     plan = parse(text, channel=channel, account_id=account_id)
+    take_send_allowance(account_id=str(account_id), lines=len(plan.commands))
     opened: Channel | None = None
     if plan.open_query:
         opened = open_query(channel=channel, nick=plan.open_query)

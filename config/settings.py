@@ -214,6 +214,46 @@ OUTBOUND_DENIED_NETWORKS: list[str] = setting(
     "OUTBOUND_DENIED_NETWORKS", cast=networks("OUTBOUND_DENIED_NETWORKS"), default=[]
 )
 
+# --- sending from the web (LIMIT_CHANNELS_PER_SERVER, which the gateway also applies, is with
+# the other limits below) -------------------------------------------------------------------------
+# Lines (messages and commands) an account may send from the web per minute, all servers together.
+LIMIT_MESSAGES_PER_MINUTE: int = setting("LIMIT_MESSAGES_PER_MINUTE", cast=int, default=120)
+
+# --- IRC gateway: what one connection may cost, and how fast it talks ---------------------------
+# Bounds on what a server can make the gateway hold for one connection (a hostile server sends
+# endless NAMES, CAP LS or forced JOINs); beyond them the gateway refuses and says so.
+GATEWAY_MAX_MEMBERS_PER_CHANNEL: int = setting(
+    "GATEWAY_MAX_MEMBERS_PER_CHANNEL", cast=int, default=10_000
+)
+GATEWAY_MAX_CAPS: int = setting("GATEWAY_MAX_CAPS", cast=int, default=100)
+# Lines read from one server per second, with a burst; past it the gateway reads slower
+# (TCP backpressure), so one server cannot take the process' time from the others.
+GATEWAY_MAX_LINES_PER_SECOND: float = setting(
+    "GATEWAY_MAX_LINES_PER_SECOND", cast=float, default=500.0
+)
+GATEWAY_LINE_BURST: int = setting("GATEWAY_LINE_BURST", cast=int, default=5000)
+# Flood protection for what the web sends (irssi's defaults: 5 at once, then one per 2.2 s).
+GATEWAY_SEND_BURST: int = setting("GATEWAY_SEND_BURST", cast=int, default=5)
+GATEWAY_SEND_INTERVAL_SECONDS: float = setting(
+    "GATEWAY_SEND_INTERVAL_SECONDS", cast=float, default=2.2
+)
+GATEWAY_SEND_QUEUE_MAX: int = setting("GATEWAY_SEND_QUEUE_MAX", cast=int, default=200)
+# Records one account may have waiting for the database; beyond it that account's oldest are
+# dropped (and it is told), never another account's.
+GATEWAY_MAX_PENDING_PER_ACCOUNT: int = setting(
+    "GATEWAY_MAX_PENDING_PER_ACCOUNT", cast=int, default=200_000
+)
+GATEWAY_RECONNECT_FIRST_SECONDS: float = setting(
+    "GATEWAY_RECONNECT_FIRST_SECONDS", cast=float, default=2.0
+)
+GATEWAY_RECONNECT_MAX_SECONDS: float = setting(
+    "GATEWAY_RECONNECT_MAX_SECONDS", cast=float, default=300.0
+)
+# How often one kind of refusal is said in a server buffer (a flood is reported, not echoed).
+GATEWAY_REFUSAL_NOTICE_SECONDS: float = setting(
+    "GATEWAY_REFUSAL_NOTICE_SECONDS", cast=float, default=60.0
+)
+
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
 SECURE_REFERRER_POLICY = "same-origin"

@@ -6,7 +6,9 @@ It never touches the database: records go to the gateway's Store, connection sta
 
 import asyncio
 import base64
+import collections
 import contextlib
+import functools
 import logging
 import random
 import ssl
@@ -16,6 +18,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
+
+from aiolimiter import AsyncLimiter
+from django.conf import settings
 
 from core import net_policy
 from gateway import protocol
@@ -44,14 +49,14 @@ REGISTRATION_TIMEOUT = 60.0
 # Silence after which we PING the server, and how long it then has to answer.
 IDLE_PING_SECONDS = 90.0
 PING_TIMEOUT_SECONDS = 60.0
-BACKOFF_FIRST = 2.0
-BACKOFF_CAP = 300.0
 # A connection must stay up this long before the backoff resets, so a server that drops us
 # right after registration is not hammered.
 STABLE_SECONDS = 60.0
 JOINS_PER_BURST = 5
 JOIN_BURST_SECONDS = 1.0
 CTCP_REPLIES_PER_MINUTE = 6
+# Read-rate tokens taken at once (see _take_read_credit).
+READ_CHUNK = 20
 VERSION = "Palaver (hosted IRC client)"
 
 
@@ -87,6 +92,57 @@ class ConnectionLost(Exception):
     pass
 
 
+# A line the user sends: command, parameters, and what to do once it is on the wire.
+Outgoing = tuple[str, tuple[str, ...], Callable[[], None] | None]
+
+
+class SendQueueFull(ValueError):
+    """The user sends faster than the flood protection lets lines out, for too long."""
+
+
+def next_backoff(delay: float) -> tuple[float, float]:
+    """(how long to wait now, the delay after the next failure): doubling, never past
+    GATEWAY_RECONNECT_MAX_SECONDS, with jitter so connections dropped together do not return
+    together."""
+    cap = settings.GATEWAY_RECONNECT_MAX_SECONDS
+    wait = min(cap, delay) * random.uniform(0.8, 1.2)  # noqa: S311 (jitter)
+    return min(cap, wait), min(cap, delay * 2)
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What one connection may make the gateway hold or do (config/settings.py explains each)."""
+
+    members_per_channel: int
+    caps: int
+    channels: int
+    lines_per_second: float
+    line_burst: int
+    send_burst: int
+    send_interval: float
+    send_queue: int
+    notice_seconds: float
+
+    @classmethod
+    def from_settings(cls) -> "Limits":
+        return cls(
+            members_per_channel=settings.GATEWAY_MAX_MEMBERS_PER_CHANNEL,
+            caps=settings.GATEWAY_MAX_CAPS,
+            channels=settings.LIMIT_CHANNELS_PER_SERVER,
+            lines_per_second=settings.GATEWAY_MAX_LINES_PER_SECOND,
+            line_burst=settings.GATEWAY_LINE_BURST,
+            send_burst=settings.GATEWAY_SEND_BURST,
+            send_interval=settings.GATEWAY_SEND_INTERVAL_SECONDS,
+            send_queue=settings.GATEWAY_SEND_QUEUE_MAX,
+            notice_seconds=settings.GATEWAY_REFUSAL_NOTICE_SECONDS,
+        )
+
+
+def token_bucket(burst: float, per_second: float) -> AsyncLimiter:
+    """`burst` at once, then `per_second` on average."""
+    return AsyncLimiter(burst, burst / per_second)
+
+
 class IrcConnection:
     def __init__(
         self,
@@ -118,12 +174,21 @@ class IrcConnection:
         self._offered: set[str] = set()
         self._sasl_in_progress = False
         self._cap_negotiating = True
-        self._offered = set()
+        self._caps_seen = 0
         self._autojoin_task: asyncio.Task[None] | None = None
         self._stopping = False
         self._last_received = 0.0
         self._nick_attempt = 0
         self._ctcp_times: list[float] = []
+        self.limits = Limits.from_settings()
+        self._refused_at: dict[str, float] = {}  # kind of refusal -> when it was last said
+        # Flood protection for what the user sends: the lines wait here, in order. Made on the
+        # first send (an idle connection should cost little: DESIGN.md's 20 KB).
+        self._outbox: collections.deque[Outgoing] | None = None
+        self._send_bucket: AsyncLimiter | None = None
+        self._pump_task: asyncio.Task[None] | None = None
+        self._read_bucket: AsyncLimiter | None = None  # a fresh one per session
+        self._read_credit = 0
         self.state = "disconnected"
         self.last_error = ""
 
@@ -144,10 +209,12 @@ class IrcConnection:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
+        if self._pump_task is not None:
+            self._pump_task.cancel()
         self._set_state("disconnected", error="", next_retry=None)
 
     async def _run(self) -> None:
-        delay = BACKOFF_FIRST
+        delay = settings.GATEWAY_RECONNECT_FIRST_SECONDS
         while not self._stopping:
             started = time.monotonic()
             try:
@@ -167,10 +234,9 @@ class IrcConnection:
             if self._stopping:
                 return
             if self.registered and time.monotonic() - started >= STABLE_SECONDS:
-                delay = BACKOFF_FIRST
+                delay = settings.GATEWAY_RECONNECT_FIRST_SECONDS
             self.registered = False
-            wait = min(BACKOFF_CAP, delay) * random.uniform(0.8, 1.2)  # noqa: S311 (jitter)
-            delay = min(BACKOFF_CAP, delay * 2)
+            wait, delay = next_backoff(delay)
             self._server_line("system", f"Disconnected: {error}. Reconnecting in {wait:.0f} s.")
             self._set_state(
                 "disconnected", error=error, next_retry=datetime.now(UTC) + timedelta(seconds=wait)
@@ -228,6 +294,9 @@ class IrcConnection:
                 if skipping:
                     skipping = False  # the tail of the oversized line
                     continue
+                if not self._read_credit:
+                    await self._take_read_credit()
+                self._read_credit -= 1
                 self._last_received = time.monotonic()
                 try:
                     line = protocol.parse_line(raw)
@@ -244,8 +313,25 @@ class IrcConnection:
         finally:
             registration.cancel()
             keepalive.cancel()
+            self._drop_outbox()
             if self._autojoin_task is not None:
                 self._autojoin_task.cancel()
+
+    async def _take_read_credit(self) -> None:
+        """Lines may be read at GATEWAY_MAX_LINES_PER_SECOND: taken from the bucket READ_CHUNK
+        at a time, since a bucket call costs as much as handling a line."""
+        chunk = min(READ_CHUNK, self.limits.line_burst)
+        if self._read_bucket is None:
+            self._read_bucket = token_bucket(self.limits.line_burst, self.limits.lines_per_second)
+        if not self._read_bucket.has_capacity(chunk):
+            # Read slower: TCP holds the rest at the server, nothing here grows.
+            self._refuse(
+                "rate",
+                f"The server sends more than {self.limits.lines_per_second:g} lines a second; "
+                "reading it slower.",
+            )
+        await self._read_bucket.acquire(chunk)
+        self._read_credit = chunk
 
     def _reset_session_state(self) -> None:
         self.nick = self.config.nick
@@ -260,6 +346,11 @@ class IrcConnection:
         self._last_received = time.monotonic()
         self._sasl_in_progress = False
         self._cap_negotiating = True
+        self._offered = set()
+        self._caps_seen = 0
+        self.limits = Limits.from_settings()
+        self._read_bucket = None
+        self._read_credit = 0
 
     def _registration_timeout(self) -> None:
         if not self.registered and self._writer is not None:
@@ -290,7 +381,47 @@ class IrcConnection:
         never carry a second command."""
         self._require_registered()
         line = protocol.parse_line(text)
-        self._send(line.command, *line.params)
+        self._send_paced(line.command, *line.params)
+
+    def _send_paced(
+        self, command: str, *params: str, after: Callable[[], None] | None = None
+    ) -> None:
+        """Send what the user typed through the flood protection: a burst at once, then one
+        line per interval, in order; `after` runs once the line is on the wire."""
+        if self._outbox is None or self._send_bucket is None:
+            self._outbox = collections.deque()
+            self._send_bucket = token_bucket(self.limits.send_burst, 1 / self.limits.send_interval)
+        if len(self._outbox) >= self.limits.send_queue:
+            raise SendQueueFull(
+                f"{len(self._outbox)} lines are already waiting to be sent to this server"
+            )
+        self._outbox.append((command, params, after))
+        if self._pump_task is None or self._pump_task.done():
+            self._pump_task = asyncio.get_running_loop().create_task(
+                self._pump(self._outbox, self._send_bucket)
+            )
+
+    async def _pump(self, outbox: "collections.deque[Outgoing]", bucket: AsyncLimiter) -> None:
+        while outbox:
+            await bucket.acquire()
+            if not outbox:
+                return  # the session ended meanwhile
+            command, params, after = outbox.popleft()
+            try:
+                self._send(command, *params)
+            except ConnectionLost:
+                return  # the session's end drops the rest
+            if after is not None:
+                after()
+
+    def _drop_outbox(self) -> None:
+        """The session ended: what waited was meant for it, never for the next one (which has
+        not registered yet)."""
+        if self._pump_task is not None:
+            self._pump_task.cancel()
+        if self._outbox:
+            self._server_line("system", f"Not sent (disconnected): {len(self._outbox)} lines.")
+            self._outbox.clear()
 
     def _require_registered(self) -> None:
         # Nothing the user sends reaches the socket before the welcome (001): before it, a line
@@ -306,11 +437,13 @@ class IrcConnection:
         overhead = len(f":{self.nick}!{'x' * 10}@{'x' * 63} {command} {target} :".encode()) + 10
         for chunk in protocol.split_message(text, overhead):
             body = protocol.ctcp("ACTION", chunk) if kind == "action" else chunk
-            self._send(command, target, body)
+            store = None
             if "echo-message" not in self.caps:
-                self._store_line(
-                    buffer=target, kind=kind, sender=self.nick, text=chunk, tags={}, own=True
-                )
+                store = functools.partial(
+                    self._store_line,
+                    buffer=target, kind=kind, sender=self.nick, text=chunk, tags={}, own=True,
+                )  # fmt: skip
+            self._send_paced(command, target, body, after=store)
 
     def join(self, channel: str, key: str = "") -> None:
         if key:
@@ -393,7 +526,18 @@ class IrcConnection:
         if sub == "LS":
             more = len(args) > 1 and args[0] == "*"
             offered = {token.split("=", 1)[0] for token in args[-1].split()} if args else set()
-            self._offered |= offered
+            if self._caps_seen > self.limits.caps:
+                return  # the rest of an endless list
+            # Only what we could use is kept, and an endless CAP LS ends at the limit.
+            self._offered |= offered & (WANTED_CAPS | {"sasl"})
+            self._caps_seen += len(offered)
+            if more and self._caps_seen > self.limits.caps:
+                self._refuse(
+                    "caps",
+                    f"The server offers more than {self.limits.caps} capabilities; "
+                    "the rest were ignored.",
+                )
+                more = False
             if more:
                 return
             wanted: set[str] = set(WANTED_CAPS & self._offered)
@@ -408,7 +552,7 @@ class IrcConnection:
             for cap in acked:
                 if cap.startswith("-"):
                     self.caps.discard(cap[1:])
-                else:
+                elif cap in WANTED_CAPS or cap == "sasl":  # never more than we asked for
                     self.caps.add(cap)
             if "sasl" in acked and not self.registered:
                 self._sasl_in_progress = True
@@ -520,14 +664,28 @@ class IrcConnection:
         channel = line.params[0]
         folded = self._fold(channel)
         if self._is_me(line.nick):
+            if folded not in self.joined and len(self.joined) >= self.limits.channels:
+                # A server can put us in channels we never asked for, without end.
+                self._refuse(
+                    "channels",
+                    f"Left {channel}: {self.limits.channels} channels per server at most.",
+                )
+                self.part(channel)
+                return
             self.joined[folded] = channel
             self.members[folded] = {}
             self.store.put(Joined(self.config.account_id, self.config.server_id, channel, True))
-        self.members.setdefault(folded, {})[self._fold(line.nick)] = ""
+        members = self.members.get(folded)
+        if members is None:
+            return  # someone joining a channel we are not in: no server sends that
+        folded_nick = self._fold(line.nick)
+        added = folded_nick in members or not self._members_full(channel, len(members))
+        if added:
+            members[folded_nick] = ""
         self._store_line(
             buffer=channel, kind="join", sender=line.nick, text=line.user_host or "", tags=line.tags
         )
-        if not self._is_me(line.nick):
+        if added and not self._is_me(line.nick):
             self.store.put(self._members(channel, "add", nick=line.nick, prefixes=""))
 
     def _on_part(self, line: IrcLine) -> None:
@@ -537,7 +695,7 @@ class IrcConnection:
         self._leave(channel, line.nick)
         if self._is_me(line.nick):  # we left on purpose: do not rejoin after a restart
             self.store.put(Joined(self.config.account_id, self.config.server_id, channel, False))
-            self.config.autojoin.pop(channel, None)
+            self.config.autojoin.pop(self._autojoin_name(channel) or channel, None)
         self._store_line(
             buffer=channel, kind="part", sender=line.nick,
             text=line.params[1] if len(line.params) > 1 else "", tags=line.tags,
@@ -553,10 +711,24 @@ class IrcConnection:
             buffer=channel, kind="kick", sender=line.nick or "", tags=line.tags,
             text=f"{victim} {reason}".strip(),
         )  # fmt: skip
-        if self._is_me(victim) and self._fold(channel) in {
-            self._fold(n) for n in self.config.autojoin
-        }:
-            self.join(channel, self.config.autojoin.get(channel, ""))
+        autojoin_name = self._autojoin_name(channel)
+        if self._is_me(victim) and autojoin_name is not None:
+            self.join(channel, self.config.autojoin[autojoin_name])
+
+    def _autojoin_name(self, channel: str) -> str | None:
+        """The autojoin entry for `channel` however the server spells it (its CASEMAPPING)."""
+        folded = self._fold(channel)
+        return next((n for n in self.config.autojoin if self._fold(n) == folded), None)
+
+    def _members_full(self, channel: str, count: int) -> bool:
+        if count < self.limits.members_per_channel:
+            return False
+        self._refuse(
+            "members",
+            f"{channel} has more than {self.limits.members_per_channel} members; "
+            "the member list stops there.",
+        )
+        return True
 
     def _leave(self, channel: str, nick: str) -> None:
         folded = self._fold(channel)
@@ -651,8 +823,13 @@ class IrcConnection:
         if len(params) < 4:
             return
         channel = params[2]
-        entries = self._names_pending.setdefault(self._fold(channel), [])
+        folded = self._fold(channel)
+        if folded not in self.joined:
+            return  # its end (366) would drop it anyway
+        entries = self._names_pending.setdefault(folded, [])
         for entry in params[3].split():
+            if self._members_full(channel, len(entries)):
+                return
             prefixes, nick, _userhost = protocol.split_names_entry(entry, self.prefix_symbols)
             entries.append((prefixes, nick, False))
 
@@ -766,6 +943,17 @@ class IrcConnection:
                 private=private,
             )
         )
+
+    def _refuse(self, kind: str, text: str) -> None:
+        """Say in the server buffer what was refused: once per kind per notice interval, since
+        the cause (a flood) repeats."""
+        now = time.monotonic()
+        last = self._refused_at.get(kind)
+        if last is not None and now - last < self.limits.notice_seconds:
+            return
+        self._refused_at[kind] = now
+        logger.info("server %s: %s", self.config.server_id, text)
+        self._server_line("system", text)
 
     def _server_line(
         self, kind: str, text: str, *, sender: str = "", tags: dict[str, str] | None = None

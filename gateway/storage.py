@@ -1,11 +1,17 @@
 """Writing what the IRC connections see into each account's schema, in batches.
 
-The asyncio side only appends records to an in-memory queue. One thread does every database
-touch: every FLUSH_SECONDS (or sooner when MAX_BATCH records wait) it takes the whole queue,
-groups it by account and writes each account's share in one transaction inside
-`tenancy.switch(account)`. Live events go to Redis and the message-stored hooks run after the
-commit. If the database is unreachable the batch goes back to the head of the queue and is
-retried with backoff, so a PostgreSQL restart costs delay, not lines.
+The asyncio side only appends records to an in-memory queue, one per account. One thread does
+every database touch: every FLUSH_SECONDS (or sooner when MAX_BATCH records wait) it takes a
+batch, a fair share from every account's queue, and writes each account's share in one
+transaction inside `tenancy.switch(account)`. Live events go to Redis and the message-stored
+hooks run after the commit. If the database is unreachable the batch goes back to the head of
+the queues and is retried with backoff, so a PostgreSQL restart costs delay, not lines.
+
+An account whose queue passes GATEWAY_MAX_PENDING_PER_ACCOUNT (a flooding server, a long
+outage) loses its own oldest records and is told so in the server buffer; no other account's
+record is ever dropped for it. A server cannot create Channel rows past
+LIMIT_CHANNELS_PER_SERVER either (a query from every nick of a botnet): those lines are
+refused, and the server buffer says so.
 """
 
 import asyncio
@@ -13,14 +19,16 @@ import contextlib
 import logging
 import re
 import threading
+import time
 import uuid
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from django.conf import settings
 from django.db import (
     DatabaseError,
     InterfaceError,
@@ -34,14 +42,15 @@ from django.utils import timezone
 from accounts.models import Account
 from channels_app import events
 from channels_app.hooks import notify_message_stored
-from channels_app.models import Channel, ChannelUser, Message, Notification
+from channels_app.models import Channel, ChannelUser, Message, Notification, Server
 from tenancy import switch
 
 logger = logging.getLogger(__name__)
 
 FLUSH_SECONDS = 0.02
 MAX_BATCH = 5000
-# Lines held while the database is away; past this the oldest are dropped, loudly.
+# Records held in all (while the database is away); past this the longest account queue loses
+# its oldest, loudly.
 MAX_PENDING = 2_000_000
 RETRY_MAX_SECONDS = 5.0
 
@@ -119,9 +128,22 @@ def highlight_pattern(words: Iterable[str]) -> re.Pattern[str] | None:
     return _WORD_CACHE[key]
 
 
+class ChannelRefused(Exception):
+    """A new buffer past LIMIT_CHANNELS_PER_SERVER."""
+
+
 class Store:
     def __init__(self, *, publish: bool = True) -> None:
-        self._pending: list[Record] = []
+        # Per account, so that one account's flood can only ever push out its own records.
+        self._pending: dict[uuid.UUID, deque[Record]] = {}
+        self._pending_count = 0
+        self._max_per_account: int = settings.GATEWAY_MAX_PENDING_PER_ACCOUNT
+        self._notice_seconds: float = settings.GATEWAY_REFUSAL_NOTICE_SECONDS
+        # (account, server) -> records dropped / lines refused not yet reported, and when the
+        # last report was made.
+        self._dropped_by: dict[tuple[uuid.UUID, int], int] = defaultdict(int)
+        self._refused_by: dict[tuple[uuid.UUID, int], int] = defaultdict(int)
+        self._reported_at: dict[tuple[str, uuid.UUID, int], float] = {}
         self._wakeup = asyncio.Event()
         self._db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gateway-db")
         self._accounts: dict[uuid.UUID, Account] = {}
@@ -141,21 +163,90 @@ class Store:
         self._accounts[account.pk] = account
 
     def put(self, record: Record) -> None:
-        self._pending.append(record)
-        if len(self._pending) > MAX_PENDING:
-            overflow = len(self._pending) - MAX_PENDING
-            del self._pending[:overflow]
-            self.dropped += overflow
-            logger.error("database away too long: dropped %d oldest lines", overflow)
+        queue = self._pending.get(record.account_id)
+        if queue is None:
+            queue = self._pending[record.account_id] = deque()
+        queue.append(record)
+        self._pending_count += 1
+        if len(queue) > self._max_per_account:
+            self._drop_oldest(queue)
+        elif self._pending_count > MAX_PENDING:
+            # The account putting is usually the flooding one: its own queue when it holds at
+            # least a fair share, so a long outage does not scan every account per record.
+            fair = MAX_PENDING // len(self._pending)
+            self._drop_oldest(queue if len(queue) >= fair else max(self._pending.values(), key=len))
         # Write at once when the writer is idle (latency); while a batch is being written,
         # lines gather into the next one (throughput).
-        if len(self._pending) >= MAX_BATCH or not self._inflight:
+        if self._pending_count >= MAX_BATCH or not self._inflight:
             self._wakeup.set()
+
+    def _drop_oldest(self, queue: deque[Record]) -> None:
+        dropped = queue.popleft()
+        self._pending_count -= 1
+        self.dropped += 1
+        key = (dropped.account_id, dropped.server_id)
+        if not self._dropped_by[key]:
+            logger.error("account %s: too many records waiting; dropping its oldest", key[0])
+        self._dropped_by[key] += 1
+
+    def _take_batch(self) -> list[Record]:
+        """Up to MAX_BATCH records: every waiting account's oldest, a fair share each, so an
+        account with a long queue delays no other."""
+        batch: list[Record] = []
+        while self._pending and len(batch) < MAX_BATCH:
+            share = max(1, (MAX_BATCH - len(batch)) // len(self._pending))
+            for account_id in list(self._pending):
+                queue = self._pending[account_id]
+                for _ in range(min(share, len(queue), MAX_BATCH - len(batch))):
+                    batch.append(queue.popleft())
+                if not queue:
+                    del self._pending[account_id]
+        self._pending_count -= len(batch)
+        return batch
+
+    def _put_back(self, batch: list[Record]) -> None:
+        """A batch the database refused goes back to the head of its accounts' queues."""
+        for record in reversed(batch):
+            queue = self._pending.get(record.account_id)
+            if queue is None:
+                queue = self._pending[record.account_id] = deque()
+            queue.appendleft(record)
+        self._pending_count += len(batch)
+
+    def _report_losses(self) -> None:
+        """Tell each server buffer what its account lost (dropped or refused), at most once per
+        notice interval; counts add up until then."""
+        now = time.monotonic()
+        for what, counts in (("dropped", self._dropped_by), ("refused", self._refused_by)):
+            with self._lock:
+                due = []
+                for key in [k for k, n in counts.items() if n]:
+                    last = self._reported_at.get((what, *key))
+                    if last is None or now - last >= self._notice_seconds:
+                        self._reported_at[(what, *key)] = now
+                        due.append((key, counts.pop(key)))
+            for key, count in due:
+                if what == "dropped":
+                    text = (
+                        f"{count} lines of this account were dropped: too many were waiting "
+                        "to be stored."
+                    )
+                else:
+                    text = (
+                        f"{count} lines were refused: they would open a new channel or "
+                        f"conversation past the limit of {settings.LIMIT_CHANNELS_PER_SERVER} "
+                        "per server."
+                    )
+                account_id, server_id = key
+                at = timezone.now()
+                self.put(
+                    Line(account_id, server_id, SERVER_BUFFER, "server", "system", "", text, at)
+                )
 
     @property
     def backlog(self) -> int:
         """Records not yet written: waiting, or in the batch being written."""
-        return len(self._pending) + self._inflight
+        return self._pending_count + self._inflight
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -166,16 +257,17 @@ class Store:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), timeout=FLUSH_SECONDS)
             self._wakeup.clear()
+            self._report_losses()
             if not self._pending:
                 if self._stopping:
                     return
                 continue
-            batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
+            batch = self._take_batch()
             self._inflight = len(batch)
             try:
                 written = await loop.run_in_executor(self._db, self._write_batch, batch)
             except (OperationalError, InterfaceError) as exc:
-                self._pending[:0] = batch
+                self._put_back(batch)
                 self._inflight = 0
                 if self.database_ok:
                     logger.warning("database unreachable, holding %d lines: %s", self.backlog, exc)
@@ -244,9 +336,13 @@ class Store:
 
     def _write_one_by_one(self, batch: list[Record]) -> int:
         written = 0
+        # Servers deleted in the web while their lines waited: the rest of their records are
+        # dropped without a try. Two failing transactions each, with a traceback, kept this
+        # thread (and so every config change the gateway reads through it) busy for seconds.
+        gone: set[tuple[uuid.UUID, int]] = set()
         for record in batch:
             account = self._accounts.get(record.account_id)
-            if account is None:
+            if account is None or (record.account_id, record.server_id) in gone:
                 continue
             payloads: list[dict[str, Any]] = []
             ids: list[int] = []
@@ -262,10 +358,20 @@ class Store:
                     # forget the cache and try once more before giving the record up.
                     self._channels.clear()
                     if attempt == 2:
-                        logger.exception("dropping a record the database refuses: %r", record)
+                        if not self._server_exists(account, record.server_id):
+                            logger.info("server %s deleted: dropping its waiting records",
+                                        record.server_id)  # fmt: skip
+                            gone.add((record.account_id, record.server_id))
+                        else:
+                            logger.exception("dropping a record the database refuses: %r", record)
             written += len(ids)
             self._after_commit(record.account_id, payloads, ids)
         return written
+
+    @staticmethod
+    def _server_exists(account: Account, server_id: int) -> bool:
+        with switch(account):
+            return Server.objects.filter(pk=server_id).exists()
 
     def _reset_connection(self) -> None:
         self._channels.clear()
@@ -285,6 +391,13 @@ class Store:
                 .first()
             )
             if found is None:
+                if kind != Channel.Kind.SERVER and (
+                    Channel.objects.filter(server_id=server_id)
+                    .exclude(kind=Channel.Kind.SERVER)
+                    .count()
+                    >= settings.LIMIT_CHANNELS_PER_SERVER
+                ):
+                    raise ChannelRefused(name)
                 found = Channel.objects.create(
                     server_id=server_id, name=name[:50], kind=kind, autojoin=False
                 ).pk
@@ -304,7 +417,15 @@ class Store:
         changed_channels: dict[int, int] = {}  # channel id -> server id
         for record in records:
             buffer_kind = record.buffer_kind if isinstance(record, Line) else "channel"
-            channel_id = self._channel_id(account_id, record.server_id, record.buffer, buffer_kind)
+            try:
+                channel_id = self._channel_id(
+                    account_id, record.server_id, record.buffer, buffer_kind
+                )
+            except ChannelRefused:
+                if isinstance(record, Line):
+                    with self._lock:  # read by the asyncio side
+                        self._refused_by[(account_id, record.server_id)] += 1
+                continue
             if isinstance(record, Line):
                 lines.append(
                     (

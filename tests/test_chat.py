@@ -666,6 +666,28 @@ def test_bad_input_is_an_error_and_sends_nothing(
         assert Channel.objects.count() == 3
 
 
+def test_messages_per_minute_are_limited_per_account(
+    alice: User, alice_chat: dict, published: Published, settings: Any
+) -> None:
+    settings.LIMIT_MESSAGES_PER_MINUTE = 25
+    account = str(alice.account.pk)
+    client = signed_in_client(alice)
+    channel = alice_chat["channel"]
+    paste = "\n".join(f"line {i}" for i in range(20))
+    assert _send(client, channel, paste).status_code == 204
+    assert len(published(account, expect=20)) == 20
+    # 20 more would pass 25: refused whole, said where it was typed, nothing sent or counted.
+    refused = _send(client, channel, paste)
+    assert refused.status_code == 400
+    body = refused.content.decode()
+    assert body.startswith('<p class="error">') and "25 lines a minute" in body
+    assert published(account, expect=0) == []
+    for text in ("one", "/me two", "/msg bob three", "/quote PING four", "five"):
+        assert _send(client, channel, text).status_code == 204, text
+    assert len(published(account, expect=5)) == 5
+    assert _send(client, channel, "sixth").status_code == 400
+
+
 def test_send_needs_csrf(alice: User, alice_chat: dict) -> None:
     client = Client(enforce_csrf_checks=True)
     client.force_login(alice)

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import redis
 from django.conf import settings
+from django.db import transaction
 
 from accounts.models import User
 from channels_app import events
@@ -31,7 +32,11 @@ def add_server(
         "tls": False, "nick": fields.pop("nick", "alice_p"),
     }  # fmt: skip
     values.update(fields)
-    with switch(user):
+    # One transaction: the gateway is told after commit, so it reads the server together with
+    # its channels (channels created after the commit could be read as none, with no second
+    # command to bring them: the race that made test_web_changes_reach_the_gateway_within_a_
+    # second time out now and then).
+    with switch(user), transaction.atomic():
         server = save_server(server=Server(**values), alt_nicks=[], secrets={})
         for name in channels:
             Channel.objects.create(server=server, name=name, autojoin=True)
@@ -120,9 +125,9 @@ def test_echo_message_stores_what_we_send_once(
 
 def test_reconnects_and_rejoins_after_server_restart(
     alice: User, inspircd: IrcServer, irc_bot: Callable[..., IrcBot], run_gateway: Callable,
-    monkeypatch: pytest.MonkeyPatch,
+    settings: Any,
 ) -> None:  # fmt: skip
-    monkeypatch.setattr("gateway.connection.BACKOFF_FIRST", 0.5)
+    settings.GATEWAY_RECONNECT_FIRST_SECONDS = 0.5
     channel = unique_channel()
     server_id = add_server(alice, inspircd, channels=(channel,))
     gateway = run_gateway()

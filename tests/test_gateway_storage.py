@@ -7,6 +7,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 import redis
@@ -272,3 +273,55 @@ def _delete_query(user: User) -> None:
     with switch(user):
         Channel.objects.filter(name="carol").delete()
     conn.close()
+
+
+def test_a_flooding_account_loses_its_own_records_never_anothers(
+    accounts: tuple[User, User, int, int], monkeypatch: pytest.MonkeyPatch, settings: Any
+) -> None:
+    alice, bob, a_server, b_server = accounts
+    monkeypatch.setattr("gateway.storage.MAX_PENDING", 300)  # all accounts together
+    settings.GATEWAY_MAX_PENDING_PER_ACCOUNT = 10_000  # so the shared bound is what bites
+    store = Store(publish=False)
+    store.add_account(alice.account)
+    store.add_account(bob.account)
+    for n in range(50):  # bob's lines wait first, the oldest in the queue
+        store.put(line(bob, b_server, f"bob {n}", n))
+    for n in range(1000):
+        store.put(line(alice, a_server, f"flood {n}", n))
+    assert store.dropped == 750 and store.backlog == 300
+    run_store(store, lambda: store.backlog == 0 and store.stored >= 300)
+    with switch(bob):
+        assert list(Message.objects.order_by("id").values_list("text", flat=True)) == [
+            f"bob {n}" for n in range(50)
+        ]
+    with switch(alice):
+        flood = list(Message.objects.filter(channel__kind="channel").values_list("text", flat=True))
+        said = list(Message.objects.filter(channel__kind="server").values_list("text", flat=True))
+    # The newest kept; the notice itself pushed out one more (counted in the next notice).
+    assert flood == [f"flood {n}" for n in range(751, 1000)]
+    assert said == ["750 lines of this account were dropped: too many were waiting to be stored."]
+
+
+def test_lines_of_a_deleted_server_are_dropped_at_once_not_each_tried(
+    accounts: tuple[User, User, int, int], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two failing transactions per record kept the writer (and every configuration read the
+    gateway makes through it) busy for seconds after a server was deleted."""
+    alice, bob, a_server, b_server = accounts
+    store = Store(publish=False)
+    store.add_account(alice.account)
+    store.add_account(bob.account)
+    for n in range(100):
+        store.put(line(alice, a_server, f"late {n}", n))
+    for n in range(5):
+        store.put(line(bob, b_server, f"bob {n}", n))
+    with switch(alice):
+        Server.objects.filter(pk=a_server).delete()
+    run_store(store, lambda: store.backlog == 0 and store.stored >= 5)
+    with switch(bob):
+        assert Message.objects.count() == 5
+    refused = [r for r in caplog.records if "dropping a record" in r.getMessage()]
+    assert refused == []
+    # Tried once (twice, for a cached channel id), found gone, the other 99 never tried.
+    gone = [r for r in caplog.records if f"server {a_server} deleted" in r.getMessage()]
+    assert len(gone) == 1
