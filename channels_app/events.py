@@ -34,6 +34,7 @@ Redis pub/sub, JSON payloads:
 import json
 import logging
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from cryptography.fernet import InvalidToken
@@ -90,13 +91,13 @@ def publish_command(payload: dict[str, Any], *, client: Any = None) -> None:
     (client or redis_client()).publish(GATEWAY_COMMANDS, seal_command(payload))
 
 
-def _publish_on_commit(channel: str, payload: dict[str, Any], what: str) -> None:
-    """Publish after the current transaction commits. A Redis failure is logged, not raised:
-    what the web saved stands."""
+def _publish_on_commit(channel: str, data: Callable[[], str], what: str) -> None:
+    """Publish `data()` after the current transaction commits. A Redis failure is logged, not
+    raised: what the web saved stands."""
 
     def publish() -> None:
         try:
-            redis_client().publish(channel, encode(payload))
+            redis_client().publish(channel, data())
         except Exception:
             logger.warning("could not publish %s", what, exc_info=True)
 
@@ -106,11 +107,14 @@ def _publish_on_commit(channel: str, payload: dict[str, Any], what: str) -> None
 def tell_gateway_on_commit(op: str, account_id: uuid.UUID | str) -> None:
     """After the current transaction commits, tell the gateway `op` happened to the account
     (on a Redis failure the gateway still re-reads every account periodically,
-    gateway.manager.RESYNC_SECONDS)."""
-    _publish_on_commit(GATEWAY_COMMANDS, {"op": op, "account_id": str(account_id)}, op)
+    gateway.manager.RESYNC_SECONDS). Sealed when sent, so its time-to-live starts then."""
+    payload = {"op": op, "account_id": str(account_id)}
+    _publish_on_commit(GATEWAY_COMMANDS, lambda: seal_command(payload), op)
 
 
 def publish_event_on_commit(account_id: uuid.UUID | str, payload: dict[str, Any]) -> None:
     """After the current transaction commits, tell the account's open browsers (the SSE
     stream forwards `payload`; its "type" must be one the stream knows, sse.EVENT_TYPES)."""
-    _publish_on_commit(events_channel(account_id), payload, f"a {payload.get('type')} event")
+    _publish_on_commit(
+        events_channel(account_id), lambda: encode(payload), f"a {payload.get('type')} event"
+    )

@@ -137,12 +137,11 @@ def test_refused_host_is_never_connected_and_gives_no_port_oracle(
 
 def test_every_connect_checks_again_so_a_name_cannot_rebind(
     settings: Any, alice: User, inspircd: IrcServer, run_gateway: Callable,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
     """The host passes the form and the first connect (loopback allowed then); at the next
     connect the same name leads to a refused address (here: the policy no longer allows it,
     which is what a rebinding name looks like to the gateway) and no connection is made."""
-    monkeypatch.setattr("gateway.connection.BACKOFF_FIRST", 0.3)
+    settings.GATEWAY_RECONNECT_FIRST_SECONDS = 0.3
     client = signed_in_client(alice)
     response = client.post(
         reverse("channels:server_create"),
