@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
 import pytest
 from django.conf import settings
@@ -43,6 +43,7 @@ from playwright.sync_api import (
 from accounts.models import User
 from channels_app.models import Channel, Server
 from channels_app.services import save_server
+from config.database import database_url
 from tenancy import switch
 from tests.conftest import signed_in_client
 from tests.factories import UserFactory
@@ -65,20 +66,6 @@ XSS_PAYLOAD = "<img src=x onerror=alert(1)><script>alert(2)</script>"
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
     pr_set_pdeathsig = 1
     ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
-
-
-def database_url() -> str:
-    """DATABASE_URL for the database this test run uses (the test database)."""
-    db = connection.settings_dict
-    auth = ""
-    if db["USER"]:
-        auth = quote(str(db["USER"]), safe="")
-        if db["PASSWORD"]:
-            auth += ":" + quote(str(db["PASSWORD"]), safe="")
-        auth += "@"
-    host = quote(str(db["HOST"] or "localhost"), safe="")  # a socket directory is %2F-quoted
-    port = f":{db['PORT']}" if db["PORT"] else ""
-    return f"postgres://{auth}{host}{port}/{quote(str(db['NAME']), safe='')}"
 
 
 @dataclass
@@ -145,7 +132,7 @@ def asgi_server(clean_schemas: None, tmp_path: Path) -> Iterator[AsgiServer]:
     env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "config.settings_test",
-        "DATABASE_URL": database_url(),
+        "DATABASE_URL": database_url(connection.settings_dict),
         "REDIS_URL": redis_url,
         "SECRET_KEY": settings.SECRET_KEY,
         "SECRET_ENCRYPTION_KEYS": ",".join(settings.SECRET_ENCRYPTION_KEYS),
