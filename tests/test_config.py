@@ -57,7 +57,7 @@ def test_bad_setting_is_one_clear_line() -> None:
 def test_a_socket_directory_in_options_reaches_helpers_and_children() -> None:
     """The embedded PostgreSQL's URL names its socket directory in `?host=`, which ends up in
     OPTIONS with HOST empty; a helper reading only HOST went to another server."""
-    socket_dir = "/tmp/palaver test/pgdata"
+    socket_dir = "/opt/palaver test/pgdata"
     db = env.db_url_config(f"postgresql://postgres:@/palaver?host={quote(socket_dir, safe='')}")
     db["OPTIONS"]["connect_timeout"] = 5
     db["OPTIONS"]["isolation_level"] = 1  # Django's, not libpq's: must not reach libpq
