@@ -483,22 +483,6 @@ def test_chat_in_the_browser(
 # --- the member list stays true to the database however events and fetches interleave --------
 
 
-def channel_page(browser: Browser, server: AsgiServer, user: User) -> Page:
-    """A signed-in page (the session of a test client, handed to the browser), not yet opened."""
-    cookie = settings.SESSION_COOKIE_NAME
-    context = browser.new_context(viewport=DESKTOP, timezone_id="UTC")
-    context.set_default_timeout(10_000)
-    context.add_cookies(
-        [{"name": cookie, "value": signed_in_client(user).cookies[cookie].value, "url": server.url}]
-    )
-    return context.new_page()
-
-
-def channel_id_of(user: User, name: str) -> int:
-    with switch(user):
-        return Channel.objects.get(name=name).pk
-
-
 def pump_until(page: Page, predicate: Callable[[], bool], what: str) -> None:
     """Wait for something a route handler does: Playwright's sync API runs handlers only while
     this thread is inside one of its calls."""
@@ -513,26 +497,46 @@ def on_irc(user: User, channel_id: int, nick: str) -> bool:
         return ChannelUser.objects.filter(channel_id=channel_id, nick=nick).exists()
 
 
-@pytest.mark.browser
-def test_members_who_join_before_the_stream_opens_are_shown(
+@pytest.fixture
+def alice_in_a_channel(
     alice: User,
     asgi_server: AsgiServer,
     chromium: Browser,
     inspircd: InspIRCd,
-    irc_bot: BotFactory,
     run_gateway: Callable[..., GatewayThread],
+) -> Iterator[tuple[str, int, Page]]:
+    """Alice's gateway connection in a channel of InspIRCd, and a browser page signed in as her
+    (the session of a test client), not yet opened: (channel, its id, the page)."""
+    channel = unique_channel()
+    add_server(alice, inspircd, nick="alice_p", channel=channel)
+    run_gateway()
+    with switch(alice):
+        channel_id = Channel.objects.get(name=channel).pk
+    wait_until(lambda: on_irc(alice, channel_id, "alice_p"), what="alice_p joined")
+    cookie = settings.SESSION_COOKIE_NAME
+    context = chromium.new_context(viewport=DESKTOP, timezone_id="UTC")
+    context.set_default_timeout(10_000)
+    session = signed_in_client(alice).cookies[cookie].value
+    context.add_cookies([{"name": cookie, "value": session, "url": asgi_server.url}])
+    try:
+        yield channel, channel_id, context.new_page()
+    finally:
+        context.close()
+
+
+@pytest.mark.browser
+def test_members_who_join_before_the_stream_opens_are_shown(
+    alice: User,
+    alice_in_a_channel: tuple[str, int, Page],
+    asgi_server: AsgiServer,
+    inspircd: InspIRCd,
+    irc_bot: BotFactory,
 ) -> None:
     """The page renders its member list, then opens its stream: a join committed in between is
     announced to no one. The page must re-read the list once its stream is open (the race
     behind test_chat_in_the_browser's missing dana_p). The stream's request is held here until
     the join is stored, which makes the gap as wide as a loaded machine sometimes does."""
-    channel = unique_channel()
-    add_server(alice, inspircd, nick="alice_p", channel=channel)
-    run_gateway()
-    channel_id = channel_id_of(alice, channel)
-    wait_until(lambda: on_irc(alice, channel_id, "alice_p"), what="alice_p joined")
-
-    page = channel_page(chromium, asgi_server, alice)
+    channel, channel_id, page = alice_in_a_channel
     held: list[Route] = []
 
     def hold(route: Route) -> None:
@@ -555,29 +559,21 @@ def test_members_who_join_before_the_stream_opens_are_shown(
     # The join line replays by Last-Event-ID; the member list must follow without a reload.
     expect(page.locator("#chat-lines .line-join", has_text="carol")).to_have_count(1)
     expect(members.locator('[data-nick="carol"]')).to_have_count(1)
-    page.context.close()
 
 
 @pytest.mark.browser
 def test_an_older_member_list_never_replaces_a_newer_one(
     alice: User,
+    alice_in_a_channel: tuple[str, int, Page],
     asgi_server: AsgiServer,
-    chromium: Browser,
     inspircd: InspIRCd,
     irc_bot: BotFactory,
-    run_gateway: Callable[..., GatewayThread],
 ) -> None:
     """Two refreshes of the member list in flight can answer out of order; the older answer,
     applied last, would hide a member until the next change (the race behind
     test_chat_in_the_browser's missing carol). Here the first answer is read at once but
     delivered late, after a second member joined."""
-    channel = unique_channel()
-    add_server(alice, inspircd, nick="alice_p", channel=channel)
-    run_gateway()
-    channel_id = channel_id_of(alice, channel)
-    wait_until(lambda: on_irc(alice, channel_id, "alice_p"), what="alice_p joined")
-
-    page = channel_page(chromium, asgi_server, alice)
+    channel, channel_id, page = alice_in_a_channel
     page.goto(asgi_server.url + reverse("chat:channel", args=[channel_id]))
     members = page.locator("#chat-member-list")
     expect(members.locator('[data-nick="alice_p"]')).to_have_count(1)
@@ -605,4 +601,3 @@ def test_an_older_member_list_never_replaces_a_newer_one(
 
     expect(members.locator('[data-nick="carol"]')).to_have_count(1)
     expect(members.locator('[data-nick="erin"]')).to_have_count(1)
-    page.context.close()
