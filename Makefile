@@ -37,7 +37,9 @@ $(STAMP): $(REQUIREMENTS)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements/dev.txt
 	@touch $@
 
-.env: | $(STAMP)
+# Rerun when write_env.py changes: it adds a newly generated secret to an existing .env and never
+# changes a value already there.
+.env: scripts/write_env.py | $(STAMP)
 	$(BIN)/python scripts/write_env.py .env
 
 migrate: $(STAMP) .env

@@ -11,8 +11,8 @@ prepared lines as fast as the sockets take them (`flood`), or a steady rate for 
 (`paced`), recording when it wrote each line.
 
 Why not a real IRC server: InspIRCd, the IRCv3 server the tests use, relays at most about
-8,000 lines/s on this 2-core machine (50 senders into 10 channels, see
-/work/shared/irc-test-servers.md), well below the 20,000 lines/s the gateway must store.
+8,000 lines/s on a 2-core machine (50 senders into 10 channels; docs/benchmarks.md, "InspIRCd's
+relay ceiling"), well below the 20,000 lines/s the gateway must store.
 
 The benchmark process talks to the child over its stdin and stdout, one JSON object a line
 (`LineSource` wraps that). Run by itself, `python benchmarks/_linesource.py` is that child.

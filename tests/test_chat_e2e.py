@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
 import pytest
 from django.conf import settings
@@ -31,18 +31,21 @@ from django.db import connection
 from django.test import override_settings
 from django.urls import reverse
 from playwright.sync_api import (
+    APIResponse,
     Browser,
     Dialog,
     Error,
     Page,
+    Route,
     ViewportSize,
     expect,
     sync_playwright,
 )
 
 from accounts.models import User
-from channels_app.models import Channel, Server
+from channels_app.models import Channel, ChannelUser, Server
 from channels_app.services import save_server
+from config.database import database_url
 from tenancy import switch
 from tests.conftest import signed_in_client
 from tests.factories import UserFactory
@@ -65,20 +68,6 @@ XSS_PAYLOAD = "<img src=x onerror=alert(1)><script>alert(2)</script>"
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
     pr_set_pdeathsig = 1
     ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
-
-
-def database_url() -> str:
-    """DATABASE_URL for the database this test run uses (the test database)."""
-    db = connection.settings_dict
-    auth = ""
-    if db["USER"]:
-        auth = quote(str(db["USER"]), safe="")
-        if db["PASSWORD"]:
-            auth += ":" + quote(str(db["PASSWORD"]), safe="")
-        auth += "@"
-    host = quote(str(db["HOST"] or "localhost"), safe="")  # a socket directory is %2F-quoted
-    port = f":{db['PORT']}" if db["PORT"] else ""
-    return f"postgres://{auth}{host}{port}/{quote(str(db['NAME']), safe='')}"
 
 
 @dataclass
@@ -145,7 +134,7 @@ def asgi_server(clean_schemas: None, tmp_path: Path) -> Iterator[AsgiServer]:
     env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "config.settings_test",
-        "DATABASE_URL": database_url(),
+        "DATABASE_URL": database_url(connection.settings_dict),
         "REDIS_URL": redis_url,
         "SECRET_KEY": settings.SECRET_KEY,
         "SECRET_ENCRYPTION_KEYS": ",".join(settings.SECRET_ENCRYPTION_KEYS),
@@ -489,3 +478,126 @@ def test_chat_in_the_browser(
     width = page.evaluate("document.documentElement.scrollWidth")
     assert width <= PHONE["width"], f"the chat overflows a phone: {width}px wide"
     context.close()
+
+
+# --- the member list stays true to the database however events and fetches interleave --------
+
+
+def pump_until(page: Page, predicate: Callable[[], bool], what: str) -> None:
+    """Wait for something a route handler does: Playwright's sync API runs handlers only while
+    this thread is inside one of its calls."""
+    deadline = time.monotonic() + 15
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        page.wait_for_timeout(50)
+
+
+def on_irc(user: User, channel_id: int, nick: str) -> bool:
+    with switch(user):
+        return ChannelUser.objects.filter(channel_id=channel_id, nick=nick).exists()
+
+
+@pytest.fixture
+def alice_in_a_channel(
+    alice: User,
+    asgi_server: AsgiServer,
+    chromium: Browser,
+    inspircd: InspIRCd,
+    run_gateway: Callable[..., GatewayThread],
+) -> Iterator[tuple[str, int, Page]]:
+    """Alice's gateway connection in a channel of InspIRCd, and a browser page signed in as her
+    (the session of a test client), not yet opened: (channel, its id, the page)."""
+    channel = unique_channel()
+    add_server(alice, inspircd, nick="alice_p", channel=channel)
+    run_gateway()
+    with switch(alice):
+        channel_id = Channel.objects.get(name=channel).pk
+    wait_until(lambda: on_irc(alice, channel_id, "alice_p"), what="alice_p joined")
+    cookie = settings.SESSION_COOKIE_NAME
+    context = chromium.new_context(viewport=DESKTOP, timezone_id="UTC")
+    context.set_default_timeout(10_000)
+    session = signed_in_client(alice).cookies[cookie].value
+    context.add_cookies([{"name": cookie, "value": session, "url": asgi_server.url}])
+    try:
+        yield channel, channel_id, context.new_page()
+    finally:
+        context.close()
+
+
+@pytest.mark.browser
+def test_members_who_join_before_the_stream_opens_are_shown(
+    alice: User,
+    alice_in_a_channel: tuple[str, int, Page],
+    asgi_server: AsgiServer,
+    inspircd: InspIRCd,
+    irc_bot: BotFactory,
+) -> None:
+    """The page renders its member list, then opens its stream: a join committed in between is
+    announced to no one. The page must re-read the list once its stream is open (the race
+    behind test_chat_in_the_browser's missing dana_p). The stream's request is held here until
+    the join is stored, which makes the gap as wide as a loaded machine sometimes does."""
+    channel, channel_id, page = alice_in_a_channel
+    held: list[Route] = []
+
+    def hold(route: Route) -> None:
+        if held:
+            route.continue_()  # a reconnection, after the test let the first one through
+        else:
+            held.append(route)
+
+    page.route(re.compile(r"/chat/events/"), hold)
+    page.goto(asgi_server.url + reverse("chat:channel", args=[channel_id]))
+    members = page.locator("#chat-member-list")
+    expect(members.locator('[data-nick="alice_p"]')).to_have_count(1)
+    pump_until(page, lambda: bool(held), "the page asking for its stream")
+
+    carol = irc_bot(inspircd, "carol")
+    carol.join(channel)
+    wait_until(lambda: on_irc(alice, channel_id, "carol"), what="carol's join stored")
+    held[0].continue_()
+
+    # The join line replays by Last-Event-ID; the member list must follow without a reload.
+    expect(page.locator("#chat-lines .line-join", has_text="carol")).to_have_count(1)
+    expect(members.locator('[data-nick="carol"]')).to_have_count(1)
+
+
+@pytest.mark.browser
+def test_an_older_member_list_never_replaces_a_newer_one(
+    alice: User,
+    alice_in_a_channel: tuple[str, int, Page],
+    asgi_server: AsgiServer,
+    inspircd: InspIRCd,
+    irc_bot: BotFactory,
+) -> None:
+    """Two refreshes of the member list in flight can answer out of order; the older answer,
+    applied last, would hide a member until the next change (the race behind
+    test_chat_in_the_browser's missing carol). Here the first answer is read at once but
+    delivered late, after a second member joined."""
+    channel, channel_id, page = alice_in_a_channel
+    page.goto(asgi_server.url + reverse("chat:channel", args=[channel_id]))
+    members = page.locator("#chat-member-list")
+    expect(members.locator('[data-nick="alice_p"]')).to_have_count(1)
+    page.wait_for_timeout(1000)  # the refresh the stream's opening asks for is over
+
+    held: list[tuple[Route, APIResponse]] = []
+
+    def hold_the_first(route: Route) -> None:
+        if held:
+            route.continue_()
+        else:
+            held.append((route, route.fetch()))  # read now, delivered when the test says
+
+    page.route(re.compile(rf"/chat/{channel_id}/info/"), hold_the_first)
+    erin = irc_bot(inspircd, "erin")
+    erin.join(channel)
+    pump_until(page, lambda: bool(held), "erin's join refreshing the member list")
+
+    carol = irc_bot(inspircd, "carol")
+    carol.join(channel)
+    expect(page.locator("#chat-lines .line-join", has_text="carol")).to_have_count(1)
+    page.wait_for_timeout(1500)  # time for any further refresh to be asked for and answered
+    route, stale = held[0]
+    route.fulfill(response=stale)
+
+    expect(members.locator('[data-nick="carol"]')).to_have_count(1)
+    expect(members.locator('[data-nick="erin"]')).to_have_count(1)

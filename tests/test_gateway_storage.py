@@ -17,6 +17,7 @@ from django.db import connection
 from accounts.models import User
 from channels_app import events, hooks
 from channels_app.models import Channel, ChannelUser, Message, Notification, Server
+from config.database import connection_params
 from gateway.storage import Line, Members, Store, Topic
 from tenancy import switch
 from tests.factories import UserFactory
@@ -174,15 +175,12 @@ def test_database_outage_loses_no_line(accounts: tuple[User, User, int, int]) ->
     store = Store(publish=False)
     store.add_account(alice.account)
     db_name = connection.settings_dict["NAME"]
-    admin = connection.settings_dict.copy()
-
     import psycopg
 
     def admin_sql(sql: str) -> None:
-        with psycopg.connect(
-            host=admin["HOST"] or None, port=admin["PORT"] or None, user=admin["USER"],
-            password=admin["PASSWORD"] or None, dbname="postgres", autocommit=True,
-        ) as conn:  # fmt: skip
+        # The server the tests use, whether it is named by HOST or by OPTIONS (a socket).
+        admin = connection_params(connection.settings_dict, dbname="postgres")
+        with psycopg.connect(**admin, autocommit=True) as conn:
             conn.execute(sql)
 
     total = 600

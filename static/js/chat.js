@@ -66,6 +66,23 @@
     };
   }
 
+  // A fragment refresh: debounced, and never two in flight. Two overlapping fetches can answer
+  // out of order, the older (stale) one last, and nothing would correct it; a refresh asked for
+  // while one runs runs once more after it, so what is shown was read after the last change.
+  function refresher(fn, ms) {
+    let running = false;
+    let again = false;
+    return debounce(async () => {
+      if (running) { again = true; return; }
+      running = true;
+      try {
+        do { again = false; await fn(); } while (again);
+      } finally {
+        running = false;
+      }
+    }, ms);
+  }
+
   const atBottom = () => !list || list.scrollHeight - list.scrollTop - list.clientHeight < 48;
   const scrollToBottom = () => { if (list) list.scrollTop = list.scrollHeight; };
 
@@ -261,7 +278,7 @@
     if (item && selector === "[data-unread]") item.classList.add("has-unread");
   }
 
-  const refreshSidebar = debounce(async () => {
+  const refreshSidebar = refresher(async () => {
     if (!sidebar) return;
     try {
       const url = `${data.sidebarUrl}${channelId ? `?open=${channelId}` : ""}`;
@@ -304,7 +321,7 @@
   }
 
   // --- topic and members -----------------------------------------------------------------------
-  const refreshInfo = debounce(async () => {
+  const refreshInfo = refresher(async () => {
     if (!channelId || !data.infoUrl) return;
     try {
       const { html } = await getFragment(data.infoUrl);
@@ -385,10 +402,12 @@
 
     source.addEventListener("open", () => {
       status.remove();
+      // Topic and members as rendered may predate the subscription: a change in between was
+      // announced to no one. Lines are safe (they replay by Last-Event-ID); these are re-read.
+      refreshInfo();
       if (opened) {
-        // Back after a break: the lines replay by Last-Event-ID; the rest is re-read.
+        // Back after a break: the sidebar and the lines too.
         refreshSidebar();
-        refreshInfo();
         fetchNewer();
       }
       opened = true;
