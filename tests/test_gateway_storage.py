@@ -19,7 +19,7 @@ from accounts.models import User
 from channels_app import events, hooks
 from channels_app.models import Channel, ChannelUser, Message, Notification, Server
 from config.database import connection_params
-from gateway.storage import Line, Members, Store, Topic
+from gateway.storage import MAX_BATCH, Line, Members, Record, Store, Topic
 from tenancy import switch
 from tests.factories import UserFactory
 
@@ -327,3 +327,40 @@ def test_lines_of_a_deleted_server_are_dropped_at_once_not_each_tried(
     # Tried once (twice, for a cached channel id), found gone, the other 99 never tried.
     gone = [r for r in caplog.records if f"server {a_server} deleted" in r.getMessage()]
     assert len(gone) == 1
+
+
+def test_a_flood_is_taken_in_large_account_shares_and_round_robin() -> None:
+    """Batches take each account's lines in large shares (one transaction each: thin slices of
+    every account halved the store's throughput), and accounts take turns, so an account that
+    starts waiting behind a flood is written within the next batches, never after it."""
+    store = Store(publish=False)
+    flooders = [uuid.uuid4() for _ in range(4)]
+    for n in range(3000):
+        for account_id in flooders:
+            store.put(Line(account_id, 1, "#flood", "channel", "message", "x", f"{n}", T0))
+    quiet = uuid.uuid4()
+    store.put(Line(quiet, 1, "#quiet", "channel", "message", "bob", "hello", T0))
+
+    def shares(batch: list[Record]) -> list[tuple[uuid.UUID, int]]:
+        runs: list[tuple[uuid.UUID, int]] = []
+        for record in batch:
+            if runs and runs[-1][0] == record.account_id:
+                runs[-1] = (record.account_id, runs[-1][1] + 1)
+            else:
+                runs.append((record.account_id, 1))
+        return runs
+
+    first = store._take_batch()
+    assert len(first) == MAX_BATCH
+    assert shares(first) == [(flooders[0], MAX_BATCH // 2), (flooders[1], MAX_BATCH // 2)]
+    batches = [first]
+    while store._pending:
+        batches.append(store._take_batch())
+    assert sum(len(b) for b in batches) == 4 * 3000 + 1
+    # Every account's lines keep their order, and the quiet account's line is written before
+    # what the flooders still hold when its turn comes, not after all of it.
+    taken = [r.account_id for b in batches for r in b]
+    assert taken.index(quiet) < len(taken) - 1000
+    for account_id in flooders:
+        texts = [r.text for b in batches for r in b if r.account_id == account_id]
+        assert texts == [str(n) for n in range(3000)]
