@@ -22,21 +22,13 @@ from channels_app.services import delete_server, save_server
 from core import crypto
 from tenancy import switch
 from tests.conftest import signed_in_client
-from tests.factories import UserFactory
 from tests.gateway_support import messages, wait_until
 from tests.ircd import IrcBot, IrcServer, unique_channel
-from tests.test_gateway import add_server
+from tests.test_gateway import add_server, alice, bob
 from tests.test_gateway_auth import ScriptedServer
 
-
-@pytest.fixture
-def alice(clean_schemas: None) -> User:
-    return UserFactory(email="alice@example.org")
-
-
-@pytest.fixture
-def bob(clean_schemas: None) -> User:
-    return UserFactory(email="bob@example.org")
+# The gateway tests' personas, committed (the gateway's writer thread has its own connection).
+__all__ = ["alice", "bob"]
 
 
 @pytest.fixture
