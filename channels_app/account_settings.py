@@ -18,7 +18,7 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 
 from accounts.models import Account
-from channels_app.events import tell_gateway_on_commit
+from channels_app.events import SettingsChanged, tell_gateway_on_commit
 
 logger = logging.getLogger(__name__)
 
@@ -155,5 +155,5 @@ def save_chat_settings(
     # update(), not save(): a plain UPDATE of one column, without TenantMixin's schema checks.
     Account.objects.filter(pk=account.pk).update(settings=new_settings)
     account.settings = new_settings
-    tell_gateway_on_commit("settings_changed", account.pk)
+    tell_gateway_on_commit(SettingsChanged(account_id=str(account.pk)))
     return account

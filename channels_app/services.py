@@ -4,7 +4,12 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from channels_app.events import publish_event_on_commit, tell_gateway_on_commit
+from channels_app.events import (
+    ReadEvent,
+    ServersChanged,
+    publish_event_on_commit,
+    tell_gateway_on_commit,
+)
 from channels_app.models import Channel, Notification, Server
 from core.forms import apply_secret_changes
 from core.limits import check_limit, lock_account
@@ -16,7 +21,7 @@ def _tell_gateway() -> None:
     reconnects, joins or parts within a second."""
     account = current_account()
     if account is not None:
-        tell_gateway_on_commit("servers_changed", account.pk)
+        tell_gateway_on_commit(ServersChanged(account_id=str(account.pk)))
 
 
 @transaction.atomic
@@ -90,5 +95,5 @@ def mark_read(*, account_id: uuid.UUID | str, channel: Channel, up_to: int) -> b
     ).update(read_at=timezone.now())
     if not (moved or cleared):
         return False
-    publish_event_on_commit(account_id, {"type": "read", "channel_id": channel.pk, "up_to": up_to})
+    publish_event_on_commit(account_id, ReadEvent(channel_id=channel.pk, up_to=up_to))
     return True

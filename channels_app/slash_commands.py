@@ -1,5 +1,5 @@
 """What the chat input means: plain text or a slash command, turned into gateway commands
-(channels_app.events: {"op": "send", ...} and {"op": "raw", ...}).
+(channels_app.events.SendCommand and RawCommand).
 
 `parse` is pure: it checks the arguments and plans what to do, raising CommandError with a
 message for the person typing. `run` carries the plan out: the few commands that change the
@@ -12,7 +12,7 @@ import contextlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Literal
 
 from django.conf import settings
 from django.core.cache import cache
@@ -20,7 +20,7 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError
 
 from channels_app import services
-from channels_app.events import publish_command
+from channels_app.events import GatewayCommand, RawCommand, SendCommand, publish_command
 from channels_app.models import Channel
 from channels_app.validators import validate_channel_name, validate_nick
 
@@ -56,7 +56,7 @@ class CommandError(ValueError):
 
 @dataclass(frozen=True)
 class Plan:
-    commands: list[dict[str, Any]] = field(default_factory=list)
+    commands: list[GatewayCommand] = field(default_factory=list)
     open_query: str = ""  # open (creating if needed) the conversation with this nick
     close_buffer: bool = False  # delete the current conversation
 
@@ -79,23 +79,19 @@ class _Context:
     def server_id(self) -> int:
         return self.channel.server_id
 
-    def send(self, target: str, text: str, kind: str = "message") -> dict[str, Any]:
-        return {
-            "op": "send",
-            "account_id": self.account_id,
-            "server_id": self.server_id,
-            "target": target,
-            "text": text,
-            "kind": kind,
-        }
+    def send(
+        self, target: str, text: str, kind: Literal["message", "action", "notice"] = "message"
+    ) -> SendCommand:
+        return SendCommand(
+            account_id=self.account_id,
+            server_id=self.server_id,
+            target=target,
+            text=text,
+            kind=kind,
+        )
 
-    def raw(self, line: str) -> dict[str, Any]:
-        return {
-            "op": "raw",
-            "account_id": self.account_id,
-            "server_id": self.server_id,
-            "line": line,
-        }
+    def raw(self, line: str) -> RawCommand:
+        return RawCommand(account_id=self.account_id, server_id=self.server_id, line=line)
 
     def here(self, command: str) -> str:
         """The buffer's name as a message target, or an error in the server buffer."""
