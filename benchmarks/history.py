@@ -12,12 +12,12 @@ and quiet channels. A rare word and a phrase are planted in known lines.
 
 Then it times, R times each (default 50), interleaved:
 - scrollback: the latest 100 lines of the busiest channel, and a page of 100 from halfway back
-  by keyset (`channels_app.selectors.history_page` when it exists, else the same ORM query);
-- search (`channels_app.search.search_messages`, one page of 50 with snippets): a common word
-  ("the", in about 70% of lines), a word of middling frequency ("review", about 0.8%), the word
-  nearest the point where search switches between its two ways (see channels_app/search.py),
-  a rare word (30 lines), a phrase with a channel filter, and the switch-point word with a
-  nick filter.
+  by keyset (`channels_app.selectors.chat.history_page` when it exists, else the same ORM query);
+- search (`channels_app.selectors.search.search_messages`, one page of 50 with snippets): a
+  common word ("the", in about 70% of lines), a word of middling frequency ("review", about
+  0.8%), the word nearest the point where search switches between its two ways (see
+  channels_app/selectors/search.py), a rare word (30 lines), a phrase with a channel filter,
+  and the switch-point word with a nick filter.
 
 stdout gets exactly one line:
     scrollback_ms_p50=… scrollback_older_ms_p50=… search_ms_p50=… search_mid_ms_p50=…
@@ -235,7 +235,7 @@ def scrollback_function() -> Callable[..., list[Any]]:
     from channels_app.models import Channel, Message
 
     try:
-        from channels_app.selectors import history_page  # type: ignore[attr-defined]
+        from channels_app.selectors.chat import history_page
     except ImportError:
         history_page = None
 
@@ -251,13 +251,13 @@ def scrollback_function() -> Callable[..., list[Any]]:
         return list(reversed(messages.order_by("-server_time", "-id")[:PAGE]))
 
     if history_page is None:
-        log("scrollback: channels_app.selectors.history_page not found; timing the ORM query")
+        log("scrollback: channels_app.selectors.chat.history_page not found; timing the ORM query")
         return orm_page
 
     def selector_page(channel: Channel, before_id: int | None = None) -> list[Any]:
         return list(history_page(channel, before_id=before_id, limit=PAGE).messages)
 
-    log("scrollback: timing channels_app.selectors.history_page")
+    log("scrollback: timing channels_app.selectors.chat.history_page")
     return selector_page
 
 
@@ -298,7 +298,7 @@ def run(args: argparse.Namespace, bench_url: str, result_out: Any) -> None:
 
     from accounts.models import Account
     from channels_app.models import Channel, Message
-    from channels_app.search import (
+    from channels_app.selectors.search import (
         PAGE_SIZE,
         estimated_matches,
         index_threshold,

@@ -51,9 +51,10 @@ from django.utils import timezone
 from django.utils.crypto import constant_time_compare
 
 from accounts.models import Account, Session, User
-from channels_app import events, selectors
+from channels_app import events
 from channels_app.events import EVENT_TYPES
 from channels_app.models import Server
+from channels_app.selectors import chat as selectors
 from tenancy import switch
 from tenancy.context import public_schema
 

@@ -18,7 +18,7 @@ from django.urls import reverse
 from accounts.models import User
 from channels_app import events
 from channels_app.models import Message, Server
-from channels_app.services import delete_server, save_server
+from channels_app.services.servers import delete_server, save_server
 from core import crypto
 from tenancy import switch
 from tests.conftest import signed_in_client
@@ -100,10 +100,12 @@ def test_refused_host_is_never_connected_and_gives_no_port_oracle(
     try:
         with switch(alice):
             open_id = save_server(
+                account_id=alice.account_id,
                 server=Server(name="Open", host="127.0.0.1", port=listener.port, nick="alice_p"),
                 alt_nicks=[], secrets={},
             ).pk  # fmt: skip
             closed_id = save_server(
+                account_id=alice.account_id,
                 server=Server(name="Closed", host="127.0.0.1", port=closed_port(), nick="alice_p"),
                 alt_nicks=[], secrets={},
             ).pk  # fmt: skip
@@ -173,6 +175,7 @@ def test_nothing_typed_reaches_the_socket_before_the_welcome(
     try:
         with switch(alice):
             server_id = save_server(
+                account_id=alice.account_id,
                 server=Server(name="Slow", host="127.0.0.1", port=server.port, tls=False,
                               nick="alice_p"),
                 alt_nicks=[], secrets={},
@@ -268,9 +271,9 @@ def test_commands_naming_a_server_not_in_the_account_are_ignored(
     send(bob, "bob-through-alice")  # bob's account, alice's server id
     # The row is deleted without the gateway being told (a lost notice): what it holds in
     # memory no longer counts.
-    monkeypatch.setattr("channels_app.services._tell_gateway", lambda: None)
+    monkeypatch.setattr("channels_app.services.servers._tell_gateway", lambda account_id: None)
     with switch(alice):
-        delete_server(server=Server.objects.get(pk=server_id))
+        delete_server(account_id=alice.account_id, server=Server.objects.get(pk=server_id))
     send(alice, "after-deletion")
     carol.assert_no(r"bob-through-alice|after-deletion", within=1.0)
     assert gateway.connection(alice, server_id) is not None  # still held, yet refused

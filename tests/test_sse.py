@@ -16,8 +16,9 @@ from django.core.asgi import get_asgi_application
 from django.test import Client
 
 from accounts.models import Session, User
-from channels_app import events, selectors, sse
+from channels_app import events, sse
 from channels_app.models import Channel, Message, Notification, Server
+from channels_app.selectors import chat as selectors
 from tenancy import switch
 from tests.conftest import signed_in_client
 from tests.factories import UserFactory
