@@ -260,7 +260,7 @@ class PasswordResetConfirm(auth_views.PasswordResetConfirmView):
         "submit_label": "Set password",
     }
 
-    def form_valid(self, form: SetPasswordForm) -> HttpResponse:  # type: ignore[type-arg]
+    def form_valid(self, form: SetPasswordForm) -> HttpResponse:
         services.set_password(
             user=form.user, new_password=form.cleaned_data["new_password1"], keep_session_key=None
         )

@@ -28,6 +28,7 @@ PostgreSQL plans it unaided (5 runs). Query plans and the spread go to stderr.
 """
 
 import argparse
+import functools
 import itertools
 import random
 import statistics
@@ -234,9 +235,10 @@ def scrollback_function() -> Callable[..., list[Any]]:
     """history_page from the chat's selectors when it is there; else the query it runs."""
     from channels_app.models import Channel, Message
 
+    history_page: Callable[..., Any] | None
     try:
         from channels_app.selectors.chat import history_page
-    except ImportError:
+    except ImportError:  # a checkout from before the selector
         history_page = None
 
     def orm_page(channel: Channel, before_id: int | None = None) -> list[Any]:
@@ -396,8 +398,12 @@ def run(args: argparse.Namespace, bench_url: str, result_out: Any) -> None:
             for way, use_index in ways.items():
                 way_ms[way].append(
                     timed_ms(
-                        lambda use_index=use_index: page_keys(
-                            crossover, PAGE_SIZE + 1, use_index=use_index, walk_timeout_ms=60_000
+                        functools.partial(
+                            page_keys,
+                            crossover,
+                            PAGE_SIZE + 1,
+                            use_index=use_index,
+                            walk_timeout_ms=60_000,
                         )
                     )
                 )
@@ -420,7 +426,7 @@ def run(args: argparse.Namespace, bench_url: str, result_out: Any) -> None:
             "scrollback": lambda: page_of(busiest),
             "scrollback_older": lambda: page_of(busiest, before_id=halfway_id),
             **{
-                f"search_{name}": (lambda kwargs=kwargs: search_messages(**kwargs))
+                f"search_{name}": functools.partial(search_messages, **kwargs)
                 for name, kwargs in searches.items()
             },
         }

@@ -43,8 +43,8 @@ def runtime_imports(tree: ast.AST) -> Iterator[tuple[int, str]]:
 
     def visit(node: ast.AST) -> Iterator[tuple[int, str]]:
         if isinstance(node, ast.If) and _is_type_checking(node.test):
-            for child in node.orelse:
-                yield from visit(child)
+            for branch in node.orelse:
+                yield from visit(branch)
             return
         if isinstance(node, ast.Import):
             for alias in node.names:

@@ -2,6 +2,7 @@
 connect, nothing typed before registration, commands over Redis it cannot be fooled by, and
 passwords it sends never kept. Real InspIRCd, real Redis, real PostgreSQL."""
 
+import functools
 import json
 import logging
 import socket
@@ -110,10 +111,13 @@ def test_refused_host_is_never_connected_and_gives_no_port_oracle(
                 alt_nicks=[], secrets={},
             ).pk  # fmt: skip
         gateway = run_gateway()
+
+        def last_error(server_id: int) -> Any:
+            return gateway.connection(alice, server_id).last_error
+
         errors = {
             server_id: wait_until(
-                lambda server_id=server_id: gateway.connection(alice, server_id).last_error,
-                what="a connection error",
+                functools.partial(last_error, server_id), what="a connection error"
             )
             for server_id in (open_id, closed_id)
         }
@@ -248,7 +252,10 @@ def test_unsealed_or_replayed_commands_are_ignored_and_not_logged(
     )
     client.publish(events.GATEWAY_COMMANDS, other)
     # The web's own: acted on, and after the others, so they had their chance.
-    events.publish_command({**command, "line": f"PRIVMSG {channel} :sealed-by-the-web"})
+    events.publish_command(
+        events.RawCommand(account_id=str(alice.account.pk), server_id=server_id,
+                          line=f"PRIVMSG {channel} :sealed-by-the-web")
+    )  # fmt: skip
     carol.wait_for(rf"PRIVMSG {channel} :sealed-by-the-web")
     carol.assert_no(r"forged-by-redis|replayed-later|other-key", within=0.3)
     ignored = [r for r in caplog.records if "ignored a gateway command" in r.getMessage()]
@@ -264,7 +271,7 @@ def test_commands_naming_a_server_not_in_the_account_are_ignored(
     assert gateway.gateway is not None
 
     def send(account: User, text: str) -> None:
-        gateway.call(gateway.gateway.handle_command(  # type: ignore[union-attr]
+        gateway.call(gateway.gateway.handle_command(
             {"op": "send", "account_id": str(account.account.pk), "server_id": server_id,
              "target": channel, "text": text}))  # fmt: skip
 

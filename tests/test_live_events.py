@@ -53,7 +53,7 @@ def test_the_fields_chat_js_reads_are_on_the_wire() -> None:
     """Every `payload.<field>` chat.js reads is sent by some event: a renamed field fails here."""
     read = set(re.findall(r"\bpayload\.([a-z_]+)", CHAT_JS.read_text()))
     assert read, "chat.js no longer reads payload fields this way; update this test"
-    samples = [
+    samples: list[events.LiveEvent] = [
         events.MessageEvent(id=1, channel_id=1, server_id=1, kind="message", sender="a",
                             text="t", server_time=WHEN, msgid="", highlight=False),
         events.ChannelEvent(channel_id=1, server_id=1),

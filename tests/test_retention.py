@@ -7,7 +7,6 @@ from datetime import timedelta
 
 import pytest
 from django.conf import settings
-from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
@@ -19,6 +18,7 @@ from channels_app.services.settings import save_chat_settings
 from channels_app.tasks import prune_all_accounts, prune_history
 from config.celery import app
 from tenancy import NoTenantError, switch
+from tenancy.context import connection
 from tests.factories import UserFactory
 
 

@@ -181,7 +181,7 @@ def test_query_uses_the_gin_index(alice: User, world: dict[str, Channel]) -> Non
 def test_search_page(alice_client: Client, world: dict[str, Channel]) -> None:
     url = reverse("history:search")
     assert alice_client.get(url).status_code == 200
-    response = alice_client.get(url, {"q": "deploy", "channel": world["python"].pk})
+    response = alice_client.get(url, {"q": "deploy", "channel": str(world["python"].pk)})
     assert response.status_code == 200
     body = response.content.decode()
     assert "release candidate <mark>deploy</mark> scheduled" in body
@@ -281,7 +281,7 @@ def test_another_accounts_lines_are_never_found(
     with switch(bob):
         assert not Channel.objects.filter(pk=world["debian"].pk).exists()
     response = bob_client.get(
-        reverse("history:search"), {"q": "deploy", "channel": world["debian"].pk}
+        reverse("history:search"), {"q": "deploy", "channel": str(world["debian"].pk)}
     )
     assert response.status_code == 400
     assert "channel" in response.context["form"].errors

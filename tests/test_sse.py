@@ -4,7 +4,7 @@ events from Redis, with no gap and no duplicate, and never another account's eve
 import asyncio
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -48,7 +48,7 @@ class EventStream:
             "client": ("127.0.0.1", 50000),
             "server": ("localhost", 80),
         }
-        self.sent: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.sent: asyncio.Queue[Mapping[str, Any]] = asyncio.Queue()
         self.gone = asyncio.Event()
         self.requested = False
         self.buffer = ""
@@ -63,7 +63,7 @@ class EventStream:
         await self.gone.wait()
         return {"type": "http.disconnect"}
 
-    async def send(self, message: dict[str, Any]) -> None:
+    async def send(self, message: Mapping[str, Any]) -> None:
         await self.sent.put(message)
 
     async def __aenter__(self) -> "EventStream":
@@ -209,7 +209,7 @@ def test_replay_then_live_in_order_without_gap_or_duplicate(
             await publish(alice, message_event(missed[0], server_id))  # a repeat
             await publish(alice, {"type": "channel", "channel_id": channel.pk, "server_id": 1,
                                   "topic": "t", "members_changed": True})  # fmt: skip
-            rest = []
+            rest: list[dict[str, Any]] = []
             while not rest or rest[-1]["event"] != "channel":
                 rest.append(await stream.next_event())
 
