@@ -21,8 +21,8 @@ from accounts.forms import PasswordResetRequestForm, SignInForm, SignUpForm
 from accounts.models import User
 from accounts.throttle import client_address, describe_wait
 from agents.models import Agent
-from channels_app.history_views import notification_context, unread_notifications
 from channels_app.models import Channel, Server
+from channels_app.selectors.notifications import notification_context, unread_notifications
 from knowledge.models import KnowledgeBase
 from llms.selectors import account_llms, enabled_tools
 from tenancy.provisioning import ProvisioningError
@@ -260,7 +260,7 @@ class PasswordResetConfirm(auth_views.PasswordResetConfirmView):
         "submit_label": "Set password",
     }
 
-    def form_valid(self, form: SetPasswordForm) -> HttpResponse:  # type: ignore[type-arg]
+    def form_valid(self, form: SetPasswordForm) -> HttpResponse:
         services.set_password(
             user=form.user, new_password=form.cleaned_data["new_password1"], keep_session_key=None
         )

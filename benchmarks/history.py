@@ -12,12 +12,12 @@ and quiet channels. A rare word and a phrase are planted in known lines.
 
 Then it times, R times each (default 50), interleaved:
 - scrollback: the latest 100 lines of the busiest channel, and a page of 100 from halfway back
-  by keyset (`channels_app.selectors.history_page` when it exists, else the same ORM query);
-- search (`channels_app.search.search_messages`, one page of 50 with snippets): a common word
-  ("the", in about 70% of lines), a word of middling frequency ("review", about 0.8%), the word
-  nearest the point where search switches between its two ways (see channels_app/search.py),
-  a rare word (30 lines), a phrase with a channel filter, and the switch-point word with a
-  nick filter.
+  by keyset (`channels_app.selectors.chat.history_page` when it exists, else the same ORM query);
+- search (`channels_app.selectors.search.search_messages`, one page of 50 with snippets): a
+  common word ("the", in about 70% of lines), a word of middling frequency ("review", about
+  0.8%), the word nearest the point where search switches between its two ways (see
+  channels_app/selectors/search.py), a rare word (30 lines), a phrase with a channel filter,
+  and the switch-point word with a nick filter.
 
 stdout gets exactly one line:
     scrollback_ms_p50=… scrollback_older_ms_p50=… search_ms_p50=… search_mid_ms_p50=…
@@ -28,6 +28,7 @@ PostgreSQL plans it unaided (5 runs). Query plans and the spread go to stderr.
 """
 
 import argparse
+import functools
 import itertools
 import random
 import statistics
@@ -234,9 +235,10 @@ def scrollback_function() -> Callable[..., list[Any]]:
     """history_page from the chat's selectors when it is there; else the query it runs."""
     from channels_app.models import Channel, Message
 
+    history_page: Callable[..., Any] | None
     try:
-        from channels_app.selectors import history_page  # type: ignore[attr-defined]
-    except ImportError:
+        from channels_app.selectors.chat import history_page
+    except ImportError:  # a checkout from before the selector
         history_page = None
 
     def orm_page(channel: Channel, before_id: int | None = None) -> list[Any]:
@@ -251,13 +253,13 @@ def scrollback_function() -> Callable[..., list[Any]]:
         return list(reversed(messages.order_by("-server_time", "-id")[:PAGE]))
 
     if history_page is None:
-        log("scrollback: channels_app.selectors.history_page not found; timing the ORM query")
+        log("scrollback: channels_app.selectors.chat.history_page not found; timing the ORM query")
         return orm_page
 
     def selector_page(channel: Channel, before_id: int | None = None) -> list[Any]:
         return list(history_page(channel, before_id=before_id, limit=PAGE).messages)
 
-    log("scrollback: timing channels_app.selectors.history_page")
+    log("scrollback: timing channels_app.selectors.chat.history_page")
     return selector_page
 
 
@@ -298,7 +300,7 @@ def run(args: argparse.Namespace, bench_url: str, result_out: Any) -> None:
 
     from accounts.models import Account
     from channels_app.models import Channel, Message
-    from channels_app.search import (
+    from channels_app.selectors.search import (
         PAGE_SIZE,
         estimated_matches,
         index_threshold,
@@ -396,8 +398,12 @@ def run(args: argparse.Namespace, bench_url: str, result_out: Any) -> None:
             for way, use_index in ways.items():
                 way_ms[way].append(
                     timed_ms(
-                        lambda use_index=use_index: page_keys(
-                            crossover, PAGE_SIZE + 1, use_index=use_index, walk_timeout_ms=60_000
+                        functools.partial(
+                            page_keys,
+                            crossover,
+                            PAGE_SIZE + 1,
+                            use_index=use_index,
+                            walk_timeout_ms=60_000,
                         )
                     )
                 )
@@ -420,7 +426,7 @@ def run(args: argparse.Namespace, bench_url: str, result_out: Any) -> None:
             "scrollback": lambda: page_of(busiest),
             "scrollback_older": lambda: page_of(busiest, before_id=halfway_id),
             **{
-                f"search_{name}": (lambda kwargs=kwargs: search_messages(**kwargs))
+                f"search_{name}": functools.partial(search_messages, **kwargs)
                 for name, kwargs in searches.items()
             },
         }

@@ -1,6 +1,7 @@
 from django.urls import path
 
-from channels_app import chat_views, sse
+from channels_app import sse
+from channels_app.views import chat as chat_views
 
 app_name = "chat"
 urlpatterns = [

@@ -2,10 +2,13 @@
 
 Redis pub/sub, JSON payloads:
 
-- `events_channel(account_id)`: what happened in one account, for its open browsers.
+- `events_channel(account_id)`: what happened in one account, for its open browsers. One
+  frozen dataclass per event type below (MessageEvent, ChannelEvent, ServerStateEvent,
+  NotificationEvent, ReadEvent), each built by its constructor from the model or the facts at
+  hand, serialised by `encode_event` alone; on the wire, JSON with "type" first:
   {"type": "message", "id": <Message.id>, "channel_id": ..., "server_id": ..., "kind": ...,
    "sender": ..., "text": ..., "server_time": ISO-8601, "msgid": ..., "highlight": bool}
-  {"type": "channel", "channel_id": ..., "server_id": ..., "topic": ..., "members_changed": bool}
+  {"type": "channel", "channel_id": ..., "server_id": ...}   topic or members changed
   {"type": "server_state", "server_id": ..., "state": "connecting" | "connected" |
    "disconnected", "error": str, "next_retry": ISO-8601 | null, "nick": str}
   {"type": "notification", "id": <Notification.id>, "message_id": ..., "kind": ...}
@@ -14,8 +17,10 @@ Redis pub/sub, JSON payloads:
     update their unread counts
   Message events carry the Message.id as their SSE event id: ids only grow within an account
   (one gateway writes an account's lines), so a browser resumes with Last-Event-ID.
+  EVENT_TYPES (what the SSE stream forwards) is derived from these classes.
 
-- `GATEWAY_COMMANDS`: what the web asks the gateway to do.
+- `GATEWAY_COMMANDS`: what the web asks the gateway to do; one dataclass per op
+  (SendCommand, RawCommand, ServersChanged, SettingsChanged), `parse_command` the way back.
   {"op": "servers_changed", "account_id": ...}             added / edited / deleted a server
   {"op": "send", "account_id", "server_id", "target", "text", "kind": "message"|"action"|"notice"}
   {"op": "raw", "account_id", "server_id", "line"}          /quote and the other commands
@@ -31,17 +36,23 @@ Redis pub/sub, JSON payloads:
   string so a page rendered now can show it without waiting for the next event.
 """
 
+import dataclasses
 import json
 import logging
 import uuid
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from cryptography.fernet import InvalidToken
 from django.conf import settings
 from django.db import transaction
 
 from core import crypto
+
+if TYPE_CHECKING:
+    from channels_app.models import Message, Notification
 
 logger = logging.getLogger(__name__)
 
@@ -68,17 +79,204 @@ def redis_client() -> Any:
     return redis.Redis.from_url(settings.REDIS_URL)
 
 
-def encode(payload: dict[str, Any]) -> str:
+def encode(payload: Mapping[str, Any]) -> str:
     return json.dumps(payload, separators=(",", ":"), default=str)
 
 
-def seal_command(payload: dict[str, Any]) -> str:
-    return crypto.encrypt(encode(payload))
+# --- live events --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class MessageEvent:
+    """A line stored in a channel (the gateway) or replayed after Last-Event-ID (the stream)."""
+
+    type: ClassVar[Literal["message"]] = "message"
+    id: int
+    channel_id: int
+    server_id: int
+    kind: str
+    sender: str
+    text: str
+    server_time: datetime
+    msgid: str
+    # A highlight or a private message: the line raised a notification.
+    highlight: bool
+
+    @classmethod
+    def of(cls, message: "Message", *, server_id: int, highlight: bool) -> "MessageEvent":
+        return cls(
+            id=message.pk,
+            channel_id=message.channel_id,
+            server_id=server_id,
+            kind=message.kind,
+            sender=message.sender,
+            text=message.text,
+            server_time=message.server_time,
+            msgid=message.msgid,
+            highlight=highlight,
+        )
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> "MessageEvent":
+        """From a `values()` row with the fields' names (the stream's replay)."""
+        return cls(**{f.name: row[f.name] for f in dataclasses.fields(cls)})
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelEvent:
+    """A channel's topic or members changed: pages showing it re-read them."""
+
+    type: ClassVar[Literal["channel"]] = "channel"
+    channel_id: int
+    server_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class ServerStateEvent:
+    """The gateway's connection to one server changed state (also kept at server_state_key)."""
+
+    type: ClassVar[Literal["server_state"]] = "server_state"
+    server_id: int
+    state: Literal["connecting", "connected", "disconnected"]
+    error: str
+    next_retry: datetime | None
+    nick: str
+
+
+@dataclass(frozen=True, slots=True)
+class NotificationEvent:
+    type: ClassVar[Literal["notification"]] = "notification"
+    id: int
+    message_id: int
+    kind: str
+
+    @classmethod
+    def of(cls, notification: "Notification") -> "NotificationEvent":
+        return cls(id=notification.pk, message_id=notification.message_id, kind=notification.kind)
+
+
+@dataclass(frozen=True, slots=True)
+class ReadEvent:
+    type: ClassVar[Literal["read"]] = "read"
+    channel_id: int
+    up_to: int
+
+
+LiveEvent = MessageEvent | ChannelEvent | ServerStateEvent | NotificationEvent | ReadEvent
+LIVE_EVENT_CLASSES: tuple[type[LiveEvent], ...] = (
+    MessageEvent,
+    ChannelEvent,
+    ServerStateEvent,
+    NotificationEvent,
+    ReadEvent,
+)
+# What the SSE stream forwards to browsers (channels_app.sse).
+EVENT_TYPES: frozenset[str] = frozenset(cls.type for cls in LIVE_EVENT_CLASSES)
+
+
+def _wire_value(value: Any) -> Any:
+    return value.isoformat() if isinstance(value, datetime) else value
+
+
+def event_payload(event: LiveEvent) -> dict[str, Any]:
+    """The event as the browsers read it: "type" first, then the fields in declared order,
+    times as ISO-8601."""
+    payload: dict[str, Any] = {"type": event.type}
+    for f in dataclasses.fields(event):
+        payload[f.name] = _wire_value(getattr(event, f.name))
+    return payload
+
+
+def encode_event(event: LiveEvent) -> str:
+    """The one serialisation of a live event, for Redis (pub/sub and server_state_key)."""
+    return encode(event_payload(event))
+
+
+# --- gateway commands ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SendCommand:
+    """Say `text` to `target` (a PRIVMSG, or a CTCP ACTION, or a NOTICE)."""
+
+    op: ClassVar[Literal["send"]] = "send"
+    account_id: str
+    server_id: int
+    target: str
+    text: str
+    kind: Literal["message", "action", "notice"] = "message"
+
+
+@dataclass(frozen=True, slots=True)
+class RawCommand:
+    """Send one IRC line as it is (/quote and the commands the input turns into lines)."""
+
+    op: ClassVar[Literal["raw"]] = "raw"
+    account_id: str
+    server_id: int
+    line: str
+
+
+@dataclass(frozen=True, slots=True)
+class ServersChanged:
+    """The account's servers or channels changed: the gateway re-reads them."""
+
+    op: ClassVar[Literal["servers_changed"]] = "servers_changed"
+    account_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class SettingsChanged:
+    """The account's chat settings (highlight words) changed."""
+
+    op: ClassVar[Literal["settings_changed"]] = "settings_changed"
+    account_id: str
+
+
+GatewayCommand = SendCommand | RawCommand | ServersChanged | SettingsChanged
+_SEND_KINDS = ("message", "action", "notice")
+
+
+def command_payload(command: GatewayCommand) -> dict[str, Any]:
+    return {"op": command.op, **dataclasses.asdict(command)}
+
+
+def parse_command(payload: Mapping[str, Any]) -> GatewayCommand | None:
+    """The typed command in an opened payload; None when it is not a well-formed one (an unknown
+    op, an account id that is not a UUID, a missing field)."""
+    op = payload.get("op")
+    try:
+        account_id = str(uuid.UUID(str(payload.get("account_id"))))
+        if op == ServersChanged.op:
+            return ServersChanged(account_id=account_id)
+        if op == SettingsChanged.op:
+            return SettingsChanged(account_id=account_id)
+        server_id = int(payload.get("server_id") or 0)
+        if op == SendCommand.op:
+            kind = str(payload.get("kind") or "message")
+            if kind not in _SEND_KINDS:
+                return None
+            return SendCommand(
+                account_id=account_id,
+                server_id=server_id,
+                target=str(payload["target"]),
+                text=str(payload["text"]),
+                kind=kind,  # type: ignore[arg-type]  # checked against _SEND_KINDS above
+            )
+        if op == RawCommand.op:
+            return RawCommand(account_id=account_id, server_id=server_id, line=str(payload["line"]))
+    except (KeyError, TypeError, ValueError):
+        return None
+    return None
+
+
+def seal_command(command: GatewayCommand) -> str:
+    return crypto.encrypt(encode(command_payload(command)))
 
 
 def open_command(data: bytes | str) -> dict[str, Any] | None:
-    """The command sealed in `data`, or None when it was not sealed with our keys, is older than
-    COMMAND_TTL_SECONDS (a replay) or is not a command."""
+    """The command payload sealed in `data`, or None when it was not sealed with our keys, is
+    older than COMMAND_TTL_SECONDS (a replay) or is not a command (parse_command types it)."""
     token = data if isinstance(data, bytes) else data.encode()
     try:
         payload = json.loads(crypto.box().decrypt(token, ttl=COMMAND_TTL_SECONDS))
@@ -87,8 +285,8 @@ def open_command(data: bytes | str) -> dict[str, Any] | None:
     return payload if isinstance(payload, dict) else None
 
 
-def publish_command(payload: dict[str, Any], *, client: Any = None) -> None:
-    (client or redis_client()).publish(GATEWAY_COMMANDS, seal_command(payload))
+def publish_command(command: GatewayCommand, *, client: Any = None) -> None:
+    (client or redis_client()).publish(GATEWAY_COMMANDS, seal_command(command))
 
 
 def _publish_on_commit(channel: str, data: Callable[[], str], what: str) -> None:
@@ -104,17 +302,16 @@ def _publish_on_commit(channel: str, data: Callable[[], str], what: str) -> None
     transaction.on_commit(publish)
 
 
-def tell_gateway_on_commit(op: str, account_id: uuid.UUID | str) -> None:
-    """After the current transaction commits, tell the gateway `op` happened to the account
+def tell_gateway_on_commit(command: ServersChanged | SettingsChanged) -> None:
+    """After the current transaction commits, tell the gateway what happened to the account
     (on a Redis failure the gateway still re-reads every account periodically,
     gateway.manager.RESYNC_SECONDS). Sealed when sent, so its time-to-live starts then."""
-    payload = {"op": op, "account_id": str(account_id)}
-    _publish_on_commit(GATEWAY_COMMANDS, lambda: seal_command(payload), op)
+    _publish_on_commit(GATEWAY_COMMANDS, lambda: seal_command(command), command.op)
 
 
-def publish_event_on_commit(account_id: uuid.UUID | str, payload: dict[str, Any]) -> None:
+def publish_event_on_commit(account_id: uuid.UUID | str, event: LiveEvent) -> None:
     """After the current transaction commits, tell the account's open browsers (the SSE
-    stream forwards `payload`; its "type" must be one the stream knows, sse.EVENT_TYPES)."""
+    stream forwards it)."""
     _publish_on_commit(
-        events_channel(account_id), lambda: encode(payload), f"a {payload.get('type')} event"
+        events_channel(account_id), lambda: encode_event(event), f"a {event.type} event"
     )

@@ -2,7 +2,16 @@ from typing import Any
 
 from django import forms
 
+from accounts.models import Account
 from channels_app.models import Channel, Server
+from channels_app.selectors.search import MAX_QUERY_LENGTH
+from channels_app.selectors.settings import (
+    MAX_RETENTION_DAYS,
+    MIN_RETENTION_DAYS,
+    clean_highlight_words,
+    highlight_words,
+    retention_days,
+)
 from channels_app.validators import validate_nick
 from core import net_policy
 from core.forms import SecretFieldsMixin
@@ -122,4 +131,88 @@ class ChannelForm(SecretFieldsMixin):
             .exists()
         ):
             self.add_error("name", f"{name} is already in this server's list.")
+        return cleaned
+
+
+class ChatSettingsForm(forms.Form):
+    highlight_words = forms.CharField(
+        label="Highlight words",
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 5, "spellcheck": "false"}),
+        help_text=(
+            "One word or phrase per line. A line that contains one, or your nick, notifies you. "
+            "Case does not matter."
+        ),
+    )
+    history_retention_days = forms.IntegerField(
+        label="Keep history for (days)",
+        required=False,
+        min_value=MIN_RETENTION_DAYS,
+        max_value=MAX_RETENTION_DAYS,
+        help_text=(
+            f"Lines older than this are deleted, hourly. Leave blank to keep everything forever "
+            f"(at most {MAX_RETENTION_DAYS} days)."
+        ),
+    )
+
+    @classmethod
+    def for_account(cls, account: Account, data: Any = None) -> "ChatSettingsForm":
+        days = retention_days(account)
+        return cls(
+            data,
+            initial={
+                "highlight_words": "\n".join(highlight_words(account)),
+                "history_retention_days": days,
+            },
+        )
+
+    def clean_highlight_words(self) -> list[str]:
+        return clean_highlight_words(self.cleaned_data["highlight_words"].splitlines())
+
+
+class ChannelChoiceField(forms.ModelChoiceField):
+    def label_from_instance(self, obj: Any) -> str:
+        if obj.kind == Channel.Kind.SERVER:
+            return f"{obj.server.name} · server messages"
+        return f"{obj.server.name} · {obj.name}"
+
+
+class SearchForm(forms.Form):
+    q = forms.CharField(
+        label="Search",
+        required=False,
+        max_length=MAX_QUERY_LENGTH,
+        widget=forms.TextInput(
+            attrs={"placeholder": "e.g. deploy -staging", "enterkeyhint": "search"}
+        ),
+        help_text=(
+            '"exact phrase", -left out, this OR that. Words match whole: search for deploy, '
+            "not dep."
+        ),
+    )
+    channel = ChannelChoiceField(
+        # only(): the channel key and server passwords would be decrypted for nothing.
+        queryset=Channel.objects.select_related("server")
+        .only("id", "name", "kind", "server__name")
+        .order_by("server__name", "name"),
+        required=False,
+        empty_label="All channels",
+    )
+    nick = forms.CharField(label="Said by", required=False, max_length=100)
+    since = forms.DateField(
+        label="From", required=False, widget=forms.DateInput(attrs={"type": "date"})
+    )
+    until = forms.DateField(
+        label="To", required=False, widget=forms.DateInput(attrs={"type": "date"})
+    )
+    before = forms.CharField(required=False, widget=forms.HiddenInput)
+
+    def clean_nick(self) -> str:
+        return str(self.cleaned_data["nick"]).strip()
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean() or {}
+        since, until = cleaned.get("since"), cleaned.get("until")
+        if since and until and since > until:
+            self.add_error("until", "The end date comes before the start date.")
         return cleaned

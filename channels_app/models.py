@@ -146,7 +146,7 @@ class Message(models.Model):
             # Pruning by age across the account.
             models.Index(fields=["server_time"], name="message_time"),
             # Full-text search over what was said and who said it; the query must use the same
-            # expression (channels_app.search.SEARCH_VECTOR).
+            # expression (channels_app.selectors.search.SEARCH_VECTOR).
             GinIndex(SearchVector("text", "sender", config="simple"), name="message_search"),
             # De-duplicating lines replayed by the server.
             models.Index(

@@ -1,26 +1,21 @@
 """What the chat input means: plain text or a slash command, turned into gateway commands
-(channels_app.events: {"op": "send", ...} and {"op": "raw", ...}).
+(channels_app.events.SendCommand and RawCommand).
 
 `parse` is pure: it checks the arguments and plans what to do, raising CommandError with a
-message for the person typing. `run` carries the plan out: the few commands that change the
-buffers (/query, /close) write through channels_app.services, then the gateway commands are
-published. No line that reaches the gateway contains CR, LF or NUL: a multi-line paste becomes
+message for the person typing. channels_app.services.chat.send_input carries the plan out: the
+few commands that change the buffers (/query, /close) write there, then the gateway commands
+are published. No line that reaches the gateway contains CR, LF or NUL: a multi-line paste becomes
 one send per line.
 """
 
-import contextlib
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Literal
 
-from django.conf import settings
-from django.core.cache import cache
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError
 
-from channels_app import services
-from channels_app.events import publish_command
+from channels_app.events import RawCommand, SendCommand
 from channels_app.models import Channel
 from channels_app.validators import validate_channel_name, validate_nick
 
@@ -56,15 +51,9 @@ class CommandError(ValueError):
 
 @dataclass(frozen=True)
 class Plan:
-    commands: list[dict[str, Any]] = field(default_factory=list)
+    commands: Sequence[SendCommand | RawCommand] = field(default_factory=list)
     open_query: str = ""  # open (creating if needed) the conversation with this nick
     close_buffer: bool = False  # delete the current conversation
-
-
-@dataclass(frozen=True)
-class Outcome:
-    open_channel: Channel | None = None  # the buffer to show next
-    closed: bool = False  # the current buffer is gone
 
 
 # --- parsing -------------------------------------------------------------------------------------
@@ -79,23 +68,19 @@ class _Context:
     def server_id(self) -> int:
         return self.channel.server_id
 
-    def send(self, target: str, text: str, kind: str = "message") -> dict[str, Any]:
-        return {
-            "op": "send",
-            "account_id": self.account_id,
-            "server_id": self.server_id,
-            "target": target,
-            "text": text,
-            "kind": kind,
-        }
+    def send(
+        self, target: str, text: str, kind: Literal["message", "action", "notice"] = "message"
+    ) -> SendCommand:
+        return SendCommand(
+            account_id=self.account_id,
+            server_id=self.server_id,
+            target=target,
+            text=text,
+            kind=kind,
+        )
 
-    def raw(self, line: str) -> dict[str, Any]:
-        return {
-            "op": "raw",
-            "account_id": self.account_id,
-            "server_id": self.server_id,
-            "line": line,
-        }
+    def raw(self, line: str) -> RawCommand:
+        return RawCommand(account_id=self.account_id, server_id=self.server_id, line=line)
 
     def here(self, command: str) -> str:
         """The buffer's name as a message target, or an error in the server buffer."""
@@ -331,56 +316,3 @@ def parse(text: str, *, channel: Channel, account_id: str) -> Plan:
         known = ", ".join(f"/{c}" for c in COMMANDS)
         raise CommandError(f"Unknown command /{line[1:].split(' ', 1)[0]}. Commands: {known}.")
     return handler(ctx, args)
-
-
-# --- carrying a plan out -------------------------------------------------------------------------
-
-
-def open_query(*, channel: Channel, nick: str) -> Channel:
-    """The conversation with `nick` on the channel's server, created if it is new."""
-    existing = Channel.objects.filter(server_id=channel.server_id, name__iexact=nick).first()
-    if existing is not None:
-        return existing
-    query = Channel(server_id=channel.server_id, kind=Channel.Kind.QUERY, name=nick, autojoin=False)
-    try:
-        return services.save_channel(channel=query, secrets={})
-    except (IntegrityError, ValidationError):
-        # Created meanwhile (the gateway stores a private message as it arrives).
-        return Channel.objects.get(server_id=channel.server_id, name__iexact=nick)
-
-
-def take_send_allowance(*, account_id: str, lines: int) -> None:
-    """Count `lines` against the account's LIMIT_MESSAGES_PER_MINUTE, or raise CommandError and
-    count nothing. One counter per account in Redis, for the minute from its first line
-    (INCRBY is atomic and keeps the expiry, so two tabs cannot both slip past it)."""
-    if not lines:
-        return
-    limit = settings.LIMIT_MESSAGES_PER_MINUTE
-    key = f"sent-per-minute:{account_id}"
-    cache.add(key, 0, timeout=60)
-    try:
-        total = cache.incr(key, lines)
-    except ValueError:  # the minute ended between the two calls
-        cache.add(key, 0, timeout=60)
-        total = cache.incr(key, lines)
-    if total > limit:
-        with contextlib.suppress(ValueError):  # the minute may have ended meanwhile
-            cache.decr(key, lines)  # refused lines are not sent, so they do not count
-        raise CommandError(
-            f"Not sent: this account may send {limit} lines a minute, and that would pass it. "
-            "Wait a moment and send again."
-        )
-
-
-def run(text: str, *, channel: Channel, account_id: str) -> Outcome:
-    plan = parse(text, channel=channel, account_id=account_id)
-    take_send_allowance(account_id=str(account_id), lines=len(plan.commands))
-    opened: Channel | None = None
-    if plan.open_query:
-        opened = open_query(channel=channel, nick=plan.open_query)
-    for command in plan.commands:
-        publish_command(command)
-    if plan.close_buffer:
-        services.delete_channel(channel=channel)
-        return Outcome(closed=True)
-    return Outcome(open_channel=opened)

@@ -51,8 +51,10 @@ from django.utils import timezone
 from django.utils.crypto import constant_time_compare
 
 from accounts.models import Account, Session, User
-from channels_app import events, selectors
+from channels_app import events
+from channels_app.events import EVENT_TYPES
 from channels_app.models import Server
+from channels_app.selectors import chat as selectors
 from tenancy import switch
 from tenancy.context import public_schema
 
@@ -70,7 +72,6 @@ RETRY_MILLISECONDS = 3000
 REPLAY_BATCH = 500
 # Past this many missed lines a page is better reloaded than replayed line by line.
 REPLAY_MAX = 5000
-EVENT_TYPES = frozenset({"message", "channel", "server_state", "notification", "read"})
 TOO_MANY_STREAMS = (
     "Too many live streams are open for your user ({limit}): close some tabs or devices, "
     "then reload this page."

@@ -6,46 +6,19 @@ lines older than that.
 """
 
 import logging
-from datetime import datetime, timedelta
+from datetime import timedelta
 
-from django.db import transaction
 from django.utils import timezone
 
 from accounts.models import Account
-from channels_app.account_settings import RETENTION_DAYS_KEY, retention_days
-from channels_app.models import Message
+from channels_app.selectors.settings import RETENTION_DAYS_KEY, retention_days
+from channels_app.services.history import delete_messages_before
 from config.celery import app
 from tenancy import current_account, switch
 from tenancy.context import is_public
 from tenancy.tasks import account_task
 
 logger = logging.getLogger(__name__)
-
-# Lines deleted per statement: each batch is its own short transaction, so the gateway's inserts
-# and the readers never wait long behind a prune of a year of history.
-PRUNE_BATCH_SIZE = 10_000
-
-
-def delete_messages_before(*, cutoff: datetime, batch_size: int = PRUNE_BATCH_SIZE) -> int:
-    """Delete the active account's lines stored with a server time before `cutoff`, oldest
-    first, in batches; return how many went. Their notifications go with them."""
-    deleted = 0
-    while True:
-        # The oldest first, through the server_time index; ids, so the DELETE is by primary key.
-        ids = list(
-            Message.objects.filter(server_time__lt=cutoff)
-            .order_by("server_time")
-            .values_list("id", flat=True)[:batch_size]
-        )
-        if not ids:
-            return deleted
-        with transaction.atomic():
-            # The ORM's delete also removes rows that point at these lines (notifications);
-            # nothing has a signal on Message, so it stays one DELETE per table.
-            _, per_model = Message.objects.filter(id__in=ids).delete()
-        deleted += per_model.get(Message._meta.label, 0)
-        if len(ids) < batch_size:
-            return deleted
 
 
 @account_task(name="channels_app.prune_history")

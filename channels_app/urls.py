@@ -1,6 +1,6 @@
 from django.urls import path
 
-from channels_app import views
+from channels_app.views import servers as views
 
 app_name = "channels"
 urlpatterns = [

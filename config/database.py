@@ -27,7 +27,7 @@ def _libpq_keywords() -> frozenset[str]:
     return frozenset(option.keyword.decode() for option in psycopg.pq.Conninfo.get_defaults())
 
 
-def connection_params(db: Mapping[str, Any], *, dbname: str | None = None) -> dict[str, str]:
+def connection_params(db: Mapping[str, Any], *, dbname: str | None = None) -> dict[str, Any]:
     """libpq keyword parameters for the server and database a DATABASES entry resolves to, for
     `psycopg.connect(**params)`. `dbname` connects to another database on the same server
     (e.g. "postgres" for administrative statements)."""

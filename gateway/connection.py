@@ -17,11 +17,12 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 from aiolimiter import AsyncLimiter
 from django.conf import settings
 
+from channels_app.events import ServerStateEvent
 from core import net_policy
 from gateway import protocol
 from gateway.protocol import IrcLine, ParseError
@@ -149,7 +150,7 @@ class IrcConnection:
         config: ServerConfig,
         store: Store,
         *,
-        report_state: Callable[[dict[str, Any]], None],
+        report_state: Callable[[ServerStateEvent], None],
         highlight_words: Callable[[], list[str]],
         tls_context: ssl.SSLContext | None = None,
     ) -> None:
@@ -974,18 +975,23 @@ class IrcConnection:
             )
         )
 
-    def _set_state(self, state: str, *, error: str, next_retry: datetime | None) -> None:
+    def _set_state(
+        self,
+        state: Literal["connecting", "connected", "disconnected"],
+        *,
+        error: str,
+        next_retry: datetime | None,
+    ) -> None:
         self.state = state
         self.last_error = error
         self.report_state(
-            {
-                "type": "server_state",
-                "server_id": self.config.server_id,
-                "state": state,
-                "error": error,
-                "next_retry": next_retry.isoformat() if next_retry else None,
-                "nick": self.nick,
-            }
+            ServerStateEvent(
+                server_id=self.config.server_id,
+                state=state,
+                error=error,
+                next_retry=next_retry,
+                nick=self.nick,
+            )
         )
 
 

@@ -9,6 +9,7 @@ import contextlib
 import logging
 import ssl
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 from accounts.models import Account
@@ -96,7 +97,7 @@ class Gateway:
         self._stopping = False
         self.ready = asyncio.Event()
         self._subscribed = asyncio.Event()
-        self._states: asyncio.Queue[tuple[uuid.UUID, dict[str, Any]]] = asyncio.Queue()
+        self._states: asyncio.Queue[tuple[uuid.UUID, events.ServerStateEvent]] = asyncio.Queue()
 
     # -- running -----------------------------------------------------------------------------
 
@@ -196,27 +197,25 @@ class Gateway:
         conn = IrcConnection(
             config,
             self.store,
-            report_state=lambda payload: self._report_state(account_id, payload),
+            report_state=lambda event: self._report_state(account_id, event),
             highlight_words=highlight_words,
             tls_context=self.tls_context,
         )
         self.connections[(account_id, config.server_id)] = conn
         conn.start()
 
-    def _report_state(self, account_id: uuid.UUID, payload: dict[str, Any]) -> None:
+    def _report_state(self, account_id: uuid.UUID, event: events.ServerStateEvent) -> None:
         # One publisher drains a queue: a task per state change overflowed Redis' connection
         # pool when thousands of connections changed state at once, and lost the events.
-        self._states.put_nowait((account_id, payload))
+        self._states.put_nowait((account_id, event))
 
     async def _publish_states(self) -> None:
         while True:
-            account_id, payload = await self._states.get()
-            encoded = events.encode(payload)
+            account_id, event = await self._states.get()
+            encoded = events.encode_event(event)
             try:
                 pipe = self._redis.pipeline(transaction=False)
-                pipe.set(
-                    events.server_state_key(account_id, payload["server_id"]), encoded, ex=86400
-                )
+                pipe.set(events.server_state_key(account_id, event.server_id), encoded, ex=86400)
                 pipe.publish(events.events_channel(account_id), encoded)
                 await pipe.execute()
             except Exception:
@@ -261,42 +260,35 @@ class Gateway:
             return
         await self.handle_command(command)
 
-    async def handle_command(self, command: dict[str, Any]) -> None:
-        try:
-            account_id = uuid.UUID(str(command.get("account_id")))
-        except ValueError:
+    async def handle_command(self, payload: Mapping[str, Any]) -> None:
+        """An opened command (events.open_command): acted on once it parses as one."""
+        command = events.parse_command(payload)
+        if command is None:
             return
+        account_id = uuid.UUID(command.account_id)
         if not in_shard(account_id, self.shard, self.shards):
             return
-        op = command.get("op")
-        if op == "servers_changed":
+        if isinstance(command, events.ServersChanged):
             await self.sync_account(account_id)
-        elif op == "settings_changed":
+        elif isinstance(command, events.SettingsChanged):
             account = await self.store.run_sync(load_account, account_id)
             if account is not None:
                 self.accounts[account_id] = account
-        elif op in ("send", "raw"):
-            try:
-                server_id = int(command.get("server_id") or 0)
-            except (TypeError, ValueError):
-                return
+        else:
+            server_id = command.server_id
             conn = self.connections.get((account_id, server_id))
             if conn is None:
                 return
             # What we hold in memory may be stale (a deletion whose notice was lost): the row
             # must exist in the account's schema now.
             if not await self.store.run_sync(server_exists, account_id, server_id):
-                logger.warning("ignored %s for server %s: not in account %s", op, server_id,
-                               account_id)  # fmt: skip
+                logger.warning("ignored %s for server %s: not in account %s", command.op,
+                               server_id, account_id)  # fmt: skip
                 return
             try:
-                if op == "send":
-                    conn.say(
-                        str(command["target"]),
-                        str(command["text"]),
-                        kind=str(command.get("kind") or "message"),
-                    )
+                if isinstance(command, events.SendCommand):
+                    conn.say(command.target, command.text, kind=command.kind)
                 else:
-                    conn.send_raw(str(command["line"]))
+                    conn.send_raw(command.line)
             except (ConnectionLost, ParseError, ValueError, KeyError) as exc:
                 conn._server_line("system", f"Not sent: {exc}")

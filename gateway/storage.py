@@ -321,7 +321,7 @@ class Store:
             for record in batch:
                 by_account[record.account_id].append(record)
             written = 0
-            published: list[tuple[uuid.UUID, list[dict[str, Any]], list[int]]] = []
+            published: list[tuple[uuid.UUID, list[events.LiveEvent], list[int]]] = []
             for account_id, records in by_account.items():
                 account = self._accounts.get(account_id)
                 if account is None:
@@ -352,7 +352,7 @@ class Store:
             account = self._accounts.get(record.account_id)
             if account is None or (record.account_id, record.server_id) in gone:
                 continue
-            payloads: list[dict[str, Any]] = []
+            payloads: list[events.LiveEvent] = []
             ids: list[int] = []
             for attempt in (1, 2):
                 try:
@@ -419,8 +419,8 @@ class Store:
 
     def _write_account(
         self, account_id: uuid.UUID, records: list[Record]
-    ) -> tuple[list[dict[str, Any]], list[int]]:
-        payloads: list[dict[str, Any]] = []
+    ) -> tuple[list[events.LiveEvent], list[int]]:
+        payloads: list[events.LiveEvent] = []
         lines: list[tuple[Line, Message]] = []
         changed_channels: dict[int, int] = {}  # channel id -> server id
         for record in records:
@@ -472,30 +472,13 @@ class Store:
             Notification.objects.bulk_create(notifications)
         for line, message in lines:
             payloads.append(
-                {
-                    "type": "message",
-                    "id": message.pk,
-                    "channel_id": message.channel_id,
-                    "server_id": line.server_id,
-                    "kind": message.kind,
-                    "sender": message.sender,
-                    "text": message.text,
-                    "server_time": message.server_time.isoformat(),
-                    "msgid": message.msgid,
-                    "highlight": line.highlight or line.private,
-                }
+                events.MessageEvent.of(
+                    message, server_id=line.server_id, highlight=line.highlight or line.private
+                )
             )
-        for notification in notifications:
-            payloads.append(
-                {
-                    "type": "notification",
-                    "id": notification.pk,
-                    "message_id": notification.message_id,
-                    "kind": notification.kind,
-                }
-            )
+        payloads.extend(events.NotificationEvent.of(n) for n in notifications)
         for channel_id, server_id in changed_channels.items():
-            payloads.append({"type": "channel", "channel_id": channel_id, "server_id": server_id})
+            payloads.append(events.ChannelEvent(channel_id=channel_id, server_id=server_id))
         return payloads, [message.pk for _, message in lines]
 
     def _without_replays(self, lines: list[tuple[Line, Message]]) -> list[tuple[Line, Message]]:
@@ -562,7 +545,7 @@ class Store:
                 )
 
     def _after_commit(
-        self, account_id: uuid.UUID, payloads: list[dict[str, Any]], message_ids: list[int]
+        self, account_id: uuid.UUID, payloads: list[events.LiveEvent], message_ids: list[int]
     ) -> None:
         if self._publish and payloads:
             try:
@@ -571,7 +554,7 @@ class Store:
                 pipe = self._redis.pipeline(transaction=False)
                 channel = events.events_channel(account_id)
                 for payload in payloads:
-                    pipe.publish(channel, events.encode(payload))
+                    pipe.publish(channel, events.encode_event(payload))
                 pipe.execute()
             except Exception:
                 # Browsers resume from the database with Last-Event-ID; a lost event costs

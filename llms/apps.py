@@ -5,8 +5,9 @@ from django.db.models.signals import post_migrate
 
 
 def _sync_tools(sender: Any, **kwargs: Any) -> None:
-    from django.db import connection
     from django_tenants.utils import get_public_schema_name
+
+    from tenancy.context import connection
 
     if connection.schema_name != get_public_schema_name():
         return

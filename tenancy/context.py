@@ -1,16 +1,31 @@
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any, Union, cast
 
+from django.contrib.auth import get_user_model
 from django.db import connection as _connection
-from django_tenants.utils import get_public_schema_name
+from django_tenants.utils import get_public_schema_name, get_tenant_model
 
 # django-tenants' DatabaseWrapper (set_tenant, schema_name, ...) is untyped; the stubs only know
 # Django's base wrapper.
 connection: Any = _connection
 
+# tenancy sits below accounts: accounts (sign-up, the admin, its views) provisions and switches
+# schemas through tenancy, so tenancy never imports accounts when it runs. It reaches the tenant
+# and user models through the settings (TENANT_MODEL, AUTH_USER_MODEL), as django-tenants and
+# django.contrib.auth do, and names them only for the type checker: an import under
+# TYPE_CHECKING never executes, so it cannot close a circle at import time.
+# tests/test_architecture.py fails if a runtime import of accounts comes back.
 if TYPE_CHECKING:
     from accounts.models import Account, User
+
+
+def tenant_model() -> "type[Account]":
+    return cast("type[Account]", get_tenant_model())
+
+
+def user_model() -> "type[User]":
+    return cast("type[User]", get_user_model())
 
 
 class NoTenantError(RuntimeError):
@@ -25,10 +40,8 @@ class NoTenantError(RuntimeError):
 
 
 def current_account() -> "Account | None":
-    from accounts.models import Account
-
     tenant = connection.tenant
-    return tenant if isinstance(tenant, Account) else None
+    return tenant if isinstance(tenant, tenant_model()) else None
 
 
 def is_public() -> bool:
@@ -38,11 +51,9 @@ def is_public() -> bool:
 @contextmanager
 def switch(target: Union["User", "Account"]) -> Iterator["Account"]:
     """Run the body in the account's schema; restore whatever was active before. Nestable."""
-    from accounts.models import Account, User
-
-    if isinstance(target, User):
+    if isinstance(target, user_model()):
         account = target.account
-    elif isinstance(target, Account):
+    elif isinstance(target, tenant_model()):
         account = target
     else:
         raise TypeError(f"tenancy.switch takes a User or an Account, not {type(target).__name__}")

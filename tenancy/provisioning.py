@@ -10,6 +10,7 @@ slow down as accounts accumulate.
 
 from dataclasses import dataclass
 from functools import cache
+from typing import TYPE_CHECKING
 
 from django.conf import settings
 from django.db import transaction
@@ -17,8 +18,10 @@ from django.db.migrations.executor import MigrationExecutor
 from django.db.migrations.recorder import MigrationRecorder
 from django_tenants.utils import get_public_schema_name, quote_schema_name, schema_exists
 
-from accounts.models import Account
 from tenancy.context import connection
+
+if TYPE_CHECKING:  # see tenancy/context.py: tenancy never imports accounts at run time
+    from accounts.models import Account
 
 # A schema name that is never created: the migration router needs a non-public schema to select
 # the account apps while SQL is collected.
@@ -74,7 +77,7 @@ def account_schema_ddl() -> AccountSchemaDDL:
     return AccountSchemaDDL(statements=tuple(statements), migrations=migrations)
 
 
-def create_schema(account: Account) -> None:
+def create_schema(account: "Account") -> None:
     """Create and fill the account's schema inside the current transaction."""
     if connection.schema_name != get_public_schema_name():
         raise ProvisioningError("account schemas are created from the public schema")
@@ -94,7 +97,7 @@ def create_schema(account: Account) -> None:
         cursor.execute(f"SET LOCAL search_path = {quote_schema_name(get_public_schema_name())}")
 
 
-def drop_schema(account: Account) -> None:
+def drop_schema(account: "Account") -> None:
     if schema_exists(account.schema_name):
         with connection.cursor() as cursor:
             cursor.execute(f"DROP SCHEMA {quote_schema_name(account.schema_name)} CASCADE")

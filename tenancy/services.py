@@ -1,17 +1,19 @@
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.db import transaction
 
-from accounts.models import Account
 from tenancy import provisioning
-from tenancy.context import public_schema
+from tenancy.context import public_schema, tenant_model
+
+if TYPE_CHECKING:  # see tenancy/context.py: tenancy never imports accounts at run time
+    from accounts.models import Account
 
 
 @transaction.atomic
-def provision_account(*, name: str, settings: dict[str, Any] | None = None) -> Account:
+def provision_account(*, name: str, settings: dict[str, Any] | None = None) -> "Account":
     """The one way an account comes to be: its row and its schema, together or not at all."""
     with public_schema():
-        account = Account(name=name.strip(), settings=settings or {})
+        account = tenant_model()(name=name.strip(), settings=settings or {})
         account.full_clean(exclude=["schema_name"])
         account.save()
         provisioning.create_schema(account)
@@ -19,7 +21,7 @@ def provision_account(*, name: str, settings: dict[str, Any] | None = None) -> A
 
 
 @transaction.atomic
-def delete_account(*, account: Account) -> None:
+def delete_account(*, account: "Account") -> None:
     """Drop the account's schema and every public row that belongs to it."""
     with public_schema():
         provisioning.drop_schema(account)

@@ -10,12 +10,12 @@ from collections.abc import Iterator
 
 import pytest
 from django.core.cache import cache
-from django.db import connection
 from django.test import Client
 
 from accounts.models import SCHEMA_PREFIX, User
 from llms.models import LLM
 from llms.services import sync_tool_catalog
+from tenancy.context import connection
 from tests.factories import PASSWORD, UserFactory
 
 pytest_plugins = ["tests.ircd", "tests.gateway_support"]

@@ -1,6 +1,6 @@
 """factory_boy factories. Accounts come with their schema, built the way sign-up builds it."""
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import factory
 
@@ -12,9 +12,15 @@ from knowledge.models import Document, KnowledgeBase
 PASSWORD = "correct horse battery staple"
 
 
-class UserFactory(factory.Factory):
+class UserFactory(factory.Factory[User]):
     class Meta:
         model = User
+
+    if TYPE_CHECKING:
+        # factory_boy's metaclass makes calling the factory create a User; its __call__ is
+        # untyped, so the type checker would take the call for a UserFactory instance.
+        def __new__(cls, **kwargs: Any) -> User:  # type: ignore[misc]
+            ...
 
     email = factory.Sequence(lambda n: f"person{n}@example.org")
     account_name = factory.Sequence(lambda n: f"Account {n}")

@@ -84,8 +84,8 @@ class Form:
         if every_choice:
             for name, values in self.choices.items():
                 data[name] = [v for v in values if v][:1] if name in self.single else list(values)
-        for name, value in (overrides or {}).items():
-            data[name] = [value] if isinstance(value, str) else list(value)
+        for name, override in (overrides or {}).items():
+            data[name] = [override] if isinstance(override, str) else list(override)
         return data
 
 

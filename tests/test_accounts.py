@@ -146,6 +146,7 @@ def test_sessions_are_listed_and_revocable(alice: User, bob: User) -> None:
     # The page names sessions by an opaque id: a session key is a credential, and one in a URL
     # leaks through history, logs and Referer.
     assert phone_session.session_key not in page
+    assert laptop.session.session_key is not None
     assert laptop.session.session_key not in page
     revoke_url = reverse("accounts:session_revoke", args=[phone_session.public_id])
     assert revoke_url in page

@@ -9,10 +9,11 @@ import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from django.urls import reverse
-from playwright.sync_api import Browser, Error, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Error, Page, ViewportSize, expect, sync_playwright
 
 # Playwright's sync API runs an asyncio event loop in this thread, and Django then refuses any
 # ORM call made from it (fixture setup and teardown included) with SynchronousOnlyOperation.
@@ -33,8 +34,8 @@ ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
 
 PASSWORD = "a long pass phrase 42"
 SERVER_PASSWORD = "hunter2-server-secret"
-PHONE = {"width": 390, "height": 844}
-DESKTOP = {"width": 1280, "height": 800}
+PHONE: ViewportSize = {"width": 390, "height": 844}
+DESKTOP: ViewportSize = {"width": 1280, "height": 800}
 
 
 @pytest.fixture
@@ -74,7 +75,7 @@ def screenshot(page: Page, name: str) -> None:
 
 @pytest.mark.browser
 def test_two_people_sign_up_and_see_only_their_own_servers(
-    live_server, clean_schemas: None, browser: Browser
+    live_server: Any, clean_schemas: None, browser: Browser
 ) -> None:
     base = live_server.url
     context = browser.new_context(viewport=DESKTOP)

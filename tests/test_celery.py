@@ -5,12 +5,12 @@ from collections.abc import Iterator
 
 import pytest
 from celery.contrib.testing.worker import start_worker
-from django.db import connection
 
 from accounts.models import User
 from channels_app.models import Server
 from config.celery import app
 from tenancy import NoTenantError, switch
+from tenancy.context import connection
 from tenancy.tasks import account_task
 from tests.factories import UserFactory
 

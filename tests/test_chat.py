@@ -16,8 +16,9 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from accounts.models import User
-from channels_app import events, selectors
+from channels_app import events
 from channels_app.models import Channel, ChannelUser, Message, Notification, Server
+from channels_app.selectors import chat as selectors
 from tenancy import switch
 from tests.conftest import signed_in_client
 

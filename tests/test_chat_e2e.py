@@ -44,7 +44,7 @@ from playwright.sync_api import (
 
 from accounts.models import User
 from channels_app.models import Channel, ChannelUser, Server
-from channels_app.services import save_server
+from channels_app.services.servers import save_server
 from config.database import database_url
 from tenancy import switch
 from tests.conftest import signed_in_client
@@ -275,6 +275,7 @@ def bob(clean_schemas: None) -> User:
 def add_server(user: User, ircd: IrcServer, *, nick: str, channel: str) -> int:
     with switch(user):
         server = save_server(
+            account_id=user.account_id,
             server=Server(name="Loopback", host="127.0.0.1", port=ircd.port, tls=False, nick=nick),
             alt_nicks=[],
             secrets={},

@@ -121,6 +121,7 @@ def test_embedded_redis_refuses_a_client_without_the_password(embedded_redis_dir
     parts = urlsplit(url)
     assert parts.password == password
     assert redis.Redis.from_url(url).ping()
+    assert parts.hostname is not None
     anonymous = redis.Redis(host=parts.hostname, port=parts.port or 0, socket_timeout=5)
     with pytest.raises(redis.AuthenticationError):
         anonymous.ping()

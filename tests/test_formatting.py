@@ -146,7 +146,9 @@ def test_payloads_render_inert(payload: str) -> None:
     assert {name for name, _ in tags} <= {"span", "a"}
     for name, attributes in tags:
         if name == "a":
-            assert dict(attributes)["href"].startswith(("http://", "https://", "irc://", "ircs://"))
+            assert (dict(attributes)["href"] or "").startswith(
+                ("http://", "https://", "irc://", "ircs://")
+            )
             assert set(dict(attributes)) == {"href", "rel", "target"}
         else:
             assert set(dict(attributes)) == {"class"}
@@ -245,7 +247,7 @@ def test_output_is_well_formed_and_carries_only_the_text(text: str) -> None:
     assert collector.balanced and not collector.stack
     assert {name for name, _ in collector.tags} <= {"span", "a"}
     # Every "<" in the output opens or closes one of our tags: none comes from the input.
-    stripped = html
+    stripped: str = html
     for fragment in ("</span>", "</a>"):
         stripped = stripped.replace(fragment, "")
     assert stripped.count("<") == sum(1 for _ in collector.tags)

@@ -17,7 +17,7 @@ from django.db import transaction
 from accounts.models import User
 from channels_app import events
 from channels_app.models import Channel, ChannelUser, Message, Notification, Server
-from channels_app.services import delete_server, save_server
+from channels_app.services.servers import delete_server, save_server
 from tenancy import switch
 from tests.factories import UserFactory
 from tests.gateway_support import messages, wait_until
@@ -37,7 +37,9 @@ def add_server(
     # command to bring them: the race that made test_web_changes_reach_the_gateway_within_a_
     # second time out now and then).
     with switch(user), transaction.atomic():
-        server = save_server(server=Server(**values), alt_nicks=[], secrets={})
+        server = save_server(
+            account_id=user.account_id, server=Server(**values), alt_nicks=[], secrets={}
+        )
         for name in channels:
             Channel.objects.create(server=server, name=name, autojoin=True)
         return server.pk
@@ -207,7 +209,7 @@ def test_web_changes_reach_the_gateway_within_a_second(
     carol.wait_for(r":alice_p!\S+ JOIN", timeout=10)
     assert time.monotonic() - started < 3  # connect + register + join, driven by the command
     with switch(alice):
-        delete_server(server=Server.objects.get(pk=server_id))
+        delete_server(account_id=alice.account_id, server=Server.objects.get(pk=server_id))
     carol.wait_for(r":alice_p!\S+ QUIT", timeout=5)
     wait_until(lambda: gateway.connection(alice, server_id) is None)
 

@@ -11,7 +11,7 @@ import pytest
 
 from accounts.models import User
 from channels_app.models import Server
-from channels_app.services import save_server
+from channels_app.services.servers import save_server
 from tenancy import switch
 from tests.gateway_support import messages, wait_until
 
@@ -101,7 +101,8 @@ def test_sasl_plain(alice: User, scripted: Callable, run_gateway: Callable) -> N
         srv = Server(name="Scripted", host="127.0.0.1", port=server.port, tls=False,
                      nick="alice_p", sasl_username="alice",
                      sasl_password="s3cret-sasl")  # fmt: skip
-        server_id = save_server(server=srv, alt_nicks=[], secrets={}).pk
+        server_id = save_server(account_id=alice.account_id, server=srv, alt_nicks=[],
+                                secrets={}).pk  # fmt: skip
     gateway = run_gateway()
     wait_until(lambda: gateway.connection(alice, server_id).state == "connected")
     conn = gateway.connection(alice, server_id)
@@ -134,7 +135,8 @@ def test_nickserv_fallback_and_alternative_nicks(
         srv = Server(name="Scripted", host="127.0.0.1", port=server.port, tls=False,
                      nick="alice_p", sasl_username="alice",
                      sasl_password="nickserv-pw")  # fmt: skip
-        server_id = save_server(server=srv, alt_nicks=["alice_", "alice__"], secrets={}).pk
+        server_id = save_server(account_id=alice.account_id, server=srv,
+                                alt_nicks=["alice_", "alice__"], secrets={}).pk  # fmt: skip
     gateway = run_gateway()
     wait_until(lambda: gateway.connection(alice, server_id).state == "connected")
     assert gateway.connection(alice, server_id).nick == "alice__"

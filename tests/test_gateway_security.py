@@ -2,6 +2,7 @@
 connect, nothing typed before registration, commands over Redis it cannot be fooled by, and
 passwords it sends never kept. Real InspIRCd, real Redis, real PostgreSQL."""
 
+import functools
 import json
 import logging
 import socket
@@ -18,7 +19,7 @@ from django.urls import reverse
 from accounts.models import User
 from channels_app import events
 from channels_app.models import Message, Server
-from channels_app.services import delete_server, save_server
+from channels_app.services.servers import delete_server, save_server
 from core import crypto
 from tenancy import switch
 from tests.conftest import signed_in_client
@@ -100,18 +101,23 @@ def test_refused_host_is_never_connected_and_gives_no_port_oracle(
     try:
         with switch(alice):
             open_id = save_server(
+                account_id=alice.account_id,
                 server=Server(name="Open", host="127.0.0.1", port=listener.port, nick="alice_p"),
                 alt_nicks=[], secrets={},
             ).pk  # fmt: skip
             closed_id = save_server(
+                account_id=alice.account_id,
                 server=Server(name="Closed", host="127.0.0.1", port=closed_port(), nick="alice_p"),
                 alt_nicks=[], secrets={},
             ).pk  # fmt: skip
         gateway = run_gateway()
+
+        def last_error(server_id: int) -> Any:
+            return gateway.connection(alice, server_id).last_error
+
         errors = {
             server_id: wait_until(
-                lambda server_id=server_id: gateway.connection(alice, server_id).last_error,
-                what="a connection error",
+                functools.partial(last_error, server_id), what="a connection error"
             )
             for server_id in (open_id, closed_id)
         }
@@ -173,6 +179,7 @@ def test_nothing_typed_reaches_the_socket_before_the_welcome(
     try:
         with switch(alice):
             server_id = save_server(
+                account_id=alice.account_id,
                 server=Server(name="Slow", host="127.0.0.1", port=server.port, tls=False,
                               nick="alice_p"),
                 alt_nicks=[], secrets={},
@@ -245,7 +252,10 @@ def test_unsealed_or_replayed_commands_are_ignored_and_not_logged(
     )
     client.publish(events.GATEWAY_COMMANDS, other)
     # The web's own: acted on, and after the others, so they had their chance.
-    events.publish_command({**command, "line": f"PRIVMSG {channel} :sealed-by-the-web"})
+    events.publish_command(
+        events.RawCommand(account_id=str(alice.account.pk), server_id=server_id,
+                          line=f"PRIVMSG {channel} :sealed-by-the-web")
+    )  # fmt: skip
     carol.wait_for(rf"PRIVMSG {channel} :sealed-by-the-web")
     carol.assert_no(r"forged-by-redis|replayed-later|other-key", within=0.3)
     ignored = [r for r in caplog.records if "ignored a gateway command" in r.getMessage()]
@@ -261,16 +271,16 @@ def test_commands_naming_a_server_not_in_the_account_are_ignored(
     assert gateway.gateway is not None
 
     def send(account: User, text: str) -> None:
-        gateway.call(gateway.gateway.handle_command(  # type: ignore[union-attr]
+        gateway.call(gateway.gateway.handle_command(
             {"op": "send", "account_id": str(account.account.pk), "server_id": server_id,
              "target": channel, "text": text}))  # fmt: skip
 
     send(bob, "bob-through-alice")  # bob's account, alice's server id
     # The row is deleted without the gateway being told (a lost notice): what it holds in
     # memory no longer counts.
-    monkeypatch.setattr("channels_app.services._tell_gateway", lambda: None)
+    monkeypatch.setattr("channels_app.services.servers._tell_gateway", lambda account_id: None)
     with switch(alice):
-        delete_server(server=Server.objects.get(pk=server_id))
+        delete_server(account_id=alice.account_id, server=Server.objects.get(pk=server_id))
     send(alice, "after-deletion")
     carol.assert_no(r"bob-through-alice|after-deletion", within=1.0)
     assert gateway.connection(alice, server_id) is not None  # still held, yet refused

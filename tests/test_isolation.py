@@ -1,7 +1,6 @@
 """Isolation is the product: one account never sees or touches another's data."""
 
 import pytest
-from django.db import connection
 from django.test import Client
 from django.urls import reverse
 
@@ -11,6 +10,7 @@ from llms.models import AccountLLM, AccountTool, Tool
 from llms.selectors import account_llms, account_tools
 from llms.services import configure_tool
 from tenancy import switch
+from tenancy.context import connection
 from tests.conftest import signed_in_client
 from tests.factories import PASSWORD
 from tests.helpers import make_provider, populate

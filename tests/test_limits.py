@@ -10,8 +10,8 @@ from django.test import Client
 from django.urls import reverse
 
 from accounts.models import User
-from channels_app import services as channel_services
 from channels_app.models import Channel, Server
+from channels_app.services import servers as channel_services
 from core.limits import LimitReached
 from knowledge import services as knowledge_services
 from knowledge.models import Document, KnowledgeBase
@@ -114,6 +114,7 @@ def test_two_requests_at_once_cannot_both_take_the_last_place(
     def save(name: str) -> None:
         with switch(alice):
             channel_services.save_server(
+                account_id=alice.account_id,
                 server=Server(name=name, host="irc.libera.chat", nick="alice"),
                 alt_nicks=[],
                 secrets={},

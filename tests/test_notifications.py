@@ -12,14 +12,11 @@ from django.urls import reverse
 from django.utils import timezone
 
 from accounts.models import Account, User
-from channels_app.account_settings import (
-    ChatSettingsForm,
-    highlight_words,
-    retention_days,
-    save_chat_settings,
-)
 from channels_app.events import GATEWAY_COMMANDS, open_command, redis_client
+from channels_app.forms import ChatSettingsForm
 from channels_app.models import Channel, Message, Notification, Server
+from channels_app.selectors.settings import highlight_words, retention_days
+from channels_app.services.settings import save_chat_settings
 from tenancy import switch
 from tests.conftest import signed_in_client
 from tests.factories import PASSWORD

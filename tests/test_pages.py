@@ -1,5 +1,7 @@
 """The configuration pages: forms validate, show field errors, and save what they say."""
 
+from typing import Any
+
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
@@ -24,7 +26,7 @@ SERVER = {
 }
 
 
-def errors_of(response) -> dict[str, list[str]]:
+def errors_of(response: Any) -> dict[str, list[str]]:
     form = response.context["form"]
     return {k: [str(e) for e in v] for k, v in form.errors.items()}
 
@@ -70,7 +72,9 @@ def test_every_page_renders(alice: User, alice_client: Client) -> None:
         ("username", "me@home", "no spaces or '@'"),
     ],
 )
-def test_server_form_rejects_bad_input(alice_client: Client, field, value, message) -> None:
+def test_server_form_rejects_bad_input(
+    alice_client: Client, field: str, value: str, message: str
+) -> None:
     response = alice_client.post(reverse("channels:server_create"), {**SERVER, field: value})
     assert response.status_code == 400
     assert any(message in e for e in errors_of(response)[field]), errors_of(response)
@@ -108,7 +112,9 @@ def test_sasl_username_needs_password(alice_client: Client) -> None:
         ("query", "#notanick", False),
     ],
 )
-def test_channel_name_rules(alice: User, alice_client: Client, kind, name, ok) -> None:
+def test_channel_name_rules(
+    alice: User, alice_client: Client, kind: str, name: str, ok: bool
+) -> None:
     with switch(alice):
         server = Server.objects.create(name="Libera", host="irc.libera.chat", nick="alice")
     response = alice_client.post(
@@ -192,7 +198,7 @@ class TestDocuments:
         with switch(alice):
             return KnowledgeBase.objects.create(name="Handbook")
 
-    def post(self, client: Client, kb: KnowledgeBase, data: dict):
+    def post(self, client: Client, kb: KnowledgeBase, data: dict[str, Any]) -> Any:
         return client.post(reverse("knowledge:document_create", args=[kb.pk]), data)
 
     def test_pasted_text(self, alice: User, alice_client: Client, kb: KnowledgeBase) -> None:
@@ -228,7 +234,13 @@ class TestDocuments:
         ],
     )
     def test_bad_documents(
-        self, alice: User, alice_client: Client, kb, data, field, message
+        self,
+        alice: User,
+        alice_client: Client,
+        kb: KnowledgeBase,
+        data: dict[str, Any],
+        field: str,
+        message: str,
     ) -> None:
         if "file" in data:
             name, content = data["file"]
@@ -239,7 +251,7 @@ class TestDocuments:
         with switch(alice):
             assert Document.objects.count() == 0
 
-    def test_too_large_upload(self, alice_client: Client, kb: KnowledgeBase, settings) -> None:
+    def test_too_large_upload(self, alice_client: Client, kb: KnowledgeBase, settings: Any) -> None:
         settings.LIMIT_DOCUMENT_BYTES = 100
         upload = SimpleUploadedFile("big.txt", b"x" * 101)
         response = self.post(alice_client, kb, {"file": upload})

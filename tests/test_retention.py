@@ -7,17 +7,18 @@ from datetime import timedelta
 
 import pytest
 from django.conf import settings
-from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from accounts.models import User
 from channels_app import tasks
-from channels_app.account_settings import save_chat_settings
 from channels_app.models import Channel, Message, Notification, Server
-from channels_app.tasks import delete_messages_before, prune_all_accounts, prune_history
+from channels_app.services.history import delete_messages_before
+from channels_app.services.settings import save_chat_settings
+from channels_app.tasks import prune_all_accounts, prune_history
 from config.celery import app
 from tenancy import NoTenantError, switch
+from tenancy.context import connection
 from tests.factories import UserFactory
 
 

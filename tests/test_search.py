@@ -13,7 +13,7 @@ from django.urls import reverse
 
 from accounts.models import User
 from channels_app.models import Channel, Message, Server
-from channels_app.search import (
+from channels_app.selectors.search import (
     Cursor,
     SearchQueryError,
     render_snippet,
@@ -162,7 +162,7 @@ def test_search_needs_an_account(db: None) -> None:
 def test_query_uses_the_gin_index(alice: User, world: dict[str, Channel]) -> None:
     """The query's expression is the index's: with sequential and plain index scans off, the
     planner must still find a way, and the only one is a bitmap scan of message_search."""
-    from channels_app.search import matching_messages
+    from channels_app.selectors.search import matching_messages
 
     with switch(alice):
         queryset = matching_messages("deploy")[:50]
@@ -181,7 +181,7 @@ def test_query_uses_the_gin_index(alice: User, world: dict[str, Channel]) -> Non
 def test_search_page(alice_client: Client, world: dict[str, Channel]) -> None:
     url = reverse("history:search")
     assert alice_client.get(url).status_code == 200
-    response = alice_client.get(url, {"q": "deploy", "channel": world["python"].pk})
+    response = alice_client.get(url, {"q": "deploy", "channel": str(world["python"].pk)})
     assert response.status_code == 200
     body = response.content.decode()
     assert "release candidate <mark>deploy</mark> scheduled" in body
@@ -281,7 +281,7 @@ def test_another_accounts_lines_are_never_found(
     with switch(bob):
         assert not Channel.objects.filter(pk=world["debian"].pk).exists()
     response = bob_client.get(
-        reverse("history:search"), {"q": "deploy", "channel": world["debian"].pk}
+        reverse("history:search"), {"q": "deploy", "channel": str(world["debian"].pk)}
     )
     assert response.status_code == 400
     assert "channel" in response.context["form"].errors
@@ -308,7 +308,7 @@ def test_both_ways_to_a_page_agree(
 ) -> None:
     """Through the index or walking newest first (search_messages picks by the planner's
     estimate), the same lines come back in the same order, page after page."""
-    from channels_app.search import matching_messages, page_keys
+    from channels_app.selectors.search import matching_messages, page_keys
 
     if filters.get("channel_id") == "python":
         filters = {"channel_id": world["python"].pk}
@@ -329,7 +329,7 @@ def test_both_ways_to_a_page_agree(
 
 
 def test_index_threshold_grows_with_history() -> None:
-    from channels_app.search import MIN_INDEX_MATCHES, index_threshold
+    from channels_app.selectors.search import MIN_INDEX_MATCHES, index_threshold
 
     assert index_threshold(-1, 51) == MIN_INDEX_MATCHES
     assert index_threshold(100, 51) == MIN_INDEX_MATCHES
@@ -339,7 +339,7 @@ def test_index_threshold_grows_with_history() -> None:
 def test_a_slow_walk_gives_way_to_the_index(
     alice: User, world: dict[str, Channel], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from channels_app import search
+    from channels_app.selectors import search
 
     original = search.page_keys_sql
 
@@ -365,7 +365,7 @@ def test_a_slow_walk_gives_way_to_the_index(
 
 
 def test_walking_is_never_given_up_for_a_costlier_index_way() -> None:
-    from channels_app.search import WALK_TIMEOUT_MS, walk_timeout_ms
+    from channels_app.selectors.search import WALK_TIMEOUT_MS, walk_timeout_ms
 
     assert walk_timeout_ms(0) == WALK_TIMEOUT_MS
     assert walk_timeout_ms(12_000) == WALK_TIMEOUT_MS

@@ -25,7 +25,7 @@ SECRETS = (SERVER_PASSWORD, SASL_PASSWORD, CHANNEL_KEY, API_KEY)
 
 def _all_text_in_schema(schema: str) -> str:
     """Every row of every table in a schema, as text."""
-    chunks = []
+    chunks: list[str] = []
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT table_name FROM information_schema.tables WHERE table_schema = %s", [schema]

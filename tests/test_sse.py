@@ -4,7 +4,7 @@ events from Redis, with no gap and no duplicate, and never another account's eve
 import asyncio
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -16,8 +16,9 @@ from django.core.asgi import get_asgi_application
 from django.test import Client
 
 from accounts.models import Session, User
-from channels_app import events, selectors, sse
+from channels_app import events, sse
 from channels_app.models import Channel, Message, Notification, Server
+from channels_app.selectors import chat as selectors
 from tenancy import switch
 from tests.conftest import signed_in_client
 from tests.factories import UserFactory
@@ -47,7 +48,7 @@ class EventStream:
             "client": ("127.0.0.1", 50000),
             "server": ("localhost", 80),
         }
-        self.sent: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.sent: asyncio.Queue[Mapping[str, Any]] = asyncio.Queue()
         self.gone = asyncio.Event()
         self.requested = False
         self.buffer = ""
@@ -62,7 +63,7 @@ class EventStream:
         await self.gone.wait()
         return {"type": "http.disconnect"}
 
-    async def send(self, message: dict[str, Any]) -> None:
+    async def send(self, message: Mapping[str, Any]) -> None:
         await self.sent.put(message)
 
     async def __aenter__(self) -> "EventStream":
@@ -208,7 +209,7 @@ def test_replay_then_live_in_order_without_gap_or_duplicate(
             await publish(alice, message_event(missed[0], server_id))  # a repeat
             await publish(alice, {"type": "channel", "channel_id": channel.pk, "server_id": 1,
                                   "topic": "t", "members_changed": True})  # fmt: skip
-            rest = []
+            rest: list[dict[str, Any]] = []
             while not rest or rest[-1]["event"] != "channel":
                 rest.append(await stream.next_event())
 

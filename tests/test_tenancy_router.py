@@ -4,11 +4,12 @@ a message that says how to activate an account, and lets them through inside an 
 import pytest
 from django.apps import apps
 from django.conf import settings
-from django.db import connection, models
+from django.db import models
 from django.db.models import F
 
 from accounts.models import User
 from tenancy import NoTenantError, switch
+from tenancy.context import connection
 
 ACCOUNT_MODELS = [
     model

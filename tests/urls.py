@@ -1,10 +1,10 @@
 """The real URLs plus two probes for tests of the schema middleware."""
 
-from django.db import connection
 from django.http import HttpRequest, HttpResponse
 from django.urls import path
 
 from config.urls import urlpatterns as real_urlpatterns
+from tenancy.context import connection
 
 
 def active_schema(request: HttpRequest) -> HttpResponse:

@@ -4,16 +4,19 @@ module as a command."""
 import contextlib
 import uuid
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.core.management.base import CommandError, OutputWrapper
 from django.db.models import Q
 from tqdm import tqdm
 
-from accounts.models import Account
+from tenancy.context import tenant_model
+
+if TYPE_CHECKING:  # see tenancy/context.py: tenancy never imports accounts at run time
+    from accounts.models import Account
 
 
-def find_account(name_or_id: str) -> Account:
+def find_account(name_or_id: str) -> "Account":
     """The account an operator named by its name (any case), id or schema name."""
     text = name_or_id.strip()
     if not text:
@@ -21,7 +24,7 @@ def find_account(name_or_id: str) -> Account:
     query = Q(name__iexact=text) | Q(schema_name=text)
     with contextlib.suppress(ValueError):  # not a UUID: then it is a name or schema
         query |= Q(pk=uuid.UUID(text))
-    matches = list(Account.objects.filter(query)[:2])
+    matches = list(tenant_model().objects.filter(query)[:2])
     if not matches:
         raise CommandError(
             f"No account is named {text!r} or has that id or schema. "

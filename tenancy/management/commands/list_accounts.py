@@ -7,7 +7,7 @@ from django.core.management.base import BaseCommand, CommandParser
 from django.db.models import Count
 from django_tenants.utils import get_public_schema_name
 
-from accounts.models import Account, User
+from tenancy.context import tenant_model, user_model
 from tenancy.management.commands._common import plural
 from tenancy.migration_state import schema_states
 
@@ -29,10 +29,13 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         accounts = list(
-            Account.objects.exclude(schema_name=get_public_schema_name()).order_by("name")
+            tenant_model().objects.exclude(schema_name=get_public_schema_name()).order_by("name")
         )
         users: dict[Any, int] = dict(
-            User.objects.values("account").annotate(n=Count("pk")).values_list("account", "n")
+            user_model()
+            .objects.values("account")
+            .annotate(n=Count("pk"))
+            .values_list("account", "n")
         )
         states = schema_states(account.schema_name for account in accounts)
         if options["lagging"]:

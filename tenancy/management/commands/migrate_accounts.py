@@ -5,6 +5,8 @@ touched, which is what keeps a no-op run over 10,000 schemas to seconds; django-
 `migrate_schemas` runs Django's migrate in every schema, lagging or not.
 """
 
+from __future__ import annotations
+
 import argparse
 import multiprocessing
 import os
@@ -12,7 +14,7 @@ import time
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -20,9 +22,12 @@ from django.db import DEFAULT_DB_ALIAS, connections
 from django_tenants.migration_executors.base import run_migrations
 from django_tenants.utils import get_public_schema_name, get_tenant_base_migrate_command_class
 
-from accounts.models import Account
+from tenancy.context import tenant_model
 from tenancy.management.commands._common import ProgressBar, find_account, plural
 from tenancy.migration_state import schema_states
+
+if TYPE_CHECKING:  # see tenancy/context.py: tenancy never imports accounts at run time
+    from accounts.models import Account
 
 
 def _positive_int(text: str) -> int:
@@ -107,7 +112,8 @@ class Command(BaseCommand):
             accounts = [find_account(options["account"])]
         else:
             accounts = list(
-                Account.objects.exclude(schema_name=get_public_schema_name())
+                tenant_model()
+                .objects.exclude(schema_name=get_public_schema_name())
                 .only("id", "name", "schema_name")
                 .order_by("name")
             )

@@ -20,9 +20,11 @@ from django.shortcuts import get_object_or_404, render
 from django.urls import reverse
 from django.utils import timezone
 
-from channels_app import selectors, services, slash_commands
 from channels_app.models import Channel, Message
-from channels_app.selectors import ServerEntry
+from channels_app.selectors import chat as selectors
+from channels_app.selectors.chat import ServerEntry
+from channels_app.services import chat as services
+from channels_app.slash_commands import CommandError
 
 TIMEZONE_COOKIE = "palaver_tz"
 LAST_CHANNEL_KEY = "chat_last_channel"
@@ -236,8 +238,8 @@ def send(request: HttpRequest, channel_id: int) -> HttpResponse:
         return HttpResponseNotAllowed(["POST"])
     text = request.POST.get("text", "")
     try:
-        outcome = slash_commands.run(text, channel=channel, account_id=_account_id(request))
-    except slash_commands.CommandError as exc:
+        outcome = services.send_input(account_id=_account_id(request), channel=channel, text=text)
+    except CommandError as exc:
         return _input_error(request, str(exc))
     except Exception as exc:
         if not _is_redis_error(exc):

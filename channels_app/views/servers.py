@@ -5,12 +5,16 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.debug import sensitive_post_parameters
 
-from channels_app import services
 from channels_app.forms import ChannelForm, ServerForm
 from channels_app.models import Channel, Server
+from channels_app.services import servers as services
 from core.views import back_url, confirm_delete, form_page
 
 SECRETS = ("password", "sasl_password", "key")
+
+
+def _account_id(request: HttpRequest) -> str:
+    return str(request.user.account_id)  # type: ignore[union-attr]
 
 
 @login_required
@@ -49,6 +53,7 @@ def _server_form(request: HttpRequest, server: Server, *, title: str, submit: st
 
     def save() -> HttpResponse:
         saved = services.save_server(
+            account_id=_account_id(request),
             server=form.instance,
             alt_nicks=form.cleaned_data["alt_nicks"],
             secrets=form.secret_changes(),
@@ -71,7 +76,7 @@ def server_delete(request: HttpRequest, pk: int) -> HttpResponse:
     return confirm_delete(
         request,
         obj=server,
-        delete=lambda: services.delete_server(server=server),
+        delete=lambda: services.delete_server(account_id=_account_id(request), server=server),
         cancel_url=reverse("channels:server_detail", args=[server.pk]),
         success_url=reverse("channels:server_list"),
         consequences=[
@@ -103,7 +108,9 @@ def _channel_form(
     form = ChannelForm(request.POST or None, instance=channel, server=server)
 
     def save() -> HttpResponse:
-        services.save_channel(channel=form.instance, secrets=form.secret_changes())
+        services.save_channel(
+            account_id=_account_id(request), channel=form.instance, secrets=form.secret_changes()
+        )
         return redirect("channels:server_detail", pk=server.pk)
 
     return form_page(
@@ -123,7 +130,7 @@ def channel_delete(request: HttpRequest, pk: int) -> HttpResponse:
     return confirm_delete(
         request,
         obj=channel,
-        delete=lambda: services.delete_channel(channel=channel),
+        delete=lambda: services.delete_channel(account_id=_account_id(request), channel=channel),
         cancel_url=back,
         success_url=back,
         consequences=[f"{channel.messages.count()} stored lines of history"],

@@ -373,6 +373,4 @@ def message_payloads_after(after_id: int, limit: int) -> list[dict[str, Any]]:
             "highlight",
         )[:limit]
     )
-    return [
-        {"type": "message", **row, "server_time": row["server_time"].isoformat()} for row in rows
-    ]
+    return [events.event_payload(events.MessageEvent.from_row(row)) for row in rows]

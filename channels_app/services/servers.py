@@ -1,26 +1,26 @@
+"""Writes to an account's IRC servers and channels (the buffers). Each tells the gateway after
+commit, so it connects, joins or parts within a second."""
+
 import uuid
 
 from django.db import transaction
-from django.db.models import Q
-from django.utils import timezone
 
-from channels_app.events import publish_event_on_commit, tell_gateway_on_commit
-from channels_app.models import Channel, Notification, Server
+from channels_app.events import ServersChanged, tell_gateway_on_commit
+from channels_app.models import Channel, Server
 from core.forms import apply_secret_changes
 from core.limits import check_limit, lock_account
-from tenancy import current_account
 
 
-def _tell_gateway() -> None:
+def _tell_gateway(account_id: uuid.UUID | str) -> None:
     """After commit, the gateway re-reads this account's servers and channels: it connects,
     reconnects, joins or parts within a second."""
-    account = current_account()
-    if account is not None:
-        tell_gateway_on_commit("servers_changed", account.pk)
+    tell_gateway_on_commit(ServersChanged(account_id=str(account_id)))
 
 
 @transaction.atomic
-def save_server(*, server: Server, alt_nicks: list[str], secrets: dict[str, str]) -> Server:
+def save_server(
+    *, account_id: uuid.UUID | str, server: Server, alt_nicks: list[str], secrets: dict[str, str]
+) -> Server:
     """Create or update a server; `secrets` holds only the secrets that change ("" clears)."""
     if server.pk is None:
         lock_account()
@@ -33,12 +33,12 @@ def save_server(*, server: Server, alt_nicks: list[str], secrets: dict[str, str]
     apply_secret_changes(server, secrets)
     server.full_clean()
     server.save()
-    _tell_gateway()
+    _tell_gateway(account_id)
     return server
 
 
 @transaction.atomic
-def delete_server(*, server: Server) -> None:
+def delete_server(*, account_id: uuid.UUID | str, server: Server) -> None:
     # Lock the rows first: the gateway may be inserting channels or lines for this server right
     # now. Its foreign-key checks (deferred to its commit) then wait for this transaction and
     # fail cleanly on the gateway's side, instead of committing in between and failing this
@@ -46,11 +46,13 @@ def delete_server(*, server: Server) -> None:
     Server.objects.select_for_update().filter(pk=server.pk).first()
     list(Channel.objects.select_for_update().filter(server_id=server.pk).values_list("pk"))
     server.delete()
-    _tell_gateway()
+    _tell_gateway(account_id)
 
 
 @transaction.atomic
-def save_channel(*, channel: Channel, secrets: dict[str, str]) -> Channel:
+def save_channel(
+    *, account_id: uuid.UUID | str, channel: Channel, secrets: dict[str, str]
+) -> Channel:
     if channel.pk is None:
         # Locking the server counts two channels added to it at once one after the other.
         Server.objects.select_for_update().filter(pk=channel.server_id).values_list("pk").first()
@@ -64,31 +66,12 @@ def save_channel(*, channel: Channel, secrets: dict[str, str]) -> Channel:
     apply_secret_changes(channel, secrets)
     channel.full_clean()
     channel.save()
-    _tell_gateway()
+    _tell_gateway(account_id)
     return channel
 
 
 @transaction.atomic
-def delete_channel(*, channel: Channel) -> None:
+def delete_channel(*, account_id: uuid.UUID | str, channel: Channel) -> None:
     Channel.objects.select_for_update().filter(pk=channel.pk).first()  # see delete_server
     channel.delete()
-    _tell_gateway()
-
-
-@transaction.atomic
-def mark_read(*, account_id: uuid.UUID | str, channel: Channel, up_to: int) -> bool:
-    """The user has seen `channel` up to the line `up_to`: unread counts and the highlights
-    there are cleared, and the account's other open tabs are told (a `read` event). The marker
-    only moves forward; False when it did not move (nothing to tell)."""
-    moved = (
-        Channel.objects.filter(pk=channel.pk)
-        .filter(Q(last_read_message_id__isnull=True) | Q(last_read_message_id__lt=up_to))
-        .update(last_read_message_id=up_to)
-    )
-    cleared = Notification.objects.filter(
-        message__channel=channel, message_id__lte=up_to, read_at__isnull=True
-    ).update(read_at=timezone.now())
-    if not (moved or cleared):
-        return False
-    publish_event_on_commit(account_id, {"type": "read", "channel_id": channel.pk, "up_to": up_to})
-    return True
+    _tell_gateway(account_id)

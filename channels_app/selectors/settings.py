@@ -6,19 +6,17 @@
   (channels_app.tasks.prune_history, hourly); None keeps history forever.
 
 Readers go through `highlight_words(account)` and `retention_days(account)`, which never trust
-what is stored (the JSON can be edited in the admin); writers through `save_chat_settings`, which
-tells the gateway after commit so a change applies within seconds.
+what is stored (the JSON can be edited in the admin); writers through
+channels_app.services.settings.save_chat_settings, which checks with the rules here and tells the
+gateway after commit so a change applies within seconds.
 """
 
 import logging
 from typing import Any
 
-from django import forms
 from django.core.exceptions import ValidationError
-from django.db import transaction
 
 from accounts.models import Account
-from channels_app.events import tell_gateway_on_commit
 
 logger = logging.getLogger(__name__)
 
@@ -99,61 +97,3 @@ def validate_retention_days(days: int | None) -> int | None:
             "or leave it blank to keep it forever."
         )
     return days
-
-
-class ChatSettingsForm(forms.Form):
-    highlight_words = forms.CharField(
-        label="Highlight words",
-        required=False,
-        widget=forms.Textarea(attrs={"rows": 5, "spellcheck": "false"}),
-        help_text=(
-            "One word or phrase per line. A line that contains one, or your nick, notifies you. "
-            "Case does not matter."
-        ),
-    )
-    history_retention_days = forms.IntegerField(
-        label="Keep history for (days)",
-        required=False,
-        min_value=MIN_RETENTION_DAYS,
-        max_value=MAX_RETENTION_DAYS,
-        help_text=(
-            f"Lines older than this are deleted, hourly. Leave blank to keep everything forever "
-            f"(at most {MAX_RETENTION_DAYS} days)."
-        ),
-    )
-
-    @classmethod
-    def for_account(cls, account: Account, data: Any = None) -> "ChatSettingsForm":
-        days = retention_days(account)
-        return cls(
-            data,
-            initial={
-                "highlight_words": "\n".join(highlight_words(account)),
-                "history_retention_days": days,
-            },
-        )
-
-    def clean_highlight_words(self) -> list[str]:
-        return clean_highlight_words(self.cleaned_data["highlight_words"].splitlines())
-
-
-@transaction.atomic
-def save_chat_settings(
-    *, account: Account, highlight_words: list[str], history_retention_days: int | None
-) -> Account:
-    """Store the account's chat settings; raises ValidationError on bad values.
-
-    Only these two keys change: the row is locked and re-read, so a concurrent write of another
-    key of Account.settings is not lost.
-    """
-    words = clean_highlight_words(highlight_words)
-    days = validate_retention_days(history_retention_days)
-    locked = Account.objects.select_for_update().only("id", "settings").get(pk=account.pk)
-    new_settings = dict(locked.settings or {})
-    new_settings[HIGHLIGHT_WORDS_KEY] = words
-    new_settings[RETENTION_DAYS_KEY] = days
-    # update(), not save(): a plain UPDATE of one column, without TenantMixin's schema checks.
-    Account.objects.filter(pk=account.pk).update(settings=new_settings)
-    account.settings = new_settings
-    tell_gateway_on_commit("settings_changed", account.pk)
-    return account
