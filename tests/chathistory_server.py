@@ -39,9 +39,11 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import functools
 import itertools
 import secrets
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -89,7 +91,7 @@ def fold(name: str) -> str:
     return name.lower()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Said:
     """A PRIVMSG or NOTICE as the server keeps it."""
 
@@ -104,9 +106,14 @@ class Said:
     def nick(self) -> str:
         return self.source.split("!", 1)[0]
 
-    @property
+    @functools.cached_property
     def time(self) -> str:
         return format_time(self.at)
+
+    @functools.cached_property
+    def body(self) -> str:
+        """The line after its tags, as relayed: formatted once (a benchmark replays 10,000)."""
+        return line(self.command, self.target, self.text, source=self.source)
 
 
 @dataclass
@@ -157,6 +164,8 @@ class ChathistoryServer:
         self.names: dict[str, str] = {}  # folded channel name -> as first joined
         self.histories: dict[Any, History] = {}  # folded channel, or frozenset of two nicks
         self.received: list[str] = []  # every line a client sent, raw
+        self.received_at: list[float] = []  # and when (time.monotonic())
+        self.accepted_at: list[float] = []  # when each connection was accepted
         # Called (on the server's loop) before each CHATHISTORY reply is computed: a test makes
         # the channel talk at that moment (a live line racing the history).
         self.before_reply: Callable[[str], None] | None = None
@@ -209,6 +218,15 @@ class ChathistoryServer:
         relayed (a benchmark's 10,000 missed lines, made at once)."""
         self._run(self._add_history, nick, target, texts, start)
 
+    def relay(self, nick: str, channel: str, texts: list[str]) -> list[Said]:
+        """`nick` says every one of `texts` in `channel` at once: kept and relayed (a
+        benchmark's live flood, the reference for its backfill)."""
+
+        def flood() -> list[Said]:
+            return [self._say(f"{nick}!{nick}@{HOST}", channel, t, "PRIVMSG") for t in texts]
+
+        return self._run(flood)
+
     def history(self, target: str, other: str | None = None) -> list[Said]:
         """A channel's lines, or those between the nicks `target` and `other`."""
         key = fold(target) if other is None else frozenset({fold(target), fold(other)})
@@ -233,8 +251,13 @@ class ChathistoryServer:
 
     def commands(self, command: str) -> list[IrcLine]:
         """What clients sent of one command, parsed."""
-        lines = self._run(lambda: list(self.received))
-        return [p for p in map(IrcLine.parse, lines) if p.command == command.upper()]
+        return [line for line, _ in self.commands_at(command)]
+
+    def commands_at(self, command: str) -> list[tuple[IrcLine, float]]:
+        """What clients sent of one command, parsed, with when it arrived."""
+        lines = self._run(lambda: list(zip(self.received, self.received_at, strict=True)))
+        parsed = [(IrcLine.parse(raw), at) for raw, at in lines]
+        return [(line, at) for line, at in parsed if line.command == command.upper()]
 
     def joined(self, channel: str) -> set[str]:
         return self._run(lambda: {c.nick for c in self.channels.get(fold(channel), set())})
@@ -243,6 +266,7 @@ class ChathistoryServer:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         client = Client(writer)
+        self.accepted_at.append(time.monotonic())
         if self._refusing:
             client.send(line("ERROR", "Closing link: the server is refusing connections"))
             writer.close()
@@ -255,6 +279,7 @@ class ChathistoryServer:
                     continue
                 text = raw.decode("utf-8", "replace").rstrip("\r\n")
                 self.received.append(text)
+                self.received_at.append(time.monotonic())
                 self._handle(client, IrcLine.parse(text))
                 await writer.drain()
         except (ConnectionError, asyncio.IncompleteReadError):
@@ -530,7 +555,9 @@ class ChathistoryServer:
             ref = secrets.token_hex(4)
             client.send(line("BATCH", f"+{ref}", "chathistory", target))
         for said in chosen:
-            client.send(line(said.command, said.target, said.text, source=said.source,
-                             tags=self._tags(client, said, ref)))  # fmt: skip
+            tags = self._tags(client, said, ref)
+            # Tag values here (hex, digits, a time) need no escaping.
+            prefix = "@" + ";".join(f"{k}={v}" for k, v in tags.items()) + " " if tags else ""
+            client.send(prefix + said.body)
         if ref:
             client.send(line("BATCH", f"-{ref}"))

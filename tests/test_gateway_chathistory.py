@@ -135,6 +135,9 @@ def test_a_dropped_connection_pages_up_to_the_cap_and_resumes_by_time(
     quick_reconnect: None, settings: Any,
 ) -> None:  # fmt: skip
     settings.GATEWAY_CHATHISTORY_MAX_LINES = 120
+    # A read rate the backfill alone would exceed: lines we asked for do not count against it.
+    settings.GATEWAY_MAX_LINES_PER_SECOND = 20
+    settings.GATEWAY_LINE_BURST = 50
     server_id = add_server(alice, history, channels=(CHANNEL,))  # type: ignore[arg-type]
     gateway = run_gateway()
     wait_until(lambda: "alice_p" in history.joined(CHANNEL), what="the join")
@@ -161,6 +164,8 @@ def test_a_dropped_connection_pages_up_to_the_cap_and_resumes_by_time(
     assert requests[1] == ["AFTER", CHANNEL, f"timestamp={resume.time}", "50"]
     assert [r[3] for r in requests[1:]] == ["50", "50", "20"]
     assert requests[2][2] == f"msgid={missed[49].msgid}"
+
+    assert not messages(alice, text__contains="reading it slower")
 
     # The live channel goes on as before.
     history.say("carol", CHANNEL, "back to normal")
