@@ -197,6 +197,12 @@ class ChathistoryServer:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
 
+    def __enter__(self) -> ChathistoryServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
     def _call(self, coroutine: Any, timeout: float = 30) -> Any:
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout)
 

@@ -14,9 +14,8 @@ CAPS = ["batch", "draft/chathistory", "message-tags", "server-time"]
 
 @pytest.fixture
 def server() -> Iterator[ChathistoryServer]:
-    server = ChathistoryServer(max_messages=5).start()
-    yield server
-    server.stop()
+    with ChathistoryServer(max_messages=5) as server:
+        yield server
 
 
 @pytest.fixture
@@ -168,13 +167,11 @@ def test_errors_are_standard_replies(server: ChathistoryServer, bots: list[IrcBo
 
 
 def test_without_the_capability_nothing_is_offered() -> None:
-    server = ChathistoryServer(caps=("server-time", "message-tags", "batch")).start()
-    bot = IrcBot("alice")
-    try:
-        bot.connect("127.0.0.1", server.port, "alice", caps=CAPS)
-        assert "draft/chathistory" not in bot.caps_available
-        assert "CHATHISTORY" not in bot.isupport
-        assert fail(bot, "CHATHISTORY LATEST #c * 5").command == "421"
-    finally:
-        bot.close()
-        server.stop()
+    with ChathistoryServer(caps=("server-time", "message-tags", "batch")) as server:
+        bot = IrcBot("alice").connect("127.0.0.1", server.port, "alice", caps=CAPS)
+        try:
+            assert "draft/chathistory" not in bot.caps_available
+            assert "CHATHISTORY" not in bot.isupport
+            assert fail(bot, "CHATHISTORY LATEST #c * 5").command == "421"
+        finally:
+            bot.close()

@@ -26,9 +26,8 @@ def alice(clean_schemas: None) -> User:
 
 @pytest.fixture
 def history() -> Iterator[ChathistoryServer]:
-    server = ChathistoryServer(max_messages=50).start()
-    yield server
-    server.stop()
+    with ChathistoryServer(max_messages=50) as server:
+        yield server
 
 
 @pytest.fixture
@@ -175,8 +174,7 @@ def test_a_dropped_connection_pages_up_to_the_cap_and_resumes_by_time(
 def test_a_server_without_chathistory_is_asked_nothing(
     alice: User, run_gateway: Callable[..., GatewayThread], quick_reconnect: None
 ) -> None:
-    plain = ChathistoryServer(caps=("batch", "message-tags", "server-time")).start()
-    try:
+    with ChathistoryServer(caps=("batch", "message-tags", "server-time")) as plain:
         server_id = add_server(alice, plain, channels=(CHANNEL,))  # type: ignore[arg-type]
         gateway = run_gateway()
         wait_until(lambda: "alice_p" in plain.joined(CHANNEL), what="the join")
@@ -192,5 +190,3 @@ def test_a_server_without_chathistory_is_asked_nothing(
         assert "draft/chathistory" not in gateway.connection(alice, server_id).caps
         assert plain.commands("CHATHISTORY") == []
         assert [m.text for m in said_in(alice, CHANNEL)] == ["before", "after"]
-    finally:
-        plain.stop()
