@@ -213,7 +213,15 @@ class Backfill:
     # -- asking ----------------------------------------------------------------------------------
 
     async def run(self, points: Awaitable[list[ResumePoint]]) -> None:
-        by_name = {self.fold(p.buffer): p for p in await points}
+        try:
+            found = await points
+        except Exception:
+            # The database is away: the lines read live are held by the Store meanwhile, and
+            # nothing can say where each buffer's history would resume.
+            logger.warning("no chathistory this session: the resume points could not be read",
+                           exc_info=True)  # fmt: skip
+            return
+        by_name = {self.fold(p.buffer): p for p in found}
         queries = [p.buffer for p in by_name.values() if p.kind == Channel.Kind.QUERY]
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.welcomed.wait(), WELCOME_SECONDS)

@@ -98,6 +98,7 @@ def test_a_restarted_gateway_stores_every_missed_line_once_in_order(
 
     history.before_reply = race
     run_gateway()
+    wait_until(lambda: raced, what="the first request")
     everything = history.history(CHANNEL)
     assert len(everything) == 5 + 120 + 1
     wait_until(lambda: len(said_in(alice, CHANNEL)) >= len(everything), 30, "the backfill")
