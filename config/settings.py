@@ -254,6 +254,11 @@ GATEWAY_RECONNECT_FIRST_SECONDS: float = setting(
 GATEWAY_RECONNECT_MAX_SECONDS: float = setting(
     "GATEWAY_RECONNECT_MAX_SECONDS", cast=float, default=300.0
 )
+# Missed lines asked of a server offering IRCv3 draft/chathistory, per buffer and reconnection
+# (gateway/chathistory.py): a long outage must not turn into a flood of its own.
+GATEWAY_CHATHISTORY_MAX_LINES: int = setting(
+    "GATEWAY_CHATHISTORY_MAX_LINES", cast=int, default=5000
+)
 # How often one kind of refusal is said in a server buffer (a flood is reported, not echoed).
 GATEWAY_REFUSAL_NOTICE_SECONDS: float = setting(
     "GATEWAY_REFUSAL_NOTICE_SECONDS", cast=float, default=60.0

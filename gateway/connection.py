@@ -24,7 +24,7 @@ from django.conf import settings
 
 from channels_app.events import ServerStateEvent
 from core import net_policy
-from gateway import protocol
+from gateway import chathistory, protocol
 from gateway.protocol import IrcLine, ParseError
 from gateway.redaction import hide_secrets
 from gateway.storage import SERVER_BUFFER, Joined, Line, Members, Store, Topic, highlight_pattern
@@ -43,6 +43,7 @@ WANTED_CAPS = frozenset(
         "userhost-in-names",
         "cap-notify",
         "batch",
+        chathistory.CAP,
     }
 )
 CONNECT_TIMEOUT = 20.0
@@ -177,6 +178,8 @@ class IrcConnection:
         self._cap_negotiating = True
         self._caps_seen = 0
         self._autojoin_task: asyncio.Task[None] | None = None
+        self._backfill: chathistory.Backfill | None = None
+        self._backfill_task: asyncio.Task[None] | None = None
         self._stopping = False
         self._last_received = 0.0
         self._nick_attempt = 0
@@ -305,6 +308,13 @@ class IrcConnection:
                     logger.debug("server %s: unparseable line skipped", c.server_id)
                     continue
                 try:
+                    if "batch" in line.tags and self._backfill is not None:
+                        take = self._backfill.take(line)
+                        if take.requested:
+                            self._read_credit += 1  # we asked for it (chathistory.py)
+                        if take.history:
+                            self._history_line(line)
+                            continue
                     await self._handle(line)
                 except ConnectionLost:
                     raise
@@ -317,6 +327,8 @@ class IrcConnection:
             self._drop_outbox()
             if self._autojoin_task is not None:
                 self._autojoin_task.cancel()
+            if self._backfill_task is not None:
+                self._backfill_task.cancel()
 
     async def _take_read_credit(self) -> None:
         """Lines may be read at GATEWAY_MAX_LINES_PER_SECOND: taken from the bucket READ_CHUNK
@@ -352,6 +364,12 @@ class IrcConnection:
         self.limits = Limits.from_settings()
         self._read_bucket = None
         self._read_credit = 0
+        self._backfill = None  # made at registration when the server offers chathistory
+
+    def _chathistory_limit(self) -> int:
+        """The server's most messages per CHATHISTORY request (ISUPPORT); 0 for no maximum."""
+        value = self.isupport.get("CHATHISTORY") or "0"
+        return int(value) if value.isdigit() else 0
 
     def _registration_timeout(self) -> None:
         if not self.registered and self._writer is not None:
@@ -512,6 +530,14 @@ class IrcConnection:
     def _on_pong(self, line: IrcLine) -> None:
         pass
 
+    def _on_batch(self, line: IrcLine) -> None:
+        if self._backfill is not None:
+            self._backfill.on_batch(line)
+
+    def _on_fail(self, line: IrcLine) -> None:
+        if self._backfill is not None:
+            self._backfill.on_fail(line)
+
     def _on_error(self, line: IrcLine) -> None:
         message = line.params[-1] if line.params else "error"
         self.last_error = message
@@ -629,6 +655,11 @@ class IrcConnection:
             pass
         elif code in ("375", "372", "376", "422"):
             self._server_line("notice", text, sender=line.source or "")
+            if code in ("376", "422") and self._backfill is not None:
+                self._backfill.welcomed.set()
+        elif code in ("421", "461") and params[1:2] == ["CHATHISTORY"]:
+            if self._backfill is not None:
+                self._backfill.on_refused(code)
         else:
             # Whois replies, errors, and the rest: readable in the server buffer.
             shown = " ".join(params[1:]) if len(params) > 1 else text
@@ -655,6 +686,17 @@ class IrcConnection:
         if c.sasl_username and c.sasl_password and "sasl" not in self.caps:
             # No SASL on this server: identify to NickServ instead.
             self._send("PRIVMSG", "NickServ", f"IDENTIFY {c.sasl_username} {c.sasl_password}")
+        if self.caps >= chathistory.NEEDED_CAPS:
+            self._backfill = chathistory.Backfill(
+                send=self._send,
+                fold=self._fold,
+                server_limit=self._chathistory_limit,
+                say=lambda text: self._server_line("system", text),
+                max_lines=settings.GATEWAY_CHATHISTORY_MAX_LINES,
+            )
+            # Submitted before the first JOIN is sent: see chathistory.py on why that matters.
+            points = self.store.run_sync(chathistory.resume_points, c.account_id, c.server_id)
+            self._backfill_task = asyncio.get_running_loop().create_task(self._backfill.run(points))
         self._autojoin_task = asyncio.get_running_loop().create_task(self._autojoin())
 
     # channel life
@@ -676,6 +718,8 @@ class IrcConnection:
             self.joined[folded] = channel
             self.members[folded] = {}
             self.store.put(Joined(self.config.account_id, self.config.server_id, channel, True))
+            if self._backfill is not None:
+                self._backfill.joined(channel)
         members = self.members.get(folded)
         if members is None:
             return  # someone joining a channel we are not in: no server sends that
@@ -862,7 +906,12 @@ class IrcConnection:
     def _on_notice(self, line: IrcLine) -> None:
         self._message(line, notice=True)
 
-    def _message(self, line: IrcLine, *, notice: bool) -> None:
+    def _history_line(self, line: IrcLine) -> None:
+        """A line of a chathistory batch: stored as said then; nothing else is done with it."""
+        if line.command in ("PRIVMSG", "NOTICE"):
+            self._message(line, notice=line.command == "NOTICE", history=True)
+
+    def _message(self, line: IrcLine, *, notice: bool, history: bool = False) -> None:
         if len(line.params) < 2:
             return
         target, text = line.params[0], line.params[1]
@@ -880,13 +929,17 @@ class IrcConnection:
             if command == "ACTION":
                 kind, text = "action", argument
             else:
-                if not notice and not own:
+                if not notice and not own and not history:
                     self._ctcp_reply(sender, command, argument)
                 return
         if not self._is_channel(target) and not own and sender.lower() in ("nickserv", "chanserv"):
             buffer = sender
+        tags = line.tags
+        if history:
+            # Its batch reference meant something only on this connection.
+            tags = {k: v for k, v in tags.items() if k != "batch"} | {chathistory.HISTORY_TAG: "1"}
         self._store_line(
-            buffer=buffer, kind=kind, sender=sender, text=text, tags=line.tags, own=own,
+            buffer=buffer, kind=kind, sender=sender, text=text, tags=tags, own=own,
             private=not own and not self._is_channel(target) and not notice,
         )  # fmt: skip
 
