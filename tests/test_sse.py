@@ -103,8 +103,14 @@ class EventStream:
 
 
 def run(scenario: Callable[[], Awaitable[None]]) -> None:
-    # From the test's thread, so the stream's database reads share the test's connection.
-    async_to_sync(scenario)()
+    async def scenario_then_close() -> None:
+        try:
+            await scenario()
+        finally:
+            # Each run is a loop of its own: its hub (subscription, session task) ends with it.
+            await sse.close_hub()
+
+    async_to_sync(scenario_then_close)()
 
 
 def cookie_for(user: User) -> str:
