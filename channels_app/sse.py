@@ -443,7 +443,7 @@ def _redis() -> Any:
 
     # Bounded: a burst of streams opening waits for a connection rather than opening one each.
     pool = aioredis.BlockingConnectionPool.from_url(
-        settings.REDIS_URL, max_connections=32, timeout=10
+        settings.REDIS_URL, max_connections=8, timeout=10
     )
     return aioredis.Redis(connection_pool=pool)
 
