@@ -27,7 +27,7 @@ same way.
 
 stdout gets exactly one line:
     idle_streams=… rss_kb_per_stream=… redis_clients=… busy_streams=… deliveries_per_s=…
-    latency_ms_p50=… latency_ms_p99=… delivered=…/…
+    latency_ms_p50=… latency_ms_p99=… delivered=…/… web_cpu_us_per_delivery=…
 """
 
 import argparse
@@ -311,6 +311,12 @@ def threads(pid: int) -> int:
     return 0
 
 
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time the process has used."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def redis_clients(redis_url: str) -> int:
     """Clients connected to the benchmark's Redis, not counting the connection asking."""
     import redis
@@ -442,10 +448,11 @@ def run(args: argparse.Namespace, bench_url: str, result_out: TextIO) -> None:
                 pipe.send("reset")
                 pipe.recv()
             log(f"{publish_rate:,.0f} events/s x {per_account} streams for {args.seconds:.0f} s")
-            started = time.monotonic()
+            started, cpu_before = time.monotonic(), cpu_seconds(pid)
             sent = publish(redis_url, channels, publish_rate, args.seconds, stop)
             took = time.monotonic() - started
             time.sleep(2)
+            web_cpu = cpu_seconds(pid) - cpu_before
             latencies, delivered, ended = collect(pipes)
     expected = sent * per_account
     if not latencies:
@@ -454,13 +461,16 @@ def run(args: argparse.Namespace, bench_url: str, result_out: TextIO) -> None:
     log(
         f"deliveries: {delivered}/{expected}, {ended} streams ended early; "
         f"p50 {statistics.median(ms):.1f} ms, p90 {percentile(ms, 90):.1f}, "
-        f"p99 {percentile(ms, 99):.1f}, max {max(ms):.1f}"
+        f"p99 {percentile(ms, 99):.1f}, max {max(ms):.1f}; the web used {web_cpu:.1f} CPU-s "
+        f"({web_cpu / max(delivered, 1) * 1e6:.0f} us a delivery); load average "
+        f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
     )
     print(
         f"idle_streams={args.idle} rss_kb_per_stream={per_stream:.1f} redis_clients={idle_redis} "
         f"busy_streams={args.busy} deliveries_per_s={expected / took:.0f} "
         f"latency_ms_p50={statistics.median(ms):.1f} latency_ms_p99={percentile(ms, 99):.1f} "
-        f"delivered={delivered}/{expected}",
+        f"delivered={delivered}/{expected} web_cpu_us_per_delivery="
+        f"{web_cpu / max(delivered, 1) * 1e6:.0f}",
         file=result_out,
         flush=True,
     )

@@ -62,7 +62,8 @@ class Subscription(Generic[Item]):
         self.limit = limit
         # The connection epoch whose subscription covers this stream; 0 until confirmed.
         self.epoch = 0
-        self.items: collections.deque[Item] = collections.deque()
+        # A list, not a deque: an empty deque allocates a 64-slot block, per idle stream.
+        self.items: list[Item] = []
         self.ended: Ended | None = None
         self.reason: Any = None
         self.confirmed: asyncio.Future[None] | None = None
@@ -101,8 +102,7 @@ class Subscription(Generic[Item]):
                 pass
             finally:
                 self.waiter = None
-        items = list(self.items)
-        self.items.clear()
+        items, self.items = self.items, []
         return items
 
 
