@@ -448,10 +448,6 @@ def _redis() -> Any:
     return aioredis.Redis(connection_pool=pool)
 
 
-def fanout_mode() -> str:
-    return str(getattr(settings, "LIVE_FANOUT_MODE", "channels"))
-
-
 _hubs: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Hub]" = weakref.WeakKeyDictionary()
 
 
@@ -463,7 +459,7 @@ def _hub() -> _Hub:
             settings.REDIS_URL,
             decode=decode_event,
             queue_limit=STREAM_QUEUE_LIMIT,
-            mode=fanout_mode(),
+            mode=settings.LIVE_FANOUT_MODE,
             pattern=events.events_channel("*"),
         )
         hub = _hubs[loop] = _Hub(fanout=fanout, redis=_redis())
