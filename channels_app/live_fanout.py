@@ -240,6 +240,11 @@ class Fanout(Generic[Item]):
             except (OSError, aioredis.RedisError) as exc:
                 logger.warning("live events: lost the Redis subscription (%s); reconnecting", exc)
                 self.reconnects += 1
+            except Exception:
+                # Anything else (a reply we did not expect): start over rather than leave every
+                # stream of the process listening to a dead task.
+                logger.exception("live events: the subscription failed; reconnecting")
+                self.reconnects += 1
             finally:
                 self._conn = None
                 self._subscribed.clear()
