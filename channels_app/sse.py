@@ -191,10 +191,6 @@ def _valid_sessions(pairs: Iterable[tuple[str, uuid.UUID]]) -> set[tuple[str, uu
     return valid
 
 
-def _session_valid(session_key: str, user_id: uuid.UUID) -> bool:
-    return (session_key, user_id) in _valid_sessions([(session_key, user_id)])
-
-
 Result = TypeVar("Result")
 
 
