@@ -300,6 +300,10 @@ LIMIT_DOCUMENTS_TOTAL_BYTES: int = setting(
     "LIMIT_DOCUMENTS_TOTAL_BYTES", cast=int, default=100 * 1024 * 1024
 )
 LIMIT_SSE_STREAMS_PER_USER: int = setting("LIMIT_SSE_STREAMS_PER_USER", cast=int, default=10)
+# How a web process listens for live events (channels_app/live_fanout.py): "channels", one
+# SUBSCRIBE per account with a stream open here, or "pattern", one PSUBSCRIBE to all accounts
+# (cheaper only with a single web process: see docs/benchmarks.md).
+LIVE_FANOUT_MODE: str = setting("LIVE_FANOUT_MODE", default="channels")
 
 LOGGING = {
     "version": 1,

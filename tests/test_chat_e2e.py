@@ -126,11 +126,8 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
             process.wait(5)
 
 
-@pytest.fixture
-def asgi_server(clean_schemas: None, tmp_path: Path) -> Iterator[AsgiServer]:
-    """`config.asgi:application` under uvicorn on a free loopback port, on the test database
-    and the test Redis database (which the gateway started in this process uses too)."""
-    redis_url = settings.CACHES["default"]["LOCATION"]
+def uvicorn_env(redis_url: str) -> dict[str, str]:
+    """The web's environment: the test database, `redis_url`, the test run's secrets."""
     env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "config.settings_test",
@@ -143,20 +140,33 @@ def asgi_server(clean_schemas: None, tmp_path: Path) -> Iterator[AsgiServer]:
     }
     # The real server must refuse sync database access from async code, as in production.
     env.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
-    with override_settings(REDIS_URL=redis_url):
-        server: AsgiServer | None = None
-        for attempt in range(3):  # another process may take the free port before uvicorn
-            try:
-                server = _start_uvicorn(env, tmp_path / f"uvicorn-{attempt}.log")
-                break
-            except RuntimeError as exc:
-                if "address already in use" not in str(exc).lower() or attempt == 2:
-                    raise
-        assert server is not None
+    return env
+
+
+@contextlib.contextmanager
+def serving(env: dict[str, str], tmp_path: Path) -> Iterator[AsgiServer]:
+    server: AsgiServer | None = None
+    for attempt in range(3):  # another process may take the free port before uvicorn
         try:
-            yield server
-        finally:
-            _stop(server.process)
+            server = _start_uvicorn(env, tmp_path / f"uvicorn-{attempt}.log")
+            break
+        except RuntimeError as exc:
+            if "address already in use" not in str(exc).lower() or attempt == 2:
+                raise
+    assert server is not None
+    try:
+        yield server
+    finally:
+        _stop(server.process)
+
+
+@pytest.fixture
+def asgi_server(clean_schemas: None, tmp_path: Path) -> Iterator[AsgiServer]:
+    """`config.asgi:application` under uvicorn on a free loopback port, on the test database
+    and the test Redis database (which the gateway started in this process uses too)."""
+    redis_url = settings.CACHES["default"]["LOCATION"]
+    with override_settings(REDIS_URL=redis_url), serving(uvicorn_env(redis_url), tmp_path) as s:
+        yield s
 
 
 # --- the SSE stream, read over HTTP -------------------------------------------------------------

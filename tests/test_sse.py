@@ -2,6 +2,7 @@
 events from Redis, with no gap and no duplicate, and never another account's events."""
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -104,8 +105,14 @@ class EventStream:
 
 
 def run(scenario: Callable[[], Awaitable[None]]) -> None:
-    # From the test's thread, so the stream's database reads share the test's connection.
-    async_to_sync(scenario)()
+    async def scenario_then_close() -> None:
+        try:
+            await scenario()
+        finally:
+            # Each run is a loop of its own: its hub (subscription, session task) ends with it.
+            await sse.close_hub()
+
+    async_to_sync(scenario_then_close)()
 
 
 def cookie_for(user: User) -> str:
@@ -455,5 +462,81 @@ def test_redis_unreachable_is_a_503_not_a_500(world: dict[str, Any], settings: A
         async with EventStream("/chat/events/", cookie=cookie) as stream:
             assert stream.status == 503
             assert "unavailable" in await _body(stream)
+
+    run(scenario)
+
+
+def test_a_stream_that_falls_behind_is_ended_to_resume_by_last_event_id(
+    world: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its queue is bounded: past STREAM_QUEUE_LIMIT it ends with a retry, never grows."""
+    monkeypatch.setattr(sse, "STREAM_QUEUE_LIMIT", 5)
+    alice, channel = world["alice"], world["channel"]
+    cookie = cookie_for(alice)
+    payload = {"type": "channel", "channel_id": channel.pk, "server_id": channel.server_id,
+               "topic": "t", "members_changed": False}  # fmt: skip
+
+    async def scenario() -> None:
+        async with EventStream("/chat/events/", cookie=cookie) as stream:
+            await stream.next_block()
+            client = aioredis.Redis.from_url(settings.REDIS_URL)
+            try:
+                # One burst: the fanout reads it all before the stream's turn comes.
+                async with client.pipeline(transaction=False) as pipe:
+                    for _ in range(200):
+                        pipe.publish(
+                            events.events_channel(alice.account_id), events.encode(payload)
+                        )
+                    await pipe.execute()
+            finally:
+                await client.aclose()
+            blocks = []
+            with contextlib.suppress(EOFError):
+                while True:
+                    blocks.append(await stream.next_block())
+            assert blocks and blocks[-1].startswith("retry: "), blocks[-3:]
+            assert sum(1 for b in blocks if b.startswith("event: channel")) <= 5
+
+    run(scenario)
+
+
+def test_sessions_are_checked_together_and_a_revoke_ends_only_its_stream(
+    world: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sse, "SESSION_RECHECK_SECONDS", 0.2)
+    checked: list[int] = []
+    real_valid_sessions = sse._valid_sessions
+
+    def counting(pairs: list[tuple[str, Any]]) -> set[tuple[str, Any]]:
+        checked.append(len(pairs))
+        return real_valid_sessions(pairs)
+
+    monkeypatch.setattr(sse, "_valid_sessions", counting)
+    alice, bob = world["alice"], world["bob"]
+    laptop, phone, bobs = cookie_for(alice), cookie_for(alice), cookie_for(bob)
+
+    async def scenario() -> None:
+        async with (
+            EventStream("/chat/events/", cookie=laptop) as one,
+            EventStream("/chat/events/", cookie=phone) as two,
+            EventStream("/chat/events/", cookie=bobs) as three,
+        ):
+            for stream in (one, two, three):
+                await stream.next_block()
+            await asyncio.sleep(0.6)
+            # The three new streams were validated in one query, and then none while no one's
+            # sign-in generation moved.
+            assert 3 in checked and all(n in (0, 3) for n in checked), checked
+            key = laptop.split("=", 1)[1]
+            await sync_to_async(lambda: Session.objects.filter(session_key=key).delete())()
+            assert (await one.next_event(timeout=3))["event"] == "signed_out"
+            with pytest.raises(EOFError):
+                await one.next_block()
+            # Alice's other session, and bob, go on: only alice's two streams were asked about.
+            assert checked[-1] == 2, checked
+            for stream in (two, three):
+                with pytest.raises(TimeoutError):
+                    await stream.next_event(timeout=0.5)
+                assert not stream.ended
 
     run(scenario)

@@ -5,6 +5,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, cast
 
 import pytest
@@ -103,3 +104,29 @@ def test_busy_stream_ends_within_5_seconds_of_signing_out(
         assert elapsed < SIGN_OUT_DEADLINE, elapsed
         # It was busy up to the end.
         assert channel_events(stream) > flowing
+
+
+def _threads(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("Threads:")).split()[1])
+
+
+def test_open_streams_hold_no_thread_and_share_one_subscription(
+    alice: User, asgi_server: AsgiServer
+) -> None:
+    """Ten streams: no thread each (the request's own is let go), and one subscriber of the
+    account's channel in Redis for all of them (the process's shared subscription)."""
+    pid = asgi_server.process.pid
+    redis = events.redis_client()
+    channel = events.events_channel(alice.account_id)
+    with contextlib.ExitStack() as streams:
+        streams.enter_context(event_stream(asgi_server, alice))
+        before = _threads(pid)
+        opened = [streams.enter_context(event_stream(asgi_server, alice)) for _ in range(9)]
+        time.sleep(0.5)
+        assert _threads(pid) <= before + 2, (before, _threads(pid))
+        assert dict(redis.pubsub_numsub(channel))[channel.encode()] == 1
+        redis.publish(channel, events.encode({"type": "read", "channel_id": 1, "up_to": 2}))
+        for stream in opened:
+            stream.wait_for(lambda e: e["event"] == "read", what="the shared event")
+    redis.close()
