@@ -335,11 +335,11 @@ def run(args: argparse.Namespace, bench_url: str, result_out: TextIO) -> None:
     sampler = Sampler(after_schemas)
     recycles_before = dict(db_memory.recycles)
     real = db_memory.maybe_recycle
-    db_memory.maybe_recycle = sampler.wrap(real)  # type: ignore[assignment]
+    db_memory.maybe_recycle = sampler.wrap(real)
     try:
         seconds, stored = write_rounds(args, accounts, sampler)
     finally:
-        db_memory.maybe_recycle = real  # type: ignore[assignment]
+        db_memory.maybe_recycle = real
     recycles = {k: db_memory.recycles[k] - recycles_before[k] for k in db_memory.recycles}
 
     lines = args.rounds * args.lines_per_account * len(accounts)

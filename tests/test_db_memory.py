@@ -46,7 +46,7 @@ def no_recycling(settings: SettingsWrapper) -> SettingsWrapper:
 def many_accounts(clean_schemas: None) -> list[tuple[User, int]]:
     users = []
     for n in range(ACCOUNTS):
-        user = UserFactory(email=f"user{n}@example.org")
+        user: User = UserFactory(email=f"user{n}@example.org")  # type: ignore[assignment]
         with switch(user):
             server = Server.objects.create(name="Libera", host="irc.libera.chat", nick=f"u{n}")
         users.append((user, server.pk))
@@ -95,7 +95,8 @@ def test_writer_recycles_between_account_transactions_and_loses_no_line(
         for n in range(5):
             for user, server in many_accounts:
                 store.put(line(user, server, f"wave {wave} line {n}", wave * 10 + n))
-        run_store(store, lambda wave=wave: store.stored >= (wave + 1) * 5 * ACCOUNTS)
+        target = (wave + 1) * 5 * ACCOUNTS
+        run_store(store, lambda: store.stored >= target)  # noqa: B023 (called in the loop)
     assert store.stored == 2 * 5 * ACCOUNTS and store.dropped == 0
     for user, _server in many_accounts:
         with switch(user):
@@ -246,7 +247,7 @@ def test_web_connection_kept_between_requests_is_recycled(
     test client keeps it too) is closed after a request that ran in an account's schema. Off
     (0), it stays open: the control."""
     no_recycling.DATABASE_RECYCLE_AFTER_SCHEMAS = after_schemas
-    user = UserFactory(email="alice@example.org")
+    user: User = UserFactory(email="alice@example.org")  # type: ignore[assignment]
     client = signed_in_client(user)
     connection.close()
     connection.ensure_connection()
