@@ -30,6 +30,7 @@ from typing import Any
 from django.conf import settings
 from django.db import DatabaseError, connections
 from django.db.backends.base.base import BaseDatabaseWrapper
+from django.utils.connection import ConnectionProxy
 from django_tenants.utils import get_public_schema_name
 
 logger = logging.getLogger(__name__)
@@ -57,11 +58,18 @@ _states: "weakref.WeakKeyDictionary[BaseDatabaseWrapper, _State]" = weakref.Weak
 recycles: dict[str, int] = {"schemas": 0, "memory": 0}
 
 
+def _wrapper(connection: BaseDatabaseWrapper) -> BaseDatabaseWrapper:
+    """This thread's wrapper behind django.db.connection, a proxy that looks the wrapper up
+    again on every attribute read: the state belongs to the wrapper, and resolving once keeps
+    maybe_recycle cheap enough to call per account."""
+    if isinstance(connection, ConnectionProxy):
+        return connections[connection._alias]
+    return connection
+
+
 def _state(connection: BaseDatabaseWrapper) -> _State:
     """This wrapper's state, started afresh when the connection under it is not the one the
     state was counted on (Django closed it: CONN_MAX_AGE, an error, a test teardown)."""
-    # django.db.connection is a proxy to this thread's wrapper; the state belongs to the wrapper.
-    connection = connections[connection.alias]
     state = _states.get(connection)
     raw = connection.connection
     if state is None:
@@ -79,23 +87,24 @@ def _state(connection: BaseDatabaseWrapper) -> _State:
 def note_schemas(connection: BaseDatabaseWrapper, schema_names: Iterable[str]) -> None:
     """Count schemas this connection has read or written (schema-qualified SQL, which does not
     go through set_tenant, must call this)."""
-    _state(connection).schemas.update(schema_names)
+    _state(_wrapper(connection)).schemas.update(schema_names)
 
 
 def note_tenant(connection: BaseDatabaseWrapper, tenant: Any) -> None:
     """django-tenants' EXTRA_SET_TENANT_METHOD: called on every set_tenant and set_schema."""
     schema_name = tenant.schema_name
     if schema_name != get_public_schema_name():
-        _state(connection).schemas.add(schema_name)
+        _state(_wrapper(connection)).schemas.add(schema_name)
 
 
 def schemas_touched(connection: BaseDatabaseWrapper) -> int:
-    return len(_state(connection).schemas)
+    return len(_state(_wrapper(connection)).schemas)
 
 
 def backend_memory(connection: BaseDatabaseWrapper) -> int | None:
     """Bytes the connection's backend holds in its memory contexts, or None when the server
     cannot say. Opens the connection if it is closed."""
+    connection = _wrapper(connection)
     connection.ensure_connection()
     state = _state(connection)
     if state.memory_unreadable:
@@ -125,11 +134,9 @@ def maybe_recycle(connection: BaseDatabaseWrapper) -> str | None:
     """Close the connection if it has touched too many schemas or holds too much memory; the
     reason ("schemas", "memory") or None. Call it between units of work: it does nothing to a
     closed connection or inside a transaction."""
-    if (
-        connection.connection is None
-        or connection.in_atomic_block
-        or not connection.get_autocommit()
-    ):
+    connection = _wrapper(connection)
+    # Open, and between transactions (autocommit is only read while a connection is open).
+    if connection.connection is None or connection.in_atomic_block or not connection.autocommit:
         return None
     state = _state(connection)
     reason = None
