@@ -38,6 +38,8 @@ logger = logging.getLogger(__name__)
 MEMORY_QUERY = "SELECT sum(total_bytes)::bigint FROM pg_backend_memory_contexts"
 # pg_backend_memory_contexts came with PostgreSQL 14.
 MEMORY_VIEW_SERVER_VERSION = 140000
+# insufficient_privilege, undefined_table: this server will not tell, on any connection.
+UNREADABLE_SQLSTATES = {"42501", "42P01"}
 
 
 @dataclass(slots=True)
@@ -116,9 +118,13 @@ def backend_memory(connection: BaseDatabaseWrapper) -> int | None:
         with connection.cursor() as cursor:
             cursor.execute(MEMORY_QUERY)
             row = cursor.fetchone()
-    except DatabaseError:
-        if connection.in_atomic_block:
-            raise  # the caller's transaction is aborted; it must know
+    except DatabaseError as exc:
+        # Anything but "not allowed" or "no such view" (a lost connection, say) is the caller's
+        # to handle, and says nothing about the next connection; so is any error inside the
+        # caller's transaction, which it has aborted.
+        refused = getattr(exc.__cause__, "sqlstate", None) in UNREADABLE_SQLSTATES
+        if not refused or connection.in_atomic_block:
+            raise
         # Reading the view takes superuser or pg_read_all_stats; the schema limit still holds.
         logger.warning(
             "cannot read pg_backend_memory_contexts (grant pg_read_all_stats to the database "
@@ -167,4 +173,10 @@ def maybe_recycle(connection: BaseDatabaseWrapper) -> str | None:
 def recycle_connections(**_signal_kwargs: Any) -> None:
     """request_finished / task_postrun receiver: every connection this thread has opened."""
     for connection in connections.all(initialized_only=True):
-        maybe_recycle(connection)
+        try:
+            maybe_recycle(connection)
+        except DatabaseError:
+            # The response has gone or the task has run; a broken connection is closed, not
+            # raised into the signal's sender.
+            logger.warning("database connection broken; closing it", exc_info=True)
+            connection.close()

@@ -318,3 +318,35 @@ def test_writer_recycling_every_account_while_lines_arrive_loses_nothing(
             texts = list(Message.objects.order_by("id").values_list("text", flat=True))
         assert texts == [f"line {n}" for n in range(30)]
     assert db_memory.recycles["schemas"] > 0
+
+
+def test_lost_connection_is_raised_not_taken_for_a_server_that_cannot_tell(
+    no_recycling: SettingsWrapper, clean_schemas: None
+) -> None:
+    """A backend killed under the connection: the memory check raises (the gateway writer
+    retries the batch on it) and keeps checking on the next connection; the request and task
+    hook closes the broken connection instead of raising into its sender."""
+    import psycopg
+    from django.db import DatabaseError
+
+    from config.database import connection_params
+
+    no_recycling.DATABASE_RECYCLE_AFTER_BYTES = 1
+
+    def kill_backend() -> None:
+        connection.ensure_connection()
+        pid = connection.connection.info.backend_pid
+        admin = connection_params(connection.settings_dict, dbname="postgres")
+        with psycopg.connect(**admin, autocommit=True) as other:  # type: ignore[arg-type]
+            other.execute("SELECT pg_terminate_backend(%s)", [pid])
+
+    kill_backend()
+    with pytest.raises(DatabaseError):
+        db_memory.maybe_recycle(connection)
+    connection.close()
+    assert db_memory.backend_memory(connection) is not None
+    assert db_memory.maybe_recycle(connection) == "memory"
+
+    kill_backend()
+    db_memory.recycle_connections()
+    assert connection.connection is None
