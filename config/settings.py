@@ -40,6 +40,19 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 TENANT_MODEL = "accounts.Account"
 # django-tenants re-issues SET search_path only when the schema changes.
 TENANT_LIMIT_SET_CALLS = True
+# Every set_tenant / set_schema is counted per connection, so that a long-lived connection is
+# recycled before the catalog caches of the schemas it touched grow without bound
+# (tenancy/db_memory.py; figures in docs/benchmarks.md, "Database memory").
+EXTRA_SET_TENANT_METHOD_PATH = "tenancy.db_memory.note_tenant"
+DATABASE_RECYCLE_AFTER_SCHEMAS: int = setting(
+    "DATABASE_RECYCLE_AFTER_SCHEMAS", cast=int, default=500
+)
+DATABASE_RECYCLE_AFTER_BYTES: int = setting(
+    "DATABASE_RECYCLE_AFTER_BYTES", cast=int, default=64 * 1024 * 1024
+)
+DATABASE_MEMORY_CHECK_SECONDS: float = setting(
+    "DATABASE_MEMORY_CHECK_SECONDS", cast=float, default=5.0
+)
 
 # --- redis: cache (throttling), Celery broker ------------------------------------------------
 # EMBEDDED_REDIS_PASSWORD: the embedded Redis's requirepass, read only when REDIS_URL is unset

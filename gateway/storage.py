@@ -44,7 +44,7 @@ from accounts.models import Account
 from channels_app import events
 from channels_app.hooks import notify_message_stored
 from channels_app.models import Channel, ChannelUser, Message, Notification, Server
-from tenancy import switch
+from tenancy import db_memory, switch
 
 logger = logging.getLogger(__name__)
 
@@ -326,6 +326,10 @@ class Store:
                 account = self._accounts.get(account_id)
                 if account is None:
                     continue  # the account was deleted while its lines waited
+                # Between transactions: a connection that has touched too many account schemas
+                # is closed before it grows further (tenancy/db_memory.py); the next query
+                # reopens it. Per account, not per batch: one batch can span thousands.
+                db_memory.maybe_recycle(django_connection)
                 with switch(account), transaction.atomic():
                     payloads, message_ids = self._write_account(account_id, records)
                 written += len(message_ids)
