@@ -46,7 +46,7 @@ def no_recycling(settings: SettingsWrapper) -> SettingsWrapper:
 def many_accounts(clean_schemas: None) -> list[tuple[User, int]]:
     users = []
     for n in range(ACCOUNTS):
-        user: User = UserFactory(email=f"user{n}@example.org")  # type: ignore[assignment]
+        user: User = UserFactory(email=f"user{n}@example.org")
         with switch(user):
             server = Server.objects.create(name="Libera", host="irc.libera.chat", nick=f"u{n}")
         users.append((user, server.pk))
@@ -247,7 +247,7 @@ def test_web_connection_kept_between_requests_is_recycled(
     test client keeps it too) is closed after a request that ran in an account's schema. Off
     (0), it stays open: the control."""
     no_recycling.DATABASE_RECYCLE_AFTER_SCHEMAS = after_schemas
-    user: User = UserFactory(email="alice@example.org")  # type: ignore[assignment]
+    user: User = UserFactory(email="alice@example.org")
     client = signed_in_client(user)
     connection.close()
     connection.ensure_connection()
@@ -337,7 +337,7 @@ def test_lost_connection_is_raised_not_taken_for_a_server_that_cannot_tell(
         connection.ensure_connection()
         pid = connection.connection.info.backend_pid
         admin = connection_params(connection.settings_dict, dbname="postgres")
-        with psycopg.connect(**admin, autocommit=True) as other:  # type: ignore[arg-type]
+        with psycopg.connect(**admin, autocommit=True) as other:
             other.execute("SELECT pg_terminate_backend(%s)", [pid])
 
     kill_backend()
