@@ -1,11 +1,12 @@
 """Writing what the IRC connections see into each account's schema, in batches.
 
 The asyncio side only appends records to an in-memory queue, one per account. One thread does
-every database touch: every FLUSH_SECONDS (or sooner when MAX_BATCH records wait) it takes a
-batch from the accounts' queues in turn (up to MAX_PER_ACCOUNT_IN_BATCH each, the accounts
-taken from moving to the back of the line), and writes each account's share in one
-transaction inside `tenancy.switch(account)`. Live events go to Redis and the message-stored
-hooks run after the commit. If the database is unreachable the batch goes back to the head of
+every write: every FLUSH_SECONDS (or sooner when MAX_BATCH records wait) it takes a batch from
+the accounts' queues in turn (up to MAX_PER_ACCOUNT_IN_BATCH each, the accounts taken from
+moving to the back of the line), and has channels_app.ingest write the whole batch, every
+account in it, in one transaction. After the commit the batch's live events go to Redis in one
+pipeline, and one message-hook task per account is enqueued (channels_app.hooks): listeners
+never run on this thread. If the database is unreachable the batch goes back to the head of
 the queues and is retried with backoff, so a PostgreSQL restart costs delay, not lines.
 
 An account whose queue passes GATEWAY_MAX_PENDING_PER_ACCOUNT (a flooding server, a long
@@ -30,20 +31,13 @@ from datetime import datetime
 from typing import Any
 
 from django.conf import settings
-from django.db import (
-    DatabaseError,
-    InterfaceError,
-    OperationalError,
-    transaction,
-)
+from django.db import DatabaseError, InterfaceError, OperationalError
 from django.db import connection as django_connection
-from django.db.models.functions import Lower
 from django.utils import timezone
 
 from accounts.models import Account
-from channels_app import events
-from channels_app.hooks import notify_message_stored
-from channels_app.models import Channel, ChannelUser, Message, Notification, Server
+from channels_app import events, hooks, ingest
+from channels_app.models import Server
 from tenancy import switch
 
 logger = logging.getLogger(__name__)
@@ -135,8 +129,13 @@ def highlight_pattern(words: Iterable[str]) -> re.Pattern[str] | None:
     return _WORD_CACHE[key]
 
 
-class ChannelRefused(Exception):
-    """A new buffer past LIMIT_CHANNELS_PER_SERVER."""
+class BatchInterrupted(OperationalError):
+    """The database went away while a failed batch was being retried piecemeal: `unwritten`
+    are its records not committed before it did."""
+
+    def __init__(self, unwritten: list[Record]) -> None:
+        super().__init__(f"database lost with {len(unwritten)} records of the batch unwritten")
+        self.unwritten = unwritten
 
 
 class Store:
@@ -275,7 +274,7 @@ class Store:
             try:
                 written = await loop.run_in_executor(self._db, self._write_batch, batch)
             except (OperationalError, InterfaceError) as exc:
-                self._put_back(batch)
+                self._put_back(exc.unwritten if isinstance(exc, BatchInterrupted) else batch)
                 self._inflight = 0
                 if self.database_ok:
                     logger.warning("database unreachable, holding %d lines: %s", self.backlog, exc)
@@ -314,67 +313,117 @@ class Store:
     # -- database thread ---------------------------------------------------------------------
 
     def _write_batch(self, batch: list[Record]) -> int:
+        """Write one batch (all its accounts, one transaction, channels_app.ingest), then
+        publish its live events and enqueue its message hooks. Returns the lines stored."""
         # The writer keeps its connection between batches (reconnecting per batch cost ~7 ms);
         # a broken one is closed on the error below and reopened by the retry.
+        groups = self._group(batch)
         try:
-            by_account: dict[uuid.UUID, list[Record]] = defaultdict(list)
-            for record in batch:
-                by_account[record.account_id].append(record)
-            written = 0
-            published: list[tuple[uuid.UUID, list[dict[str, Any]], list[int]]] = []
-            for account_id, records in by_account.items():
-                account = self._accounts.get(account_id)
-                if account is None:
-                    continue  # the account was deleted while its lines waited
-                with switch(account), transaction.atomic():
-                    payloads, message_ids = self._write_account(account_id, records)
-                written += len(message_ids)
-                published.append((account_id, payloads, message_ids))
+            stored = ingest.store_records(batch=list(groups.values()), channel_ids=self._channels)
         except (OperationalError, InterfaceError):
             self._reset_connection()
             raise
         except DatabaseError:
-            # A bad record must not block every line behind it: write one at a time, skip it.
-            logger.exception("batch failed; retrying its records one by one")
-            self._reset_connection()
-            return self._write_one_by_one(batch)
-        for account_id, payloads, message_ids in published:
-            self._after_commit(account_id, payloads, message_ids)
+            # A bad record must not block every line behind it: each account on its own, and
+            # one record at a time in an account that still fails.
+            logger.exception("batch failed; retrying it account by account")
+            committed: set[int] = set()
+            stored = ingest.Stored()
+            try:
+                self._write_each_account(groups, stored, committed)
+            except (OperationalError, InterfaceError) as exc:
+                # Only what did not commit goes back to the queue: no line twice.
+                self.stored += stored.lines
+                self._after_commit(stored)
+                unwritten = [r for r in batch if id(r) not in committed]
+                raise BatchInterrupted(unwritten) from exc
+        written = stored.lines
+        self._after_commit(stored)
         return written
 
-    def _write_one_by_one(self, batch: list[Record]) -> int:
-        written = 0
+    def _group(self, batch: Iterable[Record]) -> dict[uuid.UUID, ingest.AccountRecords]:
+        """The batch's records by account, each kind in arrival order; records of accounts
+        deleted while they waited are left out."""
+        groups: dict[uuid.UUID, ingest.AccountRecords] = {}
+        for record in batch:
+            group = groups.get(record.account_id)
+            if group is None:
+                account = self._accounts.get(record.account_id)
+                if account is None:
+                    continue
+                group = groups[record.account_id] = ingest.AccountRecords(
+                    record.account_id, account.schema_name
+                )
+            if isinstance(record, Line):
+                group.lines.append(record)
+            elif isinstance(record, Members):
+                group.members.append(record)
+            elif isinstance(record, Topic):
+                group.topics.append(record)
+            else:
+                group.joins.append(record)
+        return groups
+
+    def _write_each_account(
+        self,
+        groups: dict[uuid.UUID, ingest.AccountRecords],
+        stored: ingest.Stored,
+        committed: set[int],
+    ) -> None:
+        for account_id, group in groups.items():
+            try:
+                stored.add(ingest.store_records(batch=[group], channel_ids=self._channels))
+                committed.update(map(id, _records_of(group)))
+            except (OperationalError, InterfaceError):
+                self._reset_connection()
+                raise
+            except DatabaseError:
+                # The usual cause is a channel deleted in the web since we cached its id.
+                self.forget_channels(account_id)
+                self._write_one_by_one(group, stored, committed)
+
+    def _write_one_by_one(
+        self, group: ingest.AccountRecords, stored: ingest.Stored, committed: set[int]
+    ) -> None:
+        account = self._accounts.get(group.account_id)
+        if account is None:
+            return
         # Servers deleted in the web while their lines waited: the rest of their records are
         # dropped without a try. Two failing transactions each, with a traceback, kept this
-        # thread (and so every config change the gateway reads through it) busy for seconds.
-        gone: set[tuple[uuid.UUID, int]] = set()
-        for record in batch:
-            account = self._accounts.get(record.account_id)
-            if account is None or (record.account_id, record.server_id) in gone:
+        # thread busy for seconds.
+        gone: set[int] = set()
+        for record in _records_of(group):
+            committed.add(id(record))  # written or given up: never put back
+            if record.server_id in gone:
                 continue
-            payloads: list[dict[str, Any]] = []
-            ids: list[int] = []
+            one = ingest.AccountRecords(group.account_id, group.schema_name)
+            if isinstance(record, Line):
+                one.lines.append(record)
+            elif isinstance(record, Members):
+                one.members.append(record)
+            elif isinstance(record, Topic):
+                one.topics.append(record)
+            else:
+                one.joins.append(record)
             for attempt in (1, 2):
                 try:
-                    with switch(account), transaction.atomic():
-                        payloads, ids = self._write_account(record.account_id, [record])
+                    stored.add(ingest.store_records(batch=[one], channel_ids=self._channels))
                     break
                 except (OperationalError, InterfaceError):
+                    committed.discard(id(record))
+                    self._reset_connection()
                     raise
                 except DatabaseError:
-                    # The usual cause is a channel deleted in the web since we cached its id:
-                    # forget the cache and try once more before giving the record up.
-                    self._channels.clear()
+                    # A channel deleted in the web since we cached its id: forget the cache
+                    # and try once more before giving the record up.
+                    self.forget_channels(group.account_id)
                     if attempt == 2:
                         if not self._server_exists(account, record.server_id):
                             logger.info("server %s deleted: dropping its waiting records",
                                         record.server_id)  # fmt: skip
-                            gone.add((record.account_id, record.server_id))
+                            gone.add(record.server_id)
                         else:
                             logger.exception("dropping a record the database refuses: %r", record)
-            written += len(ids)
-            self._after_commit(record.account_id, payloads, ids)
-        return written
 
     @staticmethod
     def _server_exists(account: Account, server_id: int) -> bool:
@@ -388,198 +437,42 @@ class Store:
         except Exception:
             django_connection.connection = None
 
-    def _channel_id(self, account_id: uuid.UUID, server_id: int, name: str, kind: str) -> int:
-        key = (account_id, server_id, name.lower())
-        channel_id = self._channels.get(key)
-        if channel_id is None:
-            found = (
-                Channel.objects.annotate(lname=Lower("name"))
-                .filter(server_id=server_id, lname=name.lower())
-                .values_list("id", flat=True)
-                .first()
-            )
-            if found is None:
-                if kind != Channel.Kind.SERVER and (
-                    Channel.objects.filter(server_id=server_id)
-                    .exclude(kind=Channel.Kind.SERVER)
-                    .count()
-                    >= settings.LIMIT_CHANNELS_PER_SERVER
-                ):
-                    raise ChannelRefused(name)
-                found = Channel.objects.create(
-                    server_id=server_id, name=name[:50], kind=kind, autojoin=False
-                ).pk
-            channel_id = found
-            self._channels[key] = channel_id
-        return channel_id
-
     def forget_channels(self, account_id: uuid.UUID) -> None:
         for key in [k for k in self._channels if k[0] == account_id]:
             del self._channels[key]
 
-    def _write_account(
-        self, account_id: uuid.UUID, records: list[Record]
-    ) -> tuple[list[dict[str, Any]], list[int]]:
-        payloads: list[dict[str, Any]] = []
-        lines: list[tuple[Line, Message]] = []
-        changed_channels: dict[int, int] = {}  # channel id -> server id
-        for record in records:
-            buffer_kind = record.buffer_kind if isinstance(record, Line) else "channel"
-            try:
-                channel_id = self._channel_id(
-                    account_id, record.server_id, record.buffer, buffer_kind
-                )
-            except ChannelRefused:
-                if isinstance(record, Line):
-                    with self._lock:  # read by the asyncio side
-                        self._refused_by[(account_id, record.server_id)] += 1
-                continue
-            if isinstance(record, Line):
-                lines.append(
-                    (
-                        record,
-                        Message(
-                            channel_id=channel_id,
-                            kind=record.kind,
-                            sender=record.sender[:100],
-                            text=record.text,
-                            server_time=record.server_time,
-                            msgid=record.msgid[:128],
-                            tags=record.tags,
-                        ),
-                    )
-                )
-            elif isinstance(record, Members):
-                self._apply_members(channel_id, record)
-                changed_channels[channel_id] = record.server_id
-            elif isinstance(record, Joined):
-                Channel.objects.filter(pk=channel_id).update(autojoin=record.joined)
-            else:
-                Channel.objects.filter(pk=channel_id).update(topic=record.topic)
-                changed_channels[channel_id] = record.server_id
-        lines = self._without_replays(lines)
-        if lines:
-            Message.objects.bulk_create([message for _, message in lines])
-        notifications = [
-            Notification(
-                message=message,
-                kind=Notification.Kind.PRIVATE if line.private else Notification.Kind.HIGHLIGHT,
-            )
-            for line, message in lines
-            if line.highlight or line.private
-        ]
-        if notifications:
-            Notification.objects.bulk_create(notifications)
-        for line, message in lines:
-            payloads.append(
-                {
-                    "type": "message",
-                    "id": message.pk,
-                    "channel_id": message.channel_id,
-                    "server_id": line.server_id,
-                    "kind": message.kind,
-                    "sender": message.sender,
-                    "text": message.text,
-                    "server_time": message.server_time.isoformat(),
-                    "msgid": message.msgid,
-                    "highlight": line.highlight or line.private,
-                }
-            )
-        for notification in notifications:
-            payloads.append(
-                {
-                    "type": "notification",
-                    "id": notification.pk,
-                    "message_id": notification.message_id,
-                    "kind": notification.kind,
-                }
-            )
-        for channel_id, server_id in changed_channels.items():
-            payloads.append({"type": "channel", "channel_id": channel_id, "server_id": server_id})
-        return payloads, [message.pk for _, message in lines]
-
-    def _without_replays(self, lines: list[tuple[Line, Message]]) -> list[tuple[Line, Message]]:
-        """Drop lines whose msgid is already stored in that channel (a bouncer's replay)."""
-        msgids = {m.msgid for _, m in lines if m.msgid}
-        if not msgids:
-            return lines
-        channel_ids = {m.channel_id for _, m in lines if m.msgid}
-        # Both columns, so the partial (channel, msgid) index answers, not a table scan.
-        seen = set(
-            Message.objects.filter(channel_id__in=channel_ids, msgid__in=msgids).values_list(
-                "channel_id", "msgid"
-            )
-        )
-        kept = []
-        for line, message in lines:
-            key = (message.channel_id, message.msgid)
-            if message.msgid and key in seen:
-                continue
-            seen.add(key)
-            kept.append((line, message))
-        return kept
-
-    def _apply_members(self, channel_id: int, change: Members) -> None:
-        members = ChannelUser.objects.filter(channel_id=channel_id)
-        if change.op == "replace":
-            members.delete()
-            unique = {nick.lower(): (p, nick, away) for p, nick, away in change.members}
-            ChannelUser.objects.bulk_create(
-                [
-                    ChannelUser(channel_id=channel_id, nick=nick[:30], prefixes=p[:10], away=away)
-                    for p, nick, away in unique.values()
-                ]
-            )
-        elif change.op == "clear":
-            members.delete()
-        elif change.op == "add":
-            ChannelUser.objects.bulk_create(
-                [
-                    ChannelUser(
-                        channel_id=channel_id,
-                        nick=change.nick[:30],
-                        prefixes=(change.prefixes or "")[:10],
-                        away=bool(change.away),
-                    )
-                ],
-                ignore_conflicts=True,
-            )
-        elif change.op == "remove":
-            members.annotate(lnick=Lower("nick")).filter(lnick=change.nick.lower()).delete()
-        elif change.op == "rename":
-            target = members.annotate(lnick=Lower("nick"))
-            target.filter(lnick=change.new_nick.lower()).exclude(nick__iexact=change.nick).delete()
-            target.filter(lnick=change.nick.lower()).update(nick=change.new_nick[:30])
-        elif change.op == "update":
-            fields: dict[str, Any] = {}
-            if change.prefixes is not None:
-                fields["prefixes"] = change.prefixes[:10]
-            if change.away is not None:
-                fields["away"] = change.away
-            if fields:
-                members.annotate(lnick=Lower("nick")).filter(lnick=change.nick.lower()).update(
-                    **fields
-                )
-
-    def _after_commit(
-        self, account_id: uuid.UUID, payloads: list[dict[str, Any]], message_ids: list[int]
-    ) -> None:
-        if self._publish and payloads:
+    def _after_commit(self, stored: ingest.Stored) -> None:
+        if stored.refused:
+            with self._lock:  # read by the asyncio side
+                for key, count in stored.refused.items():
+                    self._refused_by[key] += count
+            stored.refused = {}
+        if self._publish and stored.events:
             try:
                 if self._redis is None:
                     self._redis = events.redis_client()
+                # One pipeline, one round trip, for every account of the batch.
                 pipe = self._redis.pipeline(transaction=False)
-                channel = events.events_channel(account_id)
-                for payload in payloads:
-                    pipe.publish(channel, events.encode(payload))
+                for account_id, payload in stored.events:
+                    pipe.publish(events.events_channel(account_id), events.encode(payload))
                 pipe.execute()
             except Exception:
                 # Browsers resume from the database with Last-Event-ID; a lost event costs
                 # only liveness.
                 logger.warning("could not publish live events", exc_info=True)
                 self._redis = None
-        if message_ids:
-            notify_message_stored(account_id, message_ids)
+        stored.events = []
+        for account_id, message_ids in stored.message_ids.items():
+            account = self._accounts.get(account_id)
+            if message_ids and account is not None:
+                hooks.message_stored_on_commit(
+                    account_id=account_id, schema_name=account.schema_name, message_ids=message_ids
+                )
+        stored.message_ids = {}
+
+
+def _records_of(group: ingest.AccountRecords) -> "list[Any]":
+    return [*group.lines, *group.members, *group.topics, *group.joins]
 
 
 def _close_connection() -> None:
