@@ -68,8 +68,13 @@ def redis_client() -> Any:
     return redis.Redis.from_url(settings.REDIS_URL)
 
 
+# One encoder, not one per call: json.dumps with options builds a new one each time, which was
+# a tenth of the gateway writer's publishing under a flood.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), default=str)
+
+
 def encode(payload: dict[str, Any]) -> str:
-    return json.dumps(payload, separators=(",", ":"), default=str)
+    return _ENCODER.encode(payload)
 
 
 def seal_command(payload: dict[str, Any]) -> str:

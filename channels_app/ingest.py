@@ -56,6 +56,8 @@ _MESSAGE_TYPES = (
     "int8", "int8", "varchar", "varchar", "text", "timestamptz", "varchar", "jsonb", "timestamptz",
 )  # fmt: skip
 _NOTIFICATION_COLUMNS = ("id", "message_id", "kind", "created_at")
+# Binary COPY: measured against text in docs/benchmarks.md ("Storing IRC lines").
+COPY_OPTIONS = sql.SQL("(FORMAT BINARY)")
 _NOTIFICATION_TYPES = ("int8", "int8", "varchar", "timestamptz")
 
 
@@ -221,12 +223,20 @@ def _resolve_channels(
             )
         return found
 
+    # By the buffer's name as received, so a flood into one channel costs one dict look-up a
+    # line.
+    seen: dict[tuple[int, str], int] = {}
     for line in records.lines:
-        try:
-            account.lines.append((line, channel_id(line.server_id, line.buffer, line.buffer_kind)))
-        except _ChannelRefused:
-            key = (account_id, line.server_id)
-            refused[key] = refused.get(key, 0) + 1
+        found = seen.get((line.server_id, line.buffer))
+        if found is None:
+            try:
+                found = channel_id(line.server_id, line.buffer, line.buffer_kind)
+            except _ChannelRefused:
+                key = (account_id, line.server_id)
+                refused[key] = refused.get(key, 0) + 1
+                continue
+            seen[(line.server_id, line.buffer)] = found
+        account.lines.append((line, found))
     # Member lists, topics and joins of a buffer past the limit are refused silently: the
     # lines refused with them are what the server buffer reports.
     for change in records.members:
@@ -283,11 +293,15 @@ def _drop_replays(cursor: psycopg.Cursor[Any], accounts: list[_Account]) -> None
         if not keys:
             continue
         channels, msgids = zip(*keys, strict=True)
+        # LATERAL ... LIMIT 1: one probe of the index per key. As a plain join, a list of
+        # thousands of keys got a parallel scan of the whole table and a merge join (84 ms
+        # against 4 ms at 126,000 rows, docs/benchmarks.md), growing with the history.
         parts.append(
             sql.SQL(
-                "SELECT {}::int, m.channel_id, m.msgid FROM {} m"
-                " JOIN unnest(%s::bigint[], %s::text[]) AS k(channel_id, msgid)"
-                " ON m.channel_id = k.channel_id AND m.msgid = k.msgid WHERE m.msgid <> ''"
+                "SELECT {}::int, k.channel_id, k.msgid"
+                " FROM unnest(%b::bigint[], %b::text[]) AS k(channel_id, msgid),"
+                " LATERAL (SELECT FROM {} m WHERE m.channel_id = k.channel_id"
+                " AND m.msgid = k.msgid AND m.msgid <> '' LIMIT 1) AS stored"
             ).format(sql.Literal(index), sql.Identifier(account.schema, MESSAGE_TABLE))
         )
         params += [list(channels), list(msgids)]
@@ -341,9 +355,10 @@ def _copy_lines(cursor: psycopg.Cursor[Any], account: _Account, now: datetime) -
         return
     schema = account.schema
     with cursor.copy(
-        sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
+        sql.SQL("COPY {} ({}) FROM STDIN {}").format(
             sql.Identifier(schema, MESSAGE_TABLE),
             sql.SQL(", ").join(map(sql.Identifier, _MESSAGE_COLUMNS)),
+            COPY_OPTIONS,
         )
     ) as copy:
         copy.set_types(_MESSAGE_TYPES)
@@ -356,9 +371,10 @@ def _copy_lines(cursor: psycopg.Cursor[Any], account: _Account, now: datetime) -
     if not account.notification_ids:
         return
     with cursor.copy(
-        sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
+        sql.SQL("COPY {} ({}) FROM STDIN {}").format(
             sql.Identifier(schema, NOTIFICATION_TABLE),
             sql.SQL(", ").join(map(sql.Identifier, _NOTIFICATION_COLUMNS)),
+            COPY_OPTIONS,
         )
     ) as copy:
         copy.set_types(_NOTIFICATION_TYPES)

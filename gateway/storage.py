@@ -152,6 +152,8 @@ class Store:
         self._reported_at: dict[tuple[str, uuid.UUID, int], float] = {}
         self._wakeup = asyncio.Event()
         self._db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gateway-db")
+        # What follows a commit (live events, hook tasks), in commit order.
+        self._announcer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gateway-announce")
         self._accounts: dict[uuid.UUID, Account] = {}
         self._channels: dict[tuple[uuid.UUID, int, str], int] = {}
         self._publish = publish
@@ -305,6 +307,7 @@ class Store:
         # A function, not the bound method: the proxy must resolve in the writer's thread.
         await asyncio.get_running_loop().run_in_executor(self._db, _close_connection)
         self._db.shutdown(wait=True)
+        self._announcer.shutdown(wait=True)
 
     def run_sync(self, fn: Any, *args: Any) -> "asyncio.Future[Any]":
         """Run a database function on the writer thread (so it is ordered with the writes)."""
@@ -446,29 +449,42 @@ class Store:
             with self._lock:  # read by the asyncio side
                 for key, count in stored.refused.items():
                     self._refused_by[key] += count
-            stored.refused = {}
-        if self._publish and stored.events:
+        if stored.events or stored.message_ids:
+            # On a thread of its own, in commit order: the writer starts the next batch while
+            # Redis and the broker are talked to (a sixth of the writer's time per line).
+            self._announcer.submit(self._announce, stored.events, stored.message_ids)
+        stored.refused, stored.events, stored.message_ids = {}, [], {}
+
+    def _announce(
+        self,
+        stored_events: list[tuple[uuid.UUID, dict[str, Any]]],
+        message_ids: dict[uuid.UUID, list[int]],
+    ) -> None:
+        """Publish a committed batch's live events in one pipeline, then enqueue one message-
+        hook task per account."""
+        if self._publish and stored_events:
             try:
                 if self._redis is None:
                     self._redis = events.redis_client()
-                # One pipeline, one round trip, for every account of the batch.
                 pipe = self._redis.pipeline(transaction=False)
-                for account_id, payload in stored.events:
-                    pipe.publish(events.events_channel(account_id), events.encode(payload))
+                channels: dict[uuid.UUID, str] = {}
+                for account_id, payload in stored_events:
+                    channel = channels.get(account_id)
+                    if channel is None:
+                        channel = channels[account_id] = events.events_channel(account_id)
+                    pipe.publish(channel, events.encode(payload))
                 pipe.execute()
             except Exception:
                 # Browsers resume from the database with Last-Event-ID; a lost event costs
                 # only liveness.
                 logger.warning("could not publish live events", exc_info=True)
                 self._redis = None
-        stored.events = []
-        for account_id, message_ids in stored.message_ids.items():
+        for account_id, ids in message_ids.items():
             account = self._accounts.get(account_id)
-            if message_ids and account is not None:
+            if ids and account is not None:
                 hooks.message_stored_on_commit(
-                    account_id=account_id, schema_name=account.schema_name, message_ids=message_ids
+                    account_id=account_id, schema_name=account.schema_name, message_ids=ids
                 )
-        stored.message_ids = {}
 
 
 def _records_of(group: ingest.AccountRecords) -> "list[Any]":
