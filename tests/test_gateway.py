@@ -368,8 +368,9 @@ def test_settings_reach_the_gateway_while_its_writer_is_busy_and_highlight(
             save_chat_settings(
                 account=alice.account, highlight_words=["deploy"], history_retention_days=None
             )
+        accounts = gateway.gateway.accounts
         wait_until(
-            lambda: gateway.gateway._highlight_words.get(alice.account.pk) == ("deploy",),  # type: ignore[union-attr]
+            lambda: accounts[alice.account.pk].settings.get("highlight_words") == ["deploy"],
             5,
             "the gateway to read the new settings while its writer is busy",
         )
