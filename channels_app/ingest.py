@@ -118,8 +118,8 @@ class AccountRecords:
 class Stored:
     """What a committed batch wrote, for what follows the commit."""
 
-    # (account, live event payload), in the order the account's browsers should see them.
-    events: list[tuple[uuid.UUID, dict[str, Any]]] = field(default_factory=list)
+    # Per account, its live events in the order its browsers should see them.
+    events: dict[uuid.UUID, list[dict[str, Any]]] = field(default_factory=dict)
     # The new Message ids of each account, ascending (the message hook's input).
     message_ids: dict[uuid.UUID, list[int]] = field(default_factory=dict)
     # Lines refused because they would open a buffer past LIMIT_CHANNELS_PER_SERVER.
@@ -130,7 +130,8 @@ class Stored:
         return sum(len(ids) for ids in self.message_ids.values())
 
     def add(self, other: "Stored") -> None:
-        self.events.extend(other.events)
+        for account_id, payloads in other.events.items():
+            self.events.setdefault(account_id, []).extend(payloads)
         for account_id, ids in other.message_ids.items():
             self.message_ids.setdefault(account_id, []).extend(ids)
         for key, count in other.refused.items():
@@ -189,15 +190,14 @@ def _write(
         _copy_lines(cursor, account, now)
         _apply_changes(cursor, account)
         stored.message_ids[account.records.account_id] = account.message_ids
-        stored.events.extend(
-            (account.records.account_id, payload)
-            for payload in live_events(
-                lines=account.lines,
-                message_ids=account.message_ids,
-                notification_ids=account.notification_ids,
-                changed_channels=_changed_channels(account),
-            )
+        payloads = live_events(
+            lines=account.lines,
+            message_ids=account.message_ids,
+            notification_ids=account.notification_ids,
+            changed_channels=_changed_channels(account),
         )
+        if payloads:
+            stored.events[account.records.account_id] = payloads
     return stored
 
 
@@ -288,8 +288,12 @@ def _drop_replays(cursor: psycopg.Cursor[Any], accounts: list[_Account]) -> None
     index (the `msgid <> ''` makes the index's predicate provable whatever the list's size)."""
     parts: list[sql.Composable] = []
     params: list[Any] = []
+    # Lines with a msgid, per account; a batch with no duplicate key in it and none stored
+    # (the usual case) keeps its lines without a second pass.
+    distinct: list[bool] = []
     for index, account in enumerate(accounts):
         keys = {(channel_id, line.msgid[:128]) for line, channel_id in account.lines if line.msgid}
+        distinct.append(len(keys) == sum(1 for line, _ in account.lines if line.msgid))
         if not keys:
             continue
         channels, msgids = zip(*keys, strict=True)
@@ -309,7 +313,9 @@ def _drop_replays(cursor: psycopg.Cursor[Any], accounts: list[_Account]) -> None
     if parts:
         for index, channel_id, msgid in cursor.execute(sql.SQL(" UNION ALL ").join(parts), params):
             seen[index].add((channel_id, msgid))
-    for account, stored in zip(accounts, seen, strict=True):
+    for account, stored, unique in zip(accounts, seen, distinct, strict=True):
+        if unique and not stored:
+            continue
         kept = []
         for line, channel_id in account.lines:
             if line.msgid:

@@ -453,11 +453,11 @@ class Store:
             # On a thread of its own, in commit order: the writer starts the next batch while
             # Redis and the broker are talked to (a sixth of the writer's time per line).
             self._announcer.submit(self._announce, stored.events, stored.message_ids)
-        stored.refused, stored.events, stored.message_ids = {}, [], {}
+        stored.refused, stored.events, stored.message_ids = {}, {}, {}
 
     def _announce(
         self,
-        stored_events: list[tuple[uuid.UUID, dict[str, Any]]],
+        stored_events: dict[uuid.UUID, list[dict[str, Any]]],
         message_ids: dict[uuid.UUID, list[int]],
     ) -> None:
         """Publish a committed batch's live events in one pipeline, then enqueue one message-
@@ -467,12 +467,10 @@ class Store:
                 if self._redis is None:
                     self._redis = events.redis_client()
                 pipe = self._redis.pipeline(transaction=False)
-                channels: dict[uuid.UUID, str] = {}
-                for account_id, payload in stored_events:
-                    channel = channels.get(account_id)
-                    if channel is None:
-                        channel = channels[account_id] = events.events_channel(account_id)
-                    pipe.publish(channel, events.encode(payload))
+                for account_id, payloads in stored_events.items():
+                    channel = events.events_channel(account_id)
+                    for payload in payloads:
+                        pipe.publish(channel, events.encode(payload))
                 pipe.execute()
             except Exception:
                 # Browsers resume from the database with Last-Event-ID; a lost event costs

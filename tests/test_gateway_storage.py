@@ -205,9 +205,17 @@ def test_replayed_msgid_is_stored_once(accounts: tuple[User, User, int, int]) ->
     run_store(store, lambda: store.stored >= 1)
     store.put(line(alice, a_server, "hello", msgid="abc123"))
     store.put(line(alice, a_server, "new", 1, msgid="def456"))
+    store.put(line(alice, a_server, "new", 1, msgid="def456"))  # twice in one batch
+    store.put(line(alice, a_server, "no msgid", 2))
+    store.put(line(alice, a_server, "no msgid", 2))  # lines without a msgid are all kept
     run_store(store, lambda: store.backlog == 0)
     with switch(alice):
-        assert sorted(Message.objects.values_list("msgid", flat=True)) == ["abc123", "def456"]
+        assert sorted(Message.objects.values_list("msgid", flat=True)) == [
+            "",
+            "",
+            "abc123",
+            "def456",
+        ]
 
 
 def test_members_topic_and_notifications(accounts: tuple[User, User, int, int]) -> None:
