@@ -359,35 +359,59 @@ def _reserve_ids(cursor: psycopg.Cursor[Any], accounts: list[_Account]) -> None:
 def _copy_lines(cursor: psycopg.Cursor[Any], account: _Account, now: datetime) -> None:
     if not account.lines:
         return
-    schema = account.schema
-    with cursor.copy(
-        sql.SQL("COPY {} ({}) FROM STDIN {}").format(
-            sql.Identifier(schema, MESSAGE_TABLE),
-            sql.SQL(", ").join(map(sql.Identifier, _MESSAGE_COLUMNS)),
-            COPY_OPTIONS,
+    _copy(
+        cursor,
+        sql.Identifier(account.schema, MESSAGE_TABLE),
+        _MESSAGE_COLUMNS,
+        _MESSAGE_TYPES,
+        (
+            (
+                message_id,
+                channel_id,
+                line.kind,
+                line.sender[:100],
+                line.text,
+                line.server_time,
+                line.msgid[:128],
+                line.tags,
+                now,
+            )
+            for (line, channel_id), message_id in zip(
+                account.lines, account.message_ids, strict=True
+            )
+        ),
+    )
+    if account.notification_ids:
+        _copy(
+            cursor,
+            sql.Identifier(account.schema, NOTIFICATION_TABLE),
+            _NOTIFICATION_COLUMNS,
+            _NOTIFICATION_TYPES,
+            (
+                (notification_id, message_id, kind, now)
+                for (message_id, kind), notification_id in zip(
+                    _notified(account.lines, account.message_ids),
+                    account.notification_ids,
+                    strict=True,
+                )
+            ),
         )
-    ) as copy:
-        copy.set_types(_MESSAGE_TYPES)
-        for (line, channel_id), message_id in zip(account.lines, account.message_ids, strict=True):
-            row = (
-                message_id, channel_id, line.kind, line.sender[:100], line.text,
-                line.server_time, line.msgid[:128], line.tags, now,
-            )  # fmt: skip
+
+
+def _copy(
+    cursor: psycopg.Cursor[Any],
+    table: sql.Identifier,
+    columns: Sequence[str],
+    types: Sequence[str],
+    rows: Iterable[tuple[Any, ...]],
+) -> None:
+    statement = sql.SQL("COPY {} ({}) FROM STDIN {}").format(
+        table, sql.SQL(", ").join(map(sql.Identifier, columns)), COPY_OPTIONS
+    )
+    with cursor.copy(statement) as copy:
+        copy.set_types(types)
+        for row in rows:
             copy.write_row(row)
-    if not account.notification_ids:
-        return
-    with cursor.copy(
-        sql.SQL("COPY {} ({}) FROM STDIN {}").format(
-            sql.Identifier(schema, NOTIFICATION_TABLE),
-            sql.SQL(", ").join(map(sql.Identifier, _NOTIFICATION_COLUMNS)),
-            COPY_OPTIONS,
-        )
-    ) as copy:
-        copy.set_types(_NOTIFICATION_TYPES)
-        for (message_id, kind), notification_id in zip(
-            _notified(account.lines, account.message_ids), account.notification_ids, strict=True
-        ):
-            copy.write_row((notification_id, message_id, kind, now))
 
 
 def _notified(

@@ -357,14 +357,7 @@ class Store:
                 group = groups[record.account_id] = ingest.AccountRecords(
                     record.account_id, account.schema_name
                 )
-            if isinstance(record, Line):
-                group.lines.append(record)
-            elif isinstance(record, Members):
-                group.members.append(record)
-            elif isinstance(record, Topic):
-                group.topics.append(record)
-            else:
-                group.joins.append(record)
+            _add_record(group, record)
         return groups
 
     def _write_each_account(
@@ -400,14 +393,7 @@ class Store:
             if record.server_id in gone:
                 continue
             one = ingest.AccountRecords(group.account_id, group.schema_name)
-            if isinstance(record, Line):
-                one.lines.append(record)
-            elif isinstance(record, Members):
-                one.members.append(record)
-            elif isinstance(record, Topic):
-                one.topics.append(record)
-            else:
-                one.joins.append(record)
+            _add_record(one, record)
             for attempt in (1, 2):
                 try:
                     stored.add(ingest.store_records(batch=[one], channel_ids=self._channels))
@@ -483,6 +469,17 @@ class Store:
                 hooks.message_stored_on_commit(
                     account_id=account_id, schema_name=account.schema_name, message_ids=ids
                 )
+
+
+def _add_record(group: ingest.AccountRecords, record: Record) -> None:
+    if isinstance(record, Line):
+        group.lines.append(record)
+    elif isinstance(record, Members):
+        group.members.append(record)
+    elif isinstance(record, Topic):
+        group.topics.append(record)
+    else:
+        group.joins.append(record)
 
 
 def _records_of(group: ingest.AccountRecords) -> "list[Any]":
