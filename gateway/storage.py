@@ -301,6 +301,8 @@ class Store:
         deadline = asyncio.get_running_loop().time() + timeout
         while self.backlog and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.05)
+        # The written batches' live events and hook tasks are out before this returns.
+        await asyncio.wrap_future(self._announcer.submit(lambda: None))
 
     async def close(self) -> None:
         """Release the writer thread and its database connection."""

@@ -23,6 +23,7 @@ from channels_app.models import Channel, ChannelUser, Message, Notification, Ser
 from config.database import connection_params
 from gateway.storage import MAX_BATCH, Line, Members, Record, Store, Topic
 from tenancy import switch
+from tenancy.context import connection as tenant_connection
 from tests.factories import UserFactory
 
 T0 = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
@@ -145,7 +146,7 @@ def test_message_listeners_run_in_a_celery_task_per_account_never_on_the_writer(
                 account_id,
                 message_ids,
                 threading.current_thread().name,
-                connection.schema_name,
+                tenant_connection.schema_name,
                 connection.in_atomic_block,
             )
         )
@@ -172,7 +173,7 @@ def test_message_listeners_run_in_a_celery_task_per_account_never_on_the_writer(
     with switch(bob):
         bob_ids = list(Message.objects.order_by("id").values_list("id", flat=True))
     assert len(alice_ids) == len(bob_ids) == 30
-    by_account = {account_id: rest for account_id, *rest in called}
+    by_account = {call[0]: call[1:] for call in called}
     assert len(called) == 2 and set(by_account) == {alice.account.pk, bob.account.pk}
     assert by_account[alice.account.pk][0] == alice_ids
     assert by_account[bob.account.pk][0] == bob_ids
