@@ -133,9 +133,10 @@ class BatchInterrupted(OperationalError):
     """The database went away while a failed batch was being retried piecemeal: `unwritten`
     are its records not committed before it did."""
 
-    def __init__(self, unwritten: list[Record]) -> None:
+    def __init__(self, unwritten: list[Record], written: int) -> None:
         super().__init__(f"database lost with {len(unwritten)} records of the batch unwritten")
         self.unwritten = unwritten
+        self.written = written  # lines of the batch that did commit
 
 
 class Store:
@@ -276,7 +277,11 @@ class Store:
             try:
                 written = await loop.run_in_executor(self._db, self._write_batch, batch)
             except (OperationalError, InterfaceError) as exc:
-                self._put_back(exc.unwritten if isinstance(exc, BatchInterrupted) else batch)
+                if isinstance(exc, BatchInterrupted):
+                    self.stored += exc.written
+                    self._put_back(exc.unwritten)
+                else:
+                    self._put_back(batch)
                 self._inflight = 0
                 if self.database_ok:
                     logger.warning("database unreachable, holding %d lines: %s", self.backlog, exc)
@@ -338,10 +343,10 @@ class Store:
                 self._write_each_account(groups, stored, committed)
             except (OperationalError, InterfaceError) as exc:
                 # Only what did not commit goes back to the queue: no line twice.
-                self.stored += stored.lines
+                written = stored.lines
                 self._after_commit(stored)
                 unwritten = [r for r in batch if id(r) not in committed]
-                raise BatchInterrupted(unwritten) from exc
+                raise BatchInterrupted(unwritten, written) from exc
         written = stored.lines
         self._after_commit(stored)
         return written

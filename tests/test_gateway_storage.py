@@ -440,3 +440,45 @@ def test_a_flood_is_taken_in_large_account_shares_and_round_robin() -> None:
     for account_id in flooders:
         texts = [r.text for b in batches for r in b if r.account_id == account_id]
         assert texts == [str(n) for n in range(3000)]
+
+
+def test_database_lost_during_a_piecemeal_retry_writes_no_line_twice(
+    accounts: tuple[User, User, int, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch refused whole is retried account by account; if the server goes away in the
+    middle, only what did not commit goes back to the queue. The failures are injected around
+    the real writes (the database cannot be made to fail between two given statements)."""
+    from django.db import IntegrityError, OperationalError
+
+    from channels_app import ingest
+
+    alice, bob, a_server, b_server = accounts
+    real = ingest.store_records
+    calls: list[int] = []
+
+    def flaky(*, batch: list[ingest.AccountRecords], channel_ids: ingest.ChannelIds) -> Any:
+        calls.append(len(batch))
+        if len(calls) == 1:
+            raise IntegrityError("a record refused: the batch is retried account by account")
+        if len(calls) == 3:
+            raise OperationalError("the server went away after the first account committed")
+        return real(batch=batch, channel_ids=channel_ids)
+
+    monkeypatch.setattr(ingest, "store_records", flaky)
+    store = Store(publish=False)
+    store.add_account(alice.account)
+    store.add_account(bob.account)
+    for n in range(20):
+        store.put(line(alice, a_server, f"alice {n}", n))
+        store.put(line(bob, b_server, f"bob {n}", n))
+    run_store(store, lambda: store.backlog == 0 and store.stored >= 40)
+    assert calls[:3] == [2, 1, 1]  # whole batch, then alice alone, then bob alone
+    with switch(alice):
+        assert list(Message.objects.order_by("id").values_list("text", flat=True)) == [
+            f"alice {n}" for n in range(20)
+        ]
+    with switch(bob):
+        assert list(Message.objects.order_by("id").values_list("text", flat=True)) == [
+            f"bob {n}" for n in range(20)
+        ]
+    assert store.stored == 40
