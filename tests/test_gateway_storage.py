@@ -50,6 +50,20 @@ def line(user: User, server_id: int, text: str, n: int = 0, **kw: object) -> Lin
     return Line(**fields)  # type: ignore[arg-type]
 
 
+def store_with_lines(
+    accounts: tuple[User, User, int, int], count: int, *, publish: bool = False
+) -> Store:
+    """A Store holding `count` lines of alice and as many of bob, taken in turn."""
+    alice, bob, a_server, b_server = accounts
+    store = Store(publish=publish)
+    store.add_account(alice.account)
+    store.add_account(bob.account)
+    for n in range(count):
+        store.put(line(alice, a_server, f"alice line {n}", n))
+        store.put(line(bob, b_server, f"bob line {n}", n))
+    return store
+
+
 def run_store(store: Store, until: Callable[[], bool], timeout: float = 20) -> None:
     async def main() -> None:
         task = asyncio.create_task(store.run())
@@ -99,14 +113,9 @@ def received(pubsub: redis.client.PubSub, count: int, timeout: float = 5) -> lis
 def test_batch_goes_to_each_accounts_schema_then_events(
     accounts: tuple[User, User, int, int], subscriber: redis.client.PubSub
 ) -> None:
-    alice, bob, a_server, b_server = accounts
+    alice, bob, _, _ = accounts
     subscriber.subscribe(events.events_channel(alice.account.pk))
-    store = Store()
-    store.add_account(alice.account)
-    store.add_account(bob.account)
-    for n in range(50):
-        store.put(line(alice, a_server, f"alice line {n}", n))
-        store.put(line(bob, b_server, f"bob line {n}", n))
+    store = store_with_lines(accounts, 50, publish=True)
     run_store(store, lambda: store.stored >= 100)
 
     with switch(alice):
@@ -137,7 +146,7 @@ def test_message_listeners_run_in_a_celery_task_per_account_never_on_the_writer(
 ) -> None:
     """After the commit the gateway enqueues one task per account of the batch with that
     account's new message ids; a worker calls the listeners in the account's schema."""
-    alice, bob, a_server, b_server = accounts
+    alice, bob, _, _ = accounts
     called: list[tuple[uuid.UUID, list[int], str, str, bool]] = []
 
     def listener(account_id: uuid.UUID, message_ids: list[int]) -> None:
@@ -152,12 +161,7 @@ def test_message_listeners_run_in_a_celery_task_per_account_never_on_the_writer(
         )
 
     hooks.on_message_stored(listener)
-    store = Store(publish=False)
-    store.add_account(alice.account)
-    store.add_account(bob.account)
-    for n in range(30):
-        store.put(line(alice, a_server, f"alice line {n}", n))
-        store.put(line(bob, b_server, f"bob line {n}", n))
+    store = store_with_lines(accounts, 30)
     # Lines held back until the Store runs: all 60 go in one batch.
     try:
         run_store(store, lambda: store.stored >= 60)
@@ -452,7 +456,7 @@ def test_database_lost_during_a_piecemeal_retry_writes_no_line_twice(
 
     from channels_app import ingest
 
-    alice, bob, a_server, b_server = accounts
+    alice, bob, _, _ = accounts
     real = ingest.store_records
     calls: list[int] = []
 
@@ -465,20 +469,15 @@ def test_database_lost_during_a_piecemeal_retry_writes_no_line_twice(
         return real(batch=batch, channel_ids=channel_ids)
 
     monkeypatch.setattr(ingest, "store_records", flaky)
-    store = Store(publish=False)
-    store.add_account(alice.account)
-    store.add_account(bob.account)
-    for n in range(20):
-        store.put(line(alice, a_server, f"alice {n}", n))
-        store.put(line(bob, b_server, f"bob {n}", n))
+    store = store_with_lines(accounts, 20)
     run_store(store, lambda: store.backlog == 0 and store.stored >= 40)
     assert calls[:3] == [2, 1, 1]  # whole batch, then alice alone, then bob alone
     with switch(alice):
         assert list(Message.objects.order_by("id").values_list("text", flat=True)) == [
-            f"alice {n}" for n in range(20)
+            f"alice line {n}" for n in range(20)
         ]
     with switch(bob):
         assert list(Message.objects.order_by("id").values_list("text", flat=True)) == [
-            f"bob {n}" for n in range(20)
+            f"bob line {n}" for n in range(20)
         ]
     assert store.stored == 40
