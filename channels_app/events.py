@@ -79,8 +79,13 @@ def redis_client() -> Any:
     return redis.Redis.from_url(settings.REDIS_URL)
 
 
+# One encoder, not one per call: json.dumps with options builds a new one each time, which was
+# a tenth of the gateway writer's publishing under a flood.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), default=str)
+
+
 def encode(payload: Mapping[str, Any]) -> str:
-    return json.dumps(payload, separators=(",", ":"), default=str)
+    return _ENCODER.encode(payload)
 
 
 # --- live events --------------------------------------------------------------------------------
@@ -174,6 +179,12 @@ LIVE_EVENT_CLASSES: tuple[type[LiveEvent], ...] = (
 EVENT_TYPES: frozenset[str] = frozenset(cls.type for cls in LIVE_EVENT_CLASSES)
 
 
+# dataclasses.fields() per event was measurable under a flood (the gateway builds one per line).
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {
+    cls: tuple(f.name for f in dataclasses.fields(cls)) for cls in LIVE_EVENT_CLASSES
+}
+
+
 def _wire_value(value: Any) -> Any:
     return value.isoformat() if isinstance(value, datetime) else value
 
@@ -182,8 +193,8 @@ def event_payload(event: LiveEvent) -> dict[str, Any]:
     """The event as the browsers read it: "type" first, then the fields in declared order,
     times as ISO-8601."""
     payload: dict[str, Any] = {"type": event.type}
-    for f in dataclasses.fields(event):
-        payload[f.name] = _wire_value(getattr(event, f.name))
+    for name in _FIELD_NAMES[type(event)]:
+        payload[name] = _wire_value(getattr(event, name))
     return payload
 
 

@@ -1,7 +1,14 @@
-"""Listeners called after a line is stored: `on_message_stored(fn)` registers
-`fn(account_id, message_id)`. The gateway calls them after its batch commits, outside any
-transaction, inside no schema; a listener that needs the account's data uses tenancy.switch.
-Agents subscribe here."""
+"""Listeners of stored lines: `on_message_stored(fn)` registers `fn(account_id, message_ids)`.
+
+The gateway never calls them itself: after a batch commits it enqueues one Celery task per
+account of the batch (channels_app.tasks.message_stored) carrying the account and the batch's
+new Message ids of that account, ascending; a worker runs the task in the account's schema and
+calls every listener there, once per batch. Agents subscribe here.
+
+Register listeners when Django starts (an AppConfig.ready or a module it imports), so that every
+process knows them: the gateway enqueues nothing while no listener is registered in its own
+process, and the worker calls the ones registered in its.
+"""
 
 import logging
 import uuid
@@ -9,21 +16,43 @@ from collections.abc import Callable
 
 logger = logging.getLogger(__name__)
 
-MessageListener = Callable[[uuid.UUID, int], None]
-_listeners: list[MessageListener] = []
+MessagesListener = Callable[[uuid.UUID, list[int]], None]
+_listeners: list[MessagesListener] = []
 
 
-def on_message_stored(listener: MessageListener) -> MessageListener:
+def on_message_stored(listener: MessagesListener) -> MessagesListener:
     if listener not in _listeners:
         _listeners.append(listener)
     return listener
 
 
-def notify_message_stored(account_id: uuid.UUID, message_ids: list[int]) -> None:
+def has_listeners() -> bool:
+    return bool(_listeners)
+
+
+def message_stored_on_commit(
+    *, account_id: uuid.UUID, schema_name: str, message_ids: list[int]
+) -> None:
+    """Called once the lines are committed: hand them to the listeners through a Celery task
+    in the account's schema. A broker failure is logged, not raised: the lines are stored."""
+    if not _listeners or not message_ids:
+        return
+    from channels_app.tasks import message_stored
+
+    try:
+        # The schema named here, not switched to: the gateway's writer thread never leaves
+        # the public schema for this.
+        message_stored.apply_async(
+            args=[str(account_id), message_ids], headers={"_schema_name": schema_name}
+        )
+    except Exception:
+        logger.exception("could not enqueue the message hook for account %s", account_id)
+
+
+def call_listeners(account_id: uuid.UUID, message_ids: list[int]) -> None:
     for listener in list(_listeners):
-        for message_id in message_ids:
-            try:
-                listener(account_id, message_id)
-            except Exception:
-                # One listener's failure must not cost the others (or the gateway) the line.
-                logger.exception("message listener %r failed", listener)
+        try:
+            listener(account_id, message_ids)
+        except Exception:
+            # One listener's failure must not cost the others the lines.
+            logger.exception("message listener %r failed", listener)

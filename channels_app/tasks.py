@@ -3,14 +3,18 @@ lines older than that.
 
 `prune_all_accounts` runs on public (Celery beat, CELERY_BEAT_SCHEDULE) and enqueues one
 `prune_history` per account, from inside that account's schema so the task carries it.
+
+`message_stored` calls the message hook's listeners for a batch of one account's new lines.
 """
 
 import logging
+import uuid
 from datetime import timedelta
 
 from django.utils import timezone
 
 from accounts.models import Account
+from channels_app import hooks
 from channels_app.selectors.settings import RETENTION_DAYS_KEY, retention_days
 from channels_app.services.history import delete_messages_before
 from config.celery import app
@@ -53,3 +57,9 @@ def prune_all_accounts() -> int:
             prune_history.delay()
         enqueued += 1
     return enqueued
+
+
+@account_task(name="channels_app.message_stored")
+def message_stored(account_id: str, message_ids: list[int]) -> None:
+    """The gateway stored these lines of the account (channels_app.hooks): tell the listeners."""
+    hooks.call_listeners(uuid.UUID(account_id), message_ids)

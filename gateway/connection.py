@@ -11,10 +11,11 @@ import contextlib
 import functools
 import logging
 import random
+import re
 import ssl
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -152,7 +153,7 @@ class IrcConnection:
         store: Store,
         *,
         report_state: Callable[[ServerStateEvent], None],
-        highlight_words: Callable[[], list[str]],
+        highlight_words: Callable[[], Sequence[str]],
         tls_context: ssl.SSLContext | None = None,
     ) -> None:
         self.config = config
@@ -195,6 +196,8 @@ class IrcConnection:
         self._read_credit = 0
         self.state = "disconnected"
         self.last_error = ""
+        self._me: tuple[str, str, str] = ("", "", "")  # nick, casemapping, folded nick
+        self._highlight: tuple[Sequence[str] | None, str, re.Pattern[str] | None] = (None, "", None)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -513,13 +516,21 @@ class IrcConnection:
         return bool(target) and target[0] in chantypes
 
     def _is_me(self, nick: str | None) -> bool:
-        return nick is not None and self._fold(nick) == self._fold(self.nick)
+        if nick is None:
+            return False
+        # Our folded nick, folded again only when the nick or the casemapping changed: this is
+        # asked several times per line.
+        if self._me[0] != self.nick or self._me[1] != self.casemapping:
+            self._me = (self.nick, self.casemapping, self._fold(self.nick))
+        return self._fold(nick) == self._me[2]
 
     async def _handle(self, line: IrcLine) -> None:
         handler = getattr(self, f"_on_{line.command.lower()}", None)
         if handler is not None:
             result = handler(line)
-            if asyncio.iscoroutine(result):
+            # Most handlers return None; iscoroutine(None) is an ABC check, a seventh of a
+            # flood's event loop.
+            if result is not None and asyncio.iscoroutine(result):
                 await result
         elif line.command.isdigit():
             self._on_numeric(line)
@@ -978,7 +989,7 @@ class IrcConnection:
         server_time = protocol.parse_server_time(tags.get("time", "")) if tags else None
         highlight = False
         if not own and kind in ("message", "action", "notice") and self._is_channel(buffer):
-            pattern = highlight_pattern([self.nick, *self.highlight_words()])
+            pattern = self._highlight_pattern()
             highlight = bool(pattern and pattern.search(text))
         buffer_kind = "channel" if self._is_channel(buffer) else "query"
         self.store.put(
@@ -997,6 +1008,14 @@ class IrcConnection:
                 private=private,
             )
         )
+
+    def _highlight_pattern(self) -> "re.Pattern[str] | None":
+        """The pattern for our nick and the account's highlight words, built again only when
+        either changed (the gateway hands out the same tuple until the settings change)."""
+        words = self.highlight_words()
+        if words is not self._highlight[0] or self.nick != self._highlight[1]:
+            self._highlight = (words, self.nick, highlight_pattern([self.nick, *words]))
+        return self._highlight[2]
 
     def _refuse(self, kind: str, text: str) -> None:
         """Say in the server buffer what was refused: once per kind per notice interval, since

@@ -9,8 +9,9 @@ import contextlib
 import logging
 import ssl
 import uuid
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 from accounts.models import Account
 from channels_app import events
@@ -24,10 +25,19 @@ logger = logging.getLogger(__name__)
 
 RESYNC_SECONDS = 60.0
 
+T = TypeVar("T")
+
 
 def in_shard(account_id: uuid.UUID, shard: int, shards: int) -> bool:
     """A server belongs to exactly one shard: the one its account's UUID falls in."""
     return account_id.int % shards == shard
+
+
+def close_connection() -> None:
+    """Close this thread's database connection (run on the thread that holds it)."""
+    from django.db import connection
+
+    connection.close()
 
 
 def load_accounts(shard: int, shards: int) -> list[Account]:
@@ -90,6 +100,10 @@ class Gateway:
         self.tls_context = tls_context
         self.store = store or Store()
         self.accounts: dict[uuid.UUID, Account] = {}
+        self._highlight_words: dict[uuid.UUID, tuple[str, ...]] = {}
+        # Configuration is read on a thread (and database connection) of its own: on the
+        # store's writer thread every read waited behind a batch, and held the next one up.
+        self._config_db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gateway-config")
         self.connections: dict[tuple[uuid.UUID, int], IrcConnection] = {}
         self._redis: Any = None
         self._tasks: list[asyncio.Task[Any]] = []
@@ -135,6 +149,11 @@ class Gateway:
         await asyncio.wait(self._tasks, timeout=5)
         if self._redis is not None:
             await self._redis.aclose()
+        await self._read_config(close_connection)
+        self._config_db.shutdown(wait=True)
+
+    async def _read_config(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._config_db, fn, *args)
 
     async def _resync_forever(self) -> None:
         while True:
@@ -147,17 +166,20 @@ class Gateway:
     # -- following the configuration ---------------------------------------------------------
 
     async def sync_all(self) -> None:
-        accounts = await self.store.run_sync(load_accounts, self.shard, self.shards)
+        accounts = await self._read_config(load_accounts, self.shard, self.shards)
         current = {a.pk for a in accounts}
         for account_id in {key[0] for key in self.connections} - current:
             await self._sync_account(account_id, None)
         for account in accounts:
             await self._sync_account(account.pk, account)
+        # A full pass entered every account's schema; PostgreSQL keeps catalog caches for each
+        # in the backend until the connection ends.
+        await self._read_config(close_connection)
 
     async def sync_account(self, account_id: uuid.UUID) -> None:
         if not in_shard(account_id, self.shard, self.shards):
             return
-        account = await self.store.run_sync(load_account, account_id)
+        account = await self._read_config(load_account, account_id)
         await self._sync_account(account_id, account)
 
     async def _sync_account(self, account_id: uuid.UUID, account: Account | None) -> None:
@@ -167,9 +189,9 @@ class Gateway:
             # Channels may have been deleted in the web: read their ids afresh.
             await self.store.run_sync(self.store.forget_channels, account_id)
             if account is not None:
-                self.accounts[account_id] = account
+                self._set_account(account)
                 self.store.add_account(account)
-                configs = await self.store.run_sync(load_server_configs, account)
+                configs = await self._read_config(load_server_configs, account)
             wanted = {c.server_id: c for c in configs}
             for (acc, server_id), conn in list(self.connections.items()):
                 if acc != account_id:
@@ -186,19 +208,24 @@ class Gateway:
                     self._connect(account_id, config)
             if account is None:
                 self.accounts.pop(account_id, None)
+                self._highlight_words.pop(account_id, None)
                 self.store.forget_channels(account_id)
 
-    def _connect(self, account_id: uuid.UUID, config: ServerConfig) -> None:
-        def highlight_words() -> list[str]:
-            account = self.accounts.get(account_id)
-            words = (account.settings or {}).get("highlight_words", []) if account else []
-            return [str(w) for w in words] if isinstance(words, list) else []
+    def _set_account(self, account: Account) -> None:
+        self.accounts[account.pk] = account
+        words = (account.settings or {}).get("highlight_words", [])
+        # Read once per settings change, not per line; the same tuple until the next change
+        # lets each connection keep its compiled pattern.
+        self._highlight_words[account.pk] = (
+            tuple(str(w) for w in words) if isinstance(words, list) else ()
+        )
 
+    def _connect(self, account_id: uuid.UUID, config: ServerConfig) -> None:
         conn = IrcConnection(
             config,
             self.store,
             report_state=lambda event: self._report_state(account_id, event),
-            highlight_words=highlight_words,
+            highlight_words=lambda: self._highlight_words.get(account_id, ()),
             tls_context=self.tls_context,
         )
         self.connections[(account_id, config.server_id)] = conn
@@ -271,9 +298,9 @@ class Gateway:
         if isinstance(command, events.ServersChanged):
             await self.sync_account(account_id)
         elif isinstance(command, events.SettingsChanged):
-            account = await self.store.run_sync(load_account, account_id)
+            account = await self._read_config(load_account, account_id)
             if account is not None:
-                self.accounts[account_id] = account
+                self._set_account(account)
         else:
             server_id = command.server_id
             conn = self.connections.get((account_id, server_id))
@@ -281,7 +308,7 @@ class Gateway:
                 return
             # What we hold in memory may be stale (a deletion whose notice was lost): the row
             # must exist in the account's schema now.
-            if not await self.store.run_sync(server_exists, account_id, server_id):
+            if not await self._read_config(server_exists, account_id, server_id):
                 logger.warning("ignored %s for server %s: not in account %s", command.op,
                                server_id, account_id)  # fmt: skip
                 return

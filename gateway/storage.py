@@ -1,11 +1,12 @@
 """Writing what the IRC connections see into each account's schema, in batches.
 
 The asyncio side only appends records to an in-memory queue, one per account. One thread does
-every database touch: every FLUSH_SECONDS (or sooner when MAX_BATCH records wait) it takes a
-batch from the accounts' queues in turn (up to MAX_PER_ACCOUNT_IN_BATCH each, the accounts
-taken from moving to the back of the line), and writes each account's share in one
-transaction inside `tenancy.switch(account)`. Live events go to Redis and the message-stored
-hooks run after the commit. If the database is unreachable the batch goes back to the head of
+every write: every FLUSH_SECONDS (or sooner when MAX_BATCH records wait) it takes a batch from
+the accounts' queues in turn (up to MAX_PER_ACCOUNT_IN_BATCH each, the accounts taken from
+moving to the back of the line), and has channels_app.services.ingest write the whole batch, every
+account in it, in one transaction. After the commit the batch's live events go to Redis in one
+pipeline, and one message-hook task per account is enqueued (channels_app.hooks): listeners
+never run on this thread. If the database is unreachable the batch goes back to the head of
 the queues and is retried with backoff, so a PostgreSQL restart costs delay, not lines.
 
 An account whose queue passes GATEWAY_MAX_PENDING_PER_ACCOUNT (a flooding server, a long
@@ -30,20 +31,14 @@ from datetime import datetime
 from typing import Any
 
 from django.conf import settings
-from django.db import (
-    DatabaseError,
-    InterfaceError,
-    OperationalError,
-    transaction,
-)
+from django.db import DatabaseError, InterfaceError, OperationalError
 from django.db import connection as django_connection
-from django.db.models.functions import Lower
 from django.utils import timezone
 
 from accounts.models import Account
-from channels_app import events
-from channels_app.hooks import notify_message_stored
-from channels_app.models import Channel, ChannelUser, Message, Notification, Server
+from channels_app import events, hooks
+from channels_app.models import Server
+from channels_app.services import ingest
 from tenancy import db_memory, switch
 
 logger = logging.getLogger(__name__)
@@ -135,8 +130,14 @@ def highlight_pattern(words: Iterable[str]) -> re.Pattern[str] | None:
     return _WORD_CACHE[key]
 
 
-class ChannelRefused(Exception):
-    """A new buffer past LIMIT_CHANNELS_PER_SERVER."""
+class BatchInterrupted(OperationalError):
+    """The database went away while a failed batch was being retried piecemeal: `unwritten`
+    are its records not committed before it did."""
+
+    def __init__(self, unwritten: list[Record], written: int) -> None:
+        super().__init__(f"database lost with {len(unwritten)} records of the batch unwritten")
+        self.unwritten = unwritten
+        self.written = written  # lines of the batch that did commit
 
 
 class Store:
@@ -145,6 +146,11 @@ class Store:
         self._pending: dict[uuid.UUID, deque[Record]] = {}
         self._pending_count = 0
         self._max_per_account: int = settings.GATEWAY_MAX_PENDING_PER_ACCOUNT
+        # A batch is one transaction and a connection can only be recycled between
+        # transactions (tenancy/db_memory.py), so a batch enters at most as many account schemas
+        # as the recycling limit: the writer's backend then never holds more than twice that
+        # many schemas' catalog caches.
+        self._max_accounts_in_batch: int = settings.DATABASE_RECYCLE_AFTER_SCHEMAS or MAX_BATCH
         self._notice_seconds: float = settings.GATEWAY_REFUSAL_NOTICE_SECONDS
         # (account, server) -> records dropped / lines refused not yet reported, and when the
         # last report was made.
@@ -153,6 +159,8 @@ class Store:
         self._reported_at: dict[tuple[str, uuid.UUID, int], float] = {}
         self._wakeup = asyncio.Event()
         self._db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gateway-db")
+        # What follows a commit (live events, hook tasks), in commit order.
+        self._announcer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gateway-announce")
         self._accounts: dict[uuid.UUID, Account] = {}
         self._channels: dict[tuple[uuid.UUID, int, str], int] = {}
         self._publish = publish
@@ -200,9 +208,11 @@ class Store:
         """Up to MAX_BATCH records, round robin over the accounts: each account in line gives
         its oldest (up to MAX_PER_ACCOUNT_IN_BATCH) and, if it has more, goes to the back of the
         line (dicts keep insertion order), so an account with a long queue delays no other by
-        more than a batch or two."""
+        more than a batch or two. At most `_max_accounts_in_batch` accounts per batch."""
         batch: list[Record] = []
-        while self._pending and len(batch) < MAX_BATCH:
+        accounts = 0
+        while self._pending and len(batch) < MAX_BATCH and accounts < self._max_accounts_in_batch:
+            accounts += 1
             account_id = next(iter(self._pending))
             queue = self._pending.pop(account_id)
             for _ in range(min(MAX_PER_ACCOUNT_IN_BATCH, len(queue), MAX_BATCH - len(batch))):
@@ -275,7 +285,11 @@ class Store:
             try:
                 written = await loop.run_in_executor(self._db, self._write_batch, batch)
             except (OperationalError, InterfaceError) as exc:
-                self._put_back(batch)
+                if isinstance(exc, BatchInterrupted):
+                    self.stored += exc.written
+                    self._put_back(exc.unwritten)
+                else:
+                    self._put_back(batch)
                 self._inflight = 0
                 if self.database_ok:
                     logger.warning("database unreachable, holding %d lines: %s", self.backlog, exc)
@@ -300,12 +314,15 @@ class Store:
         deadline = asyncio.get_running_loop().time() + timeout
         while self.backlog and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.05)
+        # The written batches' live events and hook tasks are out before this returns.
+        await asyncio.wrap_future(self._announcer.submit(lambda: None))
 
     async def close(self) -> None:
         """Release the writer thread and its database connection."""
         # A function, not the bound method: the proxy must resolve in the writer's thread.
         await asyncio.get_running_loop().run_in_executor(self._db, _close_connection)
         self._db.shutdown(wait=True)
+        self._announcer.shutdown(wait=True)
 
     def run_sync(self, fn: Any, *args: Any) -> "asyncio.Future[Any]":
         """Run a database function on the writer thread (so it is ordered with the writes)."""
@@ -314,71 +331,107 @@ class Store:
     # -- database thread ---------------------------------------------------------------------
 
     def _write_batch(self, batch: list[Record]) -> int:
+        """Write one batch (all its accounts, one transaction, channels_app.services.ingest), then
+        publish its live events and enqueue its message hooks. Returns the lines stored."""
         # The writer keeps its connection between batches (reconnecting per batch cost ~7 ms);
         # a broken one is closed on the error below and reopened by the retry.
+        groups = self._group(batch)
+        # Between transactions: a connection that has entered too many account schemas (or
+        # grown too big) is closed before it grows further; the next query reopens it.
+        db_memory.maybe_recycle(django_connection)
+        db_memory.note_schemas(django_connection, [g.schema_name for g in groups.values()])
         try:
-            by_account: dict[uuid.UUID, list[Record]] = defaultdict(list)
-            for record in batch:
-                by_account[record.account_id].append(record)
-            written = 0
-            published: list[tuple[uuid.UUID, list[events.LiveEvent], list[int]]] = []
-            for account_id, records in by_account.items():
-                account = self._accounts.get(account_id)
-                if account is None:
-                    continue  # the account was deleted while its lines waited
-                # Between transactions: a connection that has touched too many account schemas
-                # is closed before it grows further (tenancy/db_memory.py); the next query
-                # reopens it. Per account, not per batch: one batch can span thousands.
-                db_memory.maybe_recycle(django_connection)
-                with switch(account), transaction.atomic():
-                    payloads, message_ids = self._write_account(account_id, records)
-                written += len(message_ids)
-                published.append((account_id, payloads, message_ids))
+            stored = ingest.store_records(batch=list(groups.values()), channel_ids=self._channels)
         except (OperationalError, InterfaceError):
             self._reset_connection()
             raise
         except DatabaseError:
-            # A bad record must not block every line behind it: write one at a time, skip it.
-            logger.exception("batch failed; retrying its records one by one")
-            self._reset_connection()
-            return self._write_one_by_one(batch)
-        for account_id, payloads, message_ids in published:
-            self._after_commit(account_id, payloads, message_ids)
+            # A bad record must not block every line behind it: each account on its own, and
+            # one record at a time in an account that still fails.
+            logger.exception("batch failed; retrying it account by account")
+            committed: set[int] = set()
+            stored = ingest.Stored()
+            try:
+                self._write_each_account(groups, stored, committed)
+            except (OperationalError, InterfaceError) as exc:
+                # Only what did not commit goes back to the queue: no line twice.
+                written = stored.lines
+                self._after_commit(stored)
+                unwritten = [r for r in batch if id(r) not in committed]
+                raise BatchInterrupted(unwritten, written) from exc
+        written = stored.lines
+        self._after_commit(stored)
         return written
 
-    def _write_one_by_one(self, batch: list[Record]) -> int:
-        written = 0
+    def _group(self, batch: Iterable[Record]) -> dict[uuid.UUID, ingest.AccountRecords]:
+        """The batch's records by account, each kind in arrival order; records of accounts
+        deleted while they waited are left out."""
+        groups: dict[uuid.UUID, ingest.AccountRecords] = {}
+        for record in batch:
+            group = groups.get(record.account_id)
+            if group is None:
+                account = self._accounts.get(record.account_id)
+                if account is None:
+                    continue
+                group = groups[record.account_id] = ingest.AccountRecords(
+                    record.account_id, account.schema_name
+                )
+            _add_record(group, record)
+        return groups
+
+    def _write_each_account(
+        self,
+        groups: dict[uuid.UUID, ingest.AccountRecords],
+        stored: ingest.Stored,
+        committed: set[int],
+    ) -> None:
+        for account_id, group in groups.items():
+            try:
+                stored.add(ingest.store_records(batch=[group], channel_ids=self._channels))
+                committed.update(map(id, _records_of(group)))
+            except (OperationalError, InterfaceError):
+                self._reset_connection()
+                raise
+            except DatabaseError:
+                # The usual cause is a channel deleted in the web since we cached its id.
+                self.forget_channels(account_id)
+                self._write_one_by_one(group, stored, committed)
+
+    def _write_one_by_one(
+        self, group: ingest.AccountRecords, stored: ingest.Stored, committed: set[int]
+    ) -> None:
+        account = self._accounts.get(group.account_id)
+        if account is None:
+            return
         # Servers deleted in the web while their lines waited: the rest of their records are
         # dropped without a try. Two failing transactions each, with a traceback, kept this
-        # thread (and so every config change the gateway reads through it) busy for seconds.
-        gone: set[tuple[uuid.UUID, int]] = set()
-        for record in batch:
-            account = self._accounts.get(record.account_id)
-            if account is None or (record.account_id, record.server_id) in gone:
+        # thread busy for seconds.
+        gone: set[int] = set()
+        for record in _records_of(group):
+            committed.add(id(record))  # written or given up: never put back
+            if record.server_id in gone:
                 continue
-            payloads: list[events.LiveEvent] = []
-            ids: list[int] = []
+            one = ingest.AccountRecords(group.account_id, group.schema_name)
+            _add_record(one, record)
             for attempt in (1, 2):
                 try:
-                    with switch(account), transaction.atomic():
-                        payloads, ids = self._write_account(record.account_id, [record])
+                    stored.add(ingest.store_records(batch=[one], channel_ids=self._channels))
                     break
                 except (OperationalError, InterfaceError):
+                    committed.discard(id(record))
+                    self._reset_connection()
                     raise
                 except DatabaseError:
-                    # The usual cause is a channel deleted in the web since we cached its id:
-                    # forget the cache and try once more before giving the record up.
-                    self._channels.clear()
+                    # A channel deleted in the web since we cached its id: forget the cache
+                    # and try once more before giving the record up.
+                    self.forget_channels(group.account_id)
                     if attempt == 2:
                         if not self._server_exists(account, record.server_id):
                             logger.info("server %s deleted: dropping its waiting records",
                                         record.server_id)  # fmt: skip
-                            gone.add((record.account_id, record.server_id))
+                            gone.add(record.server_id)
                         else:
                             logger.exception("dropping a record the database refuses: %r", record)
-            written += len(ids)
-            self._after_commit(record.account_id, payloads, ids)
-        return written
 
     @staticmethod
     def _server_exists(account: Account, server_id: int) -> bool:
@@ -392,181 +445,64 @@ class Store:
         except Exception:
             django_connection.connection = None
 
-    def _channel_id(self, account_id: uuid.UUID, server_id: int, name: str, kind: str) -> int:
-        key = (account_id, server_id, name.lower())
-        channel_id = self._channels.get(key)
-        if channel_id is None:
-            found = (
-                Channel.objects.annotate(lname=Lower("name"))
-                .filter(server_id=server_id, lname=name.lower())
-                .values_list("id", flat=True)
-                .first()
-            )
-            if found is None:
-                if kind != Channel.Kind.SERVER and (
-                    Channel.objects.filter(server_id=server_id)
-                    .exclude(kind=Channel.Kind.SERVER)
-                    .count()
-                    >= settings.LIMIT_CHANNELS_PER_SERVER
-                ):
-                    raise ChannelRefused(name)
-                found = Channel.objects.create(
-                    server_id=server_id, name=name[:50], kind=kind, autojoin=False
-                ).pk
-            channel_id = found
-            self._channels[key] = channel_id
-        return channel_id
-
     def forget_channels(self, account_id: uuid.UUID) -> None:
         for key in [k for k in self._channels if k[0] == account_id]:
             del self._channels[key]
 
-    def _write_account(
-        self, account_id: uuid.UUID, records: list[Record]
-    ) -> tuple[list[events.LiveEvent], list[int]]:
-        payloads: list[events.LiveEvent] = []
-        lines: list[tuple[Line, Message]] = []
-        changed_channels: dict[int, int] = {}  # channel id -> server id
-        for record in records:
-            buffer_kind = record.buffer_kind if isinstance(record, Line) else "channel"
-            try:
-                channel_id = self._channel_id(
-                    account_id, record.server_id, record.buffer, buffer_kind
-                )
-            except ChannelRefused:
-                if isinstance(record, Line):
-                    with self._lock:  # read by the asyncio side
-                        self._refused_by[(account_id, record.server_id)] += 1
-                continue
-            if isinstance(record, Line):
-                lines.append(
-                    (
-                        record,
-                        Message(
-                            channel_id=channel_id,
-                            kind=record.kind,
-                            sender=record.sender[:100],
-                            text=record.text,
-                            server_time=record.server_time,
-                            msgid=record.msgid[:128],
-                            tags=record.tags,
-                        ),
-                    )
-                )
-            elif isinstance(record, Members):
-                self._apply_members(channel_id, record)
-                changed_channels[channel_id] = record.server_id
-            elif isinstance(record, Joined):
-                Channel.objects.filter(pk=channel_id).update(autojoin=record.joined)
-            else:
-                Channel.objects.filter(pk=channel_id).update(topic=record.topic)
-                changed_channels[channel_id] = record.server_id
-        lines = self._without_replays(lines)
-        if lines:
-            Message.objects.bulk_create([message for _, message in lines])
-        notifications = [
-            Notification(
-                message=message,
-                kind=Notification.Kind.PRIVATE if line.private else Notification.Kind.HIGHLIGHT,
-            )
-            for line, message in lines
-            if line.highlight or line.private
-        ]
-        if notifications:
-            Notification.objects.bulk_create(notifications)
-        for line, message in lines:
-            payloads.append(
-                events.MessageEvent.of(
-                    message, server_id=line.server_id, highlight=line.highlight or line.private
-                )
-            )
-        payloads.extend(events.NotificationEvent.of(n) for n in notifications)
-        for channel_id, server_id in changed_channels.items():
-            payloads.append(events.ChannelEvent(channel_id=channel_id, server_id=server_id))
-        return payloads, [message.pk for _, message in lines]
+    def _after_commit(self, stored: ingest.Stored) -> None:
+        if stored.refused:
+            with self._lock:  # read by the asyncio side
+                for key, count in stored.refused.items():
+                    self._refused_by[key] += count
+        if stored.events or stored.message_ids:
+            # On a thread of its own, in commit order: the writer starts the next batch while
+            # Redis and the broker are talked to (a sixth of the writer's time per line).
+            self._announcer.submit(self._announce, stored.events, stored.message_ids)
+        stored.refused, stored.events, stored.message_ids = {}, {}, {}
 
-    def _without_replays(self, lines: list[tuple[Line, Message]]) -> list[tuple[Line, Message]]:
-        """Drop lines whose msgid is already stored in that channel (a bouncer's replay)."""
-        msgids = {m.msgid for _, m in lines if m.msgid}
-        if not msgids:
-            return lines
-        channel_ids = {m.channel_id for _, m in lines if m.msgid}
-        # Both columns, so the partial (channel, msgid) index answers, not a table scan.
-        seen = set(
-            Message.objects.filter(channel_id__in=channel_ids, msgid__in=msgids).values_list(
-                "channel_id", "msgid"
-            )
-        )
-        kept = []
-        for line, message in lines:
-            key = (message.channel_id, message.msgid)
-            if message.msgid and key in seen:
-                continue
-            seen.add(key)
-            kept.append((line, message))
-        return kept
-
-    def _apply_members(self, channel_id: int, change: Members) -> None:
-        members = ChannelUser.objects.filter(channel_id=channel_id)
-        if change.op == "replace":
-            members.delete()
-            unique = {nick.lower(): (p, nick, away) for p, nick, away in change.members}
-            ChannelUser.objects.bulk_create(
-                [
-                    ChannelUser(channel_id=channel_id, nick=nick[:30], prefixes=p[:10], away=away)
-                    for p, nick, away in unique.values()
-                ]
-            )
-        elif change.op == "clear":
-            members.delete()
-        elif change.op == "add":
-            ChannelUser.objects.bulk_create(
-                [
-                    ChannelUser(
-                        channel_id=channel_id,
-                        nick=change.nick[:30],
-                        prefixes=(change.prefixes or "")[:10],
-                        away=bool(change.away),
-                    )
-                ],
-                ignore_conflicts=True,
-            )
-        elif change.op == "remove":
-            members.annotate(lnick=Lower("nick")).filter(lnick=change.nick.lower()).delete()
-        elif change.op == "rename":
-            target = members.annotate(lnick=Lower("nick"))
-            target.filter(lnick=change.new_nick.lower()).exclude(nick__iexact=change.nick).delete()
-            target.filter(lnick=change.nick.lower()).update(nick=change.new_nick[:30])
-        elif change.op == "update":
-            fields: dict[str, Any] = {}
-            if change.prefixes is not None:
-                fields["prefixes"] = change.prefixes[:10]
-            if change.away is not None:
-                fields["away"] = change.away
-            if fields:
-                members.annotate(lnick=Lower("nick")).filter(lnick=change.nick.lower()).update(
-                    **fields
-                )
-
-    def _after_commit(
-        self, account_id: uuid.UUID, payloads: list[events.LiveEvent], message_ids: list[int]
+    def _announce(
+        self,
+        stored_events: dict[uuid.UUID, list[events.LiveEvent]],
+        message_ids: dict[uuid.UUID, list[int]],
     ) -> None:
-        if self._publish and payloads:
+        """Publish a committed batch's live events in one pipeline, then enqueue one message-
+        hook task per account."""
+        if self._publish and stored_events:
             try:
                 if self._redis is None:
                     self._redis = events.redis_client()
                 pipe = self._redis.pipeline(transaction=False)
-                channel = events.events_channel(account_id)
-                for payload in payloads:
-                    pipe.publish(channel, events.encode_event(payload))
+                for account_id, account_events in stored_events.items():
+                    channel = events.events_channel(account_id)
+                    for event in account_events:
+                        pipe.publish(channel, events.encode_event(event))
                 pipe.execute()
             except Exception:
                 # Browsers resume from the database with Last-Event-ID; a lost event costs
                 # only liveness.
                 logger.warning("could not publish live events", exc_info=True)
                 self._redis = None
-        if message_ids:
-            notify_message_stored(account_id, message_ids)
+        for account_id, ids in message_ids.items():
+            account = self._accounts.get(account_id)
+            if ids and account is not None:
+                hooks.message_stored_on_commit(
+                    account_id=account_id, schema_name=account.schema_name, message_ids=ids
+                )
+
+
+def _add_record(group: ingest.AccountRecords, record: Record) -> None:
+    if isinstance(record, Line):
+        group.lines.append(record)
+    elif isinstance(record, Members):
+        group.members.append(record)
+    elif isinstance(record, Topic):
+        group.topics.append(record)
+    else:
+        group.joins.append(record)
+
+
+def _records_of(group: ingest.AccountRecords) -> "list[Any]":
+    return [*group.lines, *group.members, *group.topics, *group.joins]
 
 
 def _close_connection() -> None:

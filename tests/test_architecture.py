@@ -18,9 +18,9 @@ ALWAYS_WRITES = {
 }
 # Calls that write only when made on a manager or queryset (`context.update(...)` is a dict's).
 QUERYSET_WRITES = {"create", "update"}
-# Where channels_app's rows may be written: its services, and the gateway's bulk ingest (today in
-# gateway/storage.py; moving into channels_app/ingest.py).
-WRITERS = ("channels_app/services/", "channels_app/ingest.py", "gateway/storage.py")
+# Where channels_app's rows may be written: its services (the gateway's bulk writes included:
+# channels_app/services/ingest.py, which gateway/storage.py calls).
+WRITERS = ("channels_app/services/",)
 NOT_APP_CODE = ("tests/", "benchmarks/", ".venv/", "mutants/", "/migrations/")
 
 

@@ -339,3 +339,49 @@ def test_join_and_part_from_the_chat_are_remembered(
     wait_until(lambda: autojoin() is True, what="the joined channel to be remembered")
     gateway.call(gateway.gateway.handle_command({**command, "line": f"PART {channel}"}))
     wait_until(lambda: autojoin() is False, what="the parted channel to be forgotten")
+
+
+def test_settings_reach_the_gateway_while_its_writer_is_busy_and_highlight(
+    alice: User, inspircd: IrcServer, irc_bot: Callable[..., IrcBot], run_gateway: Callable
+) -> None:
+    """Configuration is read off the store's writer thread: a writer stuck behind a slow
+    batch does not hold up a settings change, and the new highlight words apply at once."""
+    from channels_app.services.settings import save_chat_settings
+
+    channel = unique_channel()
+    add_server(alice, inspircd, channels=(channel,))
+    carol = irc_bot(inspircd, "carol")
+    carol.join(channel)
+    gateway = run_gateway()
+    carol.wait_for(r":alice_p!\S+ JOIN", timeout=15)
+    assert gateway.gateway is not None
+    store = gateway.gateway.store
+    carol.say(channel, "we deploy at noon")
+    wait_until(lambda: messages(alice, text__startswith="we deploy"), what="the first line")
+
+    release = threading.Event()
+
+    async def hold_the_writer() -> None:
+        store.run_sync(release.wait)
+
+    gateway.call(hold_the_writer())
+    try:
+        with transaction.atomic():
+            save_chat_settings(
+                account=alice.account, highlight_words=["deploy"], history_retention_days=None
+            )
+        accounts = gateway.gateway.accounts
+        wait_until(
+            lambda: accounts[alice.account.pk].settings.get("highlight_words") == ["deploy"],
+            5,
+            "the gateway to read the new settings while its writer is busy",
+        )
+        carol.say(channel, "deploy done")
+        wait_until(lambda: store.backlog >= 1, what="the line waiting for the writer")
+    finally:
+        release.set()
+    stored = wait_until(lambda: messages(alice, text__startswith="deploy"), what="the line")
+    with switch(alice):
+        notified = list(Notification.objects.values_list("message__text", "kind"))
+    assert notified == [("deploy done", "highlight")]
+    assert stored[0].text == "deploy done"

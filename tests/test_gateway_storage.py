@@ -1,9 +1,11 @@
-"""The gateway's writer: batches land in the right account's schema, live events and hooks
-follow the commit, replays are dropped, and a database outage costs delay, not lines."""
+"""The gateway's writer: batches land in the right account's schema, live events and the message
+hook's tasks follow the commit, replays are dropped, and a database outage costs delay, not
+lines."""
 
 import asyncio
 import json
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -21,6 +23,7 @@ from channels_app.models import Channel, ChannelUser, Message, Notification, Ser
 from config.database import connection_params
 from gateway.storage import MAX_BATCH, Line, Members, Record, Store, Topic
 from tenancy import switch
+from tenancy.context import connection as tenant_connection
 from tests.factories import UserFactory
 
 T0 = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
@@ -45,6 +48,20 @@ def line(user: User, server_id: int, text: str, n: int = 0, **kw: object) -> Lin
     }  # fmt: skip
     fields.update(kw)
     return Line(**fields)  # type: ignore[arg-type]
+
+
+def store_with_lines(
+    accounts: tuple[User, User, int, int], count: int, *, publish: bool = False
+) -> Store:
+    """A Store holding `count` lines of alice and as many of bob, taken in turn."""
+    alice, bob, a_server, b_server = accounts
+    store = Store(publish=publish)
+    store.add_account(alice.account)
+    store.add_account(bob.account)
+    for n in range(count):
+        store.put(line(alice, a_server, f"alice line {n}", n))
+        store.put(line(bob, b_server, f"bob line {n}", n))
+    return store
 
 
 def run_store(store: Store, until: Callable[[], bool], timeout: float = 20) -> None:
@@ -93,41 +110,96 @@ def received(pubsub: redis.client.PubSub, count: int, timeout: float = 5) -> lis
     return got
 
 
-def test_batch_goes_to_each_accounts_schema_then_events_and_hooks(
+def test_batch_goes_to_each_accounts_schema_then_events(
     accounts: tuple[User, User, int, int], subscriber: redis.client.PubSub
 ) -> None:
-    alice, bob, a_server, b_server = accounts
+    alice, bob, _, _ = accounts
     subscriber.subscribe(events.events_channel(alice.account.pk))
-    called: list[tuple[uuid.UUID, int, bool]] = []
-
-    def listener(account_id: uuid.UUID, message_id: int) -> None:
-        # Called after commit: another connection already sees the row.
-        called.append((account_id, message_id, connection.in_atomic_block))
-
-    hooks.on_message_stored(listener)
-    store = Store()
-    store.add_account(alice.account)
-    store.add_account(bob.account)
-    for n in range(50):
-        store.put(line(alice, a_server, f"alice line {n}", n))
-        store.put(line(bob, b_server, f"bob line {n}", n))
-    try:
-        run_store(store, lambda: store.stored >= 100)
-    finally:
-        hooks._listeners.remove(listener)
+    store = store_with_lines(accounts, 50, publish=True)
+    run_store(store, lambda: store.stored >= 100)
 
     with switch(alice):
-        texts = list(Message.objects.order_by("id").values_list("text", flat=True))
-        assert texts == [f"alice line {n}" for n in range(50)]
+        stored = list(Message.objects.order_by("id").values_list("id", "text"))
+        assert [text for _, text in stored] == [f"alice line {n}" for n in range(50)]
         assert Channel.objects.get().name == "#palaver"
     with switch(bob):
         assert Message.objects.count() == 50
         assert not Message.objects.filter(text__startswith="alice").exists()
     events_seen = received(subscriber, 50)
     assert [e["text"] for e in events_seen] == [f"alice line {n}" for n in range(50)]
-    assert all(e["type"] == "message" and e["id"] for e in events_seen)
-    assert len(called) == 100 and not any(in_atomic for _, _, in_atomic in called)
-    assert {a for a, _, _ in called} == {alice.account.pk, bob.account.pk}
+    assert [e["id"] for e in events_seen] == [pk for pk, _ in stored]
+    assert all(e["type"] == "message" for e in events_seen)
+
+
+@pytest.fixture
+def celery_worker(clean_schemas: None) -> Iterator[None]:
+    from celery.contrib.testing.worker import start_worker
+
+    from config.celery import app
+
+    with start_worker(app, pool="solo", perform_ping_check=False, shutdown_timeout=10):
+        yield
+
+
+def test_message_listeners_run_in_a_celery_task_per_account_never_on_the_writer(
+    accounts: tuple[User, User, int, int], celery_worker: None
+) -> None:
+    """After the commit the gateway enqueues one task per account of the batch with that
+    account's new message ids; a worker calls the listeners in the account's schema."""
+    alice, bob, _, _ = accounts
+    called: list[tuple[uuid.UUID, list[int], str, str, bool]] = []
+
+    def listener(account_id: uuid.UUID, message_ids: list[int]) -> None:
+        called.append(
+            (
+                account_id,
+                message_ids,
+                threading.current_thread().name,
+                tenant_connection.schema_name,
+                connection.in_atomic_block,
+            )
+        )
+
+    hooks.on_message_stored(listener)
+    store = store_with_lines(accounts, 30)
+    # Lines held back until the Store runs: all 60 go in one batch.
+    try:
+        run_store(store, lambda: store.stored >= 60)
+        deadline = time.monotonic() + 20
+        while len(called) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)  # no third call follows
+    finally:
+        hooks._listeners.remove(listener)
+
+    with switch(alice):
+        alice_ids = list(Message.objects.order_by("id").values_list("id", flat=True))
+    with switch(bob):
+        bob_ids = list(Message.objects.order_by("id").values_list("id", flat=True))
+    assert len(alice_ids) == len(bob_ids) == 30
+    by_account = {call[0]: call[1:] for call in called}
+    assert len(called) == 2 and set(by_account) == {alice.account.pk, bob.account.pk}
+    assert by_account[alice.account.pk][0] == alice_ids
+    assert by_account[bob.account.pk][0] == bob_ids
+    for account_id, (_, thread, schema, in_atomic) in by_account.items():
+        assert not thread.startswith("gateway-db")  # the writer thread's name
+        assert schema == (alice if account_id == alice.account.pk else bob).account.schema_name
+        assert not in_atomic
+
+
+def test_no_message_task_is_enqueued_while_nothing_listens(
+    accounts: tuple[User, User, int, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from channels_app.tasks import message_stored
+
+    enqueued: list[object] = []
+    monkeypatch.setattr(message_stored, "apply_async", lambda *a, **k: enqueued.append(k))
+    alice, _bob, a_server, _ = accounts
+    store = Store(publish=False)
+    store.add_account(alice.account)
+    store.put(line(alice, a_server, "nobody listens"))
+    run_store(store, lambda: store.stored >= 1)
+    assert store.stored == 1 and enqueued == []
 
 
 def test_replayed_msgid_is_stored_once(accounts: tuple[User, User, int, int]) -> None:
@@ -138,9 +210,17 @@ def test_replayed_msgid_is_stored_once(accounts: tuple[User, User, int, int]) ->
     run_store(store, lambda: store.stored >= 1)
     store.put(line(alice, a_server, "hello", msgid="abc123"))
     store.put(line(alice, a_server, "new", 1, msgid="def456"))
+    store.put(line(alice, a_server, "new", 1, msgid="def456"))  # twice in one batch
+    store.put(line(alice, a_server, "no msgid", 2))
+    store.put(line(alice, a_server, "no msgid", 2))  # lines without a msgid are all kept
     run_store(store, lambda: store.backlog == 0)
     with switch(alice):
-        assert sorted(Message.objects.values_list("msgid", flat=True)) == ["abc123", "def456"]
+        assert sorted(Message.objects.values_list("msgid", flat=True)) == [
+            "",
+            "",
+            "abc123",
+            "def456",
+        ]
 
 
 def test_members_topic_and_notifications(accounts: tuple[User, User, int, int]) -> None:
@@ -366,3 +446,40 @@ def test_a_flood_is_taken_in_large_account_shares_and_round_robin() -> None:
             r.text for b in batches for r in b if isinstance(r, Line) and r.account_id == account_id
         ]
         assert texts == [str(n) for n in range(3000)]
+
+
+def test_database_lost_during_a_piecemeal_retry_writes_no_line_twice(
+    accounts: tuple[User, User, int, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch refused whole is retried account by account; if the server goes away in the
+    middle, only what did not commit goes back to the queue. The failures are injected around
+    the real writes (the database cannot be made to fail between two given statements)."""
+    from django.db import IntegrityError, OperationalError
+
+    from channels_app.services import ingest
+
+    alice, bob, _, _ = accounts
+    real = ingest.store_records
+    calls: list[int] = []
+
+    def flaky(*, batch: list[ingest.AccountRecords], channel_ids: ingest.ChannelIds) -> Any:
+        calls.append(len(batch))
+        if len(calls) == 1:
+            raise IntegrityError("a record refused: the batch is retried account by account")
+        if len(calls) == 3:
+            raise OperationalError("the server went away after the first account committed")
+        return real(batch=batch, channel_ids=channel_ids)
+
+    monkeypatch.setattr(ingest, "store_records", flaky)
+    store = store_with_lines(accounts, 20)
+    run_store(store, lambda: store.backlog == 0 and store.stored >= 40)
+    assert calls[:3] == [2, 1, 1]  # whole batch, then alice alone, then bob alone
+    with switch(alice):
+        assert list(Message.objects.order_by("id").values_list("text", flat=True)) == [
+            f"alice line {n}" for n in range(20)
+        ]
+    with switch(bob):
+        assert list(Message.objects.order_by("id").values_list("text", flat=True)) == [
+            f"bob line {n}" for n in range(20)
+        ]
+    assert store.stored == 40
