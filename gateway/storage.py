@@ -27,7 +27,7 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.db import (
@@ -45,6 +45,9 @@ from channels_app import events
 from channels_app.hooks import notify_message_stored
 from channels_app.models import Channel, ChannelUser, Message, Notification, Server
 from tenancy import switch
+
+if TYPE_CHECKING:
+    from gateway.journal import Journal
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +83,7 @@ class Line:
     tags: dict[str, str] = field(default_factory=dict)
     highlight: bool = False
     private: bool = False
+    journal_seq: int = 0  # its place in the write-ahead journal (gateway/journal.py); 0: none
 
 
 @dataclass(slots=True)
@@ -95,6 +99,7 @@ class Members:
     new_nick: str = ""
     prefixes: str | None = None
     away: bool | None = None
+    journal_seq: int = 0
 
 
 @dataclass(slots=True)
@@ -103,6 +108,7 @@ class Topic:
     server_id: int
     buffer: str
     topic: str
+    journal_seq: int = 0
 
 
 @dataclass(slots=True)
@@ -113,6 +119,7 @@ class Joined:
     server_id: int
     buffer: str
     joined: bool
+    journal_seq: int = 0
 
 
 Record = Line | Members | Topic | Joined
@@ -140,7 +147,12 @@ class ChannelRefused(Exception):
 
 
 class Store:
-    def __init__(self, *, publish: bool = True) -> None:
+    def __init__(self, *, publish: bool = True, journal: "Journal | None" = None) -> None:
+        # Every record is appended to it when put, so a killed process loses none.
+        self.journal = journal
+        # A failed attempt may have committed part of its batch (see Journal.uncommitted).
+        self._recheck = False
+        self._closed = False
         # Per account, so that one account's flood can only ever push out its own records.
         self._pending: dict[uuid.UUID, deque[Record]] = {}
         self._pending_count = 0
@@ -170,6 +182,12 @@ class Store:
         self._accounts[account.pk] = account
 
     def put(self, record: Record) -> None:
+        if self.journal is not None:
+            self.journal.append(record)
+        self.enqueue(record)
+
+    def enqueue(self, record: Record) -> None:
+        """Queue a record for the writer (already journaled, or no journal)."""
         queue = self._pending.get(record.account_id)
         if queue is None:
             queue = self._pending[record.account_id] = deque()
@@ -190,6 +208,8 @@ class Store:
     def _drop_oldest(self, queue: deque[Record]) -> None:
         dropped = queue.popleft()
         self._pending_count -= 1
+        if self.journal is not None:
+            self.journal.done([dropped])
         self.dropped += 1
         key = (dropped.account_id, dropped.server_id)
         if not self._dropped_by[key]:
@@ -272,10 +292,13 @@ class Store:
                 continue
             batch = self._take_batch()
             self._inflight = len(batch)
+            if self.journal is not None:
+                self.journal.write_out()
             try:
-                written = await loop.run_in_executor(self._db, self._write_batch, batch)
+                written = await loop.run_in_executor(self._db, self._write_journaled, batch)
             except (OperationalError, InterfaceError) as exc:
                 self._put_back(batch)
+                self._recheck = self.journal is not None
                 self._inflight = 0
                 if self.database_ok:
                     logger.warning("database unreachable, holding %d lines: %s", self.backlog, exc)
@@ -290,6 +313,8 @@ class Store:
             self.database_ok = True
             delay = 0.2
             self.stored += written
+            if self.journal is not None:
+                self.journal.done(batch)
             if self._pending:
                 self._wakeup.set()
 
@@ -302,9 +327,16 @@ class Store:
             await asyncio.sleep(0.05)
 
     async def close(self) -> None:
-        """Release the writer thread and its database connection."""
+        """Close the journal (emptied when everything in it was stored), then release the
+        writer thread and its database connection."""
+        if self._closed:
+            return
+        self._closed = True
+        loop = asyncio.get_running_loop()
+        if self.journal is not None:
+            await loop.run_in_executor(self._db, self.journal.close)
         # A function, not the bound method: the proxy must resolve in the writer's thread.
-        await asyncio.get_running_loop().run_in_executor(self._db, _close_connection)
+        await loop.run_in_executor(self._db, _close_connection)
         self._db.shutdown(wait=True)
 
     def run_sync(self, fn: Any, *args: Any) -> "asyncio.Future[Any]":
@@ -312,6 +344,20 @@ class Store:
         return asyncio.get_running_loop().run_in_executor(self._db, fn, *args)
 
     # -- database thread ---------------------------------------------------------------------
+
+    def _write_journaled(self, batch: list[Record]) -> int:
+        """The batch's records are fsynced in the journal before the database sees them."""
+        if self.journal is not None:
+            self.journal.sync()
+            if self._recheck:
+                batch = self.journal.uncommitted(batch)
+                self._recheck = False
+        return self._write_batch(batch)
+
+    def _save_journal_positions(self, records: list[Record]) -> None:
+        """Inside the transaction that stores `records` (see gateway/journal.py)."""
+        if self.journal is not None:
+            self.journal.save_positions(records)
 
     def _write_batch(self, batch: list[Record]) -> int:
         # The writer keeps its connection between batches (reconnecting per batch cost ~7 ms);
@@ -328,6 +374,7 @@ class Store:
                     continue  # the account was deleted while its lines waited
                 with switch(account), transaction.atomic():
                     payloads, message_ids = self._write_account(account_id, records)
+                    self._save_journal_positions(records)
                 written += len(message_ids)
                 published.append((account_id, payloads, message_ids))
         except (OperationalError, InterfaceError):
@@ -358,6 +405,7 @@ class Store:
                 try:
                     with switch(account), transaction.atomic():
                         payloads, ids = self._write_account(record.account_id, [record])
+                        self._save_journal_positions([record])
                     break
                 except (OperationalError, InterfaceError):
                     raise
