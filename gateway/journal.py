@@ -9,7 +9,7 @@ Files. One directory per gateway shard (`GATEWAY_JOURNAL_DIR/shard-K-of-N`), hel
 exclusive lock, so two processes never append to one journal. Each process run is a
 *generation* (a random UUID): it appends to segment files of its own, never to an older
 generation's, so a torn tail left by a kill is never followed by good records. A segment is
-`MAGIC + generation` then records, each `length, crc32, seq` + a JSON payload; a record whose
+`MAGIC + generation` then records, each `length, crc32, seq` + a marshal payload; a record whose
 length runs past the end of the file or whose checksum fails ends that segment's replay (what
 follows it is skipped with a warning), it never stops the start. Files are mode 0600: they hold
 what is stored in history anyway (passwords to services were masked before the Store saw them,
@@ -40,8 +40,9 @@ are deleted once its segments are gone.
 import asyncio
 import bisect
 import fcntl
-import json
 import logging
+import marshal
+import operator
 import os
 import struct
 import threading
@@ -49,9 +50,9 @@ import uuid
 import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, fields
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from django.conf import settings
 from django.db import DatabaseError
@@ -68,7 +69,7 @@ logger = logging.getLogger(__name__)
 
 MAGIC = b"PLVJRNL1"
 SEGMENT_HEADER = len(MAGIC) + 16  # the magic, then the generation's UUID
-RECORD_HEADER = struct.Struct("<IIQ")  # payload length, crc32 of seq+payload, seq
+RECORD_HEADER = struct.Struct("<IIQ")  # payload length, crc32 of the payload seeded by seq, seq
 SEGMENT_BYTES = 8 * 1024 * 1024
 # A member list of GATEWAY_MAX_MEMBERS_PER_CHANNEL nicks is ~0.5 MB; anything near this is a
 # corrupt length field, not a record.
@@ -86,8 +87,11 @@ POSITION_TABLE = "gateway_journal_position"
 
 _TAGS: dict[type, str] = {Line: "L", Members: "M", Topic: "T", Joined: "J"}
 _TYPES = {tag: cls for cls, tag in _TAGS.items()}
-# Field names in payload order, journal_seq (kept in the record header) left out.
+# Field values in payload order, journal_seq (kept in the record header) left out. Every record
+# starts with account_id; only Line has a time.
 _FIELDS = {cls: tuple(f.name for f in fields(cls) if f.name != "journal_seq") for cls in _TAGS}
+_GETTERS = {cls: operator.attrgetter(*names) for cls, names in _FIELDS.items()}
+_TIME = _FIELDS[Line].index("server_time")
 
 
 class JournalLocked(RuntimeError):
@@ -95,27 +99,29 @@ class JournalLocked(RuntimeError):
 
 
 def encode(record: Record) -> bytes:
-    values: list[Any] = [_TAGS[type(record)]]
-    for name in _FIELDS[type(record)]:
-        value = getattr(record, name)
-        if isinstance(value, uuid.UUID):
-            value = str(value)
-        elif isinstance(value, datetime):
-            value = value.isoformat()
-        values.append(value)
-    return json.dumps(values, ensure_ascii=False, separators=(",", ":")).encode()
+    """The record as marshal data: a tuple of plain values (str, int, bool, None, dict, list,
+    tuple). marshal, because JSON cost 7 times as much per line (11.6 against 1.6 us here) on
+    the asyncio loop, where every line read passes. Loading marshal data never runs code, and
+    only this process's user can write the journal; a record that decodes to anything but a
+    known record is skipped."""
+    cls = type(record)
+    values = list(_GETTERS[cls](record))
+    values[0] = values[0].bytes  # account_id
+    if cls is Line:
+        values[_TIME] = values[_TIME].timestamp()  # exact to the microsecond
+    return marshal.dumps((_TAGS[cls], *values))
 
 
 def decode(payload: bytes) -> Record:
-    values = json.loads(payload)
+    values = marshal.loads(payload)  # noqa: S302 (see encode: our own files, checksummed)
+    if not isinstance(values, tuple) or not values or values[0] not in _TYPES:
+        raise ValueError("not a journal record")
     cls = _TYPES[values[0]]
-    kwargs = dict(zip(_FIELDS[cls], values[1:], strict=True))
-    kwargs["account_id"] = uuid.UUID(kwargs["account_id"])
-    if "server_time" in kwargs:
-        kwargs["server_time"] = datetime.fromisoformat(kwargs["server_time"])
-    if "members" in kwargs:
-        kwargs["members"] = [tuple(m) for m in kwargs["members"]]
-    record: Record = cls(**kwargs)
+    args = list(values[1:])
+    args[0] = uuid.UUID(bytes=args[0])
+    if cls is Line:
+        args[_TIME] = datetime.fromtimestamp(args[_TIME], UTC)
+    record: Record = cls(*args)
     return record
 
 
@@ -141,6 +147,11 @@ def _parse_name(name: str) -> tuple[int, uuid.UUID, int] | None:
         return None
 
 
+def _checksum(seq: int, payload: bytes) -> int:
+    # The seq (folded to 32 bits) seeds the CRC: one call, and a damaged seq fails it too.
+    return zlib.crc32(payload, (seq ^ (seq >> 32)) & 0xFFFFFFFF)
+
+
 def read_segment(path: Path) -> Iterator[tuple[int, bytes]]:
     """(seq, payload) of every intact record, in order; stops at a torn or corrupt record and
     logs what it skipped."""
@@ -157,7 +168,7 @@ def read_segment(path: Path) -> Iterator[tuple[int, bytes]]:
         if length > MAX_RECORD_BYTES or start + length > len(data):
             break
         payload = data[start : start + length]
-        if zlib.crc32(payload, zlib.crc32(data[at + 8 : start])) != crc:
+        if _checksum(seq, payload) != crc:
             break
         yield seq, payload
         at = start + length
@@ -225,9 +236,7 @@ class Journal:
         self._next += 1
         record.journal_seq = seq
         disk_seq = seq & SEQ_MASK
-        header_tail = struct.pack("<Q", disk_seq)
-        crc = zlib.crc32(payload, zlib.crc32(header_tail))
-        self._buffer += RECORD_HEADER.pack(len(payload), crc, disk_seq)
+        self._buffer += RECORD_HEADER.pack(len(payload), _checksum(disk_seq, payload), disk_seq)
         self._buffer += payload
         active = self._active
         assert active is not None
@@ -434,7 +443,7 @@ class Journal:
             for seq, payload in read_segment(segment.path):
                 try:
                     record = decode(payload)
-                except (ValueError, KeyError, TypeError):
+                except (ValueError, TypeError, EOFError, IndexError):
                     logger.warning("journal: %s: undecodable record %d skipped",
                                    segment.path.name, seq)  # fmt: skip
                     continue

@@ -33,7 +33,7 @@ from django.db import connection
 from accounts.models import User
 from channels_app.models import Message, Server
 from config.database import database_url
-from gateway.journal import SUFFIX, Journal, read_segment, replay
+from gateway.journal import RECORD_HEADER, SEGMENT_HEADER, SUFFIX, Journal, read_segment, replay
 from gateway.storage import Line, Store, _close_connection
 from tenancy import switch
 from tests.factories import UserFactory
@@ -109,11 +109,15 @@ def test_a_torn_tail_is_skipped_and_the_rest_replayed_in_order(
     assert len(records) == 300
     segment.write_bytes(bytes(data[:-7]))
     assert len(list(read_segment(segment))) == 299
-    flip = len(data) - 7 - 3 * (len(records[-1][1]) + 16) + 20
-    data[flip] ^= 0xFF
+    at = SEGMENT_HEADER + sum(RECORD_HEADER.size + len(payload) for _, payload in records[:295])
+    data[at + 12] ^= 0x01  # in record 295's seq (seq 296)
+    data[at + RECORD_HEADER.size + 2] ^= 0x01  # and in its payload
     segment.write_bytes(bytes(data[:-7]))
     intact = len(list(read_segment(segment)))
-    assert 290 < intact < 299
+    assert intact == 295
+    data[at + RECORD_HEADER.size + 2] ^= 0x01  # the seq alone damaged: still caught
+    segment.write_bytes(bytes(data[:-7]))
+    assert len(list(read_segment(segment))) == 295
 
     again = Journal(tmp_path)
     store = Store(publish=False, journal=again)
