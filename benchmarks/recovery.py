@@ -156,6 +156,9 @@ def write_killed_journal(directory: Path, lines: list["Line"]) -> None:
     for line in lines:
         store.put(line)
     journal.write_out()
+    journal._closed = True  # its fsync thread ends, as the process would
+    journal._wake.set()
+    journal._syncer.join()
     journal.sync()
     for segment in journal._segments:  # what the kernel does for a killed process
         if segment.fd is not None:

@@ -18,7 +18,8 @@ gateway/redaction.py), but nobody else on the machine should read a channel's ta
 Cost on the hot path. `append` (the asyncio loop) encodes the record into a buffer; the buffer
 is written to the file once per event-loop iteration (`call_soon`), so by the time the loop
 moves on the kernel holds the line and only the machine's own crash could lose it. The loop
-never fsyncs: the writer thread fsyncs once per batch (`sync`, before the batch is written).
+never fsyncs: a thread of the journal's own does, whenever something was written out since its
+last fsync (group commit: at least once per batch, usually more often, never in a batch's way).
 
 Trimming. A segment is deleted (by the writer thread) once every record in it was committed,
 dropped by the Store's memory bound, or belonged to a deleted account. The segment being
@@ -182,8 +183,9 @@ def _positions_table() -> str:
 
 
 class Journal:
-    """One shard's journal. `append`, `write_out` and `done` run on the asyncio loop; `sync`,
-    `save_positions`, `uncommitted`, `recover` and `close` on the Store's writer thread."""
+    """One shard's journal. `append`, `write_out` and `done` run on the asyncio loop; `sync` on
+    the journal's fsync thread; `before_batch`, `save_positions`, `uncommitted`, `recover` and
+    `close` on the Store's writer thread (`close` once the loop appends no more)."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = Path(directory)
@@ -219,7 +221,7 @@ class Journal:
         self._active_bytes = 0
         self._buffer = bytearray()
         self._write_scheduled = False
-        # Handed from the loop to the writer thread.
+        # Handed from the loop to the fsync thread (files) and to the writer thread (rows).
         self._handover = threading.Lock()
         self._unsynced: list[_Segment] = []  # retired while their data may not be fsynced
         self._trash: list[_Segment] = []
@@ -227,6 +229,13 @@ class Journal:
         self._dir_dirty = False
         self._closed = False
         self._open_segment()
+        # fsync in a thread of its own, as soon as there is something to fsync: the disk's
+        # latency then delays neither the asyncio loop nor the batches (a line the database
+        # committed needs no fsync), and appends made during one fsync share the next.
+        self._wake = threading.Event()
+        self._syncer = threading.Thread(target=self._sync_forever, name="gateway-journal",
+                                        daemon=True)  # fmt: skip
+        self._syncer.start()
 
     # -- the asyncio loop --------------------------------------------------------------------
 
@@ -264,6 +273,7 @@ class Journal:
             view = view[written:]
         view.release()
         self._buffer.clear()
+        self._wake.set()
 
     def done(self, records: Iterable[Record]) -> None:
         """These records are committed (or dropped, or had no account left): their segments
@@ -296,6 +306,7 @@ class Journal:
                 s.first >> GENERATION_SHIFT == index for s in self._segments
             ):
                 self._finished.append(self._generations[index - 1])
+        self._wake.set()
 
     def _open_segment(self) -> None:
         first = self._next
@@ -320,15 +331,26 @@ class Journal:
         if segment.pending == 0:
             self._forget(segment)
 
-    # -- the writer thread -------------------------------------------------------------------
+    # -- the fsync thread --------------------------------------------------------------------
+
+    def _sync_forever(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            if self._closed:
+                return
+            try:
+                self.sync()
+            except OSError:
+                # The disk failed us: say so loudly; the lines still go to the database.
+                logger.exception("journal: fsync failed")
 
     def sync(self) -> None:
-        """fsync what was appended, then delete the segments whose records are all committed
-        (and the committed positions of generations that are gone)."""
+        """fsync what was written out, then delete the segments whose records are all
+        committed."""
         with self._handover:
             retired, self._unsynced = self._unsynced, []
             trash, self._trash = self._trash, []
-            finished, self._finished = self._finished, []
             dir_dirty, self._dir_dirty = self._dir_dirty, False
             active = self._active
             fd = active.fd if active is not None else None
@@ -343,11 +365,18 @@ class Journal:
             segment.path.unlink(missing_ok=True)
         if dir_dirty or trash:
             self._fsync_directory()
+
+    # -- the writer thread -------------------------------------------------------------------
+
+    def before_batch(self) -> None:
+        """Delete the committed positions of older generations whose segments are all gone."""
+        with self._handover:
+            finished, self._finished = self._finished, []
         if finished:
             try:
                 self._delete_positions(finished)
             except DatabaseError:
-                # Tried again at the next sync; the batch's own write will say what is wrong.
+                # Tried before the next batch; the batch's own write will say what is wrong.
                 with self._handover:
                     self._finished.extend(finished)
 
@@ -469,6 +498,9 @@ class Journal:
         journal's positions (a clean stop leaves an empty journal)."""
         if self._closed:
             return
+        self._closed = True
+        self._wake.set()
+        self._syncer.join()
         self.write_out()
         # Counted here, not from the Store's queues: a batch cut short by the stop is in
         # neither the queues nor the database.
@@ -476,6 +508,7 @@ class Journal:
         if everything_stored and self._active is not None:
             self._retire_active()  # deleted by the sync below
         self.sync()
+        self.before_batch()
         if self._active is not None and self._active.fd is not None:
             os.close(self._active.fd)
             self._active.fd = None
@@ -486,7 +519,6 @@ class Journal:
                 # Harmless rows: no segment of these generations is left to replay.
                 logger.warning("journal: could not delete its positions", exc_info=True)
         os.close(self._lock_fd)
-        self._closed = True
 
 
 def open_journal(*, shard: int, shards: int) -> Journal | None:

@@ -346,9 +346,8 @@ class Store:
     # -- database thread ---------------------------------------------------------------------
 
     def _write_journaled(self, batch: list[Record]) -> int:
-        """The batch's records are fsynced in the journal before the database sees them."""
         if self.journal is not None:
-            self.journal.sync()
+            self.journal.before_batch()
             if self._recheck:
                 batch = self.journal.uncommitted(batch)
                 self._recheck = False

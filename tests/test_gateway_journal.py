@@ -65,6 +65,9 @@ def killed(store: Store, journal: Journal) -> None:
     """What SIGKILL leaves: the files as written, the lock and the database connection
     released, nothing closed cleanly."""
     journal.write_out()
+    journal._closed = True  # its fsync thread ends, as the process would
+    journal._wake.set()
+    journal._syncer.join()
     os.close(journal._lock_fd)
     store._db.submit(_close_connection).result()
     store._db.shutdown()
