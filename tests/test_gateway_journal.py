@@ -482,3 +482,33 @@ def test_sigterm_stores_what_was_read_quits_and_exits_0(
                      .order_by("id").values_list("text", flat=True)) == expected  # fmt: skip
     assert list(journal_dir.glob(f"*/*{SUFFIX}")) == []
     assert "Traceback" not in gateway.log()
+
+
+def test_sigterm_during_a_database_outage_exits_0_and_the_next_start_stores_the_rest(
+    own_postgres: OwnPostgres, inspircd: IrcServer, irc_bot: Any, gateways: Any, tmp_path: Path
+) -> None:
+    """What the database could not take before the stop stays in the journal, fsynced."""
+    channel = unique_channel()
+    schema = provision(own_postgres.url, inspircd, [channel])
+    journal_dir = tmp_path / "journal"
+    env = child_env(own_postgres.url, GATEWAY_JOURNAL_DIR=str(journal_dir))
+    carol = irc_bot(inspircd, "carol")
+    carol.join(channel)
+    first = gateways(env, tmp_path / "gateway.log")
+    joined(carol, channel, first)
+    expected = [f"line {n:04d}" for n in range(100)]
+    own_postgres.stop()
+    try:
+        for text in expected:
+            carol.say(channel, text)
+        wait_until(lambda: expected[-1] in journaled(journal_dir), 30, "the lines read")
+        assert first.signal(signal.SIGTERM) == 0, first.log()
+    finally:
+        own_postgres.start()
+    carol.wait_for(r":alice_p!\S+ QUIT", timeout=5)
+    assert stored(own_postgres, schema, channel) == []
+    second = gateways(env, tmp_path / "gateway.log")
+    wait_until(lambda: len(stored(own_postgres, schema, channel)) >= 100, 60, "the replay")
+    time.sleep(0.5)
+    assert stored(own_postgres, schema, channel) == expected, second.log()
+    assert second.signal(signal.SIGTERM) == 0, second.log()
