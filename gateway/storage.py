@@ -349,8 +349,13 @@ class Store:
         if self.journal is not None:
             self.journal.before_batch()
             if self._recheck:
-                batch = self.journal.uncommitted(batch)
+                kept = self.journal.uncommitted(batch)
                 self._recheck = False
+                # Committed by the failed attempt: stored, though not by this one.
+                landed = sum(isinstance(r, Line) for r in batch) - sum(
+                    isinstance(r, Line) for r in kept
+                )
+                return landed + self._write_batch(kept)
         return self._write_batch(batch)
 
     def _save_journal_positions(self, records: list[Record]) -> None:

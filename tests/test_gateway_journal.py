@@ -176,6 +176,46 @@ def test_a_kill_between_commit_and_trim_stores_nothing_twice(
     assert list(tmp_path.glob(f"*{SUFFIX}")) == []
 
 
+def test_a_batch_retried_after_a_lost_connection_stores_nothing_twice(
+    alice: tuple[User, int], tmp_path: Path
+) -> None:
+    """One batch, two accounts, a transaction each: alice's commits, then the server ends the
+    connection in bob's (a trigger has the backend terminate itself, once). The whole batch
+    is retried; alice's lines, already committed, must not be stored again."""
+    user, server_id = alice
+    bob = UserFactory(email="bob@example.org")
+    with switch(bob):
+        bob_server = Server.objects.create(name="EFnet", host="irc.efnet.org", nick="bob").pk
+    schema = bob.account.schema_name
+    with connection.cursor() as cursor:
+        cursor.execute(f"""
+            CREATE SEQUENCE "{schema}".once;
+            CREATE FUNCTION "{schema}".drop_connection() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                IF nextval('"{schema}".once') = 1 THEN
+                    PERFORM pg_terminate_backend(pg_backend_pid());
+                END IF;
+                RETURN NEW;
+            END $$;
+            CREATE TRIGGER drop_connection BEFORE INSERT ON "{schema}".channels_app_message
+                FOR EACH STATEMENT EXECUTE FUNCTION "{schema}".drop_connection();
+        """)  # fmt: skip
+    store = Store(publish=False, journal=Journal(tmp_path))
+    store.add_account(user.account)
+    store.add_account(bob.account)
+    for n in range(50):
+        store.put(line(user, server_id, n))
+    for n in range(50):
+        store.put(line(bob, bob_server, n))
+    run_until(store, lambda: store.stored >= 100)
+    assert store.stored == 100  # counted once each, the first attempt's commit included
+    assert texts(user) == [f"line {n}" for n in range(50)]
+    assert texts(bob) == [f"line {n}" for n in range(50)]
+    with connection.cursor() as cursor:
+        cursor.execute(f'SELECT last_value FROM "{schema}".once')
+        assert cursor.fetchone() == (2,)  # the connection was lost once, then bob's written
+
+
 # --- against real processes -----------------------------------------------------------------
 
 
