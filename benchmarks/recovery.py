@@ -93,11 +93,12 @@ def flood_lines(accounts: list["Account"], server_ids: dict[uuid.UUID, int], cou
     lines = []
     for n in range(count):
         account = accounts[n % len(accounts)]
-        lines.append(
-            Line(account.pk, server_ids[account.pk], "#bench", "channel", "message",
-                 f"nick{n % 50}", chat_text(n), T0 + timedelta(milliseconds=n),
-                 msgid=f"{prefix}-{n}")  # fmt: skip
-        )
+        at = T0 + timedelta(milliseconds=n)
+        sender, text, msgid = f"nick{n % 50}", chat_text(n), f"{prefix}-{n}"
+        server_id = server_ids[account.pk]
+        line = Line(account.pk, server_id, "#bench", "channel", "message", sender, text, at,
+                    msgid=msgid, tags={"msgid": msgid})  # fmt: skip
+        lines.append(line)
     return lines
 
 
@@ -179,9 +180,11 @@ def measure_journal_replay(args: argparse.Namespace, accounts: list["Account"]) 
         size = sum(p.stat().st_size for p in directory.glob(f"*{SUFFIX}"))
 
         started = time.perf_counter()
-        read = sum(
-            1 for p in sorted(directory.glob(f"*{SUFFIX}")) for _, b in read_segment(p) if decode(b)
-        )
+        read = 0
+        for path in sorted(directory.glob(f"*{SUFFIX}")):
+            for _seq, payload in read_segment(path):
+                decode(payload)
+                read += 1
         read_rate = read / (time.perf_counter() - started)
         if read != args.lines:
             raise BenchmarkError(f"read {read:,} records of {args.lines:,}")
