@@ -33,7 +33,16 @@ from django.db import connection
 from accounts.models import User
 from channels_app.models import Message, Server
 from config.database import database_url
-from gateway.journal import RECORD_HEADER, SEGMENT_HEADER, SUFFIX, Journal, read_segment, replay
+from gateway.journal import (
+    RECORD_HEADER,
+    SEGMENT_HEADER,
+    SUFFIX,
+    Journal,
+    JournalLocked,
+    open_journal,
+    read_segment,
+    replay,
+)
 from gateway.storage import Line, Store, _close_connection
 from tenancy import switch
 from tests.factories import UserFactory
@@ -214,6 +223,25 @@ def test_a_batch_retried_after_a_lost_connection_stores_nothing_twice(
     with connection.cursor() as cursor:
         cursor.execute(f'SELECT last_value FROM "{schema}".once')
         assert cursor.fetchone() == (2,)  # the connection was lost once, then bob's written
+
+
+def test_each_shard_has_a_journal_and_one_process_holds_it(
+    db: None, tmp_path: Path, settings: Any
+) -> None:
+    settings.GATEWAY_JOURNAL_DIR = str(tmp_path)
+    first, second = open_journal(shard=0, shards=2), open_journal(shard=1, shards=2)
+    assert first is not None and second is not None
+    assert first.directory != second.directory
+    with pytest.raises(JournalLocked, match="another gateway process holds the journal"):
+        open_journal(shard=0, shards=2)
+    assert stat.S_IMODE(first.directory.stat().st_mode) == 0o700
+    first.close()
+    again = open_journal(shard=0, shards=2)  # free once its holder closed it
+    assert again is not None
+    again.close()
+    second.close()
+    settings.GATEWAY_JOURNAL = False
+    assert open_journal(shard=0, shards=1) is None
 
 
 # --- against real processes -----------------------------------------------------------------
