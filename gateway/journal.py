@@ -86,10 +86,10 @@ SEQ_MASK = (1 << GENERATION_SHIFT) - 1
 # by a long outage must not be read into memory whole, nor pass the Store's per-account bound.
 REPLAY_AHEAD = 50_000
 POSITION_TABLE = "gateway_journal_position"
-# At most one fsync per this many seconds (the Store's flush tick). An fsync per loop iteration
-# woke the fsync thread hundreds of times a second, and each wake took the GIL from the loop:
-# IRC-to-browser latency doubled at 1,000 lines/s. A killed process loses nothing meanwhile
-# (the kernel has the data); only the machine's own crash could cost these milliseconds.
+# At most one fsync per this many seconds (the Store's flush tick): an fsync per loop iteration
+# would wake the fsync thread, and take the GIL from the loop, hundreds of times a second for
+# nothing a killed process needs (the kernel has the data once written out); only the machine's
+# own crash could cost these milliseconds.
 SYNC_SECONDS = 0.02
 
 _TAGS: dict[type, str] = {Line: "L", Members: "M", Topic: "T", Joined: "J"}
