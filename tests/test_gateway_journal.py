@@ -1,11 +1,12 @@
 """The gateway's write-ahead journal: what was read from IRC survives the process.
 
-In this process: a torn or corrupt tail is skipped, and a replay after a kill between commit and
-trim stores nothing twice. Against real processes: `manage.py irc_gateway` killed with SIGKILL
-during a database outage, the PostgreSQL server stopped and started under a flood, and SIGTERM.
-The last three run the gateway as a subprocess; the first two of them on a PostgreSQL server of
-the test module's own (pgserver, as config/embedded.py starts one), so stopping it touches
-nothing else.
+In this process, on the test database: a torn or corrupt tail is skipped; a replay after a kill
+between commit and trim stores nothing twice, nor does a batch retried after its connection was
+lost halfway; one journal per shard, held by one process. Against real processes (`manage.py
+irc_gateway` as a subprocess, InspIRCd): SIGKILL during a database outage, the PostgreSQL server
+stopped and started under a flood, SIGTERM, and SIGTERM during an outage. Those that stop the
+database run on a PostgreSQL server of this module's own (pgserver, as config/embedded.py
+starts one), so stopping it touches nothing else.
 """
 
 import asyncio
