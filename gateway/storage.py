@@ -24,11 +24,11 @@ import threading
 import time
 import uuid
 from collections import defaultdict, deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.db import DatabaseError, InterfaceError, OperationalError
@@ -40,6 +40,9 @@ from channels_app import events, hooks
 from channels_app.models import Server
 from channels_app.services import ingest
 from tenancy import db_memory, switch
+
+if TYPE_CHECKING:
+    from gateway.journal import Journal
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +78,7 @@ class Line:
     tags: dict[str, str] = field(default_factory=dict)
     highlight: bool = False
     private: bool = False
+    journal_seq: int = 0  # its place in the write-ahead journal (gateway/journal.py); 0: none
 
 
 @dataclass(slots=True)
@@ -90,6 +94,7 @@ class Members:
     new_nick: str = ""
     prefixes: str | None = None
     away: bool | None = None
+    journal_seq: int = 0
 
 
 @dataclass(slots=True)
@@ -98,6 +103,7 @@ class Topic:
     server_id: int
     buffer: str
     topic: str
+    journal_seq: int = 0
 
 
 @dataclass(slots=True)
@@ -108,6 +114,7 @@ class Joined:
     server_id: int
     buffer: str
     joined: bool
+    journal_seq: int = 0
 
 
 Record = Line | Members | Topic | Joined
@@ -141,7 +148,12 @@ class BatchInterrupted(OperationalError):
 
 
 class Store:
-    def __init__(self, *, publish: bool = True) -> None:
+    def __init__(self, *, publish: bool = True, journal: "Journal | None" = None) -> None:
+        # Every record is appended to it when put, so a killed process loses none.
+        self.journal = journal
+        # A failed attempt may have committed part of its batch (see Journal.uncommitted).
+        self._recheck = False
+        self._closed = False
         # Per account, so that one account's flood can only ever push out its own records.
         self._pending: dict[uuid.UUID, deque[Record]] = {}
         self._pending_count = 0
@@ -178,6 +190,12 @@ class Store:
         self._accounts[account.pk] = account
 
     def put(self, record: Record) -> None:
+        if self.journal is not None:
+            self.journal.append(record)
+        self.enqueue(record)
+
+    def enqueue(self, record: Record) -> None:
+        """Queue a record for the writer (already journaled, or no journal)."""
         queue = self._pending.get(record.account_id)
         if queue is None:
             queue = self._pending[record.account_id] = deque()
@@ -199,6 +217,8 @@ class Store:
         dropped = queue.popleft()
         self._pending_count -= 1
         self.dropped += 1
+        if self.journal is not None:
+            self.journal.done([dropped])
         key = (dropped.account_id, dropped.server_id)
         if not self._dropped_by[key]:
             logger.error("account %s: too many records waiting; dropping its oldest", key[0])
@@ -282,14 +302,22 @@ class Store:
                 continue
             batch = self._take_batch()
             self._inflight = len(batch)
+            if self.journal is not None:
+                self.journal.write_out()
             try:
-                written = await loop.run_in_executor(self._db, self._write_batch, batch)
+                written = await loop.run_in_executor(self._db, self._write_journaled, batch)
             except (OperationalError, InterfaceError) as exc:
                 if isinstance(exc, BatchInterrupted):
                     self.stored += exc.written
                     self._put_back(exc.unwritten)
+                    if self.journal is not None:
+                        unwritten = set(map(id, exc.unwritten))
+                        self.journal.done([r for r in batch if id(r) not in unwritten])
                 else:
                     self._put_back(batch)
+                # The COMMIT may have landed as the connection died: the retry asks the journal's
+                # positions what did.
+                self._recheck = self.journal is not None
                 self._inflight = 0
                 if self.database_ok:
                     logger.warning("database unreachable, holding %d lines: %s", self.backlog, exc)
@@ -304,6 +332,8 @@ class Store:
             self.database_ok = True
             delay = 0.2
             self.stored += written
+            if self.journal is not None:
+                self.journal.done(batch)
             if self._pending:
                 self._wakeup.set()
 
@@ -318,9 +348,16 @@ class Store:
         await asyncio.wrap_future(self._announcer.submit(lambda: None))
 
     async def close(self) -> None:
-        """Release the writer thread and its database connection."""
+        """Close the journal (emptied when everything in it was stored), then release the
+        writer thread and its database connection."""
+        if self._closed:
+            return
+        self._closed = True
+        loop = asyncio.get_running_loop()
+        if self.journal is not None:
+            await loop.run_in_executor(self._db, self.journal.close)
         # A function, not the bound method: the proxy must resolve in the writer's thread.
-        await asyncio.get_running_loop().run_in_executor(self._db, _close_connection)
+        await loop.run_in_executor(self._db, _close_connection)
         self._db.shutdown(wait=True)
         self._announcer.shutdown(wait=True)
 
@@ -329,6 +366,27 @@ class Store:
         return asyncio.get_running_loop().run_in_executor(self._db, fn, *args)
 
     # -- database thread ---------------------------------------------------------------------
+
+    def _write_journaled(self, batch: list[Record]) -> int:
+        if self.journal is not None:
+            self.journal.before_batch()
+            if self._recheck:
+                kept = self.journal.uncommitted(batch)
+                self._recheck = False
+                # Committed by the failed attempt: stored, though not by this one.
+                landed = sum(isinstance(r, Line) for r in batch) - sum(
+                    isinstance(r, Line) for r in kept
+                )
+                return landed + self._write_batch(kept)
+        return self._write_batch(batch)
+
+    def _journal_positions(self, records: list[Record]) -> Callable[[], None] | None:
+        """What the ingest runs inside the transaction storing `records`: their journal
+        positions, so they count as committed exactly when they are (gateway/journal.py)."""
+        journal = self.journal
+        if journal is None:
+            return None
+        return lambda: journal.save_positions(records)
 
     def _write_batch(self, batch: list[Record]) -> int:
         """Write one batch (all its accounts, one transaction, channels_app.services.ingest), then
@@ -341,7 +399,11 @@ class Store:
         db_memory.maybe_recycle(django_connection)
         db_memory.note_schemas(django_connection, [g.schema_name for g in groups.values()])
         try:
-            stored = ingest.store_records(batch=list(groups.values()), channel_ids=self._channels)
+            stored = ingest.store_records(
+                batch=list(groups.values()),
+                channel_ids=self._channels,
+                in_transaction=self._journal_positions(batch),
+            )
         except (OperationalError, InterfaceError):
             self._reset_connection()
             raise
@@ -387,7 +449,13 @@ class Store:
     ) -> None:
         for account_id, group in groups.items():
             try:
-                stored.add(ingest.store_records(batch=[group], channel_ids=self._channels))
+                stored.add(
+                    ingest.store_records(
+                        batch=[group],
+                        channel_ids=self._channels,
+                        in_transaction=self._journal_positions(_records_of(group)),
+                    )
+                )
                 committed.update(map(id, _records_of(group)))
             except (OperationalError, InterfaceError):
                 self._reset_connection()
@@ -415,7 +483,13 @@ class Store:
             _add_record(one, record)
             for attempt in (1, 2):
                 try:
-                    stored.add(ingest.store_records(batch=[one], channel_ids=self._channels))
+                    stored.add(
+                        ingest.store_records(
+                            batch=[one],
+                            channel_ids=self._channels,
+                            in_transaction=self._journal_positions([record]),
+                        )
+                    )
                     break
                 except (OperationalError, InterfaceError):
                     committed.discard(id(record))

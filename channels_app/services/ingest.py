@@ -25,7 +25,7 @@ publishes `Stored.events` and hands `Stored.message_ids` to the message hook aft
 import contextlib
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -158,16 +158,25 @@ class _Account:
     notification_ids: list[int] = field(default_factory=list)
 
 
-def store_records(*, batch: Sequence[AccountRecords], channel_ids: ChannelIds) -> Stored:
-    """Write the batch in one transaction; return what to publish and hook after it. Raises
-    Django's OperationalError/InterfaceError when the server is unreachable (nothing written)
-    and another DatabaseError when a record is refused (nothing written either)."""
+def store_records(
+    *,
+    batch: Sequence[AccountRecords],
+    channel_ids: ChannelIds,
+    in_transaction: Callable[[], None] | None = None,
+) -> Stored:
+    """Write the batch in one transaction; return what to publish and hook after it.
+    `in_transaction` runs inside that transaction, after the writes (the gateway records its
+    journal position there). Raises Django's OperationalError/InterfaceError when the server
+    is unreachable (nothing written) and another DatabaseError when a record is refused
+    (nothing written either)."""
     with django_connection.wrap_database_errors:
         django_connection.ensure_connection()
         pg: psycopg.Connection[Any] = django_connection.connection
         created: ChannelIds = {}
         with pg.transaction(), psycopg.Cursor(pg) as cursor:
             stored = _write(cursor, batch, channel_ids, created)
+            if in_transaction is not None:
+                in_transaction()
     channel_ids.update(created)
     return stored
 
