@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/recovery.py [--lines N] [--accounts A] [--only NAME] [--keep]
 
 Each measurement is a function in MEASUREMENTS: it gets the arguments and the accounts, and
-returns its `key=value` fields; the script prints all of them on one line. Today:
+returns its `key=value` fields; the script prints all of them on one line:
 
 journal_replay: a gateway killed with N lines (default 100,000, spread over A accounts, default
 10, each line with an IRCv3 msgid as a modern server sends) in its write-ahead journal and none
@@ -22,9 +22,15 @@ It runs in a database of its own (`palaver_bench_recovery` on the server DATABAS
 dropped and recreated at the start and dropped at the end unless --keep; the journal lives in a
 temporary directory.
 
+chathistory_backfill: benchmarks/recovery_chathistory.py, run as a child (its docstring says
+what it measures: 10,000 lines missed while the gateway was down, asked for with IRCv3
+CHATHISTORY after the reconnect), its fields prefixed with chathistory_.
+
 stdout gets exactly one line:
     journal_replay_lines_per_s=… journal_lines=… journal_read_lines_per_s=…
-    store_lines_per_s=… replay_ratio=…
+    store_lines_per_s=… replay_ratio=… chathistory_backfill_lines=… chathistory_seconds=…
+    chathistory_lines_per_s=… chathistory_page=… chathistory_requests=…
+    chathistory_first_request_s=… chathistory_live_lines_per_s=… chathistory_ratio=…
 replay_ratio is journal_replay_lines_per_s / store_lines_per_s.
 """
 
@@ -32,6 +38,7 @@ import argparse
 import asyncio
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -242,8 +249,34 @@ def measure_journal_replay(args: argparse.Namespace, accounts: list["Account"]) 
     }
 
 
-# Later: chathistory backfill of 10,000 missed lines (issue 7, item 7).
-MEASUREMENTS: dict[str, Measurement] = {"journal_replay": measure_journal_replay}
+def measure_chathistory_backfill(args: argparse.Namespace, accounts: list["Account"]) -> Fields:
+    """benchmarks/recovery_chathistory.py (10,000 missed lines backfilled with IRCv3
+    chathistory), run as a child in a scratch database of its own; its fields, prefixed."""
+    result = subprocess.run(  # noqa: S603 (this interpreter, fixed arguments)
+        [
+            sys.executable,
+            str(PROJECT_DIR / "benchmarks" / "recovery_chathistory.py"),
+            "--database",
+            f"{args.database}_chathistory",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise BenchmarkError(f"recovery_chathistory.py failed (exit {result.returncode})")
+    fields = dict(pair.split("=", 1) for pair in result.stdout.split())
+    # Its own first field already names it; the others get the prefix.
+    return {
+        key if key.startswith("chathistory_") else f"chathistory_{key}": value
+        for key, value in fields.items()
+    }
+
+
+MEASUREMENTS: dict[str, Measurement] = {
+    "journal_replay": measure_journal_replay,
+    "chathistory_backfill": measure_chathistory_backfill,
+}
 
 
 def run(args: argparse.Namespace, bench_url: str, result_out: TextIO) -> None:
