@@ -34,6 +34,7 @@ import psycopg
 from django.conf import settings
 from django.db import connection as django_connection
 from psycopg import sql
+from psycopg.types.json import Jsonb
 
 from channels_app.events import ChannelEvent, LiveEvent, MessageEvent, NotificationEvent
 from channels_app.models import Channel, Notification
@@ -60,6 +61,10 @@ _NOTIFICATION_COLUMNS = ("id", "message_id", "kind", "created_at")
 # Binary COPY: measured against text in docs/benchmarks.md ("Storing IRC lines").
 COPY_OPTIONS = sql.SQL("(FORMAT BINARY)")
 _NOTIFICATION_TYPES = ("int8", "int8", "varchar", "timestamptz")
+# Up to this many lines in a batch are written with pipelined INSERTs (one round trip for
+# every account in the batch), more with one binary COPY per account (the fastest per line,
+# but a round trip per account).
+PIPELINED_MAX_LINES = 100
 
 
 class LineRecord(Protocol):
@@ -187,8 +192,18 @@ def _write(
     _drop_replays(cursor, accounts)
     _reserve_ids(cursor, accounts)
     now = datetime.now(UTC)
+    if sum(len(account.lines) for account in accounts) <= PIPELINED_MAX_LINES:
+        # A few lines over many accounts (a steady 1,000 lines/s gives batches of ~10 lines
+        # over ~10 accounts): one COPY per account was one round trip each, most of a small
+        # batch's time and so most of a line's latency (docs/benchmarks.md, "IRC-to-browser
+        # latency"). Pipelined INSERTs of every account cost one round trip in all.
+        with cursor.connection.pipeline():
+            for account in accounts:
+                _insert_lines(cursor, account, now)
+    else:
+        for account in accounts:
+            _copy_lines(cursor, account, now)
     for account in accounts:
-        _copy_lines(cursor, account, now)
         _apply_changes(cursor, account)
         stored.message_ids[account.records.account_id] = account.message_ids
         payloads = live_events(
@@ -397,6 +412,53 @@ def _copy_lines(cursor: psycopg.Cursor[Any], account: _Account, now: datetime) -
                 )
             ),
         )
+
+
+def _insert_lines(cursor: psycopg.Cursor[Any], account: _Account, now: datetime) -> None:
+    """The same rows as _copy_lines, as INSERTs: sent without waiting inside a pipeline."""
+    if not account.lines:
+        return
+    cursor.executemany(
+        _insert_statement(sql.Identifier(account.schema, MESSAGE_TABLE), _MESSAGE_COLUMNS),
+        [
+            (
+                message_id,
+                channel_id,
+                line.kind,
+                line.sender[:100],
+                line.text,
+                line.server_time,
+                line.msgid[:128],
+                Jsonb(line.tags),
+                now,
+            )
+            for (line, channel_id), message_id in zip(
+                account.lines, account.message_ids, strict=True
+            )
+        ],
+    )
+    if account.notification_ids:
+        cursor.executemany(
+            _insert_statement(
+                sql.Identifier(account.schema, NOTIFICATION_TABLE), _NOTIFICATION_COLUMNS
+            ),
+            [
+                (notification_id, message_id, kind, now)
+                for (message_id, kind), notification_id in zip(
+                    _notified(account.lines, account.message_ids),
+                    account.notification_ids,
+                    strict=True,
+                )
+            ],
+        )
+
+
+def _insert_statement(table: sql.Identifier, columns: Sequence[str]) -> sql.Composed:
+    return sql.SQL("INSERT INTO {} ({}) VALUES ({})").format(
+        table,
+        sql.SQL(", ").join(map(sql.Identifier, columns)),
+        sql.SQL(", ").join(sql.Placeholder() * len(columns)),
+    )
 
 
 def _copy(
