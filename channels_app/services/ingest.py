@@ -63,7 +63,7 @@ COPY_OPTIONS = sql.SQL("(FORMAT BINARY)")
 _NOTIFICATION_TYPES = ("int8", "int8", "varchar", "timestamptz")
 # Up to this many lines in a batch are written with pipelined INSERTs (one round trip for
 # every account in the batch), more with one binary COPY per account (the fastest per line,
-# but a round trip per account).
+# but two round trips per account).
 PIPELINED_MAX_LINES = 100
 
 
@@ -194,12 +194,12 @@ def _write(
     now = datetime.now(UTC)
     if sum(len(account.lines) for account in accounts) <= PIPELINED_MAX_LINES:
         # A few lines over many accounts (a steady 1,000 lines/s gives batches of ~10 lines
-        # over ~10 accounts): one COPY per account was one round trip each, most of a small
+        # over ~10 accounts): one COPY per account was two round trips each, most of a small
         # batch's time and so most of a line's latency (docs/benchmarks.md, "IRC-to-browser
         # latency"). Pipelined INSERTs of every account cost one round trip in all.
         with cursor.connection.pipeline():
             for account in accounts:
-                _insert_lines(cursor, account, now)
+                _copy_lines(cursor, account, now, pipelined=True)
     else:
         for account in accounts:
             _copy_lines(cursor, account, now)
@@ -372,7 +372,11 @@ def _reserve_ids(cursor: psycopg.Cursor[Any], accounts: list[_Account]) -> None:
         account.notification_ids = sorted(reserved.get(2 * index + 1, ()))
 
 
-def _copy_lines(cursor: psycopg.Cursor[Any], account: _Account, now: datetime) -> None:
+def _copy_lines(
+    cursor: psycopg.Cursor[Any], account: _Account, now: datetime, *, pipelined: bool = False
+) -> None:
+    """The account's messages and notifications, by one binary COPY each, or as INSERTs to be
+    pipelined (see _copy)."""
     if not account.lines:
         return
     _copy(
@@ -396,6 +400,7 @@ def _copy_lines(cursor: psycopg.Cursor[Any], account: _Account, now: datetime) -
                 account.lines, account.message_ids, strict=True
             )
         ),
+        pipelined=pipelined,
     )
     if account.notification_ids:
         _copy(
@@ -411,45 +416,7 @@ def _copy_lines(cursor: psycopg.Cursor[Any], account: _Account, now: datetime) -
                     strict=True,
                 )
             ),
-        )
-
-
-def _insert_lines(cursor: psycopg.Cursor[Any], account: _Account, now: datetime) -> None:
-    """The same rows as _copy_lines, as INSERTs: sent without waiting inside a pipeline."""
-    if not account.lines:
-        return
-    cursor.executemany(
-        _insert_statement(sql.Identifier(account.schema, MESSAGE_TABLE), _MESSAGE_COLUMNS),
-        [
-            (
-                message_id,
-                channel_id,
-                line.kind,
-                line.sender[:100],
-                line.text,
-                line.server_time,
-                line.msgid[:128],
-                Jsonb(line.tags),
-                now,
-            )
-            for (line, channel_id), message_id in zip(
-                account.lines, account.message_ids, strict=True
-            )
-        ],
-    )
-    if account.notification_ids:
-        cursor.executemany(
-            _insert_statement(
-                sql.Identifier(account.schema, NOTIFICATION_TABLE), _NOTIFICATION_COLUMNS
-            ),
-            [
-                (notification_id, message_id, kind, now)
-                for (message_id, kind), notification_id in zip(
-                    _notified(account.lines, account.message_ids),
-                    account.notification_ids,
-                    strict=True,
-                )
-            ],
+            pipelined=pipelined,
         )
 
 
@@ -467,7 +434,21 @@ def _copy(
     columns: Sequence[str],
     types: Sequence[str],
     rows: Iterable[tuple[Any, ...]],
+    *,
+    pipelined: bool = False,
 ) -> None:
+    if pipelined:
+        # INSERTs, which a pipeline sends without waiting for their answers. A binary COPY
+        # takes a dict for a jsonb column by its declared type; a parameter needs the wrapper.
+        jsonb = [i for i, kind in enumerate(types) if kind == "jsonb"]
+        params: list[list[Any]] = []
+        for row in rows:
+            values = list(row)
+            for i in jsonb:
+                values[i] = Jsonb(values[i])
+            params.append(values)
+        cursor.executemany(_insert_statement(table, columns), params)
+        return
     statement = sql.SQL("COPY {} ({}) FROM STDIN {}").format(
         table, sql.SQL(", ").join(map(sql.Identifier, columns)), COPY_OPTIONS
     )
