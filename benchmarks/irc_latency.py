@@ -25,9 +25,18 @@ It runs in a database of its own (`palaver_bench_irc_latency` on the server DATA
 names), dropped and recreated at the start and dropped at the end unless --keep.
 
 stdout gets exactly one line:
-    latency_ms_p50=… latency_ms_p99=… rate=… lines=… via=sse redis_ms_p50=… redis_ms_p99=…
-latency_* is through the SSE endpoint; redis_* is the same lines at the Redis channel (the
-gateway's publish), so latency minus redis is the web's share. rate is the rate achieved.
+    latency_ms_p50=… latency_ms_p99=… rate=… lines=… via=sse
+    read_ms_p50=… read_ms_p99=… stored_ms_p50=… stored_ms_p99=…
+    published_ms_p50=… published_ms_p99=… sse_ms_p50=… sse_ms_p99=…
+(on one line). latency_* is through the SSE endpoint. The split is cumulative, every figure
+from the moment the source wrote the line: read_* when the gateway handed it to its store
+(Store.put), stored_* when its batch committed, published_* when it arrived on the account's
+Redis channel (a subscriber in the browsers' process), sse_* when it arrived on the stream
+(the same as latency_*). A stage's own share is the difference between neighbours'
+percentiles only roughly (percentiles do not subtract); the log on stderr gives each stage's
+own distribution too. The read and commit times come from a StoreObserver
+(gateway.storage.Store.observer) set on the gateway's store, which runs on a thread here.
+rate is the rate achieved.
 """
 
 import argparse
@@ -262,6 +271,28 @@ def web_server(bench_url: str) -> Iterator[int]:
 # --- the benchmark ---------------------------------------------------------------------------
 
 
+class StageClock:
+    """The gateway store's observer: when each timed line was read and when its batch
+    committed (time.time(), comparable with the source's and the browsers' clocks)."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.read_at: dict[str, float] = {}
+        self.committed_at: dict[str, float] = {}
+
+    def read(self, record: Any) -> None:
+        msgid = getattr(record, "msgid", "")
+        if msgid.startswith(self.prefix):
+            self.read_at[msgid] = time.time()
+
+    def committed(self, batch: list[Any]) -> None:
+        at = time.time()
+        for record in batch:
+            msgid = getattr(record, "msgid", "")
+            if msgid.startswith(self.prefix):
+                self.committed_at[msgid] = at
+
+
 def sign_in(accounts: list[Any]) -> list[str]:
     """A user in each account, and a session for it: the Cookie header a browser would send."""
     from django.conf import settings
@@ -332,6 +363,8 @@ def run(args: argparse.Namespace, bench_url: str, result_out: TextIO) -> None:
         )
         try:
             gateway = runner.start()
+            clock = StageClock(PREFIX)
+            gateway.store.observer = clock
             source.wait_joined(args.accounts, 60)
             runner.wait_quiet(30)
             consumer.start()
@@ -373,26 +406,44 @@ def run(args: argparse.Namespace, bench_url: str, result_out: TextIO) -> None:
         )
     created = written_at(accounts, PREFIX)
     forget_server_states(accounts)
+    sent_at = dict(sent)
 
-    def ms(arrivals: dict[str, float]) -> list[float]:
-        return [(arrivals[msgid] - at) * 1000 for msgid, at in sent if msgid in arrivals]
+    def ms(arrivals: dict[str, float], since: dict[str, float] = sent_at) -> list[float]:
+        return [(arrivals[m] - since[m]) * 1000 for m in sent_at if m in arrivals and m in since]
 
-    latency, via_redis, to_writer = ms(sse), ms(redis_arrivals), ms(created)
-    rate = len(sent) / (finished - started)
-    for name, samples in (
-        ("source -> row built by the gateway's writer", to_writer),
-        ("source -> Redis channel (after commit)", via_redis),
-        ("source -> SSE stream (the browser)", latency),
-    ):
+    stages = {
+        "read": ms(clock.read_at),
+        "stored": ms(clock.committed_at),
+        "published": ms(redis_arrivals),
+        "sse": ms(sse),
+    }
+    for name, samples in stages.items():
+        if len(samples) != len(sent):
+            raise BenchmarkError(f"{name}: {len(samples)} of {len(sent)} lines timed")
+    own = {
+        "source -> gateway read (Store.put)": stages["read"],
+        "read -> row built by the writer": ms(created, clock.read_at),
+        "read -> batch committed": ms(clock.committed_at, clock.read_at),
+        "committed -> Redis channel": ms(redis_arrivals, clock.committed_at),
+        "Redis channel -> SSE stream": ms(sse, redis_arrivals),
+        "source -> SSE stream (the browser)": stages["sse"],
+    }
+    for name, samples in own.items():
         log(
             f"{name}: p50 {statistics.median(samples):.1f} ms, p90 {percentile(samples, 90):.1f},"
             f" p99 {percentile(samples, 99):.1f}, max {max(samples):.1f} ({len(samples)} lines)"
         )
+    rate = len(sent) / (finished - started)
+    latency = stages["sse"]
+    split = " ".join(
+        f"{name}_ms_p50={statistics.median(samples):.1f} "
+        f"{name}_ms_p99={percentile(samples, 99):.1f}"
+        for name, samples in stages.items()
+    )
     print(
         f"latency_ms_p50={statistics.median(latency):.1f} "
-        f"latency_ms_p99={percentile(latency, 99):.1f} rate={rate:.0f} lines={len(sent)} via=sse "
-        f"redis_ms_p50={statistics.median(via_redis):.1f} "
-        f"redis_ms_p99={percentile(via_redis, 99):.1f}",
+        f"latency_ms_p99={percentile(latency, 99):.1f} rate={rate:.0f} lines={len(sent)} "
+        f"via=sse {split}",
         file=result_out,
         flush=True,
     )

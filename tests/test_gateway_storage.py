@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import psycopg
 import pytest
 import redis
 from django.conf import settings
@@ -485,3 +486,99 @@ def test_database_lost_during_a_piecemeal_retry_writes_no_line_twice(
             f"bob line {n}" for n in range(20)
         ]
     assert store.stored == 40
+
+
+def stored_rows(user: User) -> list[tuple[Any, ...]]:
+    with switch(user):
+        return list(
+            Message.objects.order_by("id").values_list(
+                "channel__name", "kind", "sender", "text", "server_time", "msgid", "tags",
+                "notifications__kind",
+            )
+        )  # fmt: skip
+
+
+@pytest.mark.parametrize("count", [3, 150], ids=["pipelined", "copy"])
+def test_small_and_large_batches_store_the_same_rows(
+    accounts: tuple[User, User, int, int], count: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Up to ingest.PIPELINED_MAX_LINES a batch is written with pipelined INSERTs (one round
+    trip for all its accounts, for latency), beyond with one COPY per account: both must store
+    every column, the notifications and the ids in arrival order alike."""
+    from channels_app.services import ingest
+
+    assert (count <= ingest.PIPELINED_MAX_LINES) == (count == 3)
+    alice, bob, a_server, b_server = accounts
+    store = Store(publish=False)
+    store.add_account(alice.account)
+    store.add_account(bob.account)
+    expected: dict[str, list[tuple[Any, ...]]] = {"alice": [], "bob": []}
+    for n in range(count):
+        for user, server, name in ((alice, a_server, "alice"), (bob, b_server, "bob")):
+            at = T0 + timedelta(seconds=n)
+            highlight = n % 2 == 0
+            tags = {"msgid": f"{name}-{n}", "+draft/reply": "x y"}
+            store.put(
+                line(user, server, f"{name}: line {n}", n, msgid=f"{name}-{n}", tags=tags,
+                     highlight=highlight, sender="Carol|away")
+            )  # fmt: skip
+            expected[name].append(
+                ("#palaver", "message", "Carol|away", f"{name}: line {n}", at, f"{name}-{n}",
+                 tags, "highlight" if highlight else None)
+            )  # fmt: skip
+    batches: list[int] = []
+    real = ingest.store_records
+
+    def counting(*, batch: list[ingest.AccountRecords], **kwargs: Any) -> Any:
+        batches.append(sum(len(group.lines) for group in batch))
+        return real(batch=batch, **kwargs)
+
+    monkeypatch.setattr(ingest, "store_records", counting)
+    run_store(store, lambda: store.backlog == 0 and store.stored >= 2 * count)
+    assert batches == [2 * count]  # one batch, so one path
+    assert stored_rows(alice) == expected["alice"]
+    assert stored_rows(bob) == expected["bob"]
+
+
+class Recorder:
+    """A Store observer that checks, when told of a commit, that the batch's rows are visible
+    to another connection: "committed" is what benchmarks/irc_latency.py times."""
+
+    def __init__(self, user: User) -> None:
+        self.schema = user.account.schema_name
+        self.reads: list[str] = []
+        self.commits: list[tuple[list[str], int]] = []
+
+    def read(self, record: Record) -> None:
+        assert isinstance(record, Line)
+        self.reads.append(record.text)
+
+    def committed(self, batch: list[Record]) -> None:
+        with psycopg.connect(**connection_params(connection.settings_dict)) as other:
+            row = other.execute(
+                f'SELECT count(*) FROM "{self.schema}".channels_app_message'
+            ).fetchone()
+        assert row is not None
+        self.commits.append(([r.text for r in batch if isinstance(r, Line)], row[0]))
+
+
+def test_the_observer_sees_each_line_read_and_each_batch_after_its_commit(
+    accounts: tuple[User, User, int, int],
+) -> None:
+    alice, _bob, a_server, _ = accounts
+    store = Store(publish=False)
+    store.add_account(alice.account)
+    recorder = Recorder(alice)
+    store.observer = recorder
+    texts = [f"line {n}" for n in range(5)]
+    for n, text in enumerate(texts):
+        store.put(line(alice, a_server, text, n))
+    assert recorder.reads == texts  # at put, before any write
+    run_store(store, lambda: store.backlog == 0 and store.stored >= 5)
+    assert [text for batch, _ in recorder.commits for text in batch] == texts
+    # Each batch's rows are visible elsewhere when the observer hears of it.
+    seen = 0
+    for batch, visible in recorder.commits:
+        seen += len(batch)
+        assert visible == seen
+    assert Store.observer is None  # production pays one attribute check, nothing more

@@ -34,6 +34,7 @@ import psycopg
 from django.conf import settings
 from django.db import connection as django_connection
 from psycopg import sql
+from psycopg.types.json import Jsonb
 
 from channels_app.events import ChannelEvent, LiveEvent, MessageEvent, NotificationEvent
 from channels_app.models import Channel, Notification
@@ -60,6 +61,10 @@ _NOTIFICATION_COLUMNS = ("id", "message_id", "kind", "created_at")
 # Binary COPY: measured against text in docs/benchmarks.md ("Storing IRC lines").
 COPY_OPTIONS = sql.SQL("(FORMAT BINARY)")
 _NOTIFICATION_TYPES = ("int8", "int8", "varchar", "timestamptz")
+# Up to this many lines in a batch are written with pipelined INSERTs (one round trip for
+# every account in the batch), more with one binary COPY per account (the fastest per line,
+# but two round trips per account).
+PIPELINED_MAX_LINES = 100
 
 
 class LineRecord(Protocol):
@@ -196,8 +201,18 @@ def _write(
     _drop_replays(cursor, accounts)
     _reserve_ids(cursor, accounts)
     now = datetime.now(UTC)
+    if sum(len(account.lines) for account in accounts) <= PIPELINED_MAX_LINES:
+        # A few lines over many accounts (a steady 1,000 lines/s gives batches of ~10 lines
+        # over ~10 accounts): one COPY per account was two round trips each, most of a small
+        # batch's time and so most of a line's latency (docs/benchmarks.md, "IRC-to-browser
+        # latency"). Pipelined INSERTs of every account cost one round trip in all.
+        with cursor.connection.pipeline():
+            for account in accounts:
+                _copy_lines(cursor, account, now, pipelined=True)
+    else:
+        for account in accounts:
+            _copy_lines(cursor, account, now)
     for account in accounts:
-        _copy_lines(cursor, account, now)
         _apply_changes(cursor, account)
         stored.message_ids[account.records.account_id] = account.message_ids
         payloads = live_events(
@@ -366,7 +381,11 @@ def _reserve_ids(cursor: psycopg.Cursor[Any], accounts: list[_Account]) -> None:
         account.notification_ids = sorted(reserved.get(2 * index + 1, ()))
 
 
-def _copy_lines(cursor: psycopg.Cursor[Any], account: _Account, now: datetime) -> None:
+def _copy_lines(
+    cursor: psycopg.Cursor[Any], account: _Account, now: datetime, *, pipelined: bool = False
+) -> None:
+    """The account's messages and notifications, by one binary COPY each, or as INSERTs to be
+    pipelined (see _copy)."""
     if not account.lines:
         return
     _copy(
@@ -390,6 +409,7 @@ def _copy_lines(cursor: psycopg.Cursor[Any], account: _Account, now: datetime) -
                 account.lines, account.message_ids, strict=True
             )
         ),
+        pipelined=pipelined,
     )
     if account.notification_ids:
         _copy(
@@ -405,7 +425,16 @@ def _copy_lines(cursor: psycopg.Cursor[Any], account: _Account, now: datetime) -
                     strict=True,
                 )
             ),
+            pipelined=pipelined,
         )
+
+
+def _insert_statement(table: sql.Identifier, columns: Sequence[str]) -> sql.Composed:
+    return sql.SQL("INSERT INTO {} ({}) VALUES ({})").format(
+        table,
+        sql.SQL(", ").join(map(sql.Identifier, columns)),
+        sql.SQL(", ").join(sql.Placeholder() * len(columns)),
+    )
 
 
 def _copy(
@@ -414,7 +443,21 @@ def _copy(
     columns: Sequence[str],
     types: Sequence[str],
     rows: Iterable[tuple[Any, ...]],
+    *,
+    pipelined: bool = False,
 ) -> None:
+    if pipelined:
+        # INSERTs, which a pipeline sends without waiting for their answers. A binary COPY
+        # takes a dict for a jsonb column by its declared type; a parameter needs the wrapper.
+        jsonb = [i for i, kind in enumerate(types) if kind == "jsonb"]
+        params: list[list[Any]] = []
+        for row in rows:
+            values = list(row)
+            for i in jsonb:
+                values[i] = Jsonb(values[i])
+            params.append(values)
+        cursor.executemany(_insert_statement(table, columns), params)
+        return
     statement = sql.SQL("COPY {} ({}) FROM STDIN {}").format(
         table, sql.SQL(", ").join(map(sql.Identifier, columns)), COPY_OPTIONS
     )
