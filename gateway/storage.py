@@ -163,6 +163,8 @@ class Store:
         self._announcer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gateway-announce")
         self._accounts: dict[uuid.UUID, Account] = {}
         self._channels: dict[tuple[uuid.UUID, int, str], int] = {}
+        # Each channel's latest stored server_time: lines later than it skip the replay probe.
+        self._newest: ingest.NewestTimes = {}
         self._publish = publish
         self._redis: Any = None
         self._lock = threading.Lock()
@@ -341,7 +343,9 @@ class Store:
         db_memory.maybe_recycle(django_connection)
         db_memory.note_schemas(django_connection, [g.schema_name for g in groups.values()])
         try:
-            stored = ingest.store_records(batch=list(groups.values()), channel_ids=self._channels)
+            stored = ingest.store_records(
+                batch=list(groups.values()), channel_ids=self._channels, newest=self._newest
+            )
         except (OperationalError, InterfaceError):
             self._reset_connection()
             raise
@@ -387,7 +391,11 @@ class Store:
     ) -> None:
         for account_id, group in groups.items():
             try:
-                stored.add(ingest.store_records(batch=[group], channel_ids=self._channels))
+                stored.add(
+                    ingest.store_records(
+                        batch=[group], channel_ids=self._channels, newest=self._newest
+                    )
+                )
                 committed.update(map(id, _records_of(group)))
             except (OperationalError, InterfaceError):
                 self._reset_connection()
@@ -415,7 +423,11 @@ class Store:
             _add_record(one, record)
             for attempt in (1, 2):
                 try:
-                    stored.add(ingest.store_records(batch=[one], channel_ids=self._channels))
+                    stored.add(
+                        ingest.store_records(
+                            batch=[one], channel_ids=self._channels, newest=self._newest
+                        )
+                    )
                     break
                 except (OperationalError, InterfaceError):
                     committed.discard(id(record))
@@ -440,6 +452,7 @@ class Store:
 
     def _reset_connection(self) -> None:
         self._channels.clear()
+        self._newest.clear()
         try:
             django_connection.close()
         except Exception:

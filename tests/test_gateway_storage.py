@@ -223,6 +223,59 @@ def test_replayed_msgid_is_stored_once(accounts: tuple[User, User, int, int]) ->
         ]
 
 
+def _msgid_index_scans(user: User) -> int:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_stat_clear_snapshot()")
+        cursor.execute(
+            "SELECT idx_scan FROM pg_stat_user_indexes"
+            " WHERE schemaname = %s AND indexrelname = 'message_msgid'",
+            [user.account.schema_name],
+        )
+        return int(cursor.fetchone()[0])
+
+
+def test_only_lines_that_can_be_replays_are_looked_up(
+    accounts: tuple[User, User, int, int],
+) -> None:
+    """A replay carries the server-time of the line it repeats: a line later than everything
+    stored in its channel is not looked up; an older one is, by a restarted gateway too."""
+    alice, _bob, a_server, _ = accounts
+
+    def tagged(text: str, n: int, msgid: str) -> Line:
+        at = T0 + timedelta(seconds=n)
+        tags = {"time": at.isoformat(), "msgid": msgid}
+        return line(alice, a_server, text, n, msgid=msgid, tags=tags)
+
+    before = _msgid_index_scans(alice)
+    store = Store(publish=False)
+    store.add_account(alice.account)
+    store.put(tagged("one", 1, "m1"))
+    store.put(tagged("two", 2, "m2"))
+    run_store(store, lambda: store.stored >= 2)
+    store.put(tagged("three", 3, "m3"))
+    store.put(tagged("one", 1, "m1"))  # a bouncer's playback
+    run_store(store, lambda: store.backlog == 0)
+
+    # The writer's backend hands its statistics over when it ends; a lambda, so that the
+    # connection is the writer thread's.
+    async def end_writer_connection() -> None:
+        await store.run_sync(lambda: connection.close())
+
+    asyncio.run(end_writer_connection())
+    # Only the playback of m1 was looked up in the (channel, msgid) index.
+    assert _msgid_index_scans(alice) - before == 1
+
+    restarted = Store(publish=False)
+    restarted.add_account(alice.account)
+    restarted.put(tagged("two", 2, "m2"))  # replayed after a restart: older than m3
+    restarted.put(tagged("four", 4, "m4"))
+    run_store(restarted, lambda: restarted.backlog == 0)
+    with switch(alice):
+        assert list(Message.objects.order_by("id").values_list("msgid", flat=True)) == [
+            "m1", "m2", "m3", "m4",
+        ]  # fmt: skip
+
+
 def test_members_topic_and_notifications(accounts: tuple[User, User, int, int]) -> None:
     alice, _bob, a_server, _ = accounts
     acc = alice.account.pk
@@ -462,13 +515,18 @@ def test_database_lost_during_a_piecemeal_retry_writes_no_line_twice(
     real = ingest.store_records
     calls: list[int] = []
 
-    def flaky(*, batch: list[ingest.AccountRecords], channel_ids: ingest.ChannelIds) -> Any:
+    def flaky(
+        *,
+        batch: list[ingest.AccountRecords],
+        channel_ids: ingest.ChannelIds,
+        newest: ingest.NewestTimes,
+    ) -> Any:
         calls.append(len(batch))
         if len(calls) == 1:
             raise IntegrityError("a record refused: the batch is retried account by account")
         if len(calls) == 3:
             raise OperationalError("the server went away after the first account committed")
-        return real(batch=batch, channel_ids=channel_ids)
+        return real(batch=batch, channel_ids=channel_ids, newest=newest)
 
     monkeypatch.setattr(ingest, "store_records", flaky)
     store = store_with_lines(accounts, 20)
