@@ -259,7 +259,7 @@ def test_only_lines_that_can_be_replays_are_looked_up(
     # The writer's backend hands its statistics over when it ends; a lambda, so that the
     # connection is the writer thread's.
     async def end_writer_connection() -> None:
-        await store.run_sync(lambda: connection.close())
+        await store.run_sync(lambda: connection.close(), account_id=alice.account.pk)
 
     asyncio.run(end_writer_connection())
     # Only the playback of m1 was looked up in the (channel, msgid) index.
@@ -273,6 +273,46 @@ def test_only_lines_that_can_be_replays_are_looked_up(
     with switch(alice):
         assert list(Message.objects.order_by("id").values_list("msgid", flat=True)) == [
             "m1", "m2", "m3", "m4",
+        ]  # fmt: skip
+
+
+def test_accounts_on_different_writers_do_not_wait_for_each_other(
+    accounts: tuple[User, User, int, int], settings: Any
+) -> None:
+    """Each writer has its own accounts and connection: alice's writer held up (a slow batch,
+    a read ordered with her writes) holds none of bob's lines, and hers follow in order."""
+    alice, bob, a_server, b_server = accounts
+    a, b = alice.account.pk.int, bob.account.pk.int
+    settings.GATEWAY_WRITERS = next(n for n in range(2, 64) if a % n != b % n)
+    store = Store(publish=False)
+    store.add_account(alice.account)
+    store.add_account(bob.account)
+    release = threading.Event()
+
+    async def main() -> None:
+        task = asyncio.create_task(store.run())
+        held = store.run_sync(release.wait, account_id=alice.account.pk)
+        store.put(line(alice, a_server, "alice 0"))
+        store.put(line(alice, a_server, "alice 1", 1))
+        store.put(line(bob, b_server, "bob 0"))
+        deadline = time.monotonic() + 10
+        while store.stored < 1 and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        assert store.stored == 1 and store.backlog == 2
+        release.set()
+        await held
+        await store.drain()
+        task.cancel()
+
+    try:
+        asyncio.run(main())
+    finally:
+        release.set()
+    with switch(bob):
+        assert list(Message.objects.values_list("text", flat=True)) == ["bob 0"]
+    with switch(alice):
+        assert list(Message.objects.order_by("id").values_list("text", flat=True)) == [
+            "alice 0", "alice 1",
         ]  # fmt: skip
 
 
@@ -502,7 +542,9 @@ def test_a_flood_is_taken_in_large_account_shares_and_round_robin() -> None:
 
 
 def test_database_lost_during_a_piecemeal_retry_writes_no_line_twice(
-    accounts: tuple[User, User, int, int], monkeypatch: pytest.MonkeyPatch
+    accounts: tuple[User, User, int, int],
+    monkeypatch: pytest.MonkeyPatch,
+    settings: Any,
 ) -> None:
     """A batch refused whole is retried account by account; if the server goes away in the
     middle, only what did not commit goes back to the queue. The failures are injected around
@@ -529,6 +571,8 @@ def test_database_lost_during_a_piecemeal_retry_writes_no_line_twice(
         return real(batch=batch, channel_ids=channel_ids, newest=newest)
 
     monkeypatch.setattr(ingest, "store_records", flaky)
+    # One writer, so that alice and bob share a batch.
+    settings.GATEWAY_WRITERS = 1
     store = store_with_lines(accounts, 20)
     run_store(store, lambda: store.backlog == 0 and store.stored >= 40)
     assert calls[:3] == [2, 1, 1]  # whole batch, then alice alone, then bob alone
