@@ -280,6 +280,10 @@ GATEWAY_CHATHISTORY_MAX_LINES: int = setting(
 GATEWAY_REFUSAL_NOTICE_SECONDS: float = setting(
     "GATEWAY_REFUSAL_NOTICE_SECONDS", cast=float, default=60.0
 )
+# The write-ahead journal (gateway/journal.py): what the gateway read survives its process.
+# Each shard keeps its own under GATEWAY_JOURNAL_DIR/shard-K-of-N. Off only to measure its cost.
+GATEWAY_JOURNAL: bool = setting("GATEWAY_JOURNAL", cast=bool, default=True)
+GATEWAY_JOURNAL_DIR: str = setting("GATEWAY_JOURNAL_DIR", default=str(BASE_DIR / "var" / "journal"))
 
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"

@@ -17,6 +17,7 @@ from accounts.models import Account
 from channels_app import events
 from channels_app.models import Channel, Server
 from gateway.connection import ConnectionLost, IrcConnection, ServerConfig
+from gateway.journal import open_journal, replay
 from gateway.protocol import ParseError
 from gateway.storage import Store
 from tenancy import switch
@@ -98,7 +99,7 @@ class Gateway:
     ) -> None:
         self.shard, self.shards = shard, shards
         self.tls_context = tls_context
-        self.store = store or Store()
+        self.store = store or Store(journal=open_journal(shard=shard, shards=shards))
         self.accounts: dict[uuid.UUID, Account] = {}
         self._highlight_words: dict[uuid.UUID, tuple[str, ...]] = {}
         # Configuration is read on a thread (and database connection) of its own: on the
@@ -127,13 +128,24 @@ class Gateway:
         ]
         # Subscribed before the first read of the configuration, so no change slips between.
         await asyncio.wait_for(self._subscribed.wait(), 30)
+        if self.store.journal is not None:
+            # What a killed predecessor read but did not store goes first: before any
+            # connection adds newer lines to the same channels.
+            replayed = await replay(self.store, self.store.journal)
+            if replayed:
+                logger.info("replayed %d records from the journal", replayed)
         await self.sync_all()
         self._tasks.append(asyncio.create_task(self._resync_forever(), name="resync"))
         self.ready.set()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def stop(self) -> None:
+        """Stop reading and QUIT every server, write what is held (the journal keeps what the
+        database did not take in time), then close the journal and the writer."""
         self._stopping = True
+        # QUIT before the flush, not after: it also ends the reading, and a server left
+        # unread while the database is slow would drop us for a full send queue rather than
+        # show our quit message.
         await asyncio.gather(
             *(c.stop("Palaver gateway restarting") for c in self.connections.values()),
             return_exceptions=True,
@@ -147,6 +159,7 @@ class Gateway:
             if task.get_name() != "commands":
                 task.cancel()
         await asyncio.wait(self._tasks, timeout=5)
+        await self.store.close()
         if self._redis is not None:
             await self._redis.aclose()
         await self._read_config(close_connection)

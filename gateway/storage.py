@@ -27,12 +27,12 @@ import threading
 import time
 import uuid
 from collections import defaultdict, deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import wait as wait_for_futures
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.db import DatabaseError, InterfaceError, OperationalError
@@ -44,6 +44,9 @@ from channels_app import events, hooks
 from channels_app.models import Server
 from channels_app.services import ingest
 from tenancy import db_memory, switch
+
+if TYPE_CHECKING:
+    from gateway.journal import Journal
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +82,7 @@ class Line:
     tags: dict[str, str] = field(default_factory=dict)
     highlight: bool = False
     private: bool = False
+    journal_seq: int = 0  # its place in the write-ahead journal (gateway/journal.py); 0: none
 
 
 @dataclass(slots=True)
@@ -94,6 +98,7 @@ class Members:
     new_nick: str = ""
     prefixes: str | None = None
     away: bool | None = None
+    journal_seq: int = 0
 
 
 @dataclass(slots=True)
@@ -102,6 +107,7 @@ class Topic:
     server_id: int
     buffer: str
     topic: str
+    journal_seq: int = 0
 
 
 @dataclass(slots=True)
@@ -112,6 +118,7 @@ class Joined:
     server_id: int
     buffer: str
     joined: bool
+    journal_seq: int = 0
 
 
 Record = Line | Members | Topic | Joined
@@ -145,7 +152,13 @@ class BatchInterrupted(OperationalError):
 
 
 class Store:
-    def __init__(self, *, publish: bool = True) -> None:
+    def __init__(self, *, publish: bool = True, journal: "Journal | None" = None) -> None:
+        # Every record is appended to it when put, so a killed process loses none.
+        self.journal = journal
+        # Per writer: a failed attempt may have committed part of its batch (see
+        # Journal.uncommitted).
+        self._recheck = [False] * max(1, settings.GATEWAY_WRITERS)
+        self._closed = False
         # Per account, so that one account's flood can only ever push out its own records.
         self._pending: dict[uuid.UUID, deque[Record]] = {}
         self._pending_count = 0
@@ -193,6 +206,12 @@ class Store:
         self._accounts[account.pk] = account
 
     def put(self, record: Record) -> None:
+        if self.journal is not None:
+            self.journal.append(record)
+        self.enqueue(record)
+
+    def enqueue(self, record: Record) -> None:
+        """Queue a record for the writer (already journaled, or no journal)."""
         queue = self._pending.get(record.account_id)
         if queue is None:
             queue = self._pending[record.account_id] = deque()
@@ -218,6 +237,8 @@ class Store:
         dropped = queue.popleft()
         self._pending_count -= 1
         self.dropped += 1
+        if self.journal is not None:
+            self.journal.done([dropped])
         key = (dropped.account_id, dropped.server_id)
         if not self._dropped_by[key]:
             logger.error("account %s: too many records waiting; dropping its oldest", key[0])
@@ -303,6 +324,8 @@ class Store:
                 if self._stopping and not self._busy:
                     return
                 continue
+            if self.journal is not None:
+                self.journal.write_out()
             for lane in range(self._writers):
                 if lane in self._busy:
                     continue
@@ -316,14 +339,20 @@ class Store:
         queues, and that writer waits (with backoff) before its next."""
         try:
             written = await asyncio.get_running_loop().run_in_executor(
-                self._db[lane], self._write_batch, lane, batch
+                self._db[lane], self._write_journaled, lane, batch
             )
         except (OperationalError, InterfaceError) as exc:
             if isinstance(exc, BatchInterrupted):
                 self.stored += exc.written
                 self._put_back(exc.unwritten)
+                if self.journal is not None:
+                    unwritten = set(map(id, exc.unwritten))
+                    self.journal.done([r for r in batch if id(r) not in unwritten])
             else:
                 self._put_back(batch)
+            # The COMMIT may have landed as the connection died: this writer's retry asks the
+            # journal's positions what did.
+            self._recheck[lane] = self.journal is not None
             self._inflight[lane] = 0
             if self.database_ok:
                 logger.warning("database unreachable, holding %d lines: %s", self.backlog, exc)
@@ -341,6 +370,8 @@ class Store:
         self.database_ok = True
         self._delay[lane] = 0.2
         self.stored += written
+        if self.journal is not None:
+            self.journal.done(batch)
 
     async def drain(self, timeout: float = 10.0) -> None:
         """Write everything pending, then stop the writer loop."""
@@ -353,8 +384,14 @@ class Store:
         await asyncio.wrap_future(self._announcer.submit(lambda: None))
 
     async def close(self) -> None:
-        """Release the writer threads and their database connections."""
+        """Close the journal (emptied when everything in it was stored), then release the
+        writer threads and their database connections."""
+        if self._closed:
+            return
+        self._closed = True
         loop = asyncio.get_running_loop()
+        if self.journal is not None:
+            await loop.run_in_executor(self._db[0], self.journal.close)
         for executor in self._db:
             # A function, not the bound method: the proxy must resolve in the writer's thread.
             await loop.run_in_executor(executor, _close_connection)
@@ -378,6 +415,27 @@ class Store:
 
     # -- database thread ---------------------------------------------------------------------
 
+    def _write_journaled(self, lane: int, batch: list[Record]) -> int:
+        if self.journal is not None:
+            self.journal.before_batch()
+            if self._recheck[lane]:
+                kept = self.journal.uncommitted(batch)
+                self._recheck[lane] = False
+                # Committed by the failed attempt: stored, though not by this one.
+                landed = sum(isinstance(r, Line) for r in batch) - sum(
+                    isinstance(r, Line) for r in kept
+                )
+                return landed + self._write_batch(lane, kept)
+        return self._write_batch(lane, batch)
+
+    def _journal_positions(self, records: list[Record]) -> Callable[[], None] | None:
+        """What the ingest runs inside the transaction storing `records`: their journal
+        positions, so they count as committed exactly when they are (gateway/journal.py)."""
+        journal = self.journal
+        if journal is None:
+            return None
+        return lambda: journal.save_positions(records)
+
     def _write_batch(self, lane: int, batch: list[Record]) -> int:
         """Write one batch (all its accounts, one transaction, channels_app.services.ingest), then
         publish its live events and enqueue its message hooks. Returns the lines stored."""
@@ -393,6 +451,7 @@ class Store:
                 batch=list(groups.values()),
                 channel_ids=self._channels[lane],
                 newest=self._newest[lane],
+                in_transaction=self._journal_positions(batch),
             )
         except (OperationalError, InterfaceError):
             self._reset_connection(lane)
@@ -442,7 +501,10 @@ class Store:
             try:
                 stored.add(
                     ingest.store_records(
-                        batch=[group], channel_ids=self._channels[lane], newest=self._newest[lane]
+                        batch=[group],
+                        channel_ids=self._channels[lane],
+                        newest=self._newest[lane],
+                        in_transaction=self._journal_positions(_records_of(group)),
                     )
                 )
                 committed.update(map(id, _records_of(group)))
@@ -474,7 +536,10 @@ class Store:
                 try:
                     stored.add(
                         ingest.store_records(
-                            batch=[one], channel_ids=self._channels[lane], newest=self._newest[lane]
+                            batch=[one],
+                            channel_ids=self._channels[lane],
+                            newest=self._newest[lane],
+                            in_transaction=self._journal_positions([record]),
                         )
                     )
                     break

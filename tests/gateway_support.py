@@ -2,17 +2,22 @@
 `manage.py irc_gateway` runs it. Loaded as a pytest plugin (tests/conftest.py)."""
 
 import asyncio
+import shutil
 import ssl
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from accounts.models import User
 from channels_app.models import Message
+from gateway.journal import Journal
 from gateway.manager import Gateway
+from gateway.storage import Store
 from tenancy import switch
 
 
@@ -35,12 +40,15 @@ class GatewayThread:
         self.tls_context = tls_context
         self.thread = threading.Thread(target=self._main, name="gateway", daemon=True)
         self.failed: BaseException | None = None
+        # A journal of its own: not the checkout's var/journal, nor another test's.
+        self.journal_dir = Path(tempfile.mkdtemp(prefix="palaver-journal-"))
 
     def _main(self) -> None:
         asyncio.set_event_loop(self.loop)
 
         async def run() -> None:
-            self.gateway = Gateway(tls_context=self.tls_context)
+            store = Store(journal=Journal(self.journal_dir))
+            self.gateway = Gateway(tls_context=self.tls_context, store=store)
             try:
                 await self.gateway.run()
             except BaseException as exc:
@@ -65,6 +73,7 @@ class GatewayThread:
         finally:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self.thread.join(10)
+            shutil.rmtree(self.journal_dir, ignore_errors=True)
         assert self.failed is None, f"the gateway crashed: {self.failed!r}"
 
     def connection(self, user: User, server_id: int) -> Any:

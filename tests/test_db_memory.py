@@ -4,12 +4,14 @@ transactions, without losing or repeating a line; web requests and Celery tasks 
 of work. Against the real PostgreSQL: its catalog caches are what grows."""
 
 import asyncio
+import logging
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from celery.contrib.testing.worker import start_worker
+from celery.fixups.django import DjangoFixup
 from django.db import connection, connections
 from django.db.backends.signals import connection_created
 from django.test.utils import CaptureQueriesContext
@@ -204,6 +206,8 @@ def test_server_that_cannot_report_memory_falls_back_to_schema_count(
     a warning that says what to grant) and the limit by schemas still holds."""
     no_recycling.DATABASE_RECYCLE_AFTER_BYTES = 1
     no_recycling.DATABASE_RECYCLE_AFTER_SCHEMAS = 2
+    # A Celery worker started earlier in this process leaves the root logger at ERROR.
+    caplog.set_level(logging.WARNING, logger="tenancy.db_memory")
     # Roles belong to the server: named after this test database, so that parallel runs differ.
     role = f"{connection.settings_dict['NAME']}_no_stats"
     with connection.cursor() as cursor:
@@ -277,8 +281,12 @@ def test_worker_connection_is_recycled_after_a_task(
     Off (0), they all share one: the control."""
     no_recycling.DATABASE_RECYCLE_AFTER_SCHEMAS = after_schemas
     monkeypatch.setitem(connections.settings["default"], "CONN_MAX_AGE", 600)
-    # Celery's Django fixup closes every connection after every task unless told to reuse them.
+    # Celery's Django fixup closes every connection after every task unless told to reuse them;
+    # it reads the setting once, when the app's first worker starts (maybe in an earlier test).
     monkeypatch.setitem(app.conf, "CELERY_DB_REUSE_MAX", 1000)
+    for fixup in app._fixups:
+        if isinstance(fixup, DjangoFixup):
+            monkeypatch.setattr(fixup.worker_fixup, "db_reuse_max", 1000)
     pids: list[int] = []
     try:
         with start_worker(app, pool="solo", perform_ping_check=False, shutdown_timeout=10):

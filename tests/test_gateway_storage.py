@@ -558,17 +558,14 @@ def test_database_lost_during_a_piecemeal_retry_writes_no_line_twice(
     calls: list[int] = []
 
     def flaky(
-        *,
-        batch: list[ingest.AccountRecords],
-        channel_ids: ingest.ChannelIds,
-        newest: ingest.NewestTimes,
+        *, batch: list[ingest.AccountRecords], channel_ids: ingest.ChannelIds, **options: Any
     ) -> Any:
         calls.append(len(batch))
         if len(calls) == 1:
             raise IntegrityError("a record refused: the batch is retried account by account")
         if len(calls) == 3:
             raise OperationalError("the server went away after the first account committed")
-        return real(batch=batch, channel_ids=channel_ids, newest=newest)
+        return real(batch=batch, channel_ids=channel_ids, **options)
 
     monkeypatch.setattr(ingest, "store_records", flaky)
     # One writer, so that alice and bob share a batch.

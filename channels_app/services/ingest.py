@@ -31,7 +31,7 @@ publishes `Stored.events` and hands `Stored.message_ids` to the message hook aft
 import contextlib
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -169,13 +169,18 @@ class _Account:
 
 
 def store_records(
-    *, batch: Sequence[AccountRecords], channel_ids: ChannelIds, newest: NewestTimes | None = None
+    *,
+    batch: Sequence[AccountRecords],
+    channel_ids: ChannelIds,
+    newest: NewestTimes | None = None,
+    in_transaction: Callable[[], None] | None = None,
 ) -> Stored:
-    """Write the batch in one transaction; return what to publish and hook after it. Raises
+    """Write the batch in one transaction; return what to publish and hook after it.
+    `in_transaction` runs inside that transaction, after the writes (the gateway records its
+    journal position there). `newest` is the caller's cache of each channel's latest stored
+    server_time (module docstring); without one every line with a msgid is probed. Raises
     Django's OperationalError/InterfaceError when the server is unreachable (nothing written)
-    and another DatabaseError when a record is refused (nothing written either). `newest` is
-    the caller's cache of each channel's latest stored server_time (module docstring); without
-    one every line with a msgid is probed."""
+    and another DatabaseError when a record is refused (nothing written either)."""
     with django_connection.wrap_database_errors:
         django_connection.ensure_connection()
         pg: psycopg.Connection[Any] = django_connection.connection
@@ -183,6 +188,8 @@ def store_records(
         known: NewestTimes = dict(newest) if newest is not None else {}
         with pg.transaction(), psycopg.Cursor(pg) as cursor:
             stored = _write(cursor, batch, channel_ids, created, known)
+            if in_transaction is not None:
+                in_transaction()
     channel_ids.update(created)
     if newest is not None:
         # Only now: a batch rolled back must leave no time behind that no row reached.
