@@ -284,6 +284,10 @@ class Store:
             with self._lock:
                 due = []
                 for key in [k for k, n in counts.items() if n]:
+                    # Not while the account's writer is busy: its queue is still overflowing,
+                    # and the notice would be the next record dropped.
+                    if what == "dropped" and self._lane(key[0]) in self._busy:
+                        continue
                     last = self._reported_at.get((what, *key))
                     if last is None or now - last >= self._notice_seconds:
                         self._reported_at[(what, *key)] = now
