@@ -172,7 +172,8 @@ def write_killed_journal(directory: Path, lines: list["Line"]) -> None:
         if segment.fd is not None:
             os.close(segment.fd)
     os.close(journal._lock_fd)
-    store._db.shutdown()
+    for executor in store._db:
+        executor.shutdown()
 
 
 def measure_journal_replay(args: argparse.Namespace, accounts: list["Account"]) -> Fields:

@@ -261,6 +261,10 @@ GATEWAY_SEND_QUEUE_MAX: int = setting("GATEWAY_SEND_QUEUE_MAX", cast=int, defaul
 GATEWAY_MAX_PENDING_PER_ACCOUNT: int = setting(
     "GATEWAY_MAX_PENDING_PER_ACCOUNT", cast=int, default=200_000
 )
+# Writer threads of a gateway, each with its own database connection and its own accounts (an
+# account always on the same one, so its lines commit in order): one connection spends most of
+# its time waiting on PostgreSQL (docs/benchmarks.md, "Storing IRC lines").
+GATEWAY_WRITERS: int = setting("GATEWAY_WRITERS", cast=int, default=2)
 GATEWAY_RECONNECT_FIRST_SECONDS: float = setting(
     "GATEWAY_RECONNECT_FIRST_SECONDS", cast=float, default=2.0
 )

@@ -3,14 +3,14 @@
 On a server that offers it (with batch, server-time and message-tags, without which replies can
 be neither told from live lines nor deduplicated), every session starts by reading, for each of
 the server's buffers, the newest message, notice or action stored (`resume_points`, on the
-Store's writer thread: it is submitted before the session's first JOIN, and that thread runs
-reads and batch writes in order, so no line of the new session can be taken for the last one
-of the old). Once a channel is joined (and for the most recently active queries), the gateway
-sends `CHATHISTORY AFTER <target> msgid=<that line's msgid>` (`timestamp=<its time>` when it
-has none, or when the server no longer holds that msgid), then pages on from the last line of
-each reply until a reply holds fewer lines than asked for, or GATEWAY_CHATHISTORY_MAX_LINES
-lines were fetched for the buffer (then the server buffer says so: the newest of the missed
-lines are the ones not fetched). One request is in flight per connection.
+account's writer thread of the Store: it is submitted before the session's first JOIN, and that
+thread runs reads and the account's batch writes in order, so no line of the new session can
+be taken for the last one of the old). Once a channel is joined (and for the most recently
+active queries), the gateway sends `CHATHISTORY AFTER <target> msgid=<that line's msgid>`
+(`timestamp=<its time>` when it has none, or when the server no longer holds that msgid), then
+pages on from the last line of each reply until a reply holds fewer lines than asked for, or
+GATEWAY_CHATHISTORY_MAX_LINES lines were fetched for the buffer (then the server buffer says so:
+the newest of the missed lines are the ones not fetched). One request is in flight per connection.
 
 The lines of a `chathistory` batch are stored like live ones, with the server's msgid and
 time, and go through the Store's replay check, so a line already stored (before the outage, or
@@ -76,7 +76,7 @@ class ResumePoint:
 
 def resume_points(account_id: uuid.UUID, server_id: int) -> list[ResumePoint]:
     """Each channel's, and the MAX_QUERIES most recent queries', newest message, notice or
-    action. Runs on the Store's writer thread (Store.run_sync)."""
+    action. Runs on the account's writer thread (Store.run_sync)."""
     account = Account.objects.filter(pk=account_id).first()
     if account is None:
         return []

@@ -706,7 +706,9 @@ class IrcConnection:
                 max_lines=settings.GATEWAY_CHATHISTORY_MAX_LINES,
             )
             # Submitted before the first JOIN is sent: see chathistory.py on why that matters.
-            points = self.store.run_sync(chathistory.resume_points, c.account_id, c.server_id)
+            points = self.store.run_sync(
+                chathistory.resume_points, c.account_id, c.server_id, account_id=c.account_id
+            )
             self._backfill_task = asyncio.get_running_loop().create_task(self._backfill.run(points))
         self._autojoin_task = asyncio.get_running_loop().create_task(self._autojoin())
 

@@ -32,8 +32,9 @@ dedupe key per line would need a unique column on every message row (indexed, on
 table). Instead the batch's transaction also records, per (generation, account), the highest
 journal sequence number it committed (`gateway_journal_position`, one row per account per
 generation, upserted in the same transaction as the lines: it commits exactly when they do).
-An account's records are written in sequence order (its queue is FIFO and batches are written
-one at a time), so "seq <= the committed position" means "stored (or deliberately dropped)".
+An account's records are written in sequence order (its queue is FIFO, and its batches are
+written one at a time, always by the same writer of the Store), so "seq <= the committed
+position" means "stored (or deliberately dropped)".
 Replay skips those; so does a batch retried after a lost connection. The rows of a generation
 are deleted once its segments are gone.
 """

@@ -200,7 +200,7 @@ class Gateway:
         async with lock:
             configs: list[ServerConfig] = []
             # Channels may have been deleted in the web: read their ids afresh.
-            await self.store.run_sync(self.store.forget_channels, account_id)
+            await self.store.run_sync(self.store.forget_channels, account_id, account_id=account_id)
             if account is not None:
                 self._set_account(account)
                 self.store.add_account(account)

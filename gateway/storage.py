@@ -1,10 +1,13 @@
 """Writing what the IRC connections see into each account's schema, in batches.
 
-The asyncio side only appends records to an in-memory queue, one per account. One thread does
-every write: every FLUSH_SECONDS (or sooner when MAX_BATCH records wait) it takes a batch from
-the accounts' queues in turn (up to MAX_PER_ACCOUNT_IN_BATCH each, the accounts taken from
-moving to the back of the line), and has channels_app.services.ingest write the whole batch, every
-account in it, in one transaction. After the commit the batch's live events go to Redis in one
+The asyncio side only appends records to an in-memory queue, one per account. GATEWAY_WRITERS
+threads do the writes, each with its own database connection and its own share of the accounts
+(an account always on the same writer, so its lines commit in the order they came and its
+message ids grow in commit order, which the live streams rely on). Every FLUSH_SECONDS (or
+sooner when MAX_BATCH records wait) an idle writer takes a batch from its accounts' queues in
+turn (up to MAX_PER_ACCOUNT_IN_BATCH each, the accounts taken from moving to the back of the
+line), and has channels_app.services.ingest write the whole batch, every account in it, in one
+transaction. After the commit the batch's live events go to Redis in one
 pipeline, and one message-hook task per account is enqueued (channels_app.hooks): listeners
 never run on this thread. If the database is unreachable the batch goes back to the head of
 the queues and is retried with backoff, so a PostgreSQL restart costs delay, not lines.
@@ -26,6 +29,7 @@ import uuid
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import wait as wait_for_futures
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
@@ -163,8 +167,9 @@ class Store:
     def __init__(self, *, publish: bool = True, journal: "Journal | None" = None) -> None:
         # Every record is appended to it when put, so a killed process loses none.
         self.journal = journal
-        # A failed attempt may have committed part of its batch (see Journal.uncommitted).
-        self._recheck = False
+        # Per writer: a failed attempt may have committed part of its batch (see
+        # Journal.uncommitted).
+        self._recheck = [False] * max(1, settings.GATEWAY_WRITERS)
         self._closed = False
         # Per account, so that one account's flood can only ever push out its own records.
         self._pending: dict[uuid.UUID, deque[Record]] = {}
@@ -182,11 +187,19 @@ class Store:
         self._refused_by: dict[tuple[uuid.UUID, int], int] = defaultdict(int)
         self._reported_at: dict[tuple[str, uuid.UUID, int], float] = {}
         self._wakeup = asyncio.Event()
-        self._db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gateway-db")
+        # One thread per writer: its Django connection is its own (connections are per thread).
+        self._writers: int = max(1, settings.GATEWAY_WRITERS)
+        self._db = [
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"gateway-db{lane}")
+            for lane in range(self._writers)
+        ]
         # What follows a commit (live events, hook tasks), in commit order.
         self._announcer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gateway-announce")
         self._accounts: dict[uuid.UUID, Account] = {}
-        self._channels: dict[tuple[uuid.UUID, int, str], int] = {}
+        # Per writer (only its thread touches them once running): channel ids, and each
+        # channel's latest stored server_time (lines later than it skip the replay probe).
+        self._channels: list[ingest.ChannelIds] = [{} for _ in range(self._writers)]
+        self._newest: list[ingest.NewestTimes] = [{} for _ in range(self._writers)]
         self._publish = publish
         self._redis: Any = None
         self._lock = threading.Lock()
@@ -194,7 +207,10 @@ class Store:
         self.dropped = 0
         self.database_ok = True
         self._stopping = False
-        self._inflight = 0
+        # Records in the batch each writer is writing (0: idle).
+        self._inflight = [0] * self._writers
+        self._busy: dict[int, asyncio.Task[None]] = {}
+        self._delay = [0.2] * self._writers
 
     # -- asyncio side ------------------------------------------------------------------------
 
@@ -222,10 +238,14 @@ class Store:
             # least a fair share, so a long outage does not scan every account per record.
             fair = MAX_PENDING // len(self._pending)
             self._drop_oldest(queue if len(queue) >= fair else max(self._pending.values(), key=len))
-        # Write at once when the writer is idle (latency); while a batch is being written,
-        # lines gather into the next one (throughput).
-        if self._pending_count >= MAX_BATCH or not self._inflight:
+        # Write at once when the account's writer is idle (latency); while a batch is being
+        # written, lines gather into the next one (throughput).
+        if self._pending_count >= MAX_BATCH or not self._inflight[self._lane(record.account_id)]:
             self._wakeup.set()
+
+    def _lane(self, account_id: uuid.UUID) -> int:
+        """The writer of an account: always the same one."""
+        return account_id.int % self._writers
 
     def _drop_oldest(self, queue: deque[Record]) -> None:
         dropped = queue.popleft()
@@ -238,16 +258,21 @@ class Store:
             logger.error("account %s: too many records waiting; dropping its oldest", key[0])
         self._dropped_by[key] += 1
 
-    def _take_batch(self) -> list[Record]:
-        """Up to MAX_BATCH records, round robin over the accounts: each account in line gives
-        its oldest (up to MAX_PER_ACCOUNT_IN_BATCH) and, if it has more, goes to the back of the
-        line (dicts keep insertion order), so an account with a long queue delays no other by
-        more than a batch or two. At most `_max_accounts_in_batch` accounts per batch."""
+    def _take_batch(self, lane: int | None = None) -> list[Record]:
+        """Up to MAX_BATCH records of the writer `lane`'s accounts (any account's if None),
+        round robin over the accounts: each account in line gives its oldest (up to
+        MAX_PER_ACCOUNT_IN_BATCH) and, if it has more, goes to the back of the line (dicts keep
+        insertion order), so an account with a long queue delays no other by more than a batch
+        or two. At most `_max_accounts_in_batch` accounts per batch, so that each writer's
+        connection stays within the recycling bound."""
         batch: list[Record] = []
         accounts = 0
-        while self._pending and len(batch) < MAX_BATCH and accounts < self._max_accounts_in_batch:
+        for account_id in list(self._pending):
+            if len(batch) >= MAX_BATCH or accounts >= self._max_accounts_in_batch:
+                break
+            if lane is not None and self._lane(account_id) != lane:
+                continue
             accounts += 1
-            account_id = next(iter(self._pending))
             queue = self._pending.pop(account_id)
             for _ in range(min(MAX_PER_ACCOUNT_IN_BATCH, len(queue), MAX_BATCH - len(batch))):
                 batch.append(queue.popleft())
@@ -273,6 +298,10 @@ class Store:
             with self._lock:
                 due = []
                 for key in [k for k, n in counts.items() if n]:
+                    # Not while the account's writer is busy: its queue is still overflowing,
+                    # and the notice would be the next record dropped.
+                    if what == "dropped" and self._lane(key[0]) in self._busy:
+                        continue
                     last = self._reported_at.get((what, *key))
                     if last is None or now - last >= self._notice_seconds:
                         self._reported_at[(what, *key)] = now
@@ -298,58 +327,69 @@ class Store:
     @property
     def backlog(self) -> int:
         """Records not yet written: waiting, or in the batch being written."""
-        return self._pending_count + self._inflight
+        return self._pending_count + sum(self._inflight)
 
     async def run(self) -> None:
-        loop = asyncio.get_running_loop()
-        delay = 0.2
         self._stopping = False
         self._wakeup = asyncio.Event()  # bound to this loop
+        self._busy = {}
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), timeout=FLUSH_SECONDS)
             self._wakeup.clear()
             self._report_losses()
             if not self._pending:
-                if self._stopping:
+                if self._stopping and not self._busy:
                     return
                 continue
-            batch = self._take_batch()
-            self._inflight = len(batch)
             if self.journal is not None:
                 self.journal.write_out()
-            try:
-                written = await loop.run_in_executor(self._db, self._write_journaled, batch)
-            except (OperationalError, InterfaceError) as exc:
-                if isinstance(exc, BatchInterrupted):
-                    self.stored += exc.written
-                    self._put_back(exc.unwritten)
-                    if self.journal is not None:
-                        unwritten = set(map(id, exc.unwritten))
-                        self.journal.done([r for r in batch if id(r) not in unwritten])
-                else:
-                    self._put_back(batch)
-                # The COMMIT may have landed as the connection died: the retry asks the journal's
-                # positions what did.
-                self._recheck = self.journal is not None
-                self._inflight = 0
-                if self.database_ok:
-                    logger.warning("database unreachable, holding %d lines: %s", self.backlog, exc)
-                self.database_ok = False
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, RETRY_MAX_SECONDS)
-                continue
-            finally:
-                self._inflight = 0
-            if not self.database_ok:
-                logger.warning("database back; writing held lines")
-            self.database_ok = True
-            delay = 0.2
-            self.stored += written
-            if self.journal is not None:
-                self.journal.done(batch)
-            if self._pending:
-                self._wakeup.set()
+            for lane in range(self._writers):
+                if lane in self._busy:
+                    continue
+                batch = self._take_batch(lane)
+                if batch:
+                    self._inflight[lane] = len(batch)
+                    self._busy[lane] = asyncio.create_task(self._write_on(lane, batch))
+
+    async def _write_on(self, lane: int, batch: list[Record]) -> None:
+        """One batch on one writer; a batch the database could not take goes back to the
+        queues, and that writer waits (with backoff) before its next."""
+        try:
+            written = await asyncio.get_running_loop().run_in_executor(
+                self._db[lane], self._write_journaled, lane, batch
+            )
+        except (OperationalError, InterfaceError) as exc:
+            if isinstance(exc, BatchInterrupted):
+                self.stored += exc.written
+                self._put_back(exc.unwritten)
+                if self.journal is not None:
+                    unwritten = set(map(id, exc.unwritten))
+                    self.journal.done([r for r in batch if id(r) not in unwritten])
+            else:
+                self._put_back(batch)
+            # The COMMIT may have landed as the connection died: this writer's retry asks the
+            # journal's positions what did.
+            self._recheck[lane] = self.journal is not None
+            self._inflight[lane] = 0
+            if self.database_ok:
+                logger.warning("database unreachable, holding %d lines: %s", self.backlog, exc)
+            self.database_ok = False
+            await asyncio.sleep(self._delay[lane])
+            self._delay[lane] = min(self._delay[lane] * 2, RETRY_MAX_SECONDS)
+            return
+        finally:
+            self._inflight[lane] = 0
+            del self._busy[lane]
+            # This writer is free: the loop gives it the next batch of its accounts.
+            self._wakeup.set()
+        if not self.database_ok:
+            logger.warning("database back; writing held lines")
+        self.database_ok = True
+        self._delay[lane] = 0.2
+        self.stored += written
+        if self.journal is not None:
+            self.journal.done(batch)
 
     async def drain(self, timeout: float = 10.0) -> None:
         """Write everything pending, then stop the writer loop."""
@@ -363,36 +403,48 @@ class Store:
 
     async def close(self) -> None:
         """Close the journal (emptied when everything in it was stored), then release the
-        writer thread and its database connection."""
+        writer threads and their database connections."""
         if self._closed:
             return
         self._closed = True
         loop = asyncio.get_running_loop()
         if self.journal is not None:
-            await loop.run_in_executor(self._db, self.journal.close)
-        # A function, not the bound method: the proxy must resolve in the writer's thread.
-        await loop.run_in_executor(self._db, _close_connection)
-        self._db.shutdown(wait=True)
+            await loop.run_in_executor(self._db[0], self.journal.close)
+        for executor in self._db:
+            # A function, not the bound method: the proxy must resolve in the writer's thread.
+            await loop.run_in_executor(executor, _close_connection)
+            executor.shutdown(wait=True)
         self._announcer.shutdown(wait=True)
 
-    def run_sync(self, fn: Any, *args: Any) -> "asyncio.Future[Any]":
-        """Run a database function on the writer thread (so it is ordered with the writes)."""
-        return asyncio.get_running_loop().run_in_executor(self._db, fn, *args)
+    def run_sync(
+        self, fn: Any, *args: Any, account_id: uuid.UUID | None = None
+    ) -> "asyncio.Future[Any]":
+        """Run a database function on a writer thread, ordered with the writes: with
+        `account_id`, on that account's writer, after its batches already taken; without, on
+        the first writer while every other one waits for it (after all batches taken)."""
+        if account_id is not None:
+            return asyncio.get_running_loop().run_in_executor(
+                self._db[self._lane(account_id)], fn, *args
+            )
+        future = self._db[0].submit(fn, *args)
+        for executor in self._db[1:]:
+            executor.submit(wait_for_futures, [future])
+        return asyncio.wrap_future(future)
 
     # -- database thread ---------------------------------------------------------------------
 
-    def _write_journaled(self, batch: list[Record]) -> int:
+    def _write_journaled(self, lane: int, batch: list[Record]) -> int:
         if self.journal is not None:
             self.journal.before_batch()
-            if self._recheck:
+            if self._recheck[lane]:
                 kept = self.journal.uncommitted(batch)
-                self._recheck = False
+                self._recheck[lane] = False
                 # Committed by the failed attempt: stored, though not by this one.
                 landed = sum(isinstance(r, Line) for r in batch) - sum(
                     isinstance(r, Line) for r in kept
                 )
-                return landed + self._write_batch(kept)
-        return self._write_batch(batch)
+                return landed + self._write_batch(lane, kept)
+        return self._write_batch(lane, batch)
 
     def _journal_positions(self, records: list[Record]) -> Callable[[], None] | None:
         """What the ingest runs inside the transaction storing `records`: their journal
@@ -402,7 +454,7 @@ class Store:
             return None
         return lambda: journal.save_positions(records)
 
-    def _write_batch(self, batch: list[Record]) -> int:
+    def _write_batch(self, lane: int, batch: list[Record]) -> int:
         """Write one batch (all its accounts, one transaction, channels_app.services.ingest), then
         publish its live events and enqueue its message hooks. Returns the lines stored."""
         # The writer keeps its connection between batches (reconnecting per batch cost ~7 ms);
@@ -415,11 +467,12 @@ class Store:
         try:
             stored = ingest.store_records(
                 batch=list(groups.values()),
-                channel_ids=self._channels,
+                channel_ids=self._channels[lane],
+                newest=self._newest[lane],
                 in_transaction=self._journal_positions(batch),
             )
         except (OperationalError, InterfaceError):
-            self._reset_connection()
+            self._reset_connection(lane)
             raise
         except DatabaseError:
             # A bad record must not block every line behind it: each account on its own, and
@@ -428,7 +481,7 @@ class Store:
             committed: set[int] = set()
             stored = ingest.Stored()
             try:
-                self._write_each_account(groups, stored, committed)
+                self._write_each_account(lane, groups, stored, committed)
             except (OperationalError, InterfaceError) as exc:
                 # Only what did not commit goes back to the queue: no line twice.
                 written = stored.lines
@@ -459,6 +512,7 @@ class Store:
 
     def _write_each_account(
         self,
+        lane: int,
         groups: dict[uuid.UUID, ingest.AccountRecords],
         stored: ingest.Stored,
         committed: set[int],
@@ -468,21 +522,22 @@ class Store:
                 stored.add(
                     ingest.store_records(
                         batch=[group],
-                        channel_ids=self._channels,
+                        channel_ids=self._channels[lane],
+                        newest=self._newest[lane],
                         in_transaction=self._journal_positions(_records_of(group)),
                     )
                 )
                 committed.update(map(id, _records_of(group)))
             except (OperationalError, InterfaceError):
-                self._reset_connection()
+                self._reset_connection(lane)
                 raise
             except DatabaseError:
                 # The usual cause is a channel deleted in the web since we cached its id.
                 self.forget_channels(account_id)
-                self._write_one_by_one(group, stored, committed)
+                self._write_one_by_one(lane, group, stored, committed)
 
     def _write_one_by_one(
-        self, group: ingest.AccountRecords, stored: ingest.Stored, committed: set[int]
+        self, lane: int, group: ingest.AccountRecords, stored: ingest.Stored, committed: set[int]
     ) -> None:
         account = self._accounts.get(group.account_id)
         if account is None:
@@ -502,14 +557,15 @@ class Store:
                     stored.add(
                         ingest.store_records(
                             batch=[one],
-                            channel_ids=self._channels,
+                            channel_ids=self._channels[lane],
+                            newest=self._newest[lane],
                             in_transaction=self._journal_positions([record]),
                         )
                     )
                     break
                 except (OperationalError, InterfaceError):
                     committed.discard(id(record))
-                    self._reset_connection()
+                    self._reset_connection(lane)
                     raise
                 except DatabaseError:
                     # A channel deleted in the web since we cached its id: forget the cache
@@ -528,16 +584,18 @@ class Store:
         with switch(account):
             return Server.objects.filter(pk=server_id).exists()
 
-    def _reset_connection(self) -> None:
-        self._channels.clear()
+    def _reset_connection(self, lane: int) -> None:
+        self._channels[lane].clear()
+        self._newest[lane].clear()
         try:
             django_connection.close()
         except Exception:
             django_connection.connection = None
 
     def forget_channels(self, account_id: uuid.UUID) -> None:
-        for key in [k for k in self._channels if k[0] == account_id]:
-            del self._channels[key]
+        channels = self._channels[self._lane(account_id)]
+        for key in [k for k in channels if k[0] == account_id]:
+            del channels[key]
 
     def _after_commit(self, stored: ingest.Stored) -> None:
         if stored.refused:

@@ -79,8 +79,9 @@ def killed(store: Store, journal: Journal) -> None:
     journal._wake.set()
     journal._syncer.join()
     os.close(journal._lock_fd)
-    store._db.submit(_close_connection).result()
-    store._db.shutdown()
+    for executor in store._db:
+        executor.submit(_close_connection).result()
+        executor.shutdown()
 
 
 def run_until(store: Store, until: Callable[[], bool], before: Any = None) -> None:

@@ -224,6 +224,99 @@ def test_replayed_msgid_is_stored_once(accounts: tuple[User, User, int, int]) ->
         ]
 
 
+def _msgid_index_scans(user: User) -> int:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_stat_clear_snapshot()")
+        cursor.execute(
+            "SELECT idx_scan FROM pg_stat_user_indexes"
+            " WHERE schemaname = %s AND indexrelname = 'message_msgid'",
+            [user.account.schema_name],
+        )
+        return int(cursor.fetchone()[0])
+
+
+def test_only_lines_that_can_be_replays_are_looked_up(
+    accounts: tuple[User, User, int, int],
+) -> None:
+    """A replay carries the server-time of the line it repeats: a line later than everything
+    stored in its channel is not looked up; an older one is, by a restarted gateway too."""
+    alice, _bob, a_server, _ = accounts
+
+    def tagged(text: str, n: int, msgid: str) -> Line:
+        at = T0 + timedelta(seconds=n)
+        tags = {"time": at.isoformat(), "msgid": msgid}
+        return line(alice, a_server, text, n, msgid=msgid, tags=tags)
+
+    before = _msgid_index_scans(alice)
+    store = Store(publish=False)
+    store.add_account(alice.account)
+    store.put(tagged("one", 1, "m1"))
+    store.put(tagged("two", 2, "m2"))
+    run_store(store, lambda: store.stored >= 2)
+    store.put(tagged("three", 3, "m3"))
+    store.put(tagged("one", 1, "m1"))  # a bouncer's playback
+    run_store(store, lambda: store.backlog == 0)
+
+    # The writer's backend hands its statistics over when it ends; a lambda, so that the
+    # connection is the writer thread's.
+    async def end_writer_connection() -> None:
+        await store.run_sync(lambda: connection.close(), account_id=alice.account.pk)
+
+    asyncio.run(end_writer_connection())
+    # Only the playback of m1 was looked up in the (channel, msgid) index.
+    assert _msgid_index_scans(alice) - before == 1
+
+    restarted = Store(publish=False)
+    restarted.add_account(alice.account)
+    restarted.put(tagged("two", 2, "m2"))  # replayed after a restart: older than m3
+    restarted.put(tagged("four", 4, "m4"))
+    run_store(restarted, lambda: restarted.backlog == 0)
+    with switch(alice):
+        assert list(Message.objects.order_by("id").values_list("msgid", flat=True)) == [
+            "m1", "m2", "m3", "m4",
+        ]  # fmt: skip
+
+
+def test_accounts_on_different_writers_do_not_wait_for_each_other(
+    accounts: tuple[User, User, int, int], settings: Any
+) -> None:
+    """Each writer has its own accounts and connection: alice's writer held up (a slow batch,
+    a read ordered with her writes) holds none of bob's lines, and hers follow in order."""
+    alice, bob, a_server, b_server = accounts
+    a, b = alice.account.pk.int, bob.account.pk.int
+    settings.GATEWAY_WRITERS = next(n for n in range(2, 64) if a % n != b % n)
+    store = Store(publish=False)
+    store.add_account(alice.account)
+    store.add_account(bob.account)
+    release = threading.Event()
+
+    async def main() -> None:
+        task = asyncio.create_task(store.run())
+        held = store.run_sync(release.wait, account_id=alice.account.pk)
+        store.put(line(alice, a_server, "alice 0"))
+        store.put(line(alice, a_server, "alice 1", 1))
+        store.put(line(bob, b_server, "bob 0"))
+        deadline = time.monotonic() + 10
+        while store.stored < 1 and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        assert store.stored == 1 and store.backlog == 2
+        release.set()
+        await held
+        await store.drain()
+        task.cancel()
+
+    try:
+        asyncio.run(main())
+    finally:
+        release.set()
+    with switch(bob):
+        assert list(Message.objects.values_list("text", flat=True)) == ["bob 0"]
+    with switch(alice):
+        assert list(Message.objects.order_by("id").values_list("text", flat=True)) == [
+            "alice 0", "alice 1",
+        ]  # fmt: skip
+
+
 def test_members_topic_and_notifications(accounts: tuple[User, User, int, int]) -> None:
     alice, _bob, a_server, _ = accounts
     acc = alice.account.pk
@@ -450,7 +543,9 @@ def test_a_flood_is_taken_in_large_account_shares_and_round_robin() -> None:
 
 
 def test_database_lost_during_a_piecemeal_retry_writes_no_line_twice(
-    accounts: tuple[User, User, int, int], monkeypatch: pytest.MonkeyPatch
+    accounts: tuple[User, User, int, int],
+    monkeypatch: pytest.MonkeyPatch,
+    settings: Any,
 ) -> None:
     """A batch refused whole is retried account by account; if the server goes away in the
     middle, only what did not commit goes back to the queue. The failures are injected around
@@ -474,6 +569,8 @@ def test_database_lost_during_a_piecemeal_retry_writes_no_line_twice(
         return real(batch=batch, channel_ids=channel_ids, **options)
 
     monkeypatch.setattr(ingest, "store_records", flaky)
+    # One writer, so that alice and bob share a batch.
+    settings.GATEWAY_WRITERS = 1
     store = store_with_lines(accounts, 20)
     run_store(store, lambda: store.backlog == 0 and store.stored >= 40)
     assert calls[:3] == [2, 1, 1]  # whole batch, then alice alone, then bob alone
@@ -500,12 +597,17 @@ def stored_rows(user: User) -> list[tuple[Any, ...]]:
 
 @pytest.mark.parametrize("count", [3, 150], ids=["pipelined", "copy"])
 def test_small_and_large_batches_store_the_same_rows(
-    accounts: tuple[User, User, int, int], count: int, monkeypatch: pytest.MonkeyPatch
+    accounts: tuple[User, User, int, int],
+    count: int,
+    monkeypatch: pytest.MonkeyPatch,
+    settings: Any,
 ) -> None:
     """Up to ingest.PIPELINED_MAX_LINES a batch is written with pipelined INSERTs (one round
     trip for all its accounts, for latency), beyond with one COPY per account: both must store
     every column, the notifications and the ids in arrival order alike."""
     from channels_app.services import ingest
+
+    settings.GATEWAY_WRITERS = 1  # both accounts in one batch
 
     assert (count <= ingest.PIPELINED_MAX_LINES) == (count == 3)
     alice, bob, a_server, b_server = accounts

@@ -9,7 +9,13 @@ without reading rows back, for the live events and the message hook.
 
 A line whose msgid is already stored in its channel (a bouncer's or a server's replay) is
 dropped; the check is one statement per batch over the (channel_id, msgid) partial index of
-every schema involved.
+every schema involved. Only lines that could be replays are probed: a replay carries the
+server-time of the line it repeats, so a line whose server-time tag is later than every stored
+line of its channel cannot be one. The caller keeps those times (`NewestTimes`) between
+batches, like the channel ids; a channel not in it is read once (its newest row, through the
+(channel, server_time) index) before its lines are judged. That is what live traffic is: each
+line newer than the last. Chathistory backfill, bouncer playback and lines re-read after a
+reconnect carry older times and are probed.
 
 Channel ids are looked up (and channels created, up to LIMIT_CHANNELS_PER_SERVER) through a
 cache the caller keeps between batches; ids of channels created in a batch enter it only after
@@ -42,6 +48,10 @@ from channels_app.models import Channel, Notification
 # (account, server, channel name lower-cased) -> Channel.id
 ChannelKey = tuple[uuid.UUID, int, str]
 ChannelIds = dict[ChannelKey, int]
+# (schema, channel id) -> the latest server_time of any row stored in that channel (EPOCH if
+# none). Only ever moved on by the writer that keeps it, after its batch commits.
+NewestTimes = dict[tuple[str, int], datetime]
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 MESSAGE_TABLE = "channels_app_message"
 NOTIFICATION_TABLE = "channels_app_notification"
@@ -167,22 +177,28 @@ def store_records(
     *,
     batch: Sequence[AccountRecords],
     channel_ids: ChannelIds,
+    newest: NewestTimes | None = None,
     in_transaction: Callable[[], None] | None = None,
 ) -> Stored:
     """Write the batch in one transaction; return what to publish and hook after it.
     `in_transaction` runs inside that transaction, after the writes (the gateway records its
-    journal position there). Raises Django's OperationalError/InterfaceError when the server
-    is unreachable (nothing written) and another DatabaseError when a record is refused
-    (nothing written either)."""
+    journal position there). `newest` is the caller's cache of each channel's latest stored
+    server_time (module docstring); without one every line with a msgid is probed. Raises
+    Django's OperationalError/InterfaceError when the server is unreachable (nothing written)
+    and another DatabaseError when a record is refused (nothing written either)."""
     with django_connection.wrap_database_errors:
         django_connection.ensure_connection()
         pg: psycopg.Connection[Any] = django_connection.connection
         created: ChannelIds = {}
+        known: NewestTimes = dict(newest) if newest is not None else {}
         with pg.transaction(), psycopg.Cursor(pg) as cursor:
-            stored = _write(cursor, batch, channel_ids, created)
+            stored = _write(cursor, batch, channel_ids, created, known)
             if in_transaction is not None:
                 in_transaction()
     channel_ids.update(created)
+    if newest is not None:
+        # Only now: a batch rolled back must leave no time behind that no row reached.
+        newest.update(known)
     return stored
 
 
@@ -191,6 +207,7 @@ def _write(
     batch: Sequence[AccountRecords],
     channel_ids: ChannelIds,
     created: ChannelIds,
+    newest: NewestTimes,
 ) -> Stored:
     stored = Stored()
     accounts: list[_Account] = []
@@ -198,7 +215,7 @@ def _write(
         account = _Account(records, records.schema_name)
         _resolve_channels(cursor, account, channel_ids, created, stored.refused)
         accounts.append(account)
-    _drop_replays(cursor, accounts)
+    _drop_replays(cursor, accounts, newest)
     _reserve_ids(cursor, accounts)
     now = datetime.now(UTC)
     if sum(len(account.lines) for account in accounts) <= PIPELINED_MAX_LINES:
@@ -213,6 +230,7 @@ def _write(
         for account in accounts:
             _copy_lines(cursor, account, now)
     for account in accounts:
+        _advance_newest(account, newest)
         _apply_changes(cursor, account)
         stored.message_ids[account.records.account_id] = account.message_ids
         payloads = live_events(
@@ -307,21 +325,38 @@ def _find_or_create_channel(
 # -- lines ------------------------------------------------------------------------------------
 
 
-def _drop_replays(cursor: psycopg.Cursor[Any], accounts: list[_Account]) -> None:
-    """Drop the lines whose (channel, msgid) is already stored, or came earlier in the batch:
-    one statement for every account, each part answered by the (channel_id, msgid) partial
-    index (the `msgid <> ''` makes the index's predicate provable whatever the list's size)."""
+def _drop_replays(
+    cursor: psycopg.Cursor[Any], accounts: list[_Account], newest: NewestTimes
+) -> None:
+    """Drop the lines whose (channel, msgid) is already stored, or came earlier in the batch.
+    Lines newer than anything stored in their channel are not looked up (module docstring);
+    the others are, in one statement for every account, each part answered by the
+    (channel_id, msgid) partial index (the `msgid <> ''` makes the index's predicate provable
+    whatever the list's size)."""
+    _read_newest(cursor, accounts, newest)
     parts: list[sql.Composable] = []
     params: list[Any] = []
     # Lines with a msgid, per account; a batch with no duplicate key in it and none stored
     # (the usual case) keeps its lines without a second pass.
     distinct: list[bool] = []
     for index, account in enumerate(accounts):
-        keys = {(channel_id, line.msgid[:128]) for line, channel_id in account.lines if line.msgid}
-        distinct.append(len(keys) == sum(1 for line, _ in account.lines if line.msgid))
-        if not keys:
+        schema = account.schema
+        keys: set[tuple[int, str]] = set()
+        probe: set[tuple[int, str]] = set()
+        with_msgid = 0
+        for line, channel_id in account.lines:
+            if not line.msgid:
+                continue
+            with_msgid += 1
+            key = (channel_id, line.msgid[:128])
+            keys.add(key)
+            # Without a time tag the time is ours, not the server's: nothing to compare.
+            if "time" not in line.tags or line.server_time <= newest[(schema, channel_id)]:
+                probe.add(key)
+        distinct.append(len(keys) == with_msgid)
+        if not probe:
             continue
-        channels, msgids = zip(*keys, strict=True)
+        channels, msgids = zip(*probe, strict=True)
         # LATERAL ... LIMIT 1: one probe of the index per key. As a plain join, a list of
         # thousands of keys got a parallel scan of the whole table and a merge join (84 ms
         # against 4 ms at 126,000 rows, docs/benchmarks.md), growing with the history.
@@ -331,7 +366,7 @@ def _drop_replays(cursor: psycopg.Cursor[Any], accounts: list[_Account]) -> None
                 " FROM unnest(%b::bigint[], %b::text[]) AS k(channel_id, msgid),"
                 " LATERAL (SELECT FROM {} m WHERE m.channel_id = k.channel_id"
                 " AND m.msgid = k.msgid AND m.msgid <> '' LIMIT 1) AS stored"
-            ).format(sql.Literal(index), sql.Identifier(account.schema, MESSAGE_TABLE))
+            ).format(sql.Literal(index), sql.Identifier(schema, MESSAGE_TABLE))
         )
         params += [list(channels), list(msgids)]
     seen: list[set[tuple[int, str]]] = [set() for _ in accounts]
@@ -350,6 +385,46 @@ def _drop_replays(cursor: psycopg.Cursor[Any], accounts: list[_Account]) -> None
                 stored.add(key)
             kept.append((line, channel_id))
         account.lines = kept
+
+
+def _read_newest(
+    cursor: psycopg.Cursor[Any], accounts: list[_Account], newest: NewestTimes
+) -> None:
+    """Put in `newest` the latest stored server_time of each channel with a msgid line in the
+    batch that it does not know yet: one statement, an index probe per channel."""
+    parts: list[sql.Composable] = []
+    params: list[Any] = []
+    for account in accounts:
+        schema = account.schema
+        unknown = {
+            channel_id
+            for line, channel_id in account.lines
+            if line.msgid and (schema, channel_id) not in newest
+        }
+        if not unknown:
+            continue
+        parts.append(
+            sql.SQL(
+                "SELECT {}, k.id, (SELECT max(m.server_time) FROM {} m WHERE m.channel_id = k.id)"
+                " FROM unnest(%b::bigint[]) AS k(id)"
+            ).format(sql.Literal(schema), sql.Identifier(schema, MESSAGE_TABLE))
+        )
+        params.append(list(unknown))
+    if parts:
+        for schema, channel_id, at in cursor.execute(sql.SQL(" UNION ALL ").join(parts), params):
+            newest[(schema, channel_id)] = at or EPOCH
+
+
+def _advance_newest(account: _Account, newest: NewestTimes) -> None:
+    """The batch's rows count as stored in `newest` (the caller keeps it only on commit)."""
+    schema = account.schema
+    for line, channel_id in account.lines:
+        key = (schema, channel_id)
+        known = newest.get(key)
+        # A channel unknown here has no msgid line in the batch and was never read: it stays
+        # unknown, to be read when one comes.
+        if known is not None and line.server_time > known:
+            newest[key] = line.server_time
 
 
 def _reserve_ids(cursor: psycopg.Cursor[Any], accounts: list[_Account]) -> None:
