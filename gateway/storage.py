@@ -167,9 +167,10 @@ class Store:
     def __init__(self, *, publish: bool = True, journal: "Journal | None" = None) -> None:
         # Every record is appended to it when put, so a killed process loses none.
         self.journal = journal
+        self._writers: int = max(1, settings.GATEWAY_WRITERS)
         # Per writer: a failed attempt may have committed part of its batch (see
         # Journal.uncommitted).
-        self._recheck = [False] * max(1, settings.GATEWAY_WRITERS)
+        self._recheck = [False] * self._writers
         self._closed = False
         # Per account, so that one account's flood can only ever push out its own records.
         self._pending: dict[uuid.UUID, deque[Record]] = {}
@@ -188,7 +189,6 @@ class Store:
         self._reported_at: dict[tuple[str, uuid.UUID, int], float] = {}
         self._wakeup = asyncio.Event()
         # One thread per writer: its Django connection is its own (connections are per thread).
-        self._writers: int = max(1, settings.GATEWAY_WRITERS)
         self._db = [
             ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"gateway-db{lane}")
             for lane in range(self._writers)
