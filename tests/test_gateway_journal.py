@@ -25,7 +25,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import psycopg
 import pytest
@@ -422,17 +422,37 @@ def joined(bot: IrcBot, channel: str, gateway: GatewayProcess) -> None:
         raise AssertionError(f"the gateway did not join:\n{gateway.log()}") from None
 
 
-def test_sigkill_during_a_database_outage_loses_no_line(
+class JoinedGateway(NamedTuple):
+    channel: str
+    schema: str
+    journal_dir: Path
+    env: dict[str, str]
+    carol: IrcBot
+    gateway: GatewayProcess
+
+
+def joined_gateway(
     own_postgres: OwnPostgres, inspircd: IrcServer, irc_bot: Any, gateways: Any, tmp_path: Path
-) -> None:
+) -> JoinedGateway:
+    """An account on its own PostgreSQL with one channel, carol in it, and a gateway child
+    (journal under tmp_path) that has joined it."""
     channel = unique_channel()
     schema = provision(own_postgres.url, inspircd, [channel])
     journal_dir = tmp_path / "journal"
     env = child_env(own_postgres.url, GATEWAY_JOURNAL_DIR=str(journal_dir))
     carol = irc_bot(inspircd, "carol")
     carol.join(channel)
-    first = gateways(env, tmp_path / "gateway.log")
-    joined(carol, channel, first)
+    gateway = gateways(env, tmp_path / "gateway.log")
+    joined(carol, channel, gateway)
+    return JoinedGateway(channel, schema, journal_dir, env, carol, gateway)
+
+
+def test_sigkill_during_a_database_outage_loses_no_line(
+    own_postgres: OwnPostgres, inspircd: IrcServer, irc_bot: Any, gateways: Any, tmp_path: Path
+) -> None:
+    channel, schema, journal_dir, env, carol, first = joined_gateway(
+        own_postgres, inspircd, irc_bot, gateways, tmp_path
+    )
     expected = [f"line {n:04d}" for n in range(300)]
     for text in expected[:100]:
         carol.say(channel, text)
@@ -562,14 +582,9 @@ def test_sigterm_during_a_database_outage_exits_0_and_the_next_start_stores_the_
     own_postgres: OwnPostgres, inspircd: IrcServer, irc_bot: Any, gateways: Any, tmp_path: Path
 ) -> None:
     """What the database could not take before the stop stays in the journal, fsynced."""
-    channel = unique_channel()
-    schema = provision(own_postgres.url, inspircd, [channel])
-    journal_dir = tmp_path / "journal"
-    env = child_env(own_postgres.url, GATEWAY_JOURNAL_DIR=str(journal_dir))
-    carol = irc_bot(inspircd, "carol")
-    carol.join(channel)
-    first = gateways(env, tmp_path / "gateway.log")
-    joined(carol, channel, first)
+    channel, schema, journal_dir, env, carol, first = joined_gateway(
+        own_postgres, inspircd, irc_bot, gateways, tmp_path
+    )
     expected = [f"line {n:04d}" for n in range(100)]
     own_postgres.stop()
     try:
