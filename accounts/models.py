@@ -24,6 +24,14 @@ class Account(TenantMixin):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     name = models.CharField(max_length=100)
     settings = models.JSONField(default=dict, blank=True)
+    # Set by an operator; empty means AGENT_MONTHLY_TOKEN_BUDGET, the deployment's default.
+    monthly_token_budget = models.PositiveBigIntegerField(
+        "Monthly token budget",
+        null=True,
+        blank=True,
+        help_text="LLM tokens the account's agents may use per calendar month. "
+        "Empty: the deployment default (AGENT_MONTHLY_TOKEN_BUDGET).",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     # Schemas are created and dropped by tenancy.provisioning, in the same transaction as the row.

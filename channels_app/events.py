@@ -219,6 +219,20 @@ class SendCommand:
 
 
 @dataclass(frozen=True, slots=True)
+class AgentSay:
+    """An agent says `text` to `target` on a server: through its own connection, or through
+    the user's when the agent speaks through it (agents.Agent.presence)."""
+
+    op: ClassVar[Literal["agent_say"]] = "agent_say"
+    account_id: str
+    server_id: int
+    agent_id: int
+    target: str
+    text: str
+    kind: Literal["message", "action", "notice"] = "message"
+
+
+@dataclass(frozen=True, slots=True)
 class RawCommand:
     """Send one IRC line as it is (/quote and the commands the input turns into lines)."""
 
@@ -244,7 +258,7 @@ class SettingsChanged:
     account_id: str
 
 
-GatewayCommand = SendCommand | RawCommand | ServersChanged | SettingsChanged
+GatewayCommand = SendCommand | AgentSay | RawCommand | ServersChanged | SettingsChanged
 _SEND_KINDS = ("message", "action", "notice")
 
 
@@ -263,10 +277,19 @@ def parse_command(payload: Mapping[str, Any]) -> GatewayCommand | None:
         if op == SettingsChanged.op:
             return SettingsChanged(account_id=account_id)
         server_id = int(payload.get("server_id") or 0)
-        if op == SendCommand.op:
+        if op in (SendCommand.op, AgentSay.op):
             kind = str(payload.get("kind") or "message")
             if kind not in _SEND_KINDS:
                 return None
+            if op == AgentSay.op:
+                return AgentSay(
+                    account_id=account_id,
+                    server_id=server_id,
+                    agent_id=int(payload["agent_id"]),
+                    target=str(payload["target"]),
+                    text=str(payload["text"]),
+                    kind=kind,  # type: ignore[arg-type]  # checked against _SEND_KINDS above
+                )
             return SendCommand(
                 account_id=account_id,
                 server_id=server_id,

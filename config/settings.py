@@ -83,6 +83,9 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
     # Each account's history retention: enqueues one prune per account that set one.
     "prune-history": {"task": "channels_app.prune_all_accounts", "schedule": 60 * 60},
 }
+# Agent runs wait on LLM providers for seconds: they go to a queue of their own, served by a
+# worker whose pool keeps many runs in flight (scripts/run_all.py), not behind short jobs.
+CELERY_TASK_ROUTES = {"agents.run_task": {"queue": "agents"}}
 
 # --- applications ------------------------------------------------------------------------------
 SHARED_APPS = [
@@ -92,6 +95,7 @@ SHARED_APPS = [
     "gateway",
     "accounts",
     "llms",
+    "scheduling",
     "django.contrib.postgres",
     "django.contrib.contenttypes",
     "django.contrib.auth",
@@ -310,6 +314,13 @@ FILE_UPLOAD_HANDLERS = ["core.uploads.LimitedMemoryUploadHandler"]
 DATA_UPLOAD_MAX_MEMORY_SIZE = 3 * 1024 * 1024
 
 # --- limits an operator sets, per account or per user (see README) ----------------------------
+# --- agents -------------------------------------------------------------------------------------
+# Where people reach this deployment: links in what agents say (the full answer of a cut reply).
+PUBLIC_URL: str = setting("PUBLIC_URL", default="http://127.0.0.1:8000").rstrip("/")
+# Tokens an account's agents may use per calendar month unless an operator set the account's
+# own (accounts.Account.monthly_token_budget); 0 means no limit.
+AGENT_MONTHLY_TOKEN_BUDGET: int = setting("AGENT_MONTHLY_TOKEN_BUDGET", cast=int, default=1_000_000)
+
 LIMIT_SERVERS_PER_ACCOUNT: int = setting("LIMIT_SERVERS_PER_ACCOUNT", cast=int, default=20)
 LIMIT_CHANNELS_PER_SERVER: int = setting("LIMIT_CHANNELS_PER_SERVER", cast=int, default=100)
 LIMIT_KNOWLEDGE_BASES_PER_ACCOUNT: int = setting(

@@ -63,6 +63,8 @@ class AccountLLM(models.Model):
     api_key = EncryptedTextField()
     enabled_models = models.JSONField(default=list)
     default_model = models.CharField(max_length=200)
+    # Set when the provider answered 401 to this key; cleared when the key is changed.
+    key_rejected_at = models.DateTimeField(null=True, blank=True, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
