@@ -38,3 +38,18 @@ def tool_catalog() -> QuerySet[Tool]:
 
 def tool_config(*, account: Account, tool: Tool) -> AccountTool | None:
     return AccountTool.objects.filter(account=account, tool=tool).first()
+
+
+def account_timezone(*, account: Account) -> str:
+    """The account's time zone: the one set on its Current time tool (llms.tools), else UTC.
+    Schedules and the time tools read it here, so one setting governs them all."""
+    import zoneinfo
+
+    config = (
+        AccountTool.objects.filter(account=account, tool__slug="current_time")
+        .only("settings")
+        .first()
+    )
+    name = str((config.settings or {}).get("timezone") or "UTC") if config else "UTC"
+    # The JSON can be edited in the admin: never trust it.
+    return name if name in zoneinfo.available_timezones() else "UTC"
