@@ -61,20 +61,33 @@ class AccountLLMForm(SecretFieldsMixin):
 
 
 class ToolSettingsForm(forms.Form):
+    """A tool's switch and its settings, one field per setting of the spec (by its kind); each
+    value is then checked by the setting itself, whose message shows on its field."""
+
     enabled = forms.BooleanField(required=False, label="Agents of this account may use this tool")
 
     def __init__(self, *args: Any, spec: ToolSpec, current: dict[str, Any], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.spec = spec
         for setting in spec.settings:
+            value = current.get(setting.name, setting.default)
             field: forms.Field
             if setting.kind == "int":
                 field = forms.IntegerField(min_value=setting.min_value, max_value=setting.max_value)
+            elif setting.kind == "bool":
+                field = forms.BooleanField(required=False)
+            elif setting.kind == "choice":
+                field = forms.ChoiceField(choices=setting.choices)
+            elif setting.kind == "domains":
+                field = forms.CharField(
+                    required=False, max_length=10_000, widget=forms.Textarea(attrs={"rows": 4})
+                )
+                value = "\n".join(value) if isinstance(value, list | tuple) else value
             else:
                 field = forms.CharField(max_length=64)
             field.label = setting.label
             field.help_text = setting.help_text
-            field.initial = current.get(setting.name, setting.default)
+            field.initial = value
             self.fields[f"setting_{setting.name}"] = field
 
     def clean(self) -> dict[str, Any]:
@@ -85,7 +98,8 @@ class ToolSettingsForm(forms.Form):
                 try:
                     cleaned[key] = setting.clean(cleaned[key])
                 except ValueError as exc:
-                    self.add_error(key, str(exc))
+                    message = str(exc)
+                    self.add_error(key, message[:1].upper() + message[1:] + ".")
         return cleaned
 
     def settings_values(self) -> dict[str, Any]:

@@ -12,6 +12,7 @@ rows only through selectors that take `context.account`.
 
 import json
 import logging
+import re
 import zoneinfo
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,8 +22,11 @@ from typing import TYPE_CHECKING, Any
 import jsonschema
 
 if TYPE_CHECKING:
+    from django.db.models import QuerySet
+
     from accounts.models import Account
     from agents.models import Agent, Task
+    from channels_app.models import Channel
 
 logger = logging.getLogger(__name__)
 
@@ -53,13 +57,17 @@ class ToolResult:
 class ToolSetting:
     name: str
     label: str
-    kind: str  # "int" or "timezone"
+    # "int", "bool", "choice" (one of `choices`), "timezone" (an IANA name) or "domains" (a
+    # list of host names; a name covers its subdomains).
+    kind: str
     default: Any
     min_value: int | None = None
     max_value: int | None = None
     help_text: str = ""
+    choices: tuple[tuple[str, str], ...] = ()
 
     def clean(self, value: Any) -> Any:
+        """The value as stored, or ValueError with what is wrong, in words for the form."""
         if self.kind == "int":
             number = int(value)
             if self.min_value is not None and number < self.min_value:
@@ -67,12 +75,74 @@ class ToolSetting:
             if self.max_value is not None and number > self.max_value:
                 raise ValueError(f"must be at most {self.max_value}")
             return number
+        if self.kind == "bool":
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("1", "true", "on", "yes"):
+                return True
+            if text in ("", "0", "false", "off", "no"):
+                return False
+            raise ValueError("must be yes or no")
+        if self.kind == "choice":
+            text = str(value)
+            if text not in dict(self.choices):
+                raise ValueError(f"“{text[:60]}” is not one of the choices")
+            return text
         if self.kind == "timezone":
             text = str(value).strip()
             if text not in zoneinfo.available_timezones():
                 raise ValueError(f"“{text}” is not a known time zone (e.g. Europe/Paris)")
             return text
+        if self.kind == "domains":
+            return clean_domains(value)
         raise ValueError(f"unknown setting kind {self.kind}")
+
+    def display(self, value: Any) -> str:
+        """The value as the tools page shows it."""
+        if self.kind == "bool":
+            return "yes" if value else "no"
+        if self.kind == "choice":
+            return dict(self.choices).get(str(value), str(value))
+        if self.kind == "domains":
+            return ", ".join(value) if value else "any public site"
+        return str(value)
+
+
+MAX_DOMAINS = 100
+_HOST_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
+
+
+def clean_domains(value: Any) -> list[str]:
+    """Host names from a list or from text (one per line, or separated by commas or spaces),
+    lower-cased, in their ASCII form, without duplicates. Raises ValueError."""
+    items = value if isinstance(value, list | tuple) else re.split(r"[\s,]+", str(value or ""))
+    domains: list[str] = []
+    for item in items:
+        text = str(item).strip().lower().rstrip(".")
+        if text.startswith("*."):
+            text = text[2:]  # "*.example.org": every name below it, which a name covers anyway
+        if not text:
+            continue
+        if "://" in text or "/" in text:
+            raise ValueError(f"“{text[:60]}” is an address; give only its host name")
+        try:
+            ascii_name = text.encode("idna").decode("ascii")
+        except UnicodeError:
+            raise ValueError(f"“{text[:60]}” is not a host name (e.g. docs.python.org)") from None
+        labels = ascii_name.split(".")
+        if (
+            len(ascii_name) > 253
+            or len(labels) < 2
+            or not all(_HOST_LABEL.fullmatch(label) for label in labels)
+            or labels[-1].isdigit()
+        ):
+            raise ValueError(f"“{text[:60]}” is not a host name (e.g. docs.python.org)")
+        if ascii_name not in domains:
+            domains.append(ascii_name)
+    if len(domains) > MAX_DOMAINS:
+        raise ValueError(f"at most {MAX_DOMAINS} sites")
+    return domains
 
 
 @dataclass(frozen=True)
@@ -89,10 +159,332 @@ class ToolSpec:
         return {s.name: s.default for s in self.settings}
 
 
+# --- helpers the tools share -------------------------------------------------------------------
+
+# The lines a reader wants: what people said, not joins, parts and mode changes.
+_SPOKEN_KINDS = ("message", "notice", "action", "topic")
+# An IRC line holds ~500 bytes, but a bridged or stored line may be longer.
+MAX_LINE_CHARS = 600
+
+
+def _in_own_account(context: ToolContext) -> bool:
+    """Whether the database is inside the schema of the account whose agent calls the tool:
+    anything else would read or write another account's rows, or public ones."""
+    from tenancy import current_account
+
+    current = current_account()
+    return (
+        current is not None
+        and current.pk == context.account.pk
+        and current.schema_name == context.account.schema_name
+    )
+
+
+def _no_such_channel(name: str) -> ToolError:
+    # One answer for a channel that does not exist and one the agent may not use: the model
+    # (and whoever steers it through a prompt) learns nothing about what else is there.
+    return ToolError(f"No such channel: {name[:60]}.")
+
+
+SCOPE_CHOICES = (
+    ("agent", "Only the channels the agent sits in"),
+    ("all", "Every channel of the account"),
+)
+
+
+def _scope_setting(label: str) -> ToolSetting:
+    return ToolSetting(
+        name="channels",
+        label=label,
+        kind="choice",
+        default="agent",
+        choices=SCOPE_CHOICES,
+        help_text="Private conversations are never included, except those the agent sits in.",
+    )
+
+
+def _channels(context: ToolContext, *, everywhere: bool) -> "QuerySet[Channel]":
+    """The buffers the agent may use: its own channels, plus (`everywhere`) every channel of
+    the account. Only ever this schema's rows: another account's channels are not here."""
+    from django.db.models import Q
+
+    from channels_app.models import Channel
+
+    allowed = Q(agents=context.agent)
+    if everywhere:
+        allowed |= Q(kind=Channel.Kind.CHANNEL)
+    return Channel.objects.filter(allowed).distinct().select_related("server")
+
+
+def _find_channel(channels: "QuerySet[Channel]", name: str, server: str = "") -> "Channel":
+    name = name.strip()
+    matches = list(channels.filter(name__iexact=name))
+    if server.strip():
+        matches = [c for c in matches if c.server.name.lower() == server.strip().lower()]
+    if not matches:
+        raise _no_such_channel(name)
+    if len(matches) > 1:
+        networks = ", ".join(sorted(c.server.name for c in matches))
+        raise ToolError(f"{name} is on several networks ({networks}): name one as `server`.")
+    return matches[0]
+
+
+def _readable(context: ToolContext, arguments: dict[str, Any]) -> "Channel":
+    everywhere = context.settings.get("channels") == "all"
+    return _find_channel(
+        _channels(context, everywhere=everywhere),
+        arguments["channel"],
+        arguments.get("server", ""),
+    )
+
+
+def _zone(context: ToolContext) -> zoneinfo.ZoneInfo:
+    from llms.selectors import account_timezone
+
+    return zoneinfo.ZoneInfo(account_timezone(account=context.account))
+
+
+def _plain(text: str) -> str:
+    """IRC text as the model reads it: formatting codes gone, a long line cut."""
+    from channels_app.selectors.search import strip_formatting
+
+    text = strip_formatting(text)
+    return text[:MAX_LINE_CHARS] + "…" if len(text) > MAX_LINE_CHARS else text
+
+
+def _line(kind: str, sender: str, text: str) -> str:
+    text = _plain(text)
+    if kind == "action":
+        return f"* {sender} {text}"
+    if kind == "notice":
+        return f"-{sender}- {text}"
+    if kind == "topic":
+        return f"{sender} set the topic: {text}"
+    return f"<{sender}> {text}"
+
+
+def _when(moment: datetime, zone: zoneinfo.ZoneInfo) -> str:
+    return moment.astimezone(zone).strftime("%Y-%m-%d %H:%M")
+
+
+_CHANNEL_PARAMS: dict[str, Any] = {
+    "channel": {"type": "string", "minLength": 1, "maxLength": 100, "description": "e.g. #python"},
+    "server": {
+        "type": "string",
+        "maxLength": 100,
+        "description": "The network's name, when the channel exists on more than one.",
+    },
+}
+
+
+# --- the tools ---------------------------------------------------------------------------------
+
+
 def _current_time(context: ToolContext, arguments: dict[str, Any]) -> str:
-    zone = zoneinfo.ZoneInfo(str(context.settings.get("timezone") or "UTC"))
+    zone = _zone(context)
     now = datetime.now(zone)
     return now.strftime(f"%A %d %B %Y, %H:%M:%S ({zone.key}, UTC%z)")
+
+
+def _channel_history(context: ToolContext, arguments: dict[str, Any]) -> str:
+    from channels_app.models import Message
+
+    channel = _readable(context, arguments)
+    most = int(context.settings.get("max_lines") or 50)
+    limit = min(int(arguments.get("limit") or most), most)
+    newest = list(
+        Message.objects.filter(channel=channel, kind__in=_SPOKEN_KINDS)
+        .order_by("-server_time", "-id")
+        .values_list("kind", "sender", "text", "server_time")[:limit]
+    )
+    zone = _zone(context)
+    where = f"{channel.name} on {channel.server.name}"
+    if not newest:
+        return f"Nothing has been said in {where} yet."
+    lines = [f"The last {len(newest)} lines of {where} (times in {zone.key}):"]
+    for kind, sender, text, moment in reversed(newest):
+        lines.append(f"{_when(moment, zone)} {_line(kind, sender, text)}")
+    return "\n".join(lines)
+
+
+def _search_history(context: ToolContext, arguments: dict[str, Any]) -> str:
+    from channels_app.selectors.search import (
+        SearchQueryError,
+        matching_messages,
+        normalize_query,
+        search_messages,
+    )
+
+    most = int(context.settings.get("max_results") or 20)
+    limit = min(int(arguments.get("limit") or most), most)
+    everywhere = context.settings.get("channels") == "all"
+    channels = _channels(context, everywhere=everywhere)
+    rows: list[tuple[str, str, str, str, str, datetime]] = []
+    try:
+        if arguments.get("channel"):
+            channel = _find_channel(channels, arguments["channel"], arguments.get("server", ""))
+            # One channel: exactly the web search, its index choice included.
+            page = search_messages(arguments["query"], channel_id=channel.pk, limit=limit)
+            rows = [
+                (h.channel_name, h.server_name, h.kind, h.sender, h.text, h.server_time)
+                for h in page.hits
+            ]
+        else:
+            query = normalize_query(arguments["query"])
+            # The same match as the web search, over the channels the agent may search.
+            rows = list(
+                matching_messages(query)
+                .filter(channel__in=channels.values("pk"))
+                .values_list(
+                    "channel__name",
+                    "channel__server__name",
+                    "kind",
+                    "sender",
+                    "text",
+                    "server_time",
+                )[:limit]
+            )
+    except SearchQueryError as exc:
+        raise ToolError(str(exc)) from None
+    if not rows:
+        return "No lines match."
+    zone = _zone(context)
+    lines = [f"{len(rows)} matching lines, newest first (times in {zone.key}):"]
+    for channel_name, server_name, kind, sender, text, moment in rows:
+        lines.append(
+            f"{_when(moment, zone)} {channel_name} ({server_name}) {_line(kind, sender, text)}"
+        )
+    return "\n".join(lines)
+
+
+MAX_MEMBERS_LISTED = 300
+
+
+def _channel_info(context: ToolContext, arguments: dict[str, Any]) -> str:
+    from agents.models import Agent
+    from channels_app.models import ChannelUser
+    from channels_app.selectors.chat import prefix_rank
+
+    channel = _readable(context, arguments)
+    agents = {nick.lower() for nick in Agent.objects.values_list("nick", flat=True)}
+    members = sorted(
+        ChannelUser.objects.filter(channel=channel).values_list("nick", "prefixes", "away"),
+        key=lambda m: (prefix_rank(m[1]), m[0].lower()),
+    )
+    lines = [f"{channel.name} on {channel.server.name}"]
+    topic = channel.topic.strip()
+    lines.append(f"Topic: {_plain(topic) if topic else '(none)'}")
+    lines.append(f"Members ({len(members)}):" if members else "Members: none known")
+    for nick, prefixes, away in members[:MAX_MEMBERS_LISTED]:
+        notes = []
+        if prefixes:
+            notes.append(f"modes {prefixes}")
+        if nick.lower() in agents:
+            notes.append("an agent of this account")
+        if away:
+            notes.append("away")
+        lines.append(f"- {nick}" + (f" ({', '.join(notes)})" if notes else ""))
+    if len(members) > MAX_MEMBERS_LISTED:
+        lines.append(f"… and {len(members) - MAX_MEMBERS_LISTED} more")
+    return "\n".join(lines)
+
+
+SEND_TOOL = "send_message"
+
+
+def _send_message(context: ToolContext, arguments: dict[str, Any]) -> str:
+    from redis.exceptions import RedisError
+
+    from agents import speech
+    from agents.models import ToolCall
+
+    # Only where the agent sits, whatever the reading scope: it speaks under its own nick.
+    channel = _find_channel(
+        _channels(context, everywhere=False), arguments["channel"], arguments.get("server", "")
+    )
+    text = arguments["text"].strip()
+    if any(c in text for c in "\r\n\x00"):
+        raise ToolError("Send one line: the text may not contain line breaks.")
+    if not text:
+        raise ToolError("The text is empty.")
+    longest = int(context.settings.get("max_length") or 400)
+    if len(text) > longest:
+        raise ToolError(f"The line is {len(text)} characters long; the most is {longest}.")
+    cap = int(context.settings.get("max_lines_per_run") or 5)
+    if context.task is not None:
+        # The run records every tool call as it finishes (agents.ToolCall), so the lines this
+        # tool already sent in this run are its successful calls so far.
+        sent = ToolCall.objects.filter(task=context.task, tool=SEND_TOOL, ok=True).count()
+        if sent >= cap:
+            raise ToolError(f"This run has already sent {sent} lines, the most it may.")
+    try:
+        speech.say(
+            account_id=context.account.pk,
+            agent_id=context.agent.pk,
+            server_id=channel.server_id,
+            target=channel.name,
+            text=text,
+        )
+    except RedisError:
+        raise ToolError("The line could not be sent: the IRC gateway is unreachable.") from None
+    return f"Sent to {channel.name} on {channel.server.name}."
+
+
+def _fetch_url(context: ToolContext, arguments: dict[str, Any]) -> str:
+    from llms.fetch import FetchError, fetch
+
+    timeout = int(context.settings.get("timeout_seconds") or 10)
+    max_kb = int(context.settings.get("max_kilobytes") or 512)
+    try:
+        page = fetch(
+            arguments["url"],
+            timeout=timeout,
+            max_bytes=max_kb * 1024,
+            allowed_domains=list(context.settings.get("allowed_domains") or []),
+        )
+    except FetchError as exc:
+        raise ToolError(str(exc)) from None
+    parts = [f"URL: {page.url}"]
+    if page.title:
+        parts.append(f"Title: {page.title}")
+    parts.append("")
+    parts.append(page.text or "(the page has no text)")
+    if page.truncated:
+        parts.append(f"\n[Truncated: the page is over {max_kb} KB; only its start was read.]")
+    return "\n".join(parts)
+
+
+def _schedule_task(context: ToolContext, arguments: dict[str, Any]) -> str:
+    import importlib
+
+    from llms.selectors import account_timezone
+
+    when = (arguments.get("when") or "").strip() or None
+    repeat = (arguments.get("repeat") or "").strip() or None
+    if when is None and repeat is None:
+        # Not in the schema: providers refuse anyOf at the top of a tool's parameters.
+        raise ToolError("Say when to run it (`when`), how often (`repeat`), or both.")
+    channel = _find_channel(
+        _channels(context, everywhere=False), arguments["channel"], arguments.get("server", "")
+    )
+    # agents.services.schedules is written alongside this tool; imported when first used.
+    schedules = importlib.import_module("agents.services.schedules")
+    zone = account_timezone(account=context.account)
+    try:
+        schedule = schedules.create_schedule(
+            agent=context.agent,
+            prompt=arguments["prompt"].strip(),
+            channel=channel,
+            when=when,
+            repeat=repeat,
+            timezone=zone,
+            created_by=f"agent {context.agent.nick}",
+        )
+    except ValueError as exc:
+        raise ToolError(str(exc)) from None
+    next_run = getattr(schedule, "next_run_at", None)
+    at = f"; next run {_when(next_run, zoneinfo.ZoneInfo(zone))} ({zone})" if next_run else ""
+    return f"Scheduled in {channel.name} on {channel.server.name}{at}."
 
 
 TOOLS: tuple[ToolSpec, ...] = (
@@ -108,23 +500,25 @@ TOOLS: tuple[ToolSpec, ...] = (
                 label="Time zone",
                 kind="timezone",
                 default="UTC",
-                help_text="IANA name, e.g. Europe/Berlin",
+                help_text="IANA name, e.g. Europe/Berlin. It is the account's time zone: "
+                "schedules and the times other tools show use it too.",
             ),
         ),
     ),
     ToolSpec(
         slug="channel_history",
         name="Channel history",
-        description="Reads the latest lines said in a channel the agent sits in.",
+        description="Reads the latest lines said in a channel (time, nick, text), oldest first.",
         parameters={
             "type": "object",
             "properties": {
-                "channel": {"type": "string", "description": "Channel name, e.g. #python"},
+                **_CHANNEL_PARAMS,
                 "limit": {"type": "integer", "minimum": 1, "maximum": 200},
             },
             "required": ["channel"],
             "additionalProperties": False,
         },
+        run=_channel_history,
         settings=(
             ToolSetting(
                 name="max_lines",
@@ -134,7 +528,150 @@ TOOLS: tuple[ToolSpec, ...] = (
                 min_value=1,
                 max_value=200,
             ),
+            _scope_setting("Channels agents may read"),
         ),
+    ),
+    ToolSpec(
+        slug="search_history",
+        name="Search history",
+        description="Full-text search of what was said in channels, newest first. Words must "
+        'all appear; "a phrase" in quotes, -word to exclude, this OR that.',
+        parameters={
+            "type": "object",
+            "properties": {
+                "query": {"type": "string", "minLength": 1, "maxLength": 200},
+                **_CHANNEL_PARAMS,
+                "limit": {"type": "integer", "minimum": 1, "maximum": 50},
+            },
+            "required": ["query"],
+            "additionalProperties": False,
+        },
+        run=_search_history,
+        settings=(
+            ToolSetting(
+                name="max_results",
+                label="Most results per call",
+                kind="int",
+                default=20,
+                min_value=1,
+                max_value=50,
+            ),
+            _scope_setting("Channels agents may search"),
+        ),
+    ),
+    ToolSpec(
+        slug="channel_info",
+        name="Channel info",
+        description="A channel's topic and who is in it (nick, channel modes, which are agents).",
+        parameters={
+            "type": "object",
+            "properties": dict(_CHANNEL_PARAMS),
+            "required": ["channel"],
+            "additionalProperties": False,
+        },
+        run=_channel_info,
+        settings=(_scope_setting("Channels agents may look at"),),
+    ),
+    ToolSpec(
+        slug=SEND_TOOL,
+        name="Send message",
+        description="Says one line in a channel the agent sits in (besides its answer).",
+        parameters={
+            "type": "object",
+            "properties": {
+                **_CHANNEL_PARAMS,
+                "text": {"type": "string", "minLength": 1, "maxLength": 2000},
+            },
+            "required": ["channel", "text"],
+            "additionalProperties": False,
+        },
+        run=_send_message,
+        settings=(
+            ToolSetting(
+                name="max_lines_per_run",
+                label="Most lines per run",
+                kind="int",
+                default=5,
+                min_value=1,
+                max_value=20,
+            ),
+            ToolSetting(
+                name="max_length",
+                label="Longest line (characters)",
+                kind="int",
+                default=400,
+                min_value=20,
+                max_value=450,
+                help_text="IRC cuts lines past about 450 characters.",
+            ),
+        ),
+    ),
+    ToolSpec(
+        slug="fetch_url",
+        name="Fetch URL",
+        description="Reads a public web page (HTML or plain text) and returns its text.",
+        parameters={
+            "type": "object",
+            "properties": {
+                "url": {"type": "string", "minLength": 1, "maxLength": 2000},
+            },
+            "required": ["url"],
+            "additionalProperties": False,
+        },
+        run=_fetch_url,
+        settings=(
+            ToolSetting(
+                name="timeout_seconds",
+                label="Time limit (seconds)",
+                kind="int",
+                default=10,
+                min_value=1,
+                max_value=60,
+            ),
+            ToolSetting(
+                name="max_kilobytes",
+                label="Size limit (KB)",
+                kind="int",
+                default=512,
+                min_value=1,
+                max_value=5120,
+                help_text="Reading stops here; the agent is told the page was cut.",
+            ),
+            ToolSetting(
+                name="allowed_domains",
+                label="Allowed sites",
+                kind="domains",
+                default=[],
+                help_text="Host names, one per line; each covers its subdomains. "
+                "Empty: any public site.",
+            ),
+        ),
+    ),
+    ToolSpec(
+        slug="schedule_task",
+        name="Schedule task",
+        description="Schedules a prompt for this agent to run later in one of its channels, "
+        "once (`when`), repeating (`repeat`), or from a time on.",
+        parameters={
+            "type": "object",
+            "properties": {
+                "prompt": {"type": "string", "minLength": 1, "maxLength": 4000},
+                **_CHANNEL_PARAMS,
+                "when": {
+                    "type": "string",
+                    "maxLength": 100,
+                    "description": 'e.g. "2026-12-01 09:00" or "in 10 minutes"',
+                },
+                "repeat": {
+                    "type": "string",
+                    "maxLength": 100,
+                    "description": 'A cron line ("0 9 * * *") or "every day at 09:00"',
+                },
+            },
+            "required": ["prompt", "channel"],
+            "additionalProperties": False,
+        },
+        run=_schedule_task,
     ),
 )
 
@@ -181,6 +718,9 @@ def execute_tool(
         )
     if spec.run is None:
         return ToolResult(False, f"The tool {spec.slug} cannot be run.", parsed)
+    if not _in_own_account(context):
+        logger.error("tool %s called outside its account's schema: refused", spec.slug)
+        return ToolResult(False, f"The tool {spec.slug} is not available here.", parsed)
     try:
         return ToolResult(True, spec.run(context, parsed), parsed)
     except ToolError as exc:

@@ -86,7 +86,18 @@ def provider_delete(request: HttpRequest, pk: str) -> HttpResponse:
 def tool_list(request: HttpRequest) -> HttpResponse:
     account = _account(request)
     configs = {c.tool_id: c for c in selectors.account_tools(account=account)}
-    rows = [(tool, configs.get(tool.pk)) for tool in selectors.tool_catalog()]
+    rows = []
+    for tool in selectors.tool_catalog():
+        config = configs.get(tool.pk)
+        spec = TOOLS_BY_SLUG.get(tool.slug)
+        values = {**spec.default_settings(), **(config.settings if config else {})} if spec else {}
+        # What each setting is now, in words: defaults until the account saves its own.
+        summary = (
+            [(s.label, s.display(values.get(s.name, s.default))) for s in spec.settings]
+            if spec
+            else []
+        )
+        rows.append((tool, config, summary))
     return render(request, "llms/tool_list.html", {"rows": rows})
 
 
