@@ -65,6 +65,10 @@ _BLOCKS = (
 )
 
 
+# Elements that are not blocks of text of their own but still part the words around them.
+_PARTING = ("div", "section", "article", "main", "header", "table", "tr", "ul", "ol", "dl")
+
+
 class FetchError(Exception):
     """Why the page could not be read, in words for the model."""
 
@@ -110,10 +114,14 @@ def _host_header(url: httpx.URL) -> str:
     return host if url.port is None else f"{host}:{url.port}"
 
 
+def _too_slow(timeout: float) -> FetchError:
+    return FetchError(f"The page did not arrive within the time limit ({timeout:g} s).")
+
+
 def _remaining(deadline: float, timeout: float) -> float:
     left = deadline - time.monotonic()
     if left <= 0:
-        raise FetchError(f"The page did not arrive within {timeout:g} seconds.")
+        raise _too_slow(timeout)
     return left
 
 
@@ -164,7 +172,7 @@ def fetch(url: str, *, timeout: float, max_bytes: int, allowed_domains: Sequence
         except net_policy.NetPolicyError as exc:
             raise FetchError(f"Cannot fetch {current}: {exc}.") from None
         except httpx.TimeoutException:
-            raise FetchError(f"The page did not arrive within {timeout:g} seconds.") from None
+            raise _too_slow(timeout) from None
         except httpx.HTTPError as exc:
             raise FetchError(f"Could not connect to {host}: {exc or type(exc).__name__}.") from None
         try:
@@ -204,7 +212,7 @@ def _read(
                 break
             _remaining(deadline, timeout)
     except httpx.TimeoutException:
-        raise FetchError(f"The page did not arrive within {timeout:g} seconds.") from None
+        raise _too_slow(timeout) from None
     except httpx.HTTPError as exc:
         raise FetchError(f"Reading {url} failed: {exc or type(exc).__name__}.") from None
     encoding = response.charset_encoding
@@ -237,13 +245,19 @@ def html_text(markup: bytes, encoding: str | None = None) -> tuple[str, str]:
         tag.decompose()
     if soup.head is not None:
         soup.head.decompose()
+    # Inline markup joins words ("<b>use</b>." is "use."); a block or a line break parts them.
+    for br in soup.find_all("br"):
+        br.replace_with("\n")
+    for block in soup.find_all((*_BLOCKS, *_PARTING)):
+        block.insert_before(" ")
+        block.insert_after(" ")
     lines: list[str] = []
     for element in soup.find_all(_BLOCKS):
         if not isinstance(element, Tag) or element.find_parent(_BLOCKS) is not None:
             continue  # its text is in its enclosing block's
         name = element.name
         # Preformatted text keeps its lines; elsewhere line breaks in the markup mean nothing.
-        text = element.get_text().strip("\n") if name == "pre" else _squash(element.get_text(" "))
+        text = element.get_text().strip("\n") if name == "pre" else _squash(element.get_text())
         if not text:
             continue
         if name[0] == "h" and name[1:].isdigit():

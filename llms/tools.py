@@ -259,8 +259,19 @@ def _line(kind: str, sender: str, text: str) -> str:
     if kind == "notice":
         return f"-{sender}- {text}"
     if kind == "topic":
-        return f"{sender} set the topic: {text}"
-    return f"<{sender}> {text}"
+        return f"{sender} set the topic: {text}" if sender else f"Topic: {text}"
+    if kind == "message":
+        return f"<{sender}> {text}"
+    # Comings and goings. A join's text is the person's user@host: not the model's business.
+    said = f" ({text})" if text else ""
+    return {
+        "join": f"→ {sender} joined",
+        "part": f"← {sender} left{said}",
+        "quit": f"← {sender} quit{said}",
+        "kick": f"← {sender} kicked {text}",
+        "nick": f"• {sender} is now known as {text}",
+        "mode": f"• {sender} sets mode {text}",
+    }.get(kind, f"• {text}")
 
 
 def _when(moment: datetime, zone: zoneinfo.ZoneInfo) -> str:
@@ -292,10 +303,13 @@ def _channel_history(context: ToolContext, arguments: dict[str, Any]) -> str:
     channel = _readable(context, arguments)
     most = int(context.settings.get("max_lines") or 50)
     limit = min(int(arguments.get("limit") or most), most)
+    messages = Message.objects.filter(channel=channel)
+    if not context.settings.get("include_events"):
+        messages = messages.filter(kind__in=_SPOKEN_KINDS)
     newest = list(
-        Message.objects.filter(channel=channel, kind__in=_SPOKEN_KINDS)
-        .order_by("-server_time", "-id")
-        .values_list("kind", "sender", "text", "server_time")[:limit]
+        messages.order_by("-server_time", "-id").values_list(
+            "kind", "sender", "text", "server_time"
+        )[:limit]
     )
     zone = _zone(context)
     where = f"{channel.name} on {channel.server.name}"
@@ -529,6 +543,13 @@ TOOLS: tuple[ToolSpec, ...] = (
                 max_value=200,
             ),
             _scope_setting("Channels agents may read"),
+            ToolSetting(
+                name="include_events",
+                label="Include joins, parts, quits and mode changes",
+                kind="bool",
+                default=False,
+                help_text="Otherwise only what people said (and topic changes).",
+            ),
         ),
     ),
     ToolSpec(
