@@ -11,6 +11,7 @@ The body is read up to a size limit and within a time limit; HTML becomes readab
 headings, paragraphs, list items), plain text passes through, anything else is refused.
 """
 
+import ssl
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -126,7 +127,10 @@ def _remaining(deadline: float, timeout: float) -> float:
 
 
 def _send(
-    url: httpx.URL, destination: net_policy.Destination, left: float
+    url: httpx.URL,
+    destination: net_policy.Destination,
+    left: float,
+    verify: ssl.SSLContext | bool = True,
 ) -> tuple[httpx.Client, httpx.Response]:
     """GET `url` from the checked addresses in turn; the response is open (streamed) and the
     caller closes it and its client."""
@@ -140,7 +144,7 @@ def _send(
     extensions = {"sni_hostname": _host(url)} if url.scheme == "https" else {}
     # A client per hop: a pooled connection made for one name must never serve another, and
     # trust_env=False keeps proxy variables from sending the request somewhere unchecked.
-    client = httpx.Client(timeout=left, trust_env=False, follow_redirects=False)
+    client = httpx.Client(timeout=left, trust_env=False, follow_redirects=False, verify=verify)
     last: Exception | None = None
     for ip in destination.addresses:
         request = client.build_request(
@@ -157,8 +161,16 @@ def _send(
     raise last
 
 
-def fetch(url: str, *, timeout: float, max_bytes: int, allowed_domains: Sequence[str] = ()) -> Page:
-    """Read `url` as text. Raises FetchError for every refusal and failure."""
+def fetch(
+    url: str,
+    *,
+    timeout: float,
+    max_bytes: int,
+    allowed_domains: Sequence[str] = (),
+    verify: ssl.SSLContext | bool = True,
+) -> Page:
+    """Read `url` as text. Raises FetchError for every refusal and failure. `verify` is the
+    certificates trusted (httpx's: the certifi bundle), for tests to trust one of their own."""
     deadline = time.monotonic() + timeout
     current = _parse(url)
     for hop in range(MAX_REDIRECTS + 1):
@@ -168,7 +180,7 @@ def fetch(url: str, *, timeout: float, max_bytes: int, allowed_domains: Sequence
         port = current.port or (443 if current.scheme == "https" else 80)
         try:
             destination = net_policy.resolve(host, port, timeout=_remaining(deadline, timeout))
-            client, response = _send(current, destination, _remaining(deadline, timeout))
+            client, response = _send(current, destination, _remaining(deadline, timeout), verify)
         except net_policy.NetPolicyError as exc:
             raise FetchError(f"Cannot fetch {current}: {exc}.") from None
         except httpx.TimeoutException:

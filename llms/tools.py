@@ -10,6 +10,7 @@ A tool runs in the schema of the account whose agent called it (the runner is in
 rows only through selectors that take `context.account`.
 """
 
+import contextlib
 import json
 import logging
 import re
@@ -20,6 +21,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import jsonschema
+from django.core.cache import cache
 
 if TYPE_CHECKING:
     from django.db.models import QuerySet
@@ -406,11 +408,34 @@ def _channel_info(context: ToolContext, arguments: dict[str, Any]) -> str:
 SEND_TOOL = "send_message"
 
 
+# A run's lines live as long as any run may (a day is far past every step and time limit).
+RUN_LINES_TTL = 24 * 3600
+
+
+def _take_run_line(context: ToolContext, cap: int) -> str | None:
+    """Count one line against the run's cap, or raise ToolError. One counter per run in Redis:
+    INCR is atomic, so tool calls made at once cannot both slip past it, and it does not depend
+    on when the run records its tool calls. Without a run (a call outside one) there is none."""
+    if context.task is None:
+        return None
+    key = f"agent-tool-lines:{context.account.pk}:{context.task.pk}"
+    cache.add(key, 0, timeout=RUN_LINES_TTL)
+    try:
+        sent = cache.incr(key)
+    except ValueError:  # expired between the two calls
+        cache.add(key, 0, timeout=RUN_LINES_TTL)
+        sent = cache.incr(key)
+    if sent > cap:
+        with contextlib.suppress(ValueError):
+            cache.decr(key)
+        raise ToolError(f"This run has already sent {cap} lines, the most it may.")
+    return key
+
+
 def _send_message(context: ToolContext, arguments: dict[str, Any]) -> str:
     from redis.exceptions import RedisError
 
     from agents import speech
-    from agents.models import ToolCall
 
     # Only where the agent sits, whatever the reading scope: it speaks under its own nick.
     channel = _find_channel(
@@ -425,12 +450,7 @@ def _send_message(context: ToolContext, arguments: dict[str, Any]) -> str:
     if len(text) > longest:
         raise ToolError(f"The line is {len(text)} characters long; the most is {longest}.")
     cap = int(context.settings.get("max_lines_per_run") or 5)
-    if context.task is not None:
-        # The run records every tool call as it finishes (agents.ToolCall), so the lines this
-        # tool already sent in this run are its successful calls so far.
-        sent = ToolCall.objects.filter(task=context.task, tool=SEND_TOOL, ok=True).count()
-        if sent >= cap:
-            raise ToolError(f"This run has already sent {sent} lines, the most it may.")
+    key = _take_run_line(context, cap)
     try:
         speech.say(
             account_id=context.account.pk,
@@ -440,6 +460,9 @@ def _send_message(context: ToolContext, arguments: dict[str, Any]) -> str:
             text=text,
         )
     except RedisError:
+        if key is not None:
+            with contextlib.suppress(ValueError):
+                cache.decr(key)  # not sent: it does not count
         raise ToolError("The line could not be sent: the IRC gateway is unreachable.") from None
     return f"Sent to {channel.name} on {channel.server.name}."
 

@@ -3,11 +3,13 @@ nothing of another account. fetch_url runs against a real HTTP server on loopbac
 settings allow 127.0.0.0/8 for the IRC servers; tests that need the default policy clear it)."""
 
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,14 +17,16 @@ from django.test import Client, override_settings
 from django.urls import reverse
 
 from accounts.models import User
-from agents.models import Agent, Task, ToolCall
+from agents.models import Agent, Task
 from channels_app import events
 from channels_app.models import Channel, ChannelUser, Message, Server
-from llms.fetch import html_text
+from llms.fetch import FetchError, html_text
+from llms.fetch import fetch as fetch_page
 from llms.models import AccountTool
 from llms.tools import TOOLS_BY_SLUG, ToolContext, ToolResult, execute_tool
 from tenancy import switch
 from tests.helpers import populate
+from tests.ircd import make_certificate
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -385,16 +389,17 @@ def test_send_message_cap_per_run(alice: User, alice_world: dict[str, Any], comm
     agent = alice_world["agent"]
     with switch(alice):
         task = Task.objects.create(agent=agent, input="announce it")
+        other = Task.objects.create(agent=agent, input="another run")
     arguments = {"channel": "#palaver", "text": "one more"}
     for _ in range(2):
         assert call(alice, agent, "send_message", arguments, task=task, max_lines_per_run=2).ok
-        with switch(alice):  # as the runner records each call
-            ToolCall.objects.create(
-                task=task, tool="send_message", ok=True, started_at=datetime.now(UTC)
-            )
     result = call(alice, agent, "send_message", arguments, task=task, max_lines_per_run=2)
     assert result.content == "This run has already sent 2 lines, the most it may."
     assert len(commands(2)) == 2 and commands(0) == []
+    # Refused lines do not count; another run has its own lines.
+    assert not call(alice, agent, "send_message", arguments, task=task, max_lines_per_run=2).ok
+    assert call(alice, agent, "send_message", arguments, task=other, max_lines_per_run=2).ok
+    assert call(alice, agent, "send_message", arguments, task=task, max_lines_per_run=3).ok
 
 
 # --- fetch_url ---------------------------------------------------------------------------------
@@ -600,6 +605,49 @@ def test_fetch_connects_to_the_checked_address(
     assert result.ok and "café au lait" in result.content
     assert dns["__lookups__"] == ["docs.example.test"]
     assert Handler.hosts == [f"docs.example.test:{port}"]
+
+
+@pytest.fixture
+def tls_web(tmp_path: Path) -> Iterator[tuple[int, Path, list[str]]]:
+    """An HTTPS server on loopback with a self-signed certificate for localhost, 127.0.0.1 and
+    ::1; yields its port, the certificate, and the names clients asked for (SNI)."""
+    certificate = make_certificate(tmp_path / "tls")
+    names: list[str] = []
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(certificate.cert_path, certificate.key_path)
+
+    def note_name(_sock: ssl.SSLObject, name: str | None, _context: ssl.SSLContext) -> None:
+        names.append(name or "")
+
+    context.sni_callback = note_name
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server.server_address[1], certificate.cert_path, names
+    server.shutdown()
+    server.server_close()
+
+
+def test_fetch_https_checks_the_certificate_against_the_name(
+    tls_web: tuple[int, Path, list[str]], dns: dict[str, list[str]]
+) -> None:
+    """TLS goes to the checked address but speaks and verifies the name (SNI)."""
+    port, cert_path, names = tls_web
+    trusted = ssl.create_default_context(cafile=str(cert_path))
+    page = fetch_page(f"https://localhost:{port}/text", timeout=5, max_bytes=10_000, verify=trusted)
+    assert page.text == "café au lait\n" and names == ["localhost"]
+    # The certificate holds 127.0.0.1, the address connected to, but not this name: refused.
+    dns["docs.example.test"] = ["127.0.0.1"]
+    with pytest.raises(FetchError, match=r"certificate is not valid for 'docs\.example\.test'"):
+        fetch_page(
+            f"https://docs.example.test:{port}/text", timeout=5, max_bytes=10_000, verify=trusted
+        )
+    assert names[-1] == "docs.example.test"
+    # Without trusting the test's own certificate, a self-signed one is refused.
+    with pytest.raises(FetchError, match="CERTIFICATE_VERIFY_FAILED"):
+        fetch_page(f"https://localhost:{port}/text", timeout=5, max_bytes=10_000)
 
 
 def test_fetch_allowed_domains(
