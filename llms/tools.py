@@ -485,9 +485,16 @@ def _fetch_url(context: ToolContext, arguments: dict[str, Any]) -> str:
     if page.title:
         parts.append(f"Title: {page.title}")
     parts.append("")
-    parts.append(page.text or "(the page has no text)")
+    # The text goes into the model's context: its length is bounded too, not only the download.
+    max_chars = int(context.settings.get("max_characters") or 20_000)
+    text = page.text or "(the page has no text)"
+    parts.append(text[:max_chars])
     if page.truncated:
         parts.append(f"\n[Truncated: the page is over {max_kb} KB; only its start was read.]")
+    elif len(text) > max_chars:
+        parts.append(
+            f"\n[Truncated: the text is over {max_chars} characters; only its start is shown.]"
+        )
     return "\n".join(parts)
 
 
@@ -680,6 +687,15 @@ TOOLS: tuple[ToolSpec, ...] = (
                 min_value=1,
                 max_value=5120,
                 help_text="Reading stops here; the agent is told the page was cut.",
+            ),
+            ToolSetting(
+                name="max_characters",
+                label="Most characters of text returned",
+                kind="int",
+                default=20_000,
+                min_value=500,
+                max_value=200_000,
+                help_text="What the model reads of the page, about four characters a token.",
             ),
             ToolSetting(
                 name="allowed_domains",

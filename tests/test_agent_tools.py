@@ -441,6 +441,8 @@ class Handler(BaseHTTPRequestHandler):
                 self._send(
                     200, "text/plain; charset=latin-1", "caf\xe9 au lait\n".encode("latin-1")
                 )
+            elif path == "/long":
+                self._send(200, "text/plain", b"z" * 1000)
             elif path == "/image":
                 self._send(200, "image/png", b"\x89PNG")
             elif path == "/missing":
@@ -679,6 +681,11 @@ def test_fetch_size_limit_stops_reading(alice: User, alice_world: dict[str, Any]
     body, notice = result.content.split("\n\n", 1)[1].rsplit("\n\n", 1)
     assert body == "x" * 2048
     assert notice == "[Truncated: the page is over 2 KB; only its start was read.]"
+    # The text the model reads is bounded as well, and says so.
+    result = fetch(alice, alice_world["agent"], f"{web}/long", max_characters=500)
+    body, notice = result.content.split("\n\n", 1)[1].rsplit("\n\n", 1)
+    assert body == "z" * 500
+    assert notice == "[Truncated: the text is over 500 characters; only its start is shown.]"
 
 
 @pytest.mark.parametrize("path", ["/slow", "/drip"])
@@ -702,6 +709,7 @@ def test_tools_page_saves_each_setting_kind(alice: User, alice_client: Client) -
         "enabled": "on",
         "setting_timeout_seconds": "5",
         "setting_max_kilobytes": "64",
+        "setting_max_characters": "8000",
         "setting_allowed_domains": "Docs.Python.org\n*.example.org, bücher.de",
     }
     assert alice_client.post(url, good).status_code == 302
@@ -709,6 +717,7 @@ def test_tools_page_saves_each_setting_kind(alice: User, alice_client: Client) -
     assert config.enabled and config.settings == {
         "timeout_seconds": 5,
         "max_kilobytes": 64,
+        "max_characters": 8000,
         "allowed_domains": ["docs.python.org", "example.org", "xn--bcher-kva.de"],
     }
     page = alice_client.get(url).content.decode()
