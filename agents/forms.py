@@ -93,9 +93,8 @@ class ScheduleForm(forms.Form):
         super().__init__(*args, **kwargs)
         self.timezone = timezone
         self.fields["agent"].queryset = Agent.objects.filter(enabled=True)  # type: ignore[attr-defined]
-        self.fields["channel"].queryset = Channel.objects.filter(  # type: ignore[attr-defined]
-            agents__enabled=True
-        ).distinct().select_related("server")
+        channels = Channel.objects.filter(agents__enabled=True).distinct()
+        self.fields["channel"].queryset = channels.select_related("server")  # type: ignore[attr-defined]
         self.fields["channel"].label_from_instance = (  # type: ignore[attr-defined]
             lambda c: f"{c.name} on {c.server.name}"
         )
@@ -128,7 +127,7 @@ class ScheduleForm(forms.Form):
         agent, channel = cleaned.get("agent"), cleaned.get("channel")
         if agent and channel and not agent.channels.filter(pk=channel.pk).exists():
             self.add_error("channel", f"{agent.name} is not in {channel.name}.")
-        if not cleaned.get("when") and not cleaned.get("repeat") and not self.has_error("when"):
-            if not self.has_error("repeat"):
-                self.add_error("when", "Say when (once), or how often below.")
+        unsaid = not cleaned.get("when") and not cleaned.get("repeat")
+        if unsaid and not self.has_error("when") and not self.has_error("repeat"):
+            self.add_error("when", "Say when (once), or how often below.")
         return cleaned

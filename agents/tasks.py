@@ -28,15 +28,20 @@ def scheduler_tick() -> int:
     if not is_public():
         raise RuntimeError("the scheduler's tick runs on the public schema, over every account")
     claimed = claim_due()
-    for entry in claimed:
-        try:
-            fire_schedule.apply_async(
-                args=[entry.schedule_id, entry.next_run_at.isoformat()],
-                headers={"_schema_name": entry.schema_name},
-            )
-        except Exception:
-            # The claim lapses (scheduling.services.CLAIM_SECONDS) and a later tick retries.
-            logger.exception("could not hand schedule %s out", entry.schedule_id)
+    if not claimed:
+        return 0
+    # One broker connection for the whole batch, not one taken from the pool per message.
+    with app.producer_or_acquire() as producer:
+        for entry in claimed:
+            try:
+                fire_schedule.apply_async(
+                    args=[entry.schedule_id, entry.next_run_at.isoformat()],
+                    headers={"_schema_name": entry.schema_name},
+                    producer=producer,
+                )
+            except Exception:
+                # The claim lapses (scheduling.services.CLAIM_SECONDS); a later tick retries.
+                logger.exception("could not hand schedule %s out", entry.schedule_id)
     return len(claimed)
 
 

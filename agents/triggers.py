@@ -105,9 +105,9 @@ def on_lines_stored(account_id: uuid.UUID, message_ids: list[int]) -> None:
     for agent_id, channel_id, server_id in through:
         watcher = watchers[agent_id]
         by_channel[channel_id].append(watcher)
-        if watcher.agent.presence == Agent.Presence.USER_CONNECTION:
-            if watcher not in by_query_server[server_id]:
-                by_query_server[server_id].append(watcher)
+        speaks_as_user = watcher.agent.presence == Agent.Presence.USER_CONNECTION
+        if speaks_as_user and watcher not in by_query_server[server_id]:
+            by_query_server[server_id].append(watcher)
     if not by_channel:
         return
 
@@ -132,9 +132,10 @@ def on_lines_stored(account_id: uuid.UUID, message_ids: list[int]) -> None:
         folded_text = casefold(text)
         for watcher in candidates:
             question = addressed_question(watcher.folded, text)
-            if question is None and not is_query and watcher.anywhere:
-                if watcher.anywhere.search(folded_text):
-                    question = text.strip()
+            # Named anywhere counts in channels only: a query line must address the agent.
+            pattern = None if is_query else watcher.anywhere
+            if question is None and pattern is not None and pattern.search(folded_text):
+                question = text.strip()
             if not question:
                 continue
             if _cooling_down(account_id=account_id, agent=watcher.agent, where=str(channel_id)):

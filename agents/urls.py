@@ -11,11 +11,7 @@ urlpatterns = [
     path("<int:pk>/delete/", views.agent_delete, name="agent_delete"),
     path("tasks/", views_tasks.task_list, name="task_list"),
     path("tasks/schedules/<int:pk>/pause/", views_tasks.schedule_pause, name="schedule_pause"),
-    path(
-        "tasks/schedules/<int:pk>/resume/", views_tasks.schedule_resume, name="schedule_resume"
-    ),
+    path("tasks/schedules/<int:pk>/resume/", views_tasks.schedule_resume, name="schedule_resume"),
     path("tasks/schedules/<int:pk>/run/", views_tasks.schedule_run, name="schedule_run"),
-    path(
-        "tasks/schedules/<int:pk>/cancel/", views_tasks.schedule_cancel, name="schedule_cancel"
-    ),
+    path("tasks/schedules/<int:pk>/cancel/", views_tasks.schedule_cancel, name="schedule_cancel"),
 ]

@@ -3,6 +3,7 @@ in step, the scheduler's tick (one claim over every account, never entering a sc
 the Tasks page, and a schedule firing at its time through a real Celery worker."""
 
 import base64
+import itertools
 import json
 import time
 from collections.abc import Iterator
@@ -141,10 +142,10 @@ def test_hourly_runs_do_not_repeat_or_go_back_when_the_clocks_fall_back() -> Non
     runs = [datetime(2026, 10, 24, 23, 0, tzinfo=UTC)]
     for _ in range(5):
         runs.append(next_run("0 * * * *", timezone="Europe/Paris", after=runs[-1]))
-    assert all(b > a for a, b in zip(runs, runs[1:], strict=False))
+    assert all(b > a for a, b in itertools.pairwise(runs))
 
 
-# --- the services and the index ---------------------------------------------------------------------
+# --- the services and the index ----------------------------------------------------------------
 
 
 @dataclass
@@ -313,9 +314,7 @@ def broker_messages(queue: str = "celery") -> list[dict[str, Any]]:
     return found
 
 
-def test_the_tick_claims_only_due_entries_across_accounts(
-    world: World, bob: User
-) -> None:
+def test_the_tick_claims_only_due_entries_across_accounts(world: World, bob: User) -> None:
     bobs = make_world(bob)
     carol = UserFactory(email="carol@example.org")
     carols = make_world(carol)
@@ -467,7 +466,7 @@ def test_another_accounts_page_shows_none_of_it(world: World, bob_client: Client
     assert "Summarise the night" not in html
 
 
-# --- end to end ------------------------------------------------------------------------------------
+# --- end to end ---------------------------------------------------------------------------------
 
 
 @pytest.fixture

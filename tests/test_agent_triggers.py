@@ -162,7 +162,9 @@ def test_no_loops(world: World, sender: str, tags: dict[str, str]) -> None:
 
 def test_a_line_from_long_ago_is_history(world: World) -> None:
     with switch(world.user):
-        old = say(world.channel, "bob", "helper: hi", server_time=timezone.now() - timedelta(hours=1))
+        old = say(
+            world.channel, "bob", "helper: hi", server_time=timezone.now() - timedelta(hours=1)
+        )
         on_lines_stored(world.user.account.pk, [old])
         assert tasks() == []
 

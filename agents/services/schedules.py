@@ -113,9 +113,7 @@ def parse_when(text: str, *, timezone: str, now: datetime | None = None) -> date
                 f"I cannot read “{text.strip()}” as a time. Try “2026-12-01 09:00”, "
                 "“in 10 minutes” or “tomorrow at 9:00”."
             ) from None
-        moment = (
-            _local_to_utc(parsed, zone) if parsed.tzinfo is None else parsed.astimezone(UTC)
-        )
+        moment = _local_to_utc(parsed, zone) if parsed.tzinfo is None else parsed.astimezone(UTC)
     if moment <= now:
         local = moment.astimezone(zone).strftime("%Y-%m-%d %H:%M")
         raise ValueError(f"{local} ({timezone}) has already passed; pick a time in the future.")
