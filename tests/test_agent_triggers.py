@@ -1,11 +1,14 @@
 """What calls an agent (agents.triggers): lines addressing it in its channels, private messages
 to it, /ask from the web chat; and what never does (its own lines, other agents', bots')."""
 
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 import pytest
+from celery.contrib.testing.worker import start_worker
 from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
@@ -16,7 +19,9 @@ from agents.tasks import query_received
 from agents.triggers import addressed_question, on_lines_stored
 from channels_app import hooks
 from channels_app.models import Channel, Message, Server
+from config.celery import app
 from tenancy import switch
+from tests.factories import UserFactory
 from tests.helpers import make_provider
 
 
@@ -247,8 +252,6 @@ def test_query_received_creates_a_query_task_with_a_cool_down(world: World) -> N
 
 
 def test_query_received_is_registered_under_its_name() -> None:
-    from config.celery import app
-
     assert app.tasks["agents.query_received"].name == query_received.name == "agents.query_received"
 
 
@@ -336,3 +339,36 @@ def test_ask_in_the_server_buffer_is_refused(world: World, alice_client: Client)
     response = send(alice_client, buffer, "/ask helper hi")
     assert response.status_code == 400
     assert "this is the server buffer" in response.content.decode()
+
+
+@pytest.fixture
+def worker(clean_schemas: None) -> Iterator[None]:
+    with start_worker(app, pool="solo", perform_ping_check=False, shutdown_timeout=10):
+        yield
+
+
+def test_stored_lines_reach_the_agent_through_the_hook_task(worker: None) -> None:
+    """The path the gateway takes: channels_app.message_stored, enqueued with the account's
+    schema, runs the listener agents registered at startup in the worker's process."""
+    user = UserFactory(email="alice@example.org")
+    provider = make_provider(user)
+    with switch(user):
+        server = Server.objects.create(name="Libera", host="irc.libera.chat", nick="alice")
+        channel = Channel.objects.create(server=server, name="#palaver")
+        agent = Agent.objects.create(
+            name="Helper", nick="helper", account_llm=provider, model="gpt-4o-mini"
+        )
+        agent.channels.add(channel)
+        ids = [say(channel, "bob", "chatter"), say(channel, "bob", "helper: what did alice say?")]
+    hooks.message_stored_on_commit(
+        account_id=user.account.pk, schema_name=user.account.schema_name, message_ids=ids
+    )
+    deadline = time.monotonic() + 20
+    made: list[Task] = []
+    while not made and time.monotonic() < deadline:
+        time.sleep(0.1)
+        with switch(user):
+            made = list(Task.objects.all())
+    assert [(t.trigger, t.input, t.source_message_id) for t in made] == [
+        ("mention", "what did alice say?", ids[1])
+    ]
