@@ -249,6 +249,30 @@ def test_run_now_leaves_the_times_alone(world: World) -> None:
             "manual", "Summarise the night", world.channel, s,
         )  # fmt: skip
         assert entries() == [(world.user.account.pk, s.pk, s.next_run_at)]
+        cancel_schedule(schedule=s)
+        with pytest.raises(ValueError, match="has ended"):
+            run_schedule_now(schedule=s)
+        assert Task.objects.count() == 1
+
+
+def test_the_server_buffer_is_no_place_for_a_schedule(world: World) -> None:
+    with switch(world.user):
+        buffer = Channel.objects.create(
+            server=world.server, name="Libera", kind=Channel.Kind.SERVER
+        )
+        with pytest.raises(ValueError, match="channel or a conversation"):
+            schedule(world, channel=buffer)
+
+
+def test_resuming_a_once_schedule_whose_time_passed_runs_it_next(world: World) -> None:
+    with switch(world.user):
+        s = schedule(world, when="in 10 minutes", repeat=None)
+        pause_schedule(schedule=s)
+        past = timezone.now() - timedelta(minutes=1)
+        Schedule.objects.filter(pk=s.pk).update(next_run_at=past)
+        s = resume_schedule(schedule=s)
+        assert s.next_run_at == past
+        assert entries() == [(world.user.account.pk, s.pk, past)]
 
 
 def _make_due(s: Schedule, when: datetime) -> None:

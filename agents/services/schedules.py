@@ -228,6 +228,8 @@ def create_schedule(
         raise ValueError(f"The prompt is longer than {MAX_PROMPT} characters.")
     if not agent.enabled:
         raise ValueError(f"{agent.name} is disabled; enable it first.")
+    if channel.kind not in ("channel", "query"):
+        raise ValueError("A scheduled task answers in a channel or a conversation.")
     _zone(timezone)
     when = (when or "").strip() or None
     repeat = (repeat or "").strip() or None
@@ -313,6 +315,8 @@ def run_schedule_now(*, schedule: Schedule, requested_by: str = "") -> Task:
     from agents.services.tasks import create_task
 
     schedule = Schedule.objects.select_related("agent", "channel").get(pk=schedule.pk)
+    if schedule.state in (Schedule.State.DONE, Schedule.State.CANCELLED):
+        raise ValueError("This schedule has ended; create a new one.")
     if not schedule.agent.enabled:
         raise ValueError(f"{schedule.agent.name} is disabled; enable it first.")
     return create_task(
