@@ -61,3 +61,73 @@ class AgentForm(forms.ModelForm):
         if nick and Agent.objects.filter(nick__iexact=nick).exclude(pk=self.instance.pk).exists():
             self.add_error("nick", "Another agent of yours already uses this nick.")
         return cleaned
+
+
+class ScheduleForm(forms.Form):
+    """A new scheduled task. The times are checked here, field by field, with the same parsers
+    agents.services.schedules.create_schedule uses, so each error shows under its field."""
+
+    agent = forms.ModelChoiceField(queryset=Agent.objects.none())
+    channel = forms.ModelChoiceField(
+        queryset=Channel.objects.none(), help_text="One of the agent's channels: it answers there."
+    )
+    prompt = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 3}),
+        max_length=2000,
+        help_text="What the agent should do each time, e.g. “Summarise yesterday's #ops”.",
+    )
+    when = forms.CharField(
+        label="Once at",
+        required=False,
+        max_length=100,
+        help_text="“2026-12-01 09:00”, “in 10 minutes” or “tomorrow at 9:00”.",
+    )
+    repeat = forms.CharField(
+        required=False,
+        max_length=100,
+        help_text="“every day at 09:00”, “every weekday at 08:30”, “every monday at 10:00”, "
+        "“every hour”, “every 15 minutes”, or cron (“0 9 * * 1-5”). Leave empty to run once.",
+    )
+
+    def __init__(self, *args: Any, timezone: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.timezone = timezone
+        self.fields["agent"].queryset = Agent.objects.filter(enabled=True)  # type: ignore[attr-defined]
+        channels = Channel.objects.filter(agents__enabled=True).distinct()
+        self.fields["channel"].queryset = channels.select_related("server")  # type: ignore[attr-defined]
+        self.fields["channel"].label_from_instance = (  # type: ignore[attr-defined]
+            lambda c: f"{c.name} on {c.server.name}"
+        )
+        self.fields["when"].help_text += f" Times are in {timezone}."
+
+    def clean_when(self) -> str:
+        from agents.services.schedules import parse_when
+
+        value = str(self.cleaned_data.get("when") or "").strip()
+        if value:
+            try:
+                parse_when(value, timezone=self.timezone)
+            except ValueError as exc:
+                raise forms.ValidationError(str(exc)) from None
+        return value
+
+    def clean_repeat(self) -> str:
+        from agents.services.schedules import parse_repeat
+
+        value = str(self.cleaned_data.get("repeat") or "").strip()
+        if value:
+            try:
+                parse_repeat(value)
+            except ValueError as exc:
+                raise forms.ValidationError(str(exc)) from None
+        return value
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean() or {}
+        agent, channel = cleaned.get("agent"), cleaned.get("channel")
+        if agent and channel and not agent.channels.filter(pk=channel.pk).exists():
+            self.add_error("channel", f"{agent.name} is not in {channel.name}.")
+        unsaid = not cleaned.get("when") and not cleaned.get("repeat")
+        if unsaid and not self.has_error("when") and not self.has_error("repeat"):
+            self.add_error("when", "Say when (once), or how often below.")
+        return cleaned

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from agents import views
+from agents import views, views_tasks
 
 app_name = "agents"
 urlpatterns = [
@@ -9,4 +9,9 @@ urlpatterns = [
     path("<int:pk>/", views.agent_detail, name="agent_detail"),
     path("<int:pk>/edit/", views.agent_edit, name="agent_edit"),
     path("<int:pk>/delete/", views.agent_delete, name="agent_delete"),
+    path("tasks/", views_tasks.task_list, name="task_list"),
+    path("tasks/schedules/<int:pk>/pause/", views_tasks.schedule_pause, name="schedule_pause"),
+    path("tasks/schedules/<int:pk>/resume/", views_tasks.schedule_resume, name="schedule_resume"),
+    path("tasks/schedules/<int:pk>/run/", views_tasks.schedule_run, name="schedule_run"),
+    path("tasks/schedules/<int:pk>/cancel/", views_tasks.schedule_cancel, name="schedule_cancel"),
 ]

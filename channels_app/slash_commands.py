@@ -11,7 +11,7 @@ one send per line.
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol
 
 from django.core.exceptions import ValidationError
 
@@ -41,6 +41,7 @@ USAGE = {
     "invite": "/invite nick [#channel]",
     "close": "/close",
     "quote": "/quote RAW IRC LINE",
+    "ask": "/ask agent question",
 }
 ALIASES = {"j": "join", "leave": "part", "raw": "quote", "q": "query", "m": "msg"}
 
@@ -54,6 +55,29 @@ class Plan:
     commands: Sequence[SendCommand | RawCommand] = field(default_factory=list)
     open_query: str = ""  # open (creating if needed) the conversation with this nick
     close_buffer: bool = False  # delete the current conversation
+    ask: str = ""  # "agent question": a run of one of the account's agents, answering here
+
+
+# --- /ask -----------------------------------------------------------------------------------------
+# The agents app answers /ask; channels_app does not import it. agents registers its handler
+# when Django starts (agents.apps): handler(channel=, text="agent question", requested_by=)
+# starts a run or raises CommandError.
+
+
+class AskHandler(Protocol):
+    def __call__(self, *, channel: Channel, text: str, requested_by: str) -> object: ...
+
+
+_ask_handler: AskHandler | None = None
+
+
+def set_ask_handler(handler: AskHandler) -> None:
+    global _ask_handler
+    _ask_handler = handler
+
+
+def ask_handler() -> AskHandler | None:
+    return _ask_handler
 
 
 # --- parsing -------------------------------------------------------------------------------------
@@ -265,6 +289,14 @@ def _close(ctx: _Context, args: str) -> Plan:
     raise CommandError("The server buffer stays while the server does: remove the server instead.")
 
 
+def _ask(ctx: _Context, args: str) -> Plan:
+    ctx.here("/ask")
+    agent, _, question = _require(args, "ask").partition(" ")
+    if not question.strip():
+        raise CommandError(f"Ask {agent.rstrip(':,')} something. Usage: {USAGE['ask']}")
+    return Plan(ask=args.strip())
+
+
 def _quote(ctx: _Context, args: str) -> Plan:
     return Plan(commands=[ctx.raw(_require(args, "quote"))])
 
@@ -286,6 +318,7 @@ COMMANDS: dict[str, Callable[[_Context, str], Plan]] = {
     "invite": _invite,
     "close": _close,
     "quote": _quote,
+    "ask": _ask,
 }
 
 

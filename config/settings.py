@@ -82,6 +82,13 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
     # Each account's history retention: enqueues one prune per account that set one.
     "prune-history": {"task": "channels_app.prune_all_accounts", "schedule": 60 * 60},
+    # Scheduled agent tasks: claims the due ones from the public index (scheduling), every 5 s.
+    "agents-scheduler-tick": {
+        "task": "agents.scheduler_tick",
+        "schedule": 5.0,
+        # A tick that waited longer than the next one is worthless: the next one does its work.
+        "options": {"expires": 5.0},
+    },
 }
 # Agent runs wait on LLM providers for seconds: they go to a queue of their own, served by a
 # worker whose pool keeps many runs in flight (scripts/run_all.py), not behind short jobs.

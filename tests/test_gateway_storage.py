@@ -195,6 +195,8 @@ def test_no_message_task_is_enqueued_while_nothing_listens(
 
     enqueued: list[object] = []
     monkeypatch.setattr(message_stored, "apply_async", lambda *a, **k: enqueued.append(k))
+    # The agents app listens from startup (agents.apps): this is a process where nothing does.
+    monkeypatch.setattr(hooks, "_listeners", [])
     alice, _bob, a_server, _ = accounts
     store = Store(publish=False)
     store.add_account(alice.account)

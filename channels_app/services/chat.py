@@ -87,6 +87,13 @@ def send_input(*, account_id: uuid.UUID | str, channel: Channel, text: str) -> O
     Not one transaction: /query's buffer is created (and committed) before its first line goes
     to the gateway, as the gateway stores the echo of that line in it."""
     plan = slash_commands.parse(text, channel=channel, account_id=str(account_id))
+    if plan.ask:
+        handler = slash_commands.ask_handler()
+        if handler is None:
+            raise CommandError("Agents are not available here.")
+        # The agent addresses its answer to the user's nick on that network.
+        handler(channel=channel, text=plan.ask, requested_by=channel.server.nick)
+        return Outcome()
     take_send_allowance(account_id=str(account_id), lines=len(plan.commands))
     opened: Channel | None = None
     if plan.open_query:
