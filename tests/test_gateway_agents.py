@@ -396,3 +396,31 @@ def test_a_query_to_the_agent_enqueues_a_run_but_not_from_a_bot_or_another_agent
     carol.wait_for(r":helper!\S+ NOTICE carol :\x01PING 12345\x01", since=mark)
     carol.assert_no(r"NOTICE carol :\x01TIME", within=1, since=mark)
     assert len(queued_queries()) == 1
+
+
+def test_another_agent_of_the_account_never_starts_a_run(
+    alice: User, inspircd: InspIRCd, irc_bot: Callable[..., IrcBot], run_gateway: Callable,
+    broker_queue: None,
+) -> None:  # fmt: skip
+    """On a server without a bot mode (no ISUPPORT BOT, so no bot tag on the agents' lines),
+    an agent's words to another agent of the account are still not a query."""
+    channel = unique_channel()
+    server_id = add_server(alice, inspircd, channel)
+    helper = add_agent(alice, "helper", channel)
+    other = add_agent(alice, "other", channel)
+    carol = irc_bot(inspircd, "carol")
+    carol.join(channel)
+    gateway = run_gateway()
+
+    def registered(agent_id: int) -> bool:
+        conn = agent_connection(gateway, alice, server_id, agent_id)
+        return conn is not None and conn.registered
+
+    wait_until(lambda: registered(helper) and registered(other), what="both agents")
+    assert "BOT" not in agent_connection(gateway, alice, server_id, helper).isupport
+    say(gateway, alice, server_id, other, target="helper", text="agent to agent")
+    say(gateway, alice, server_id, helper, target="other", text="and back")
+    carol.say("helper", "from a person")
+    wait_until(queued_queries, what="the person's query")
+    time.sleep(1.5)
+    assert [args for args, _ in queued_queries()] == [[helper, server_id, "carol", "from a person"]]
