@@ -39,6 +39,9 @@ RESYNC_SECONDS = 60.0
 # The Celery task a private message to an agent's own nick starts (by name: the agents app
 # defines it), and its arguments: agent id, server id, sender's nick, text.
 QUERY_TASK = "agents.query_received"
+# Agents' own connections held for one account at most (each is a connection to a network, and
+# networks limit connections per address): the agents after it, by id, stay out of IRC.
+MAX_AGENT_CONNECTIONS_PER_ACCOUNT = 50
 
 T = TypeVar("T")
 
@@ -110,6 +113,13 @@ def load_account_config(account: Account) -> AccountConfig:
                 if channel.server_id in by_server:  # autoconnect servers only
                     wanted.setdefault(channel.server_id, {})[channel.name] = channel.key
             for server_id, autojoin in wanted.items():
+                if len(config.agents) >= MAX_AGENT_CONNECTIONS_PER_ACCOUNT:
+                    logger.warning(
+                        "account %s: agent %s not connected to server %s (%d agent connections "
+                        "at most)", account.pk, agent.pk, server_id,
+                        MAX_AGENT_CONNECTIONS_PER_ACCOUNT,
+                    )  # fmt: skip
+                    continue
                 config.agents[(server_id, agent.pk)] = agent_server_config(
                     by_server[server_id], agent_name=agent.name, nick=agent.nick, channels=autojoin
                 )

@@ -424,3 +424,20 @@ def test_another_agent_of_the_account_never_starts_a_run(
     wait_until(queued_queries, what="the person's query")
     time.sleep(1.5)
     assert [args for args, _ in queued_queries()] == [[helper, server_id, "carol", "from a person"]]
+
+
+def test_agent_connections_per_account_are_capped(
+    alice: User, inspircd: InspIRCd, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gateway import manager
+
+    channel = unique_channel()
+    server_id = add_server(alice, inspircd, channel)
+    first = add_agent(alice, "first", channel)
+    second = add_agent(alice, "second", channel)
+    add_agent(alice, "through", channel, presence=Agent.Presence.USER_CONNECTION)
+    loaded = manager.load_account_config(alice.account)
+    assert set(loaded.agents) == {(server_id, first), (server_id, second)}
+    assert set(loaded.agent_nicks.values()) == {"first", "second", "through"}
+    monkeypatch.setattr(manager, "MAX_AGENT_CONNECTIONS_PER_ACCOUNT", 1)
+    assert set(manager.load_account_config(alice.account).agents) == {(server_id, first)}
