@@ -162,14 +162,18 @@ def test_an_enabled_agent_joins_its_channel_under_its_own_nick_as_a_bot(
 
     # Only its own channel, bot mode set on itself (ISUPPORT BOT=B), registered as an agent.
     conn = agent_connection(gateway, alice, server_id, helper)
-    assert set(conn.joined) == {channel.lower()}
-    mark = carol.mark()
-    carol.send_raw("WHOIS helper")
-    carol.wait_for(
-        lambda line: line.command == "335" and "helper" in line.params, since=mark
-    )  # a bot
-    whois = carol.wait_for(lambda line: line.command == "311", since=mark)
-    assert whois.params[-1] == "Palaver agent Helper"
+    wait_until(lambda: set(conn.joined) == {channel.lower()}, what="only its own channel")
+
+    def whois_as_bot() -> list[Any] | None:
+        mark = carol.mark()
+        carol.send_raw("WHOIS helper")
+        carol.wait_for(lambda line: line.command == "318", since=mark)
+        lines = carol.lines[mark:]
+        return lines if any(line.command == "335" for line in lines) else None  # 335: a bot
+
+    lines = wait_until(whois_as_bot, what="helper shown as a bot")
+    realname = next(line for line in lines if line.command == "311").params[-1]
+    assert realname == "Palaver agent Helper"
     # None of the user's credentials: they identify the user, not the agent.
     assert (conn.config.password, conn.config.sasl_username, conn.config.sasl_password) == (
         "", "", "",
