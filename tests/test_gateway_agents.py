@@ -271,6 +271,34 @@ def test_web_changes_to_an_agent_reach_irc_within_seconds(
         assert Channel.objects.get(name=channel).autojoin  # the agent's PART is not the user's
 
 
+def test_the_agent_reconnects_rejoins_and_follows_the_address_policy(
+    settings: Any, alice: User, ircd: InspIRCd, run_gateway: Callable
+) -> None:
+    settings.GATEWAY_RECONNECT_FIRST_SECONDS = 0.3
+    channel = unique_channel()
+    server_id = add_server(alice, ircd, channel)
+    helper = add_agent(alice, "helper", channel)
+    gateway = run_gateway()
+
+    def in_channel() -> bool:
+        conn = agent_connection(gateway, alice, server_id, helper)
+        return bool(conn.state == "connected" and channel.lower() in conn.joined)
+
+    wait_until(in_channel, 20, "the agent in its channel")
+    ircd.stop(graceful=False)
+    ircd.start()
+    wait_until(in_channel, 30, "the agent back in its channel")
+
+    # Every connect goes through the address policy: once loopback is refused, it stays out.
+    settings.OUTBOUND_ALLOWED_NETWORKS = []
+    ircd.stop(graceful=False)
+    ircd.start()
+    conn = agent_connection(gateway, alice, server_id, helper)
+    wait_until(lambda: "loopback" in conn.last_error, 20, "the refusal")
+    time.sleep(1.0)  # more attempts at this backoff: all refused
+    assert conn.state != "connected" and "loopback" in conn.last_error
+
+
 # --- speech ----------------------------------------------------------------------------------
 
 
