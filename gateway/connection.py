@@ -481,6 +481,10 @@ class IrcConnection:
         speaks, and is stored tagged AGENT_TAG."""
         self._require_registered()
         command = "NOTICE" if kind == "notice" else "PRIVMSG"
+        # Refused here, not when the pump sends it: what cannot be one line ends the pump.
+        if any(c in text for c in "\r\n\0"):
+            raise ValueError("a message must be one line")
+        protocol.format_line(command, target, "")  # the target must be one parameter
         prefix = f"[{agent}] " if agent else ""
         tags = {AGENT_TAG: agent} if agent else {}
         # Room for ":nick!user@host PRIVMSG target :" as the server relays it, and CTCP framing.
@@ -502,7 +506,10 @@ class IrcConnection:
     def _expect_agent_echo(self, target: str, text: str, agent: str) -> None:
         if self._agent_lines is None:
             self._agent_lines = collections.deque()
-        deadline = time.monotonic() + AGENT_ECHO_SECONDS
+        now = time.monotonic()
+        while self._agent_lines and self._agent_lines[0][0] < now:
+            self._agent_lines.popleft()  # its echo never came (the server refused the line)
+        deadline = now + AGENT_ECHO_SECONDS
         self._agent_lines.append((deadline, self._fold(target), text, agent))
 
     def _agent_echo(self, target: str, text: str) -> str:

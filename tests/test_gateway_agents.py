@@ -343,6 +343,17 @@ def test_agent_say_through_its_own_connection_and_through_the_users(
     mine = wait_until(lambda: messages(alice, text="my own words"))[0]
     assert AGENT_TAG not in mine.tags
 
+    # An agent's line is one line: nothing it says can carry a second command.
+    mark = carol.mark()
+    say(gateway, alice, server_id, helper, target=channel, text="two\r\nQUIT :smuggled")
+    say(gateway, alice, server_id, scribe, target=channel, text="three\nQUIT")
+    say(gateway, alice, server_id, helper, target=f"{channel} QUIT", text="four")
+    say(gateway, alice, server_id, helper, target=channel, text="still here")
+    carol.wait_for(rf":helper!\S+ PRIVMSG {channel} :still here", since=mark)
+    carol.assert_no(r"QUIT|:(two|three|four)", since=mark)
+    refused = {"channel__kind": Channel.Kind.SERVER, "text__startswith": "Not sent by agent"}
+    wait_until(lambda: len(messages(alice, **refused)) == 3, what="three refusals")
+
 
 def test_agent_say_without_its_connection_is_refused_in_the_server_buffer(
     alice: User, ircd: InspIRCd, run_gateway: Callable
