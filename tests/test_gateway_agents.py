@@ -18,7 +18,7 @@ from accounts.models import User
 from agents.forms import AgentForm
 from agents.models import Agent
 from agents.services import delete_agent, save_agent
-from channels_app.models import Channel, Message, Server
+from channels_app.models import Channel, ChannelUser, Message, Server
 from gateway.agents import AGENT_USERNAME, agent_server_config
 from gateway.connection import AGENT_TAG, ServerConfig
 from gateway.manager import QUERY_TASK
@@ -256,6 +256,16 @@ def test_web_changes_to_an_agent_reach_irc_within_seconds(
     }  # fmt: skip
     edit_agent(alice, helper, channels=[second])
     within(5, rf":helpbot!\S+ PART :?{channel}")
+
+    def members() -> set[str]:
+        with switch(alice):
+            return set(
+                ChannelUser.objects.filter(channel__name=channel).values_list("nick", flat=True)
+            )
+
+    # The member list is the user's connection's: the agent's leaving removes the agent, it
+    # does not clear the list as the user's own PART would.
+    wait_until(lambda: members() == {"alice_p", "carol"}, what="the members without helpbot")
     edit_agent(alice, helper, enabled=False)
     within(5, r":helpbot!\S+ QUIT")
     wait_until(lambda: agent_connection(gateway, alice, server_id, helper) is None)
@@ -297,6 +307,28 @@ def test_the_agent_reconnects_rejoins_and_follows_the_address_policy(
     wait_until(lambda: "loopback" in conn.last_error, 20, "the refusal")
     time.sleep(1.0)  # more attempts at this backoff: all refused
     assert conn.state != "connected" and "loopback" in conn.last_error
+
+
+def test_the_periodic_resync_covers_agents(
+    alice: User, ircd: InspIRCd, irc_bot: Callable[..., IrcBot], run_gateway: Callable
+) -> None:
+    """A change the gateway was not told of (a lost command) is picked up by the resync."""
+    channel = unique_channel()
+    server_id = add_server(alice, ircd, channel)
+    carol = irc_bot(ircd, "carol")
+    carol.join(channel)
+    gateway = run_gateway()
+    carol.wait_for(r":alice_p!\S+ JOIN", timeout=15)
+    helper = add_agent(alice, "helper", channel)  # no ServersChanged: the ORM directly
+    carol.assert_no(r":helper!\S+ JOIN", within=1)
+    assert gateway.gateway is not None
+    gateway.call(gateway.gateway.sync_all())
+    carol.wait_for(r":helper!\S+ JOIN", timeout=10)
+    with switch(alice):
+        Agent.objects.filter(pk=helper).update(enabled=False)
+    gateway.call(gateway.gateway.sync_all())
+    carol.wait_for(r":helper!\S+ QUIT", timeout=5)
+    assert agent_connection(gateway, alice, server_id, helper) is None
 
 
 # --- speech ----------------------------------------------------------------------------------
