@@ -505,3 +505,5 @@ class Gateway:
         except (ConnectionLost, ParseError, ValueError, KeyError) as exc:
             if user_conn is not None:
                 user_conn._server_line("system", f"Not sent by agent {nick}: {exc}")
+            else:  # no server buffer to say it in: the server is not connected
+                logger.info("agent %s on server %s: not sent: %s", agent_id, server_id, exc)
