@@ -60,7 +60,7 @@ def _agent_form(request: HttpRequest, agent: Agent, *, title: str, submit: str) 
     form = AgentForm(request.POST or None, instance=agent, account=user.account)
 
     def save() -> HttpResponse:
-        saved = services.save_agent(form=form)
+        saved = services.save_agent(account=user.account, form=form)
         return redirect("agents:agent_detail", pk=saved.pk)
 
     return form_page(
@@ -75,11 +75,13 @@ def _agent_form(request: HttpRequest, agent: Agent, *, title: str, submit: str) 
 
 @login_required
 def agent_delete(request: HttpRequest, pk: int) -> HttpResponse:
+    user = request.user
+    assert isinstance(user, User)
     agent = get_object_or_404(Agent, pk=pk)
     return confirm_delete(
         request,
         obj=agent,
-        delete=lambda: services.delete_agent(agent=agent),
+        delete=lambda: services.delete_agent(account=user.account, agent=agent),
         cancel_url=reverse("agents:agent_detail", args=[agent.pk]),
         success_url=reverse("agents:agent_list"),
         consequences=[f"{agent.tasks.count()} recorded tasks"],

@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from aiolimiter import AsyncLimiter
 from django.conf import settings
@@ -28,7 +28,7 @@ from core import net_policy
 from gateway import chathistory, protocol
 from gateway.protocol import IrcLine, ParseError
 from gateway.redaction import hide_secrets
-from gateway.storage import SERVER_BUFFER, Joined, Line, Members, Store, Topic, highlight_pattern
+from gateway.storage import SERVER_BUFFER, Joined, Line, Members, Record, Topic, highlight_pattern
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +61,22 @@ CTCP_REPLIES_PER_MINUTE = 6
 # Read-rate tokens taken at once (see _take_read_credit).
 READ_CHUNK = 20
 VERSION = "Palaver (hosted IRC client)"
+# Marks a stored line the user's connection sent for an agent (Agent.presence "user"), with the
+# agent's nick as its value: listeners (the agents) tell an agent's words from the user's.
+AGENT_TAG = "palaver/agent"
+# How long a line sent for an agent waits for its echo to be marked as the agent's.
+AGENT_ECHO_SECONDS = 60.0
+
+
+class RecordSink(Protocol):
+    """Where a connection's records go: the gateway's Store, or nothing (an agent's own
+    connection, whose channels the user's connection already stores)."""
+
+    def put(self, record: Record) -> None: ...
+
+    def run_sync(
+        self, fn: Any, *args: Any, account_id: uuid.UUID | None = None
+    ) -> "asyncio.Future[Any]": ...
 
 
 @dataclass
@@ -147,10 +163,13 @@ def token_bucket(burst: float, per_second: float) -> AsyncLimiter:
 
 
 class IrcConnection:
+    # The capabilities asked for (a subclass may want fewer).
+    wanted_caps: frozenset[str] = WANTED_CAPS
+
     def __init__(
         self,
         config: ServerConfig,
-        store: Store,
+        store: RecordSink,
         *,
         report_state: Callable[[ServerStateEvent], None],
         highlight_words: Callable[[], Sequence[str]],
@@ -198,6 +217,9 @@ class IrcConnection:
         self.last_error = ""
         self._me: tuple[str, str, str] = ("", "", "")  # nick, casemapping, folded nick
         self._highlight: tuple[Sequence[str] | None, str, re.Pattern[str] | None] = (None, "", None)
+        # Lines sent for agents whose echo is still to come: (deadline, folded target, text,
+        # agent nick). Made on the first such line.
+        self._agent_lines: collections.deque[tuple[float, str, str, str]] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -451,21 +473,59 @@ class IrcConnection:
         if not self.registered:
             raise ConnectionLost("not connected to the server yet (still registering)")
 
-    def say(self, target: str, text: str, kind: str = "message") -> None:
-        """Send a message, split to fit; stored now unless the server echoes it back."""
+    def say(self, target: str, text: str, kind: str = "message", *, agent: str = "") -> None:
+        """Send a message, split to fit; stored now unless the server echoes it back.
+
+        With `agent`, the words are that agent's, said through this connection (its presence
+        is the user's connection): every piece starts with "[agent] " so that readers see who
+        speaks, and is stored tagged AGENT_TAG."""
         self._require_registered()
         command = "NOTICE" if kind == "notice" else "PRIVMSG"
+        # Refused here, not when the pump sends it: what cannot be one line ends the pump.
+        if any(c in text for c in "\r\n\0"):
+            raise ValueError("a message must be one line")
+        protocol.format_line(command, target, "")  # the target must be one parameter
+        prefix = f"[{agent}] " if agent else ""
+        tags = {AGENT_TAG: agent} if agent else {}
         # Room for ":nick!user@host PRIVMSG target :" as the server relays it, and CTCP framing.
         overhead = len(f":{self.nick}!{'x' * 10}@{'x' * 63} {command} {target} :".encode()) + 10
-        for chunk in protocol.split_message(text, overhead):
+        for piece in protocol.split_message(text, overhead + len(prefix.encode())):
+            chunk = prefix + piece
             body = protocol.ctcp("ACTION", chunk) if kind == "action" else chunk
-            store = None
+            store: Callable[[], None] | None = None
             if "echo-message" not in self.caps:
                 store = functools.partial(
                     self._store_line,
-                    buffer=target, kind=kind, sender=self.nick, text=chunk, tags={}, own=True,
+                    buffer=target, kind=kind, sender=self.nick, text=chunk, tags=tags, own=True,
                 )  # fmt: skip
+            elif agent:
+                # The echo is what gets stored: it is marked when it comes back.
+                store = functools.partial(self._expect_agent_echo, target, chunk, agent)
             self._send_paced(command, target, body, after=store)
+
+    def _expect_agent_echo(self, target: str, text: str, agent: str) -> None:
+        if self._agent_lines is None:
+            self._agent_lines = collections.deque()
+        now = time.monotonic()
+        while self._agent_lines and self._agent_lines[0][0] < now:
+            self._agent_lines.popleft()  # its echo never came (the server refused the line)
+        deadline = now + AGENT_ECHO_SECONDS
+        self._agent_lines.append((deadline, self._fold(target), text, agent))
+
+    def _agent_echo(self, target: str, text: str) -> str:
+        """The agent whose line this echo is ("" when it is the user's own)."""
+        lines = self._agent_lines
+        if not lines:
+            return ""
+        now = time.monotonic()
+        while lines and lines[0][0] < now:
+            lines.popleft()  # its echo never came (the server refused the line)
+        folded = self._fold(target)
+        for entry in lines:
+            if entry[1] == folded and entry[2] == text:
+                lines.remove(entry)
+                return entry[3]
+        return ""
 
     def join(self, channel: str, key: str = "") -> None:
         if key:
@@ -567,7 +627,7 @@ class IrcConnection:
             if self._caps_seen > self.limits.caps:
                 return  # the rest of an endless list
             # Only what we could use is kept, and an endless CAP LS ends at the limit.
-            self._offered |= offered & (WANTED_CAPS | {"sasl"})
+            self._offered |= offered & (self.wanted_caps | {"sasl"})
             self._caps_seen += len(offered)
             if more and self._caps_seen > self.limits.caps:
                 self._refuse(
@@ -578,7 +638,7 @@ class IrcConnection:
                 more = False
             if more:
                 return
-            wanted: set[str] = set(WANTED_CAPS & self._offered)
+            wanted: set[str] = set(self.wanted_caps & self._offered)
             if self.config.sasl_username and self.config.sasl_password and "sasl" in self._offered:
                 wanted.add("sasl")
             if wanted:
@@ -590,7 +650,7 @@ class IrcConnection:
             for cap in acked:
                 if cap.startswith("-"):
                     self.caps.discard(cap[1:])
-                elif cap in WANTED_CAPS or cap == "sasl":  # never more than we asked for
+                elif cap in self.wanted_caps or cap == "sasl":  # never more than we asked for
                     self.caps.add(cap)
             if "sasl" in acked and not self.registered:
                 self._sasl_in_progress = True
@@ -602,7 +662,7 @@ class IrcConnection:
                 self._end_cap()
         elif sub == "NEW":
             new = {t.split("=", 1)[0] for t in (args[-1].split() if args else [])}
-            wanted = set(WANTED_CAPS & new) - self.caps
+            wanted = set(self.wanted_caps & new) - self.caps
             if wanted:
                 self._send("CAP", "REQ", " ".join(sorted(wanted)))
         elif sub == "DEL":
@@ -951,6 +1011,10 @@ class IrcConnection:
         if history:
             # Its batch reference meant something only on this connection.
             tags = {k: v for k, v in tags.items() if k != "batch"} | {chathistory.HISTORY_TAG: "1"}
+        elif own and self._agent_lines:
+            agent = self._agent_echo(buffer, text)
+            if agent:
+                tags = {**tags, AGENT_TAG: agent}
         self._store_line(
             buffer=buffer, kind=kind, sender=sender, text=text, tags=tags, own=own,
             private=not own and not self._is_channel(target) and not notice,

@@ -1,4 +1,6 @@
-"""The gateway process: every autoconnect server of the accounts in its shard, kept connected.
+"""The gateway process: every autoconnect server of the accounts in its shard, kept connected,
+and beside each, the own connections of the account's agents that sit in its channels
+(gateway/agents.py).
 
 It follows changes made in the web through Redis commands (channels_app.events), and re-reads
 everything every RESYNC_SECONDS in case a command was missed.
@@ -11,11 +13,20 @@ import ssl
 import uuid
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from django.db.models import Prefetch
+
 from accounts.models import Account
+from agents.models import Agent
 from channels_app import events
 from channels_app.models import Channel, Server
+from gateway.agents import (
+    AgentConnection,
+    agent_connection_key,
+    agent_server_config,
+)
 from gateway.connection import ConnectionLost, IrcConnection, ServerConfig
 from gateway.journal import open_journal, replay
 from gateway.protocol import ParseError
@@ -25,6 +36,12 @@ from tenancy import switch
 logger = logging.getLogger(__name__)
 
 RESYNC_SECONDS = 60.0
+# The Celery task a private message to an agent's own nick starts (by name: the agents app
+# defines it), and its arguments: agent id, server id, sender's nick, text.
+QUERY_TASK = "agents.query_received"
+# Agents' own connections held for one account at most (each is a connection to a network, and
+# networks limit connections per address): the agents after it, by id, stay out of IRC.
+MAX_AGENT_CONNECTIONS_PER_ACCOUNT = 50
 
 T = TypeVar("T")
 
@@ -55,6 +72,68 @@ def server_exists(account_id: uuid.UUID, server_id: int) -> bool:
         return False
     with switch(account):
         return Server.objects.filter(pk=server_id).exists()
+
+
+def load_speaker(account_id: uuid.UUID, server_id: int, agent_id: int) -> tuple[str, str] | None:
+    """(nick, presence) of an enabled agent of the account, when the server is the account's
+    too; None otherwise (another account's ids, or rows deleted since)."""
+    account = load_account(account_id)
+    if account is None:
+        return None
+    with switch(account):
+        if not Server.objects.filter(pk=server_id).exists():
+            return None
+        found = Agent.objects.filter(pk=agent_id, enabled=True).values_list("nick", "presence")
+        return next(iter(found), None)
+
+
+@dataclass
+class AccountConfig:
+    """What the gateway holds for one account, read in its schema."""
+
+    servers: list[ServerConfig]
+    # (server id, agent id) -> the agent's own connection to that server
+    agents: dict[tuple[int, int], ServerConfig] = field(default_factory=dict)
+    # agent id -> nick, for every agent of the account (enabled or not)
+    agent_nicks: dict[int, str] = field(default_factory=dict)
+
+
+def load_account_config(account: Account) -> AccountConfig:
+    with switch(account):
+        servers = load_server_configs(account)
+        config = AccountConfig(servers=servers)
+        by_server = {c.server_id: c for c in servers}
+        channels = Prefetch("channels", queryset=Channel.objects.filter(kind=Channel.Kind.CHANNEL))
+        for agent in Agent.objects.prefetch_related(channels).order_by("pk"):
+            config.agent_nicks[agent.pk] = agent.nick
+            if not agent.enabled or agent.presence != Agent.Presence.OWN_CONNECTION:
+                continue
+            wanted: dict[int, dict[str, str]] = {}
+            for channel in agent.channels.all():
+                if channel.server_id in by_server:  # autoconnect servers only
+                    wanted.setdefault(channel.server_id, {})[channel.name] = channel.key
+            for server_id, autojoin in wanted.items():
+                if len(config.agents) >= MAX_AGENT_CONNECTIONS_PER_ACCOUNT:
+                    logger.warning(
+                        "account %s: agent %s not connected to server %s (%d agent connections "
+                        "at most)", account.pk, agent.pk, server_id,
+                        MAX_AGENT_CONNECTIONS_PER_ACCOUNT,
+                    )  # fmt: skip
+                    continue
+                config.agents[(server_id, agent.pk)] = agent_server_config(
+                    by_server[server_id], agent_name=agent.name, nick=agent.nick, channels=autojoin
+                )
+        return config
+
+
+def enqueue_query(schema_name: str, args: list[Any]) -> None:
+    """Start the agent's run for a private message (on a thread: the broker may be slow)."""
+    from config.celery import app
+
+    try:
+        app.send_task(QUERY_TASK, args=args, headers={"_schema_name": schema_name})
+    except Exception:
+        logger.exception("could not enqueue %s", QUERY_TASK)
 
 
 def load_server_configs(account: Account) -> list[ServerConfig]:
@@ -106,6 +185,11 @@ class Gateway:
         # store's writer thread every read waited behind a batch, and held the next one up.
         self._config_db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gateway-config")
         self.connections: dict[tuple[uuid.UUID, int], IrcConnection] = {}
+        # (account, server, agent) -> the agent's own connection to that server
+        self.agent_connections: dict[tuple[uuid.UUID, int, int], AgentConnection] = {}
+        self._agent_nicks: dict[uuid.UUID, dict[int, str]] = {}
+        # Celery tasks are sent from here, never from the event loop (a slow broker blocks).
+        self._task_sender = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gateway-tasks")
         self._redis: Any = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._account_locks: dict[uuid.UUID, asyncio.Lock] = {}
@@ -148,9 +232,11 @@ class Gateway:
         # show our quit message.
         await asyncio.gather(
             *(c.stop("Palaver gateway restarting") for c in self.connections.values()),
+            *(c.stop("Palaver gateway restarting") for c in self.agent_connections.values()),
             return_exceptions=True,
         )
         self.connections.clear()
+        self.agent_connections.clear()
         await self.store.drain()
         # The final "disconnected" states reach Redis before its client closes.
         with contextlib.suppress(TimeoutError):
@@ -164,6 +250,7 @@ class Gateway:
             await self._redis.aclose()
         await self._read_config(close_connection)
         self._config_db.shutdown(wait=True)
+        self._task_sender.shutdown(wait=True)
 
     async def _read_config(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._config_db, fn, *args)
@@ -181,7 +268,8 @@ class Gateway:
     async def sync_all(self) -> None:
         accounts = await self._read_config(load_accounts, self.shard, self.shards)
         current = {a.pk for a in accounts}
-        for account_id in {key[0] for key in self.connections} - current:
+        held = {key[0] for key in self.connections} | {key[0] for key in self.agent_connections}
+        for account_id in held - current:
             await self._sync_account(account_id, None)
         for account in accounts:
             await self._sync_account(account.pk, account)
@@ -198,14 +286,14 @@ class Gateway:
     async def _sync_account(self, account_id: uuid.UUID, account: Account | None) -> None:
         lock = self._account_locks.setdefault(account_id, asyncio.Lock())
         async with lock:
-            configs: list[ServerConfig] = []
+            loaded = AccountConfig(servers=[])
             # Channels may have been deleted in the web: read their ids afresh.
             await self.store.run_sync(self.store.forget_channels, account_id, account_id=account_id)
             if account is not None:
                 self._set_account(account)
                 self.store.add_account(account)
-                configs = await self._read_config(load_server_configs, account)
-            wanted = {c.server_id: c for c in configs}
+                loaded = await self._read_config(load_account_config, account)
+            wanted = {c.server_id: c for c in loaded.servers}
             for (acc, server_id), conn in list(self.connections.items()):
                 if acc != account_id:
                     continue
@@ -219,10 +307,66 @@ class Gateway:
             for server_id, config in wanted.items():
                 if (account_id, server_id) not in self.connections:
                     self._connect(account_id, config)
+            await self._sync_agents(account_id, loaded)
             if account is None:
+                self._agent_nicks.pop(account_id, None)
                 self.accounts.pop(account_id, None)
                 self._highlight_words.pop(account_id, None)
                 self.store.forget_channels(account_id)
+
+    async def _sync_agents(self, account_id: uuid.UUID, loaded: AccountConfig) -> None:
+        """Agents' own connections: a disabled or deleted agent (or one no longer in a channel
+        of that server) QUITs, a renamed one changes its NICK, changed channels are joined or
+        parted, a new one connects."""
+        if loaded.agent_nicks:
+            self._agent_nicks[account_id] = loaded.agent_nicks
+        else:
+            self._agent_nicks.pop(account_id, None)
+        for key, conn in list(self.agent_connections.items()):
+            if key[0] != account_id:
+                continue
+            config = loaded.agents.get((key[1], key[2]))
+            if config is None or agent_connection_key(config) != agent_connection_key(conn.config):
+                await conn.stop("Palaver agent leaving")
+                del self.agent_connections[key]
+                continue
+            if config.nick != conn.config.nick:
+                conn.rename(config.nick)
+            await conn.apply_channels(config.autojoin)
+            conn.config.name, conn.config.realname = config.name, config.realname
+        for (server_id, agent_id), config in loaded.agents.items():
+            if (account_id, server_id, agent_id) not in self.agent_connections:
+                self._connect_agent(account_id, agent_id, config)
+
+    def _connect_agent(self, account_id: uuid.UUID, agent_id: int, config: ServerConfig) -> None:
+        key = (account_id, config.server_id, agent_id)
+
+        def siblings() -> list[str]:
+            # The account's other agents, by their configured nicks and by the ones they have
+            # now (a collision may have given them an alternative).
+            nicks = [n for a, n in self._agent_nicks.get(account_id, {}).items() if a != agent_id]
+            nicks += [c.nick for k, c in self.agent_connections.items()
+                      if k[0] == account_id and k[2] != agent_id]  # fmt: skip
+            return nicks
+
+        conn = AgentConnection(
+            config,
+            agent_id=agent_id,
+            on_query=self._agent_query,
+            sibling_nicks=siblings,
+            tls_context=self.tls_context,
+        )
+        self.agent_connections[key] = conn
+        conn.start()
+
+    def _agent_query(self, conn: AgentConnection, sender: str, text: str) -> None:
+        account = self.accounts.get(conn.config.account_id)
+        if account is None:
+            return
+        args = [conn.agent_id, conn.config.server_id, sender, text]
+        asyncio.get_running_loop().run_in_executor(
+            self._task_sender, enqueue_query, account.schema_name, args
+        )
 
     def _set_account(self, account: Account) -> None:
         self.accounts[account.pk] = account
@@ -314,6 +458,8 @@ class Gateway:
             account = await self._read_config(load_account, account_id)
             if account is not None:
                 self._set_account(account)
+        elif isinstance(command, events.AgentSay):
+            await self._agent_say(account_id, command)
         else:
             server_id = command.server_id
             conn = self.connections.get((account_id, server_id))
@@ -332,3 +478,32 @@ class Gateway:
                     conn.send_raw(command.line)
             except (ConnectionLost, ParseError, ValueError, KeyError) as exc:
                 conn._server_line("system", f"Not sent: {exc}")
+
+    async def _agent_say(self, account_id: uuid.UUID, command: events.AgentSay) -> None:
+        """An agent's line: through its own connection, or through the user's (marked as the
+        agent's) when that is its presence. A refusal is said in the server buffer."""
+        server_id, agent_id = command.server_id, command.agent_id
+        # Ids from the command are checked in the account's schema now: the server and the
+        # agent must both be this account's (and the agent still enabled).
+        speaker = await self._read_config(load_speaker, account_id, server_id, agent_id)
+        if speaker is None:
+            logger.warning("ignored agent_say of agent %s on server %s: not in account %s",
+                           agent_id, server_id, account_id)  # fmt: skip
+            return
+        nick, presence = speaker
+        user_conn = self.connections.get((account_id, server_id))
+        try:
+            if presence == Agent.Presence.USER_CONNECTION:
+                if user_conn is None:
+                    raise ConnectionLost("the server is not connected")
+                user_conn.say(command.target, command.text, kind=command.kind, agent=nick)
+                return
+            conn = self.agent_connections.get((account_id, server_id, agent_id))
+            if conn is None or not conn.registered:
+                raise ConnectionLost("its connection to this server is not up yet")
+            conn.say(command.target, command.text, kind=command.kind)
+        except (ConnectionLost, ParseError, ValueError, KeyError) as exc:
+            if user_conn is not None:
+                user_conn._server_line("system", f"Not sent by agent {nick}: {exc}")
+            else:  # no server buffer to say it in: the server is not connected
+                logger.info("agent %s on server %s: not sent: %s", agent_id, server_id, exc)
