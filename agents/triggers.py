@@ -28,15 +28,17 @@ from agents.models import Agent, Task
 from agents.services.tasks import create_task
 from channels_app.models import Channel, Message, Server
 from channels_app.slash_commands import CommandError
+from gateway.agents import BOT_TAGS
 from gateway.chathistory import HISTORY_TAG
+from gateway.connection import AGENT_TAG
 from gateway.protocol import casefold
 from tenancy import current_account
 
 logger = logging.getLogger(__name__)
 
-# Lines carrying any of these tags never call an agent.
-AGENT_TAG = "palaver/agent"
-NO_TRIGGER_TAGS = frozenset({"bot", "draft/bot", AGENT_TAG, HISTORY_TAG})
+# Lines carrying any of these tags never call an agent: a bot's (IRCv3 bot mode, as the gateway
+# recognises it), an agent's said through the user's connection, history replayed.
+NO_TRIGGER_TAGS = frozenset({*BOT_TAGS, AGENT_TAG, HISTORY_TAG})
 # A line this old when its batch is handled is history the server or a bouncer replayed (or a
 # queue long backed up): answering it now would answer a conversation that has moved on.
 STALE_AFTER = timedelta(minutes=10)
