@@ -1,7 +1,6 @@
 from typing import Any
 
 from django import forms
-from django.core.exceptions import NON_FIELD_ERRORS
 from django.db import IntegrityError
 
 from accounts.models import Account
@@ -9,7 +8,6 @@ from agents.models import Agent
 from channels_app.models import Channel
 from knowledge.models import KnowledgeBase
 from llms.selectors import account_llms, enabled_tools
-
 
 # The form's fields in the groups the page shows them in (a fieldset each, with its legend).
 FIELDSETS: list[tuple[str, list[str]]] = [
@@ -25,7 +23,13 @@ FIELDSETS: list[tuple[str, list[str]]] = [
 ]
 # Fields with a model default that a post may leave out (a client written before they existed):
 # left out, they keep the agent's value. Sent empty, they are an error like any other.
-KEEP_WHEN_OMITTED = ["presence", "reply_max_lines", "cooldown_seconds", "max_steps", "context_tokens"]
+KEEP_WHEN_OMITTED = [
+    "presence",
+    "reply_max_lines",
+    "cooldown_seconds",
+    "max_steps",
+    "context_tokens",
+]
 # The database's case-insensitive unique constraints, and the field each one is about.
 UNIQUE_CONSTRAINTS = {"agent_name_unique_ci": "name", "agent_nick_unique_ci": "nick"}
 
@@ -88,28 +92,14 @@ class AgentForm(forms.ModelForm):
                 "model",
                 f"{config.llm} has these models enabled: {', '.join(config.enabled_models)}.",
             )
+        # Said here, on the field; the model's own constraint check then skips the field (it
+        # has an error) rather than adding a generic message above the form.
         others = Agent.objects.exclude(pk=self.instance.pk)
         for field in ("name", "nick"):
             value = cleaned.get(field)
             if value and others.filter(**{f"{field}__iexact": value}).exists():
                 self.add_error(field, self.taken_message(field))
         return cleaned
-
-    def _post_clean(self) -> None:
-        super()._post_clean()
-        # clean() says a taken name or nick on its field; the model's constraint check adds a
-        # generic "Constraint … is violated" above the form as well: that one goes.
-        general = self._errors.get(NON_FIELD_ERRORS) if self._errors else None
-        if general:
-            kept = [
-                e
-                for e in general.as_data()
-                if not any(c in " ".join(e.messages) for c in UNIQUE_CONSTRAINTS)
-            ]
-            if kept:
-                self._errors[NON_FIELD_ERRORS] = self.error_class(kept, error_class="nonfield")
-            else:
-                del self._errors[NON_FIELD_ERRORS]
 
     @property
     def fieldsets(self) -> list[tuple[str, list[forms.BoundField]]]:

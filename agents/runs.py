@@ -115,9 +115,7 @@ def task_run(task: Task) -> TaskRun:
     ordered.sort(key=lambda pair: pair[0])
     source = None
     if task.source_message_id:
-        source = (
-            Message.objects.filter(pk=task.source_message_id).select_related("channel").first()
-        )
+        source = Message.objects.filter(pk=task.source_message_id).select_related("channel").first()
     queued = task.created_at
     timings = [
         Timing("Queued", queued, 0),

@@ -164,7 +164,9 @@ def outcome_counts(*, now: datetime | None = None) -> list[OutcomeCount]:
         .order_by()
     )
     counts = [
-        OutcomeCount(outcome=r["outcome"], label=labels.get(r["outcome"], r["outcome"]), calls=r["calls"])
+        OutcomeCount(
+            outcome=r["outcome"], label=labels.get(r["outcome"], r["outcome"]), calls=r["calls"]
+        )
         for r in rows
     ]
     return sorted(counts, key=lambda c: (c.is_error, -c.calls, c.outcome))
@@ -245,7 +247,7 @@ class UsageChart:
 
 
 def _nice_ceiling(value: int) -> int:
-    """The smallest 1, 2 or 5 × 10^n at or above `value`: a y-axis top people can read."""
+    """The smallest 1, 2 or 5 times 10^n at or above `value`: a y-axis top people can read."""
     if value <= 0:
         return 1
     magnitude = 1
@@ -290,7 +292,7 @@ def usage_chart(
     label_every = max(1, days // 6)
     for i, column in enumerate(columns):
         x = round(CHART_LEFT + i * slot + (slot - bar_width) / 2, 2)
-        y = plot_bottom
+        y = float(plot_bottom)
         for s in ordered:
             tokens = column.by_series.get(s.key, 0)
             if not tokens:

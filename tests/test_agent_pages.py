@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from django import forms
 from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
@@ -126,7 +127,10 @@ def test_run_page_shows_every_part_of_the_run(alice: User, alice_client: Client)
     assert "1,000 in · 20 out" in page
     assert "234 in · 36 out" in page
     # Arguments as pretty JSON, the result, ok and duration.
-    assert '&quot;channel&quot;: &quot;#palaver&quot;,\n  &quot;query&quot;: &quot;deploy&quot;' in page
+    assert (
+        "&quot;channel&quot;: &quot;#palaver&quot;,\n  &quot;query&quot;: &quot;deploy&quot;"
+        in page
+    )
     assert "[alice] deploy is on Friday" in page
     assert "12 ms" in page
     # The answer, tokens and timings.
@@ -180,9 +184,7 @@ def test_agent_page_links_its_recent_tasks_to_their_run_pages(
     alice: User, alice_client: Client
 ) -> None:
     run = make_run(alice)
-    page = alice_client.get(
-        reverse("agents:agent_detail", args=[run["agent"].pk])
-    ).content.decode()
+    page = alice_client.get(reverse("agents:agent_detail", args=[run["agent"].pk])).content.decode()
     assert reverse("agents:task_detail", args=[run["task"].pk]) in page
     assert "Its own connection" in page
     assert "At most 4 lines" in page
@@ -191,7 +193,9 @@ def test_agent_page_links_its_recent_tasks_to_their_run_pages(
 # --- the usage page ------------------------------------------------------------------------------
 
 
-def _call(agent: Agent | None, name: str, at: datetime, tokens_in: int, tokens_out: int, **kw: Any) -> None:
+def _call(
+    agent: Agent | None, name: str, at: datetime, tokens_in: int, tokens_out: int, **kw: Any
+) -> None:
     call = ModelCall.objects.create(
         agent=agent,
         agent_name=name,
@@ -256,9 +260,7 @@ def test_usage_sums_tokens_per_day_per_agent(alice: User, alice_client: Client) 
     assert "999,999" not in page
 
 
-def test_usage_page_shows_the_month_against_the_budgets(
-    alice: User, alice_client: Client
-) -> None:
+def test_usage_page_shows_the_month_against_the_budgets(alice: User, alice_client: Client) -> None:
     objs = populate(alice)
     account = alice.account
     account.monthly_token_budget = 10_000
@@ -269,10 +271,24 @@ def test_usage_page_shows_the_month_against_the_budgets(
         helper.monthly_token_budget = 1_000
         helper.save(update_fields=["monthly_token_budget"])
         _call(helper, "Helper", start + timedelta(minutes=5), 900, 300)  # over its 1,000
-        _call(helper, "Helper", start + timedelta(minutes=6), 0, 0, outcome="rate_limited",
-              error="429 Too Many Requests")
-        _call(helper, "Helper", start + timedelta(minutes=7), 0, 0, outcome="auth",
-              error="401 invalid key")
+        _call(
+            helper,
+            "Helper",
+            start + timedelta(minutes=6),
+            0,
+            0,
+            outcome="rate_limited",
+            error="429 Too Many Requests",
+        )
+        _call(
+            helper,
+            "Helper",
+            start + timedelta(minutes=7),
+            0,
+            0,
+            outcome="auth",
+            error="401 invalid key",
+        )
         _call(None, "Old bot", start + timedelta(minutes=8), 500, 0)
         # Last month: not counted.
         _call(helper, "Helper", start - timedelta(minutes=1), 50_000, 0)
@@ -292,7 +308,9 @@ def test_usage_page_shows_the_month_against_the_budgets(
     assert "429 Too Many Requests" in page
 
 
-def test_usage_page_without_budget_or_calls(alice: User, alice_client: Client, settings: Any) -> None:
+def test_usage_page_without_budget_or_calls(
+    alice: User, alice_client: Client, settings: Any
+) -> None:
     settings.AGENT_MONTHLY_TOKEN_BUDGET = 0
     response = alice_client.get(reverse("agents:usage"))
     assert response.status_code == 200
@@ -429,6 +447,24 @@ def test_a_race_on_the_nick_is_a_field_error_not_a_500(alice: User) -> None:
         with pytest.raises(IntegrityError) as caught, transaction.atomic():
             form.save()
     assert AgentForm.field_for_violation(caught.value) == "nick"
+
+
+def test_the_agent_page_answers_a_lost_race_with_the_field_error(
+    alice: User, alice_client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The checks in Python pass (the other row is not committed yet, as in a concurrent
+    save), the database refuses: the page says so on the nick field, with a 400."""
+    objs = populate(alice)
+    monkeypatch.setattr(AgentForm, "clean", forms.ModelForm.clean)
+    monkeypatch.setattr(Agent, "validate_constraints", lambda self, exclude=None: None)
+    response = alice_client.post(
+        reverse("agents:agent_create"),
+        agent_data(objs["provider"], name="Other", nick="HELPERBOT"),
+    )
+    assert response.status_code == 400
+    assert "already uses this nick" in response.context["form"].errors["nick"][0]
+    with switch(alice):
+        assert Agent.objects.count() == 1
 
 
 def test_only_account_admins_change_an_agent_budget(alice: User) -> None:
