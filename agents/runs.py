@@ -35,6 +35,21 @@ class Timing:
     at: datetime | None
     after_ms: int | None  # since the task was queued
 
+    @property
+    def after(self) -> str:
+        """The time since queuing as people read it: 40 ms, 1.54 s, 3 min 5 s, 2 h 10 min."""
+        ms = self.after_ms
+        if ms is None:
+            return ""
+        if ms < 1000:
+            return f"{ms} ms"
+        if ms < 60_000:
+            return f"{ms / 1000:.2f} s"
+        seconds = ms // 1000
+        if seconds < 3600:
+            return f"{seconds // 60} min {seconds % 60} s"
+        return f"{seconds // 3600} h {seconds % 3600 // 60} min"
+
 
 @dataclass(frozen=True)
 class TaskRun:

@@ -23,6 +23,7 @@ SERIES_COLOURS = 8
 CHART_WIDTH = 720
 CHART_HEIGHT = 220
 CHART_LEFT = 56  # room for the y-axis labels
+CHART_RIGHT = 24  # room for the last day's label, centred under its column
 CHART_BOTTOM = 24  # room for the day labels
 CHART_TOP = 8
 
@@ -221,6 +222,7 @@ class UsageChart:
     width: int
     height: int
     left: int
+    plot_right: int
     plot_bottom: float
     series: list[Series]
     columns: list[DayColumn]
@@ -287,7 +289,7 @@ def usage_chart(
     top = _nice_ceiling(max((c.total for c in columns), default=0))
     plot_bottom = CHART_HEIGHT - CHART_BOTTOM
     plot_height = plot_bottom - CHART_TOP
-    slot = (CHART_WIDTH - CHART_LEFT) / days
+    slot = (CHART_WIDTH - CHART_LEFT - CHART_RIGHT) / days
     bar_width = round(slot * 0.7, 2)
     label_every = max(1, days // 6)
     for i, column in enumerate(columns):
@@ -312,13 +314,17 @@ def usage_chart(
         column.label_x = round(x + bar_width / 2, 2)
         if (days - 1 - i) % label_every == 0:
             column.label = f"{column.day:%-d %b}"
+    # Gridlines at round numbers: 1000 in fifths, 2000 in quarters, 5000 in fifths.
+    parts = 4 if str(top)[0] == "2" else 5
     ticks = [
-        Tick(value=top * k // 4, y=round(plot_bottom - plot_height * k / 4, 2)) for k in range(5)
+        Tick(value=top * k // parts, y=round(plot_bottom - plot_height * k / parts, 2))
+        for k in range(parts + 1)
     ]
     return UsageChart(
         width=CHART_WIDTH,
         height=CHART_HEIGHT,
         left=CHART_LEFT,
+        plot_right=CHART_WIDTH - CHART_RIGHT,
         plot_bottom=plot_bottom,
         series=ordered,
         columns=columns,
