@@ -13,6 +13,7 @@ from playwright.sync_api import Browser, ConsoleMessage, Page, expect
 
 from accounts.models import User
 from agents.models import Agent, ModelCall, Task
+from channels_app.models import ChannelUser, Message
 from tenancy import switch
 from tests.factories import PASSWORD, UserFactory
 from tests.test_agent_pages import make_run
@@ -156,3 +157,50 @@ def test_usage_chart_in_light_and_dark_and_on_a_phone(
         context.close()
     # The dark theme has colours of its own (lighter, readable on a dark background).
     assert fills["light"] != fills["dark"]
+
+
+@pytest.mark.browser
+def test_chat_marks_agents_in_the_nick_list_and_the_lines(
+    live_server: Any,
+    clean_schemas: None,
+    browser: Browser,  # noqa: F811 (the fixture)
+) -> None:
+    alice = UserFactory(email="alice@example.org", account_name="Alice's place")
+    run = make_run(alice)
+    with switch(alice):
+        channel = run["channel"]
+        for nick, prefixes in (("alice", "@"), ("helperbot", "+"), ("carol", "")):
+            ChannelUser.objects.create(channel=channel, nick=nick, prefixes=prefixes)
+        now = timezone.now()
+        Message.objects.create(
+            channel=channel, sender="helperbot", text="Deploy is on Friday.", server_time=now
+        )
+        Message.objects.create(
+            channel=channel,
+            sender="alice",
+            text="Reminder set.",
+            server_time=now + timedelta(seconds=1),
+            tags={"palaver/agent": "helperbot"},
+        )
+    context = browser.new_context(viewport=DESKTOP)
+    context.set_default_timeout(10_000)
+    page = context.new_page()
+    violations = csp_watch(page)
+    sign_in(page, live_server.url, alice)
+    # The live stream is tests/test_sse*.py's business; held open, it would keep the test
+    # server's thread busy after the test.
+    page.route(re.compile(re.escape(reverse("chat:events"))), lambda route: route.abort())
+    page.goto(live_server.url + reverse("chat:channel", args=[channel.pk]))
+    members = page.locator("#chat-member-list")
+    expect(members.locator("li[data-nick='helperbot'] .agent-badge")).to_be_visible()
+    expect(members.locator(".agent-badge")).to_have_count(1)
+    # What a screen reader reads for the member: the nick, then that it is an agent.
+    expect(members.locator("li[data-nick='helperbot']")).to_have_text(
+        re.compile(r"\+helperbot, an agent")
+    )
+    lines = page.locator("#chat-lines .line-agent")
+    expect(lines).to_have_count(2)
+    expect(lines.nth(1)).to_contain_text("agent helperbot")
+    screenshot(page, "chat-agents.png")
+    assert violations == []
+    context.close()
