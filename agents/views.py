@@ -46,13 +46,7 @@ def agent_detail(request: HttpRequest, pk: int) -> HttpResponse:
             "knowledge_bases": agent.knowledge_bases.all(),
             "tools": agent.tools.all(),
             "tasks": agent.tasks.all()[:20],
-            "month": usage.AgentMonth(
-                agent_id=agent.pk,
-                name=agent.name,
-                tokens=used,
-                calls=0,
-                budget=agent.monthly_token_budget,
-            ),
+            "month_bar": usage.BudgetBar(used=used, budget=agent.monthly_token_budget),
         },
     )
 

@@ -185,10 +185,15 @@ def test_agent_page_links_its_recent_tasks_to_their_run_pages(
     alice: User, alice_client: Client
 ) -> None:
     run = make_run(alice)
+    with switch(alice):
+        Agent.objects.filter(pk=run["agent"].pk).update(monthly_token_budget=10_000)
     page = alice_client.get(reverse("agents:agent_detail", args=[run["agent"].pk])).content.decode()
     assert reverse("agents:task_detail", args=[run["task"].pk]) in page
     assert "Its own connection" in page
     assert "At most 4 lines" in page
+    assert "10 seconds per channel" in page
+    # This month's tokens (the run's two model calls) against the agent's budget.
+    assert "1,290 of 10,000 tokens (13%)" in page
 
 
 # --- the usage page ------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from agents.models import Agent, ModelCall, Task
 from channels_app.models import ChannelUser, Message
 from tenancy import switch
 from tests.factories import PASSWORD, UserFactory
+from tests.helpers import populate
 from tests.test_agent_pages import make_run
 from tests.test_browser import DESKTOP, PHONE, browser, screenshot  # noqa: F401 (a fixture)
 
@@ -202,5 +203,47 @@ def test_chat_marks_agents_in_the_nick_list_and_the_lines(
     expect(lines).to_have_count(2)
     expect(lines.nth(1)).to_contain_text("agent helperbot")
     screenshot(page, "chat-agents.png")
+    assert violations == []
+    context.close()
+
+
+@pytest.mark.browser
+def test_agent_form_groups_its_fields_and_says_a_taken_nick(
+    live_server: Any,
+    clean_schemas: None,
+    browser: Browser,  # noqa: F811 (the fixture)
+) -> None:
+    alice = UserFactory(email="alice@example.org", account_name="Alice's place")
+    populate(alice)  # an agent Helper, nick helperbot
+    context = browser.new_context(viewport=DESKTOP)
+    context.set_default_timeout(10_000)
+    page = context.new_page()
+    violations = csp_watch(page)
+    sign_in(page, live_server.url, alice)
+    page.goto(live_server.url + reverse("agents:agent_create"))
+    limits = page.get_by_role("group", name="Limits")
+    expect(limits.get_by_label("Most lines per reply")).to_have_value("4")
+    page.get_by_label("Name", exact=True).fill("Scribe")
+    page.get_by_label("IRC nick").fill("HELPERBOT")
+    page.get_by_label("LLM provider").select_option(index=1)
+    page.get_by_label("Model", exact=True).fill("gpt-4o-mini")
+    page.get_by_role("group", name="Where it sits").get_by_label(
+        "Through your connection", exact=False
+    ).check()
+    limits.get_by_label("Most lines per reply").fill("2")
+    page.get_by_role("group", name="Budget").get_by_label("Monthly token budget").fill("5000")
+    page.get_by_role("button", name="Create agent").click()
+    nick_field = page.locator(".field.has-error", has=page.get_by_label("IRC nick"))
+    expect(nick_field.get_by_role("alert")).to_have_text(
+        "Another agent of yours already uses this nick (in any case)."
+    )
+    expect(page.locator(".field.has-error")).to_have_count(1)
+    screenshot(page, "agent-form.png")
+    page.get_by_label("IRC nick").fill("scribe")
+    page.get_by_role("button", name="Create agent").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("Scribe")
+    expect(page.locator(".facts")).to_contain_text(["Through your connection"])
+    expect(page.get_by_text("At most 2 lines")).to_be_visible()
+    expect(page.get_by_text("0 of 5,000 tokens (0%)")).to_be_visible()
     assert violations == []
     context.close()
