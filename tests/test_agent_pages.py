@@ -13,7 +13,7 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
-from accounts.models import User
+from accounts.models import Account, User
 from agents import usage
 from agents.forms import AgentForm
 from agents.models import Agent, ModelCall, Task, ToolCall
@@ -358,6 +358,18 @@ def test_operator_sets_an_account_budget_in_the_admin(alice: User) -> None:
     assert account.monthly_token_budget == 250_000
     listing = client.get(reverse("admin:accounts_account_changelist")).content.decode()
     assert "250000" in listing or "250,000" in listing
+
+
+def test_operator_creates_an_account_with_a_budget(db: None) -> None:
+    UserFactory(email="ops@example.org", is_staff=True, is_superuser=True)
+    client = Client()
+    assert client.login(username="ops@example.org", password=PASSWORD)
+    response = client.post(
+        reverse("admin:accounts_account_add"),
+        {"name": "Made by ops", "settings": "{}", "monthly_token_budget": "1000"},
+    )
+    assert response.status_code == 302, response.content.decode()[:2000]
+    assert Account.objects.get(name="Made by ops").monthly_token_budget == 1000
 
 
 def agent_data(provider: AccountLLM, **overrides: Any) -> dict[str, Any]:
