@@ -83,6 +83,10 @@ def test_run_page_follows_a_running_task_until_it_ends(
     expect(page.get_by_text("Alice said the deploy is on Friday.")).to_be_visible()
     expect(page.locator("#task-run")).not_to_have_attribute("hx-trigger", re.compile("every"))
     screenshot(page, "run-page.png")
+    page.set_viewport_size(PHONE)
+    page.reload()
+    width = page.evaluate("document.documentElement.scrollWidth")
+    assert width <= PHONE["width"], f"the run page overflows a phone: {width}px wide"
     assert violations == []
     context.close()
 
