@@ -43,15 +43,15 @@ admin.site.login_form = ThrottledAdminAuthenticationForm
 class AccountCreationForm(forms.ModelForm):
     class Meta:
         model = Account
-        fields = ["name", "settings"]
+        fields = ["name", "settings", "monthly_token_budget"]
 
 
 @admin.register(Account)
 class AccountAdmin(admin.ModelAdmin):
-    list_display = ["name", "user_count", "schema_name", "created_at"]
+    list_display = ["name", "user_count", "monthly_token_budget", "schema_name", "created_at"]
     search_fields = ["name", "schema_name", "users__email"]
     readonly_fields = ["id", "schema_name", "created_at"]
-    fields = ["id", "name", "settings", "schema_name", "created_at"]
+    fields = ["id", "name", "settings", "monthly_token_budget", "schema_name", "created_at"]
     ordering = ["-created_at"]
     delete_confirmation_template = "admin/accounts/account/delete_confirmation.html"
     delete_selected_confirmation_template = (
@@ -78,6 +78,9 @@ class AccountAdmin(admin.ModelAdmin):
             return
         # Creating an account here makes its schema, through the one provisioning function.
         created = provision_account(name=obj.name, settings=obj.settings)
+        if obj.monthly_token_budget is not None:
+            created.monthly_token_budget = obj.monthly_token_budget
+            created.save(update_fields=["monthly_token_budget"])
         obj.pk = created.pk
         obj.schema_name = created.schema_name
         obj.created_at = created.created_at

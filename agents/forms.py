@@ -1,6 +1,7 @@
 from typing import Any
 
 from django import forms
+from django.db import IntegrityError
 
 from accounts.models import Account
 from agents.models import Agent
@@ -8,34 +9,66 @@ from channels_app.models import Channel
 from knowledge.models import KnowledgeBase
 from llms.selectors import account_llms, enabled_tools
 
+# The form's fields in the groups the page shows them in (a fieldset each, with its legend).
+FIELDSETS: list[tuple[str, list[str]]] = [
+    ("Who it is", ["name", "nick", "enabled"]),
+    ("How it answers", ["account_llm", "model", "system_prompt"]),
+    ("Where it sits", ["channels", "presence", "answer_anywhere"]),
+    ("What it may use", ["knowledge_bases", "tools"]),
+    (
+        "Limits",
+        ["reply_max_lines", "cooldown_seconds", "max_steps", "context_tokens"],
+    ),
+    ("Budget", ["monthly_token_budget"]),
+]
+# Fields with a model default that a post may leave out (a client written before they existed):
+# left out, they keep the agent's value. Sent empty, they are an error like any other.
+KEEP_WHEN_OMITTED = [
+    "presence",
+    "reply_max_lines",
+    "cooldown_seconds",
+    "max_steps",
+    "context_tokens",
+]
+# The database's case-insensitive unique constraints, and the field each one is about.
+UNIQUE_CONSTRAINTS = {"agent_name_unique_ci": "name", "agent_nick_unique_ci": "nick"}
+
 
 class AgentForm(forms.ModelForm):
     class Meta:
         model = Agent
-        fields = [
-            "name",
-            "nick",
-            "enabled",
-            "account_llm",
-            "model",
-            "system_prompt",
-            "channels",
-            "knowledge_bases",
-            "tools",
-        ]
+        fields = [name for _, names in FIELDSETS for name in names]
         widgets = {
             "system_prompt": forms.Textarea(attrs={"rows": 6}),
             "channels": forms.CheckboxSelectMultiple,
             "knowledge_bases": forms.CheckboxSelectMultiple,
             "tools": forms.CheckboxSelectMultiple,
+            "presence": forms.RadioSelect,
         }
         help_texts = {
             "model": "One of the models enabled for the chosen provider.",
             "system_prompt": "Who the agent is and how it should behave.",
         }
 
-    def __init__(self, *args: Any, account: Account, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, account: Account, may_set_budget: bool = True, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
+        self.omitted = [
+            name
+            for name in KEEP_WHEN_OMITTED
+            if self.is_bound
+            and self.fields[name].widget.value_omitted_from_data(
+                self.data, self.files, self.add_prefix(name)
+            )
+        ]
+        for name in self.omitted:
+            self.fields[name].required = False
+        if not may_set_budget:
+            # A disabled field keeps the stored value whatever is posted.
+            budget = self.fields["monthly_token_budget"]
+            budget.disabled = True
+            budget.help_text = f"{budget.help_text} Only the account's admins change it."
         # Every choice comes from this account only: its schema, or its rows in public.
         self.fields["account_llm"].queryset = account_llms(account=account)  # type: ignore[attr-defined]
         self.fields["channels"].queryset = Channel.objects.filter(  # type: ignore[attr-defined]
@@ -50,6 +83,8 @@ class AgentForm(forms.ModelForm):
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean() or {}
+        for name in self.omitted:
+            cleaned[name] = getattr(self.instance, name)
         config = cleaned.get("account_llm")
         model = (cleaned.get("model") or "").strip()
         if config and model and model not in config.enabled_models:
@@ -57,10 +92,30 @@ class AgentForm(forms.ModelForm):
                 "model",
                 f"{config.llm} has these models enabled: {', '.join(config.enabled_models)}.",
             )
-        nick = cleaned.get("nick")
-        if nick and Agent.objects.filter(nick__iexact=nick).exclude(pk=self.instance.pk).exists():
-            self.add_error("nick", "Another agent of yours already uses this nick.")
+        # Said here, on the field; the model's own constraint check then skips the field (it
+        # has an error) rather than adding a generic message above the form.
+        others = Agent.objects.exclude(pk=self.instance.pk)
+        for field in ("name", "nick"):
+            value = cleaned.get(field)
+            if value and others.filter(**{f"{field}__iexact": value}).exists():
+                self.add_error(field, self.taken_message(field))
         return cleaned
+
+    @property
+    def fieldsets(self) -> list[tuple[str, list[forms.BoundField]]]:
+        return [(legend, [self[name] for name in names]) for legend, names in FIELDSETS]
+
+    @staticmethod
+    def taken_message(field: str) -> str:
+        if field == "nick":
+            return "Another agent of yours already uses this nick (in any case)."
+        return "Another agent of yours already has this name (in any case)."
+
+    @staticmethod
+    def field_for_violation(exc: IntegrityError) -> str | None:
+        """The field a unique violation from saving is about, or None for anything else."""
+        text = str(exc)
+        return next((f for c, f in UNIQUE_CONSTRAINTS.items() if c in text), None)
 
 
 class ScheduleForm(forms.Form):

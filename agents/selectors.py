@@ -33,3 +33,10 @@ def account_budget(*, account: Account) -> int | None:
     if budget is None:
         budget = settings.AGENT_MONTHLY_TOKEN_BUDGET
     return budget or None
+
+
+def enabled_agent_nicks() -> frozenset[str]:
+    """The nicks (lower-cased) of the account's enabled agents: the chat marks them. Runs in
+    the account's schema."""
+    nicks = Agent.objects.filter(enabled=True).values_list("nick", flat=True)
+    return frozenset(nick.lower() for nick in nicks)

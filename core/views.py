@@ -27,10 +27,12 @@ def form_page(
     intro: str = "",
     multipart: bool = False,
     status: int = 200,
+    template_name: str = "core/form_page.html",
 ) -> HttpResponse:
     """A form on a page of its own; a valid POST goes to `on_valid`, which saves and redirects.
     A ValidationError from the save (a limit reached, a check only the transaction can make)
-    is shown on the form like any other error."""
+    is shown on the form like any other error. A long form may lay its fields out in a
+    template of its own (`template_name`, extending core/form_page.html)."""
     if on_valid is not None and request.method == "POST" and form.is_valid():
         try:
             return on_valid()
@@ -38,7 +40,7 @@ def form_page(
             form.add_error(None, exc)
     return render(
         request,
-        "core/form_page.html",
+        template_name,
         {
             "form": form,
             "title": title,

@@ -1,7 +1,7 @@
 from typing import Any
 
 from accounts.models import User
-from agents.models import Agent
+from agents.models import Agent, Task
 from channels_app.models import Channel, Server
 from knowledge.models import Document, KnowledgeBase
 from llms.models import LLM, AccountLLM
@@ -39,6 +39,7 @@ def populate(user: User) -> dict[str, Any]:
         )
         agent.channels.add(channel)
         agent.knowledge_bases.add(kb)
+        task = Task.objects.create(agent=agent, input="What is new?", channel=channel)
     return {
         "provider": provider,
         "server": server,
@@ -46,4 +47,5 @@ def populate(user: User) -> dict[str, Any]:
         "kb": kb,
         "document": document,
         "agent": agent,
+        "task": task,
     }

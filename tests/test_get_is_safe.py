@@ -94,6 +94,8 @@ def test_no_get_writes_anything_but_the_session(alice: User, alice_client: Clien
         "agents:agent_detail": reverse("agents:agent_detail", args=[objs["agent"].pk]),
         "agents:agent_edit": reverse("agents:agent_edit", args=[objs["agent"].pk]),
         "agents:task_list": reverse("agents:task_list"),
+        "agents:task_detail": reverse("agents:task_detail", args=[objs["task"].pk]),
+        "agents:usage": reverse("agents:usage"),
         "knowledge:kb_list": reverse("knowledge:kb_list"),
         "knowledge:kb_create": reverse("knowledge:kb_create"),
         "knowledge:kb_detail": reverse("knowledge:kb_detail", args=[objs["kb"].pk]),

@@ -93,6 +93,7 @@ def _object_urls(objs: dict) -> list[tuple[str, str]]:
         reverse("agents:agent_detail", args=[agent.pk]),
         reverse("agents:agent_edit", args=[agent.pk]),
         reverse("agents:agent_delete", args=[agent.pk]),
+        reverse("agents:task_detail", args=[objs["task"].pk]),
         reverse("llms:provider_edit", args=[provider.pk]),
         reverse("llms:provider_delete", args=[provider.pk]),
     ]
@@ -103,7 +104,7 @@ def test_other_account_gets_404_on_every_object_url(alice: User, bob: User) -> N
     objs = populate(alice)
     bob_client = signed_in_client(bob)
     urls = _object_urls(objs)
-    assert len(urls) == 34
+    assert len(urls) == 36
     for method, url in urls:
         response = getattr(bob_client, method)(url, {"name": "stolen", "host": "x.org"})
         assert response.status_code == 404, f"{method.upper()} {url} -> {response.status_code}"

@@ -43,6 +43,8 @@ def test_every_page_renders(alice: User, alice_client: Client) -> None:
         reverse("agents:agent_list"),
         reverse("agents:agent_create"),
         reverse("agents:agent_detail", args=[objs["agent"].pk]),
+        reverse("agents:task_detail", args=[objs["task"].pk]),
+        reverse("agents:usage"),
         reverse("knowledge:kb_list"),
         reverse("knowledge:kb_create"),
         reverse("knowledge:kb_detail", args=[objs["kb"].pk]),

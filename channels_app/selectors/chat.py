@@ -17,6 +17,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
+from agents.selectors import enabled_agent_nicks
 from channels_app import events
 from channels_app.models import Channel, ChannelUser, Message, Notification, Server
 
@@ -28,6 +29,8 @@ UNREAD_KINDS = (Message.Kind.MESSAGE, Message.Kind.ACTION, Message.Kind.NOTICE)
 NICK_COLOURS = 16
 # Channel mode prefixes, highest rank first (owner, admin, op, half-op, voice).
 PREFIX_RANK = "~&@%+"
+# The IRCv3 client tag Palaver stores on a line an agent said through the user's connection.
+AGENT_TAG = "palaver/agent"
 
 
 # --- scrollback ---------------------------------------------------------------------------------
@@ -133,6 +136,14 @@ class Line:
     new_day: bool  # the first line of its day in this run of lines: a separator goes above
     nick_class: str
     is_self: bool
+    # The agent that said the line: the sender, when it is an agent's nick, or the agent named
+    # by the line's AGENT_TAG (said through the user's own connection). Empty otherwise.
+    agent_nick: str = ""
+
+    @property
+    def agent_is_sender(self) -> bool:
+        """The agent speaks under its own nick (not through the user's connection)."""
+        return self.agent_nick.lower() == self.message.sender.lower()
 
     @property
     def day_label(self) -> str:
@@ -173,6 +184,7 @@ def lines(
     out: list[Line] = []
     day_before = previous_day
     own = own_nick.lower()
+    agents = enabled_agent_nicks()
     for message in messages:
         day = local_day(message.server_time)
         out.append(
@@ -182,10 +194,22 @@ def lines(
                 new_day=day != day_before,
                 nick_class=f"nick-c{nick_colour(message.sender)}",
                 is_self=bool(own) and message.sender.lower() == own,
+                agent_nick=line_agent(message, agents),
             )
         )
         day_before = day
     return out
+
+
+def line_agent(message: Message, agent_nicks: frozenset[str]) -> str:
+    """Which agent said `message`, if one did (see Line.agent_nick)."""
+    tags = message.tags if isinstance(message.tags, dict) else {}
+    tagged = tags.get(AGENT_TAG)
+    if isinstance(tagged, str) and tagged:
+        return tagged
+    if message.kind in UNREAD_KINDS and message.sender.lower() in agent_nicks:
+        return message.sender
+    return ""
 
 
 def day_of(channel: Channel, message_id: int) -> date | None:
@@ -211,12 +235,14 @@ class Member:
     prefix: str  # the highest one, as clients show it
     away: bool
     nick_class: str
+    is_agent: bool = False  # the nick is one of the account's enabled agents
 
 
 def members(channel: Channel) -> list[Member]:
     """Who is in the channel, ops first, then voiced, then everyone else; by name within."""
     rows: Sequence[ChannelUser] = list(ChannelUser.objects.filter(channel=channel))
     ordered = sorted(rows, key=lambda m: (prefix_rank(m.prefixes), m.nick.lower(), m.nick))
+    agents = enabled_agent_nicks()
     out = []
     for row in ordered:
         rank = prefix_rank(row.prefixes)
@@ -226,6 +252,7 @@ def members(channel: Channel) -> list[Member]:
                 prefix=PREFIX_RANK[rank] if rank < len(PREFIX_RANK) else "",
                 away=row.away,
                 nick_class=f"nick-c{nick_colour(row.nick)}",
+                is_agent=row.nick.lower() in agents,
             )
         )
     return out
