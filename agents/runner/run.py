@@ -1,0 +1,363 @@
+"""One run of an agent task, from the queued row to the answer in the channel.
+
+The run alternates between the database (load, record, run tools: `database()` blocks, which
+bound and release connections, see db.py) and the provider (streamed, with no connection
+held). Lines leave for IRC as the model writes them (agents.speech.say, one AgentSay per line).
+Nothing raises out of `run`: a failure ends the task `failed` with a one-line reason.
+"""
+
+import logging
+import time
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from django.conf import settings
+from django.core.cache import cache
+from django.utils import timezone
+
+from accounts.models import Account
+from agents import speech
+from agents.models import Agent, ModelCall, Task, ToolCall
+from agents.runner.context import first_messages, system_prompt
+from agents.runner.db import database, release_connection
+from agents.runner.lines import LineWriter
+from agents.runner.providers import (
+    Completion,
+    Message,
+    ProviderFailure,
+    TextDelta,
+    stream_call,
+)
+from agents.selectors import account_budget, month_start, tokens_used_this_month
+from llms.models import AccountLLM
+from llms.services import mark_key_rejected
+from llms.tools import ToolContext, ToolResult, ToolSpec, agent_tools, execute_tool
+from tenancy import current_account
+
+logger = logging.getLogger(__name__)
+
+# The "said once a month" marks live a little longer than the longest month.
+_BUDGET_MARK_SECONDS = 32 * 24 * 3600
+
+
+class GatewayUnreachable(Exception):
+    """A line could not be handed to the gateway (Redis refused the publish)."""
+
+
+class RunFailed(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def run(task_id: int) -> None:
+    """Run the task; called by agents.run_task inside the account's schema."""
+    # The Celery task's prerun may have opened this thread's connection outside the bound.
+    release_connection()
+    try:
+        _Run(task_id).execute()
+    except Exception:
+        logger.exception("agent task %s crashed", task_id)
+        try:
+            with database():
+                Task.objects.filter(pk=task_id, status=Task.Status.RUNNING).update(
+                    status=Task.Status.FAILED,
+                    error="The run failed unexpectedly.",
+                    finished_at=timezone.now(),
+                )
+        except Exception:
+            logger.exception("agent task %s: could not record the failure", task_id)
+
+
+@dataclass
+class _Step:
+    number: int
+    completion: Completion
+
+
+class _Run:
+    def __init__(self, task_id: int) -> None:
+        self.task_id = task_id
+        self.output: list[str] = []
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+        self.first_line_at: datetime | None = None
+
+    # --- the run ---------------------------------------------------------------------------
+    def execute(self) -> None:
+        with database():
+            if not self._start():
+                return
+        try:
+            self._loop()
+        except RunFailed as failed:
+            self._finish(error=failed.reason)
+            return
+        self._finish()
+
+    def _start(self) -> bool:
+        """Claim the task and build what the first call sends. False: nothing to run (the
+        task is gone or already taken: Celery delivers at least once)."""
+        claimed = Task.objects.filter(pk=self.task_id, status=Task.Status.QUEUED).update(
+            status=Task.Status.RUNNING, started_at=timezone.now()
+        )
+        if not claimed:
+            logger.info("agent task %s: not queued any more, skipped", self.task_id)
+            return False
+        tenant = current_account()
+        if tenant is None:  # account_task refuses this; kept for code that calls run() itself
+            raise RuntimeError("agents.runner.run needs an account's schema")
+        # Fresh: the worker may hold a cached tenant, and the budget is read from it.
+        self.account = Account.objects.get(pk=tenant.pk)
+        self.task = Task.objects.select_related("agent", "channel", "server").get(pk=self.task_id)
+        self.agent: Agent = self.task.agent
+        self.config = AccountLLM.objects.select_related("llm").get(
+            pk=self.agent.account_llm_id, account=self.account
+        )
+        self.tools = agent_tools(account=self.account, agent=self.agent)
+        self.specs: list[ToolSpec] = [spec for spec, _ in self.tools]
+        self.system = system_prompt(self.task, self.agent)
+        self.messages: list[Message] = first_messages(self.task, self.agent)
+        self.task.context = [{"role": "system", "content": self.system}, *self.messages]
+        self.task.save(update_fields=["context"])
+        self.target = self.task.reply_to if self.task.server_id else ""
+        self.writer = LineWriter(
+            self._send if self.target else None,
+            max_lines=self.agent.reply_max_lines,
+            link=f"{settings.PUBLIC_URL}/agents/tasks/{self.task.pk}/",
+        )
+        self.writer.on_first_line = self._first_line
+        return True
+
+    def _loop(self) -> None:
+        max_steps = max(1, self.agent.max_steps)
+        for number in range(1, max_steps + 1):
+            with database():
+                self._check_budget()
+            last = number == max_steps
+            completion = self._call(number, allow_tools=not last)
+            if completion.text:
+                self.output.append(completion.text)
+            if not completion.tool_calls:
+                return
+            # The text before a tool call is a line of its own.
+            self._feed("\n")
+            if last:
+                break
+            with database():
+                self._run_tools(number, completion)
+        if not "".join(self.output).strip():
+            raise RunFailed(
+                f"Stopped after {max_steps} model calls: the model kept calling tools "
+                "without answering."
+            )
+
+    # --- one model call --------------------------------------------------------------------
+    def _call(self, number: int, *, allow_tools: bool) -> Completion:
+        started = time.monotonic()
+        generator = stream_call(
+            config=self.config,
+            model=self.agent.model,
+            system=self.system,
+            messages=self.messages,
+            tools=self.specs,
+            allow_tools=allow_tools,
+        )
+        try:
+            completion = _drain(generator, lambda delta: self._feed(delta.text))
+        except ProviderFailure as failure:
+            with database():
+                self._record_call(number, started, None, failure)
+                self._on_failure(failure)
+            raise RunFailed(failure.reason) from None
+        except GatewayUnreachable:
+            generator.close()
+            with database():
+                self._record_call(number, started, None, None)
+            raise RunFailed("The answer could not be handed to the IRC gateway.") from None
+        self.prompt_tokens += completion.input_tokens
+        self.completion_tokens += completion.output_tokens
+        with database():
+            self._record_call(number, started, completion, None)
+        self.messages.append(
+            {
+                "role": "assistant",
+                "content": completion.text,
+                "tool_calls": [
+                    {"id": call.id, "name": call.name, "arguments": call.arguments}
+                    for call in completion.tool_calls
+                ],
+            }
+        )
+        return completion
+
+    def _record_call(
+        self,
+        number: int,
+        started: float,
+        completion: Completion | None,
+        failure: ProviderFailure | None,
+    ) -> None:
+        if completion is not None:
+            outcome, error = ModelCall.Outcome.OK, ""
+        elif failure is not None:
+            outcome, error = failure.outcome, failure.reason
+        else:
+            outcome, error = ModelCall.Outcome.ERROR, "stopped: the gateway was unreachable"
+        ModelCall.objects.create(
+            task=self.task,
+            agent=self.agent,
+            agent_name=self.agent.name,
+            step=number,
+            provider=self.config.llm.name,
+            model=self.agent.model,
+            input_tokens=completion.input_tokens if completion else 0,
+            output_tokens=completion.output_tokens if completion else 0,
+            latency_ms=int((time.monotonic() - started) * 1000),
+            first_token_ms=completion.first_token_ms if completion else None,
+            outcome=outcome,
+            error=error[:500],
+        )
+
+    def _on_failure(self, failure: ProviderFailure) -> None:
+        logger.warning(
+            "agent task %s: %s call failed: %s", self.task_id, self.config.llm.name, failure.reason
+        )
+        if failure.outcome == ModelCall.Outcome.AUTH and mark_key_rejected(
+            account=self.account, config=self.config
+        ):
+            self._say_notice(
+                f"I cannot answer: {self.config.llm.name} rejected this account's API key. "
+                "An admin can set a new one under LLM providers."
+            )
+
+    # --- tools -----------------------------------------------------------------------------
+    def _run_tools(self, number: int, completion: Completion) -> None:
+        by_slug = {spec.slug: (spec, config) for spec, config in self.tools}
+        results = []
+        for call in completion.tool_calls:
+            started_at = timezone.now()
+            started = time.monotonic()
+            found = by_slug.get(call.name)
+            if found is None:
+                result = ToolResult(False, f"There is no tool named {call.name!r}.")
+            else:
+                spec, tool_settings = found
+                result = execute_tool(
+                    context=ToolContext(
+                        account=self.account,
+                        agent=self.agent,
+                        task=self.task,
+                        settings=tool_settings,
+                    ),
+                    spec=spec,
+                    arguments=call.arguments,
+                )
+            ToolCall.objects.create(
+                task=self.task,
+                step=number,
+                call_id=call.id[:200],
+                tool=call.name[:60],
+                arguments=result.arguments if result.arguments is not None else {},
+                raw_arguments=call.arguments,
+                result=result.content,
+                ok=result.ok,
+                started_at=started_at,
+                duration_ms=int((time.monotonic() - started) * 1000),
+            )
+            results.append(
+                {"id": call.id, "name": call.name, "content": result.content, "ok": result.ok}
+            )
+        self.messages.append({"role": "tool", "results": results})
+
+    # --- budgets ---------------------------------------------------------------------------
+    def _check_budget(self) -> None:
+        budget = account_budget(account=self.account)
+        if budget is not None and tokens_used_this_month() >= budget:
+            self._say_once_a_month(
+                "account",
+                "I cannot answer: this account's agents have used their monthly token budget.",
+            )
+            raise RunFailed("The account's monthly token budget is used up.")
+        own = self.agent.monthly_token_budget
+        if own and tokens_used_this_month(agent=self.agent) >= own:
+            self._say_once_a_month(
+                f"agent:{self.agent.pk}", "I cannot answer: I have used my monthly token budget."
+            )
+            raise RunFailed(f"{self.agent.name}'s monthly token budget is used up.")
+
+    def _say_once_a_month(self, scope: str, text: str) -> None:
+        month = f"{month_start():%Y-%m}"
+        mark = f"agents:budget-said:{self.account.pk}:{scope}:{month}"
+        # cache.add is Redis SET NX: of all the runs hitting the limit, one says it.
+        if cache.add(mark, 1, timeout=_BUDGET_MARK_SECONDS):
+            self._say_notice(text)
+
+    # --- saying ----------------------------------------------------------------------------
+    def _feed(self, text: str) -> None:
+        self.writer.feed(text)
+
+    def _send(self, line: str) -> None:
+        try:
+            speech.say(
+                account_id=self.account.pk,
+                agent_id=self.agent.pk,
+                server_id=int(self.task.server_id or 0),
+                target=self.target,
+                text=line,
+            )
+        except Exception as exc:
+            logger.warning("agent task %s: could not publish a line: %s", self.task_id, exc)
+            raise GatewayUnreachable from None
+
+    def _say_notice(self, text: str) -> None:
+        """A line about the agent itself (not the answer); a failure to say it is logged."""
+        if not self.target:
+            return
+        try:
+            self._send(text)
+        except GatewayUnreachable:
+            pass
+
+    def _first_line(self) -> None:
+        self.first_line_at = timezone.now()
+
+    # --- the end ---------------------------------------------------------------------------
+    def _finish(self, error: str = "") -> None:
+        if not error:
+            try:
+                self.writer.close()
+            except GatewayUnreachable:
+                error = "The answer could not be handed to the IRC gateway."
+        fields: dict[str, Any] = {
+            "status": Task.Status.FAILED if error else Task.Status.SUCCEEDED,
+            "error": error,
+            "output": "\n".join(part.strip() for part in self.output if part.strip()),
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "reply_lines_sent": self.writer.sent if self.target else 0,
+            "first_line_at": self.first_line_at,
+            "finished_at": timezone.now(),
+        }
+        with database():
+            Task.objects.filter(pk=self.task_id).update(**fields)
+        logger.info(
+            "agent task %s %s (%s tokens)",
+            self.task_id,
+            fields["status"],
+            self.prompt_tokens + self.completion_tokens,
+        )
+
+
+def _drain(
+    generator: Generator[TextDelta, None, Completion], on_text: Callable[[TextDelta], None]
+) -> Completion:
+    """Feed each delta to `on_text`; return the generator's Completion."""
+    while True:
+        try:
+            delta = next(generator)
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
+        on_text(delta)
