@@ -32,15 +32,17 @@ from django.conf import settings
 from django.db import connection
 
 _slots_lock = threading.Lock()
-_slots: threading.BoundedSemaphore | None = None
+_slots: tuple[int, threading.BoundedSemaphore] | None = None
 
 
 def _semaphore() -> threading.BoundedSemaphore:
+    """The process's semaphore, sized by the setting (made again if a test changes it)."""
     global _slots
+    size = max(1, settings.AGENT_DB_CONNECTIONS)
     with _slots_lock:
-        if _slots is None:
-            _slots = threading.BoundedSemaphore(max(1, settings.AGENT_DB_CONNECTIONS))
-        return _slots
+        if _slots is None or _slots[0] != size:
+            _slots = (size, threading.BoundedSemaphore(size))
+        return _slots[1]
 
 
 @contextmanager
