@@ -49,7 +49,9 @@ def populate(user: User) -> dict[str, Any]:
     }
 
 
-def loopback_provider(user: User, base_url: str, *, kind: str = "openai", **overrides: Any) -> AccountLLM:
+def loopback_provider(
+    user: User, base_url: str, *, kind: str = "openai", **overrides: Any
+) -> AccountLLM:
     """A provider of the catalog pointing at a loopback server (tests.llm_servers), configured
     for the user's account."""
     llm, _ = LLM.objects.update_or_create(

@@ -210,7 +210,7 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: _Server
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: Any) -> None:
         pass  # quiet: tests read self.server.llm.requests instead
 
     # --- plumbing ----------------------------------------------------------------------------
@@ -241,7 +241,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(b"0\r\n\r\n")
         self.wfile.flush()
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
         try:
@@ -286,7 +286,8 @@ class _Handler(BaseHTTPRequestHandler):
             payload: dict[str, Any] = {
                 "type": "error",
                 "error": {
-                    "type": reply.error_type or _ANTHROPIC_ERROR_TYPES.get(reply.status, "api_error"),
+                    "type": reply.error_type
+                    or _ANTHROPIC_ERROR_TYPES.get(reply.status, "api_error"),
                     "message": reply.message,
                 },
             }
@@ -441,13 +442,21 @@ class _Handler(BaseHTTPRequestHandler):
         if reply.chunks:
             event(
                 "content_block_start",
-                {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+                {
+                    "type": "content_block_start",
+                    "index": 0,
+                    "content_block": {"type": "text", "text": ""},
+                },
             )
             for index, text in enumerate(reply.chunks):
                 self._pace(reply, index)
                 event(
                     "content_block_delta",
-                    {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}},
+                    {
+                        "type": "content_block_delta",
+                        "index": 0,
+                        "delta": {"type": "text_delta", "text": text},
+                    },
                 )
             event("content_block_stop", {"type": "content_block_stop", "index": 0})
             block = 1
@@ -460,7 +469,12 @@ class _Handler(BaseHTTPRequestHandler):
                 {
                     "type": "content_block_start",
                     "index": index,
-                    "content_block": {"type": "tool_use", "id": call.id, "name": call.name, "input": {}},
+                    "content_block": {
+                        "type": "tool_use",
+                        "id": call.id,
+                        "name": call.name,
+                        "input": {},
+                    },
                 },
             )
             for piece in self._pieces(call.arguments, call.pieces):

@@ -67,7 +67,9 @@ def test_twenty_slow_runs_finish_together_on_few_connections(
         # One run first: the worker's tenant lookup (tenant-schemas-celery's prerun, cached
         # CELERY_TASK_TENANT_CACHE_SECONDS) happens before the runner's bound applies.
         with switch(user):
-            warm = create_task(agent=agent, trigger=Task.Trigger.MENTION, input="hi", channel=channel)
+            warm = create_task(
+                agent=agent, trigger=Task.Trigger.MENTION, input="hi", channel=channel
+            )
         deadline = time.monotonic() + 15
         with switch(user):
             while Task.objects.get(pk=warm.pk).status != Task.Status.SUCCEEDED:

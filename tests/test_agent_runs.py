@@ -152,7 +152,9 @@ def test_a_streamed_answer_is_said_line_by_line(
     scene = make_scene(alice, llm, kind)
     with switch(alice):
         Message.objects.create(
-            channel=scene.channel, sender="bob", text="anyone tried Palaver?",
+            channel=scene.channel,
+            sender="bob",
+            text="anyone tried Palaver?",
             server_time=timezone.now() - timedelta(minutes=2),
         )
     llm.script(Reply(chunks=["Palaver is ", "an IRC client.\nIt has ", "agents."], usage=(30, 9)))
@@ -162,7 +164,10 @@ def test_a_streamed_answer_is_said_line_by_line(
     assert said.lines() == ["Palaver is an IRC client.", "It has agents."]
     command = said.commands[0]
     assert (command.account_id, command.server_id, command.agent_id, command.target) == (
-        str(alice.account.pk), scene.server.pk, scene.agent.pk, "#palaver",
+        str(alice.account.pk),
+        scene.server.pk,
+        scene.agent.pk,
+        "#palaver",
     )
     assert task.status == Task.Status.SUCCEEDED, task.error
     assert task.output == "Palaver is an IRC client.\nIt has agents."
@@ -199,7 +204,10 @@ def test_a_streamed_answer_is_said_line_by_line(
 
     (call,) = calls_of(scene, task)
     assert (call.step, call.provider, call.model, call.outcome) == (
-        1, f"Loopback {kind}", "test-model", ModelCall.Outcome.OK,
+        1,
+        f"Loopback {kind}",
+        "test-model",
+        ModelCall.Outcome.OK,
     )
     assert (call.input_tokens, call.output_tokens) == (30, 9)
     assert call.agent_id == scene.agent.pk and call.agent_name == "Helper"
@@ -241,11 +249,15 @@ def test_the_context_is_the_newest_lines_within_the_budget(
     with switch(alice):
         for number in range(40):
             Message.objects.create(
-                channel=scene.channel, sender="bob", text=f"line number {number:03d} ....",
+                channel=scene.channel,
+                sender="bob",
+                text=f"line number {number:03d} ....",
                 server_time=start + timedelta(seconds=number),
             )
         question = Message.objects.create(
-            channel=scene.channel, sender="alice", text="helperbot: sum up",
+            channel=scene.channel,
+            sender="alice",
+            text="helperbot: sum up",
             server_time=start + timedelta(minutes=5),
         )
     llm.script(Reply(chunks=["ok"]))
@@ -513,8 +525,10 @@ def test_a_provider_that_does_not_answer_in_time(alice: User, llm: LLMServer) ->
     assert task.status == Task.Status.FAILED
     (call,) = calls_of(scene, task)
     assert call.outcome == ModelCall.Outcome.TIMEOUT
-    assert task.error in ("Loopback openai did not answer in time",
-                          "Loopback openai stopped answering mid-reply")
+    assert task.error in (
+        "Loopback openai did not answer in time",
+        "Loopback openai stopped answering mid-reply",
+    )
 
 
 @pytest.mark.parametrize("kind", PROVIDERS)
@@ -552,7 +566,10 @@ def test_a_refused_request(alice: User, llm: LLMServer, kind: str) -> None:
     llm.script(Reply.error(400, "messages: too long\nfor this model"))
     task = ask(scene)
     assert task.status == Task.Status.FAILED
-    assert task.error == f"Loopback {kind} refused the request (400): messages: too long for this model"
+    assert (
+        task.error
+        == f"Loopback {kind} refused the request (400): messages: too long for this model"
+    )
     assert calls_of(scene, task)[0].outcome == ModelCall.Outcome.BAD_REQUEST
 
 
@@ -575,8 +592,13 @@ def test_no_key_in_any_log(alice: User, llm: LLMServer, caplog: pytest.LogCaptur
 def spent(scene: Scene, tokens: int, *, agent: Agent | None = None) -> None:
     with switch(scene.user):
         ModelCall.objects.create(
-            agent=agent, agent_name=agent.name if agent else "Old", provider="x", model="m",
-            input_tokens=tokens, output_tokens=0, outcome=ModelCall.Outcome.OK,
+            agent=agent,
+            agent_name=agent.name if agent else "Old",
+            provider="x",
+            model="m",
+            input_tokens=tokens,
+            output_tokens=0,
+            outcome=ModelCall.Outcome.OK,
         )
 
 
@@ -599,7 +621,9 @@ def test_the_accounts_budget_stops_runs_and_is_said_once(
         assert task.error == "The account's monthly token budget is used up."
     lines = said.lines()
     assert lines[0] == "one"
-    assert lines[1:] == ["I cannot answer: this account's agents have used their monthly token budget."]
+    assert lines[1:] == [
+        "I cannot answer: this account's agents have used their monthly token budget."
+    ]
 
 
 def test_last_months_tokens_do_not_count(alice: User, llm: LLMServer, said: Said) -> None:

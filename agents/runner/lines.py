@@ -108,7 +108,7 @@ class LineWriter:
 
     def _with_link(self, line: str) -> str:
         suffix = f" {ELLIPSIS} full answer: {self.link}"
-        head, rest = cut_at_word(line, max(0, self.line_bytes - utf8_len(suffix)))
+        head, _ = cut_at_word(line, max(0, self.line_bytes - utf8_len(suffix)))
         return f"{head}{suffix}" if head else suffix.strip()
 
     def _emit(self, line: str) -> None:

@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Generator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import anthropic
 import httpx
@@ -136,7 +136,9 @@ def stream_call(
                 client, model, system, messages, tools, allow_tools, started
             )
         else:
-            completion = yield from _openai(client, model, system, messages, tools, allow_tools, started)
+            completion = yield from _openai(
+                client, model, system, messages, tools, allow_tools, started
+            )
     except (openai.APIError, anthropic.APIError) as exc:
         raise classify(exc, model=model, provider=config.llm.name) from None
     except _STREAM_ERRORS as exc:
@@ -186,9 +188,13 @@ def classify(exc: Exception, *, model: str, provider: str) -> ProviderFailure:
         )
     status = getattr(exc, "status_code", None)
     if isinstance(status, int) and status >= 500:
-        return ProviderFailure(outcome.UNAVAILABLE, f"{provider} failed ({status}), retries exhausted")
+        return ProviderFailure(
+            outcome.UNAVAILABLE, f"{provider} failed ({status}), retries exhausted"
+        )
     if isinstance(status, int):
-        return ProviderFailure(outcome.ERROR, f"{provider} answered {status}: {_status_message(exc)}")
+        return ProviderFailure(
+            outcome.ERROR, f"{provider} answered {status}: {_status_message(exc)}"
+        )
     return ProviderFailure(outcome.ERROR, f"{provider} call failed ({type(exc).__name__})")
 
 
@@ -243,9 +249,10 @@ def _openai(
             for spec in tools
         ]
         options["tool_choice"] = "auto" if allow_tools else "none"
-    stream = client.chat.completions.create(
+    # Any: the SDKs' overloads cannot pick the streamed variant through **options.
+    stream: Any = cast(Any, client.chat.completions).create(
         model=model,
-        messages=_openai_messages(system, messages),  # type: ignore[arg-type]
+        messages=_openai_messages(system, messages),
         stream=True,
         stream_options={"include_usage": True},
         **options,
@@ -260,9 +267,8 @@ def _openai(
                 completion.output_tokens = chunk.usage.completion_tokens or 0
             for choice in chunk.choices:
                 delta = choice.delta
-                if delta.content or delta.tool_calls:
-                    if completion.first_token_ms is None:
-                        completion.first_token_ms = _ms_since(started)
+                if (delta.content or delta.tool_calls) and completion.first_token_ms is None:
+                    completion.first_token_ms = _ms_since(started)
                 if delta.content:
                     parts.append(delta.content)
                     yield TextDelta(delta.content)
@@ -337,11 +343,11 @@ def _anthropic(
             for spec in tools
         ]
         options["tool_choice"] = {"type": "auto" if allow_tools else "none"}
-    stream = client.messages.create(
+    stream: Any = cast(Any, client.messages).create(
         model=model,
         max_tokens=settings.AGENT_MAX_OUTPUT_TOKENS,
         system=system,
-        messages=_anthropic_messages(messages),  # type: ignore[arg-type]
+        messages=_anthropic_messages(messages),
         stream=True,
         **options,
     )

@@ -6,10 +6,10 @@ held). Lines leave for IRC as the model writes them (agents.speech.say, one Agen
 Nothing raises out of `run`: a failure ends the task `failed` with a one-line reason.
 """
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Generator
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -42,6 +42,9 @@ logger = logging.getLogger(__name__)
 _BUDGET_MARK_SECONDS = 32 * 24 * 3600
 
 
+GATEWAY_GONE = "The answer could not be handed to the IRC gateway."
+
+
 class GatewayUnreachable(Exception):
     """A line could not be handed to the gateway (Redis refused the publish)."""
 
@@ -71,12 +74,6 @@ def run(task_id: int) -> None:
             logger.exception("agent task %s: could not record the failure", task_id)
 
 
-@dataclass
-class _Step:
-    number: int
-    completion: Completion
-
-
 class _Run:
     def __init__(self, task_id: int) -> None:
         self.task_id = task_id
@@ -87,15 +84,59 @@ class _Run:
 
     # --- the run ---------------------------------------------------------------------------
     def execute(self) -> None:
+        # Two database stretches for a plain answer (before and after the model call): each
+        # costs a connect (db.py), so the work between two calls is done in one.
         with database():
-            if not self._start():
+            if not self._start() or not self._budget_allows():
                 return
+        max_steps = max(1, self.agent.max_steps)
+        for number in range(1, max_steps + 1):
+            last = number == max_steps
+            started = time.monotonic()
+            try:
+                completion = self._call(allow_tools=not last)
+            except ProviderFailure as failure:
+                with database():
+                    self._record_call(number, started, None, failure)
+                    self._on_failure(failure)
+                    self._finish(error=failure.reason)
+                return
+            except GatewayUnreachable:
+                with database():
+                    self._record_call(number, started, None, None)
+                    self._finish(error=GATEWAY_GONE)
+                return
+            with database():
+                self._record_call(number, started, completion, None)
+                if not completion.tool_calls:
+                    self._finish()
+                    return
+                if last:
+                    self._finish(
+                        error=""
+                        if "".join(self.output).strip()
+                        else f"Stopped after {max_steps} model calls: the model kept calling "
+                        "tools without answering."
+                    )
+                    return
+                try:
+                    # The text before a tool call is a line of its own.
+                    self._feed("\n")
+                except GatewayUnreachable:
+                    self._finish(error=GATEWAY_GONE)
+                    return
+                self._run_tools(number, completion)
+                if not self._budget_allows():
+                    return
+
+    def _budget_allows(self) -> bool:
+        """Before each model call: False (and the task finished) when a budget is used up."""
         try:
-            self._loop()
+            self._check_budget()
         except RunFailed as failed:
             self._finish(error=failed.reason)
-            return
-        self._finish()
+            return False
+        return True
 
     def _start(self) -> bool:
         """Claim the task and build what the first call sends. False: nothing to run (the
@@ -131,32 +172,9 @@ class _Run:
         self.writer.on_first_line = self._first_line
         return True
 
-    def _loop(self) -> None:
-        max_steps = max(1, self.agent.max_steps)
-        for number in range(1, max_steps + 1):
-            with database():
-                self._check_budget()
-            last = number == max_steps
-            completion = self._call(number, allow_tools=not last)
-            if completion.text:
-                self.output.append(completion.text)
-            if not completion.tool_calls:
-                return
-            # The text before a tool call is a line of its own.
-            self._feed("\n")
-            if last:
-                break
-            with database():
-                self._run_tools(number, completion)
-        if not "".join(self.output).strip():
-            raise RunFailed(
-                f"Stopped after {max_steps} model calls: the model kept calling tools "
-                "without answering."
-            )
-
     # --- one model call --------------------------------------------------------------------
-    def _call(self, number: int, *, allow_tools: bool) -> Completion:
-        started = time.monotonic()
+    def _call(self, *, allow_tools: bool) -> Completion:
+        """Stream one model call into the line writer; no database connection is held."""
         generator = stream_call(
             config=self.config,
             model=self.agent.model,
@@ -167,20 +185,13 @@ class _Run:
         )
         try:
             completion = _drain(generator, lambda delta: self._feed(delta.text))
-        except ProviderFailure as failure:
-            with database():
-                self._record_call(number, started, None, failure)
-                self._on_failure(failure)
-            raise RunFailed(failure.reason) from None
         except GatewayUnreachable:
             generator.close()
-            with database():
-                self._record_call(number, started, None, None)
-            raise RunFailed("The answer could not be handed to the IRC gateway.") from None
+            raise
         self.prompt_tokens += completion.input_tokens
         self.completion_tokens += completion.output_tokens
-        with database():
-            self._record_call(number, started, completion, None)
+        if completion.text:
+            self.output.append(completion.text)
         self.messages.append(
             {
                 "role": "assistant",
@@ -200,6 +211,7 @@ class _Run:
         completion: Completion | None,
         failure: ProviderFailure | None,
     ) -> None:
+        outcome: str
         if completion is not None:
             outcome, error = ModelCall.Outcome.OK, ""
         elif failure is not None:
@@ -316,10 +328,8 @@ class _Run:
         """A line about the agent itself (not the answer); a failure to say it is logged."""
         if not self.target:
             return
-        try:
+        with contextlib.suppress(GatewayUnreachable):
             self._send(text)
-        except GatewayUnreachable:
-            pass
 
     def _first_line(self) -> None:
         self.first_line_at = timezone.now()
@@ -330,7 +340,7 @@ class _Run:
             try:
                 self.writer.close()
             except GatewayUnreachable:
-                error = "The answer could not be handed to the IRC gateway."
+                error = GATEWAY_GONE
         fields: dict[str, Any] = {
             "status": Task.Status.FAILED if error else Task.Status.SUCCEEDED,
             "error": error,
@@ -341,8 +351,7 @@ class _Run:
             "first_line_at": self.first_line_at,
             "finished_at": timezone.now(),
         }
-        with database():
-            Task.objects.filter(pk=self.task_id).update(**fields)
+        Task.objects.filter(pk=self.task_id).update(**fields)
         logger.info(
             "agent task %s %s (%s tokens)",
             self.task_id,
@@ -359,5 +368,5 @@ def _drain(
         try:
             delta = next(generator)
         except StopIteration as stop:
-            return stop.value  # type: ignore[no-any-return]
+            return stop.value
         on_text(delta)
