@@ -328,8 +328,8 @@ AGENT_LLM_MAX_RETRIES: int = setting("AGENT_LLM_MAX_RETRIES", cast=int, default=
 AGENT_MAX_OUTPUT_TOKENS: int = setting("AGENT_MAX_OUTPUT_TOKENS", cast=int, default=1024)
 # Runs in flight in one agents worker (a thread each: they mostly wait on providers).
 AGENT_WORKER_CONCURRENCY: int = setting("AGENT_WORKER_CONCURRENCY", cast=int, default=100)
-# Database connections one agents worker process holds at most: runs release theirs while
-# they wait on a provider, and wait for a free one when they need the database (agents/runner/db.py).
+# Database connections one agents worker process holds: its runs hand their database work to
+# this many threads, each with one connection (agents/runner/db.py).
 AGENT_DB_CONNECTIONS: int = setting("AGENT_DB_CONNECTIONS", cast=int, default=10)
 # tenant-schemas-celery looks the task's account up before every task; cached for this long,
 # a run's thread does not open a database connection before the runner's bound applies.

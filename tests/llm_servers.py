@@ -21,6 +21,7 @@ No pytest import here: benchmarks use it too.
 """
 
 import json
+import sys
 import threading
 import time
 import uuid
@@ -205,6 +206,11 @@ class _Server(ThreadingHTTPServer):
     request_queue_size = 1024
     llm: LLMServer
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client going away (a test's timeout, the SDK dropping a connection) is no error.
+        if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            super().handle_error(request, client_address)
+
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
@@ -232,13 +238,12 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
 
-    def _chunk(self, text: str) -> None:
+    def _chunk(self, text: str, *, last: bool = False) -> None:
         data = text.encode()
-        self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
-        self.wfile.flush()
-
-    def _end_stream(self) -> None:
-        self.wfile.write(b"0\r\n\r\n")
+        frame = f"{len(data):x}\r\n".encode() + data + b"\r\n"
+        # The last event and the end of the body in one write: a client that stops reading at
+        # the last event (the SDKs do) still finds the body complete and keeps the connection.
+        self.wfile.write(frame + b"0\r\n\r\n" if last else frame)
         self.wfile.flush()
 
     def do_POST(self) -> None:
@@ -375,8 +380,7 @@ class _Handler(BaseHTTPRequestHandler):
                 },
             }
             self._chunk(f"data: {json.dumps(usage)}\n\n")
-        self._chunk("data: [DONE]\n\n")
-        self._end_stream()
+        self._chunk("data: [DONE]\n\n", last=True)
 
     def _openai_json(self, reply: Reply, model: str) -> None:
         for index in range(len(reply.chunks) or 1):
@@ -417,8 +421,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     # --- Anthropic ---------------------------------------------------------------------------
     def _anthropic_stream(self, reply: Reply, model: str) -> None:
-        def event(name: str, payload: dict[str, Any]) -> None:
-            self._chunk(f"event: {name}\ndata: {json.dumps(payload)}\n\n")
+        def event(name: str, payload: dict[str, Any], *, last: bool = False) -> None:
+            self._chunk(f"event: {name}\ndata: {json.dumps(payload)}\n\n", last=last)
 
         prompt, completion = reply.usage
         self._start_stream()
@@ -498,8 +502,7 @@ class _Handler(BaseHTTPRequestHandler):
                 "usage": {"output_tokens": completion},
             },
         )
-        event("message_stop", {"type": "message_stop"})
-        self._end_stream()
+        event("message_stop", {"type": "message_stop"}, last=True)
 
     def _anthropic_json(self, reply: Reply, model: str) -> None:
         for index in range(len(reply.chunks) or 1):

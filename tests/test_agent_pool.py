@@ -4,6 +4,7 @@ scripts/run_all.py starts it, with runs that wait a second on their provider."""
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 from celery.contrib.testing.worker import start_worker
@@ -11,6 +12,7 @@ from django.db import connection as main_connection
 from django.test.utils import override_settings
 
 from agents.models import Agent, Task
+from agents.runner.db import on_database, shutdown_database_threads
 from agents.runner.providers import reset_clients
 from agents.services.tasks import create_task
 from channels_app.models import Channel, Server
@@ -30,6 +32,29 @@ def llm() -> Iterator[LLMServer]:
     with LLMServer(default=Reply(chunks=["Done after a second."], delay=1.0)) as server:
         yield server
     reset_clients()
+    # The runner's database threads keep their connections: closed before the test's flush.
+    shutdown_database_threads()
+
+
+@contextmanager
+def agents_worker(concurrency: int) -> Iterator[None]:
+    """A threads-pool worker on the agents queue, as scripts/run_all.py starts one."""
+    queues = app.amqp.queues
+    # The worker narrows the app's queue selection for the whole process: put it back, or a
+    # later test's worker would only listen to "agents".
+    saved = queues._consume_from
+    try:
+        with start_worker(
+            app,
+            pool="threads",
+            concurrency=concurrency,
+            queues=["agents"],
+            perform_ping_check=False,
+            shutdown_timeout=30,
+        ):
+            yield
+    finally:
+        queues._consume_from = saved
 
 
 def other_connections() -> int:
@@ -56,14 +81,7 @@ def test_twenty_slow_runs_finish_together_on_few_connections(
     with app.connection() as conn:
         conn.default_channel.queue_purge("agents")
 
-    with start_worker(
-        app,
-        pool="threads",
-        concurrency=RUNS,
-        queues=["agents"],
-        perform_ping_check=False,
-        shutdown_timeout=30,
-    ):
+    with agents_worker(RUNS):
         # One run first: the worker's tenant lookup (tenant-schemas-celery's prerun, cached
         # CELERY_TASK_TENANT_CACHE_SECONDS) happens before the runner's bound applies.
         with switch(user):
@@ -76,8 +94,6 @@ def test_twenty_slow_runs_finish_together_on_few_connections(
                 assert time.monotonic() < deadline, "the warm-up run did not finish"
                 time.sleep(0.05)
 
-        peak = 0
-        stop = threading.Event()
         samples: list[int] = []
 
         started = time.monotonic()
@@ -100,12 +116,51 @@ def test_twenty_slow_runs_finish_together_on_few_connections(
                 time.sleep(0.02)
             elapsed = time.monotonic() - started
             statuses = set(Task.objects.filter(pk__in=ids).values_list("status", flat=True))
-        stop.set()
         peak = max(samples)
 
     assert statuses == {Task.Status.SUCCEEDED}
     # In series they would take 20 s; together, about one (slack for a 2-core machine).
     assert elapsed < 6, elapsed
     assert llm.served == RUNS + 1
-    # The worker's threads never held more connections than the runner's bound.
+    # The worker's twenty threads never held more connections than the runner's bound.
     assert peak <= DB_CONNECTIONS, samples
+
+
+@override_settings(AGENT_DB_CONNECTIONS=1)
+def test_the_database_threads_work_in_each_callers_account(clean_schemas: None) -> None:
+    alice = UserFactory(email="alice@example.org")
+    bob = UserFactory(email="bob@example.org")
+    with switch(alice):
+        Server.objects.create(name="Libera", host="irc.libera.chat", nick="alice")
+    with switch(bob):
+        Server.objects.create(name="EFnet", host="irc.efnet.org", nick="bob")
+
+    def hosts() -> list[str]:
+        return list(Server.objects.values_list("host", flat=True))
+
+    def boom() -> None:
+        raise ValueError("a job that fails")
+
+    seen: dict[str, list[str]] = {}
+    try:
+        # One database thread serves both accounts in turn, from threads of their own (as the
+        # worker's run threads are), each outside any transaction.
+        def ask(user: object, name: str) -> None:
+            with switch(user):  # type: ignore[arg-type]
+                seen[name] = on_database(hosts)
+
+        for user, name in [(alice, "alice"), (bob, "bob"), (alice, "alice again")]:
+            thread = threading.Thread(target=ask, args=(user, name))
+            thread.start()
+            thread.join()
+        with pytest.raises(ValueError, match="a job that fails"):
+            on_database(boom)
+        with switch(bob):
+            assert on_database(hosts) == ["irc.efnet.org"]  # the thread survived the failure
+    finally:
+        shutdown_database_threads()
+    assert seen == {
+        "alice": ["irc.libera.chat"],
+        "bob": ["irc.efnet.org"],
+        "alice again": ["irc.libera.chat"],
+    }

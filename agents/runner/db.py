@@ -1,66 +1,133 @@
 """How a worker with a hundred runs in flight stays within a few database connections.
 
 The agents worker runs each task in a thread (`celery worker -Q agents -P threads -c 100`):
-a run spends almost all its time waiting on an LLM provider, so threads, not processes, are
-what keeps a hundred in flight on one process. Django gives every thread its own database
-connection and keeps it open for the thread's task; a hundred threads would then hold a
-hundred PostgreSQL connections (the server's default max_connections is 100) while they do
-nothing but wait on HTTP.
+a run spends almost all its time waiting on an LLM provider, so threads, not processes, keep a
+hundred in flight in one process. But Django gives every thread its own database connection
+and keeps it for the thread's task: a hundred threads would hold a hundred PostgreSQL
+connections (the server's default max_connections is 100) while doing nothing but wait on HTTP.
 
-So a run touches the database only inside `database()` blocks, between model calls, and
-never while it streams an answer:
-- at most AGENT_DB_CONNECTIONS threads of the process are inside such a block at once (a
-  semaphore; the others wait for a slot, which is short: a block is a few queries);
-- at the end of a block the thread's connection is closed, so the connections a process holds
-  are bounded by the semaphore, not by its threads.
+So a run's threads never touch the database themselves. Its database work (load and claim
+the task, build the context, record a model call, run tools, finish) is handed, a few queries
+at a time, to a small executor: AGENT_DB_CONNECTIONS threads per process, each holding one
+persistent connection, switched to the run's account for the job (`SET search_path` when the
+schema differs). A run waits for its job's result; it never holds a connection while it
+streams an answer.
 
-The price is one new connection (TCP/socket connect, authentication, `SET search_path`) per
-block, i.e. two or three per run; benchmarks/agents.py measures it (`reconnect_ms`). A pool
-(Django 5.1's psycopg pool) would save the connect but shares connections across threads under
-django-tenants' per-connection search_path cache and tenancy.db_memory's per-connection
-accounting; closing is the simple, obviously correct bound.
+Why not close the run thread's connection between stretches instead (the first design): each
+stretch then opens a connection, a PostgreSQL backend forked and its catalog caches cold, about
+5-10 ms and most of a run's database CPU on both sides (benchmarks/agents.py measured both;
+figures in the module's report). The executor costs a thread hand-off per stretch instead.
 
-Inside an atomic block (a caller's transaction, a test's) the connection cannot be closed:
-it is kept, and the block is just a block.
+The executor threads' connections are bounded in what they accumulate across accounts by
+tenancy.db_memory (`maybe_recycle` after every job), and closed after a job that failed, so a
+broken connection is not handed to the next run.
+
+Inside an atomic block (a caller's transaction, a test's) the job runs on the caller's thread
+and connection: another connection could not see the transaction's rows.
 """
 
+import queue
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any, TypeVar
 
 from django.conf import settings
-from django.db import connection
 
-_slots_lock = threading.Lock()
-_slots: tuple[int, threading.BoundedSemaphore] | None = None
+from tenancy.context import connection
+from tenancy.db_memory import maybe_recycle
+
+T = TypeVar("T")
+
+_Job = tuple[Callable[[], Any], Any, "Future[Any]"]
 
 
-def _semaphore() -> threading.BoundedSemaphore:
-    """The process's semaphore, sized by the setting (made again if a test changes it)."""
-    global _slots
+class DatabaseThreads:
+    """`size` threads, each with its own connection, running jobs from one queue."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._threads = [
+            threading.Thread(target=self._serve, name=f"agents-db-{n}", daemon=True)
+            for n in range(size)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def run(self, fn: Callable[[], T], tenant: Any) -> T:
+        future: Future[T] = Future()
+        self._jobs.put((fn, tenant, future))
+        return future.result()
+
+    def shutdown(self) -> None:
+        """Stop the threads, each closing its connection (tests; a process exiting does not
+        need it)."""
+        for _ in self._threads:
+            self._jobs.put(None)
+        for thread in self._threads:
+            thread.join(timeout=10)
+
+    def _serve(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                connection.close()
+                return
+            fn, tenant, future = job
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                if connection.schema_name != tenant.schema_name:
+                    connection.set_tenant(tenant)
+                result = fn()
+            except BaseException as exc:
+                # Whatever failed may have left the connection unusable: the next job gets a
+                # fresh one.
+                connection.close()
+                future.set_exception(exc)
+                continue
+            try:
+                maybe_recycle(connection)
+            except Exception:
+                connection.close()
+            future.set_result(result)
+
+
+_lock = threading.Lock()
+_threads: DatabaseThreads | None = None
+
+
+def database_threads() -> DatabaseThreads:
+    """The process's executor, sized by AGENT_DB_CONNECTIONS (made again if a test changes it)."""
+    global _threads
     size = max(1, settings.AGENT_DB_CONNECTIONS)
-    with _slots_lock:
-        if _slots is None or _slots[0] != size:
-            _slots = (size, threading.BoundedSemaphore(size))
-        return _slots[1]
+    with _lock:
+        if _threads is None or _threads.size != size:
+            if _threads is not None:
+                _threads.shutdown()
+            _threads = DatabaseThreads(size)
+        return _threads
 
 
-@contextmanager
-def database() -> Iterator[None]:
-    """A stretch of database work of a run; the connection is released at its end."""
-    slots = _semaphore()
-    slots.acquire()
-    try:
-        yield
-    finally:
-        try:
-            release_connection()
-        finally:
-            slots.release()
+def shutdown_database_threads() -> None:
+    global _threads
+    with _lock:
+        if _threads is not None:
+            _threads.shutdown()
+            _threads = None
+
+
+def on_database(fn: Callable[[], T]) -> T:
+    """Run `fn` (database work of a run) on one of the process's few connections, in the
+    caller's account schema; its result or its exception comes back."""
+    if connection.in_atomic_block:
+        return fn()
+    return database_threads().run(fn, connection.tenant)
 
 
 def release_connection() -> None:
-    """Close this thread's connection unless a transaction holds it. The tenant stays set on
-    the wrapper: the next query reconnects and django-tenants sets the search_path again."""
+    """Close this thread's own connection, unless a transaction holds it: a run thread keeps
+    none (tenant-schemas-celery's account lookup before the task may have opened one)."""
     if not connection.in_atomic_block:
         connection.close()

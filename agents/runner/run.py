@@ -1,8 +1,9 @@
 """One run of an agent task, from the queued row to the answer in the channel.
 
-The run alternates between the database (load, record, run tools: `database()` blocks, which
-bound and release connections, see db.py) and the provider (streamed, with no connection
-held). Lines leave for IRC as the model writes them (agents.speech.say, one AgentSay per line).
+The run alternates between the database (load, record, run tools: jobs handed to the
+process's few database threads by `on_database`, see db.py) and the provider (streamed, with
+no connection held). Lines leave for IRC as the model writes them (agents.speech.say, one
+AgentSay per line).
 Nothing raises out of `run`: a failure ends the task `failed` with a one-line reason.
 """
 
@@ -11,6 +12,7 @@ import logging
 import time
 from collections.abc import Callable, Generator
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 from django.conf import settings
@@ -21,7 +23,7 @@ from accounts.models import Account
 from agents import speech
 from agents.models import Agent, ModelCall, Task, ToolCall
 from agents.runner.context import first_messages, system_prompt
-from agents.runner.db import database, release_connection
+from agents.runner.db import on_database, release_connection
 from agents.runner.lines import LineWriter
 from agents.runner.providers import (
     Completion,
@@ -64,12 +66,13 @@ def run(task_id: int) -> None:
     except Exception:
         logger.exception("agent task %s crashed", task_id)
         try:
-            with database():
-                Task.objects.filter(pk=task_id, status=Task.Status.RUNNING).update(
+            on_database(
+                lambda: Task.objects.filter(pk=task_id, status=Task.Status.RUNNING).update(
                     status=Task.Status.FAILED,
                     error="The run failed unexpectedly.",
                     finished_at=timezone.now(),
                 )
+            )
         except Exception:
             logger.exception("agent task %s: could not record the failure", task_id)
 
@@ -81,14 +84,14 @@ class _Run:
         self.prompt_tokens = 0
         self.completion_tokens = 0
         self.first_line_at: datetime | None = None
+        self.gateway_failed = False
 
     # --- the run ---------------------------------------------------------------------------
     def execute(self) -> None:
-        # Two database stretches for a plain answer (before and after the model call): each
-        # costs a connect (db.py), so the work between two calls is done in one.
-        with database():
-            if not self._start() or not self._budget_allows():
-                return
+        # One database job before the first model call and one after each: the work between
+        # two calls is done in one hand-off (db.py).
+        if not on_database(self._begin):
+            return
         max_steps = max(1, self.agent.max_steps)
         for number in range(1, max_steps + 1):
             last = number == max_steps
@@ -96,38 +99,48 @@ class _Run:
             try:
                 completion = self._call(allow_tools=not last)
             except ProviderFailure as failure:
-                with database():
-                    self._record_call(number, started, None, failure)
-                    self._on_failure(failure)
-                    self._finish(error=failure.reason)
+                on_database(partial(self._after_failure, number, started, failure))
                 return
             except GatewayUnreachable:
-                with database():
-                    self._record_call(number, started, None, None)
-                    self._finish(error=GATEWAY_GONE)
+                on_database(partial(self._after_gateway_gone, number, started))
                 return
-            with database():
-                self._record_call(number, started, completion, None)
-                if not completion.tool_calls:
-                    self._finish()
-                    return
-                if last:
-                    self._finish(
-                        error=""
-                        if "".join(self.output).strip()
-                        else f"Stopped after {max_steps} model calls: the model kept calling "
-                        "tools without answering."
-                    )
-                    return
-                try:
-                    # The text before a tool call is a line of its own.
-                    self._feed("\n")
-                except GatewayUnreachable:
-                    self._finish(error=GATEWAY_GONE)
-                    return
-                self._run_tools(number, completion)
-                if not self._budget_allows():
-                    return
+            if not on_database(partial(self._after_call, number, started, completion, last)):
+                return
+
+    def _begin(self) -> bool:
+        return self._start() and self._budget_allows()
+
+    def _after_failure(self, number: int, started: float, failure: ProviderFailure) -> None:
+        self._record_call(number, started, None, failure)
+        self._on_failure(failure)
+        self._finish(error=failure.reason)
+
+    def _after_gateway_gone(self, number: int, started: float) -> None:
+        self._record_call(number, started, None, None)
+        self._finish(error=GATEWAY_GONE)
+
+    def _after_call(self, number: int, started: float, completion: Completion, last: bool) -> bool:
+        """Record the call; run the tools it asked for. True: call the model again."""
+        self._record_call(number, started, completion, None)
+        if not completion.tool_calls:
+            self._finish(error=GATEWAY_GONE if self.gateway_failed else "")
+            return False
+        if last:
+            self._finish(
+                error=""
+                if "".join(self.output).strip()
+                else f"Stopped after {number} model calls: the model kept calling "
+                "tools without answering."
+            )
+            return False
+        try:
+            # The text before a tool call is a line of its own.
+            self._feed("\n")
+        except GatewayUnreachable:
+            self._finish(error=GATEWAY_GONE)
+            return False
+        self._run_tools(number, completion)
+        return self._budget_allows()
 
     def _budget_allows(self) -> bool:
         """Before each model call: False (and the task finished) when a budget is used up."""
@@ -141,28 +154,36 @@ class _Run:
     def _start(self) -> bool:
         """Claim the task and build what the first call sends. False: nothing to run (the
         task is gone or already taken: Celery delivers at least once)."""
-        claimed = Task.objects.filter(pk=self.task_id, status=Task.Status.QUEUED).update(
-            status=Task.Status.RUNNING, started_at=timezone.now()
+        task = (
+            Task.objects.select_related("agent", "channel", "server")
+            .filter(pk=self.task_id, status=Task.Status.QUEUED)
+            .first()
         )
-        if not claimed:
+        if task is None:
             logger.info("agent task %s: not queued any more, skipped", self.task_id)
             return False
+        self.task = task
         tenant = current_account()
         if tenant is None:  # account_task refuses this; kept for code that calls run() itself
             raise RuntimeError("agents.runner.run needs an account's schema")
         # Fresh: the worker may hold a cached tenant, and the budget is read from it.
         self.account = Account.objects.get(pk=tenant.pk)
-        self.task = Task.objects.select_related("agent", "channel", "server").get(pk=self.task_id)
-        self.agent: Agent = self.task.agent
+        self.agent: Agent = task.agent
         self.config = AccountLLM.objects.select_related("llm").get(
             pk=self.agent.account_llm_id, account=self.account
         )
         self.tools = agent_tools(account=self.account, agent=self.agent)
         self.specs: list[ToolSpec] = [spec for spec, _ in self.tools]
-        self.system = system_prompt(self.task, self.agent)
-        self.messages: list[Message] = first_messages(self.task, self.agent)
-        self.task.context = [{"role": "system", "content": self.system}, *self.messages]
-        self.task.save(update_fields=["context"])
+        self.system = system_prompt(task, self.agent)
+        self.messages: list[Message] = first_messages(task, self.agent)
+        task.context = [{"role": "system", "content": self.system}, *self.messages]
+        # The claim: of two deliveries of one task, one runs it.
+        claimed = Task.objects.filter(pk=self.task_id, status=Task.Status.QUEUED).update(
+            status=Task.Status.RUNNING, started_at=timezone.now(), context=task.context
+        )
+        if not claimed:
+            logger.info("agent task %s: taken by another delivery, skipped", self.task_id)
+            return False
         self.target = self.task.reply_to if self.task.server_id else ""
         self.writer = LineWriter(
             self._send if self.target else None,
@@ -188,6 +209,12 @@ class _Run:
         except GatewayUnreachable:
             generator.close()
             raise
+        if not completion.tool_calls:
+            # The answer is complete: its last line leaves now, not after the bookkeeping.
+            try:
+                self.writer.close()
+            except GatewayUnreachable:
+                self.gateway_failed = True
         self.prompt_tokens += completion.input_tokens
         self.completion_tokens += completion.output_tokens
         if completion.text:
