@@ -57,3 +57,8 @@ def test_the_linked_line_stays_under_the_limit() -> None:
 def test_a_word_longer_than_a_line_is_cut_on_a_character() -> None:
     head, rest = cut_at_word("é" * 300, 401)
     assert len(head.encode()) == 400 and head + rest == "é" * 300
+
+
+def test_carriage_returns_and_nuls_never_reach_a_line() -> None:
+    lines, _ = written("one\r\ntwo\rthree\x00four\r", 1)
+    assert lines == ["one", "two", "threefour"]

@@ -664,3 +664,46 @@ def test_the_budget_is_checked_before_each_model_call(
     assert len(llm.requests) == 1
     assert task.status == Task.Status.FAILED
     assert task.prompt_tokens == 90 and task.completion_tokens == 20
+
+
+def test_a_gateway_that_cannot_be_reached_fails_the_run(alice: User, llm: LLMServer) -> None:
+    scene = make_scene(alice, llm)
+    llm.script(Reply(chunks=["An answer nobody will read."]))
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with override_settings(REDIS_URL=f"redis://127.0.0.1:{port}/0"):
+        task = ask(scene)
+    assert task.status == Task.Status.FAILED
+    assert task.error == "The answer could not be handed to the IRC gateway."
+    assert task.output == "An answer nobody will read."
+    (call,) = calls_of(scene, task)
+    assert call.outcome == ModelCall.Outcome.OK and call.output_tokens == 7
+
+
+@pytest.mark.parametrize("kind", PROVIDERS)
+def test_the_loopback_server_answers_without_streaming_too(llm: LLMServer, kind: str) -> None:
+    """What the runner does not use but other callers of tests.llm_servers may: plain JSON."""
+    import anthropic
+    import openai
+
+    llm.script(Reply(chunks=["Hello", " there"], tool_calls=[ToolCallScript("current_time", "{}")]))
+    if kind == "openai":
+        client = openai.OpenAI(base_url=llm.openai_url, api_key="k", max_retries=0)
+        answer = client.chat.completions.create(
+            model="m", messages=[{"role": "user", "content": "hi"}]
+        )
+        message = answer.choices[0].message
+        assert message.content == "Hello there"
+        assert message.tool_calls
+        call = message.tool_calls[0]
+        assert isinstance(call, openai.types.chat.ChatCompletionMessageFunctionToolCall)
+        assert call.function.name == "current_time"
+        assert answer.usage and answer.usage.prompt_tokens == 11
+    else:
+        other = anthropic.Anthropic(base_url=llm.anthropic_url, api_key="k", max_retries=0)
+        reply = other.messages.create(
+            model="m", max_tokens=10, messages=[{"role": "user", "content": "hi"}]
+        )
+        assert [block.type for block in reply.content] == ["text", "tool_use"]
+        assert reply.stop_reason == "tool_use" and reply.usage.output_tokens == 7

@@ -62,7 +62,9 @@ class LineWriter:
     def feed(self, text: str) -> None:
         if not text:
             return
-        self._buffer += text
+        # Any line break is a line break (a lone CR must never reach an IRC socket mid-line);
+        # a CRLF split over two chunks only makes a blank line, which is dropped.
+        self._buffer += text.replace("\r\n", "\n").replace("\r", "\n").replace("\x00", "")
         while "\n" in self._buffer:
             line, self._buffer = self._buffer.split("\n", 1)
             self._paragraph(line, final=True)

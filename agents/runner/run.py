@@ -85,6 +85,7 @@ class _Run:
         self.completion_tokens = 0
         self.first_line_at: datetime | None = None
         self.gateway_failed = False
+        self.began = timezone.now()
 
     # --- the run ---------------------------------------------------------------------------
     def execute(self) -> None:
@@ -179,7 +180,7 @@ class _Run:
         task.context = [{"role": "system", "content": self.system}, *self.messages]
         # The claim: of two deliveries of one task, one runs it.
         claimed = Task.objects.filter(pk=self.task_id, status=Task.Status.QUEUED).update(
-            status=Task.Status.RUNNING, started_at=timezone.now(), context=task.context
+            status=Task.Status.RUNNING, started_at=self.began, context=task.context
         )
         if not claimed:
             logger.info("agent task %s: taken by another delivery, skipped", self.task_id)
