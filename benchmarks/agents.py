@@ -371,12 +371,14 @@ def run(args: argparse.Namespace, bench_url: str, result_out: TextIO) -> None:
         sampler.start()
         committed: list[float] = []
         cpu_before = cpu_seconds(worker.process.pid)
+        own_before = time.process_time()
         with switch(account), transaction.atomic():
             transaction.on_commit(lambda: committed.append(time.time()))
             ids = [ask(f"slow question {n}") for n in range(args.runs)]
         wait_for(lambda: finished(ids) == len(ids), 60 + args.runs * args.delay, "(b)", worker)
         db_peak = sampler.stop()
         cpu_b = (cpu_seconds(worker.process.pid) - cpu_before) * 1000 / len(ids)
+        own_b = (time.process_time() - own_before) * 1000 / len(ids)
         sampler = None
         with switch(account):
             rows = list(
@@ -401,7 +403,8 @@ def run(args: argparse.Namespace, bench_url: str, result_out: TextIO) -> None:
             f"(b) {len(ids)} runs of {args.delay:.1f} s in {seconds:.2f} s: {rate:.1f} runs/s, "
             f"{peak} in flight at most, {db_peak} database connections at most "
             f"(bound {args.db_connections}); the provider served {server.served} calls; "
-            f"the worker used {cpu_b:.1f} ms of CPU per run ({cpu_a:.1f} in (a))"
+            f"the worker used {cpu_b:.1f} ms of CPU per run ({cpu_a:.1f} in (a)), this process "
+            f"(queueing, the provider) {own_b:.1f} ms"
         )
 
         # The bound's price. What the runner pays: a hand-off to a database thread holding an

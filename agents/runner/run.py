@@ -86,6 +86,8 @@ class _Run:
         self.first_line_at: datetime | None = None
         self.gateway_failed = False
         self.began = timezone.now()
+        # Read on the run's own thread: the database threads' connections serve every account.
+        self.tenant = current_account()
 
     # --- the run ---------------------------------------------------------------------------
     def execute(self) -> None:
@@ -164,11 +166,11 @@ class _Run:
             logger.info("agent task %s: not queued any more, skipped", self.task_id)
             return False
         self.task = task
-        tenant = current_account()
-        if tenant is None:  # account_task refuses this; kept for code that calls run() itself
+        if self.tenant is None:  # account_task refuses this; kept for callers of run() itself
             raise RuntimeError("agents.runner.run needs an account's schema")
-        # Fresh: the worker may hold a cached tenant, and the budget is read from it.
-        self.account = Account.objects.get(pk=tenant.pk)
+        # Fresh: the worker's tenant is cached (CELERY_TASK_TENANT_CACHE_SECONDS), and the
+        # account's budget is read from this row.
+        self.account = Account.objects.get(pk=self.tenant.pk)
         self.agent: Agent = task.agent
         self.config = AccountLLM.objects.select_related("llm").get(
             pk=self.agent.account_llm_id, account=self.account
