@@ -23,7 +23,7 @@ cold catalog caches) minus the same on an open one, `reconnect_ms`.
 
 It runs in a database of its own (`palaver_bench_agents` on the server DATABASE_URL names),
 dropped and recreated at the start and dropped at the end unless --keep, and on a Redis
-database of its own (--redis-db, default 9) with its own pub/sub prefix.
+database of its own (--redis-db, default 4) with its own pub/sub prefix.
 
 stdout gets exactly one line:
     first_line_ms_p50=… first_line_ms_p99=… latency_runs=… runs_per_s=… runs=… delay_s=…
@@ -84,7 +84,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="AGENT_DB_CONNECTIONS for the worker (default 10)",
     )
     parser.add_argument(
-        "--redis-db", type=int, default=9, help="Redis database number to use (default 9)"
+        "--redis-db", type=int, default=4, help="Redis database number to use (default 4)"
     )
     parser.add_argument(
         "--database",
@@ -224,7 +224,7 @@ def wait_for(condition: Any, timeout: float, what: str, worker: Worker) -> None:
     while not condition():
         worker.check()
         if time.monotonic() > deadline:
-            raise BenchmarkError(f"timed out waiting for {what}")
+            raise BenchmarkError(f"timed out waiting for {what}; the worker said: {worker.tail()}")
         time.sleep(0.02)
 
 
