@@ -30,7 +30,7 @@ from channels_app.events import (
     redis_client,
 )
 from channels_app.models import Channel, Message, Server
-from llms.models import AccountLLM, Tool
+from llms.models import LLM, AccountLLM, Tool
 from llms.services import configure_tool, save_account_llm
 from tenancy import switch
 from tests.helpers import loopback_provider
@@ -707,3 +707,32 @@ def test_the_loopback_server_answers_without_streaming_too(llm: LLMServer, kind:
         )
         assert [block.type for block in reply.content] == ["text", "tool_use"]
         assert reply.stop_reason == "tool_use" and reply.usage.output_tokens == 7
+
+
+def test_a_turned_off_agent_does_not_run(alice: User, llm: LLMServer, said: Said) -> None:
+    scene = make_scene(alice, llm, enabled=False)
+    task = ask(scene)
+    assert llm.requests == [] and said.lines() == []
+    assert task.status == Task.Status.FAILED and task.error == "Helper is turned off."
+    assert task.finished_at is not None
+
+
+def test_an_inactive_provider_is_not_called(alice: User, llm: LLMServer) -> None:
+    scene = make_scene(alice, llm)
+    LLM.objects.filter(pk=scene.provider.llm_id).update(is_active=False)
+    task = ask(scene)
+    assert llm.requests == []
+    assert task.error == "The LLM provider Loopback openai is not offered any more."
+
+
+@override_settings(AGENT_LLM_MAX_RETRIES=1)
+@pytest.mark.parametrize("kind", PROVIDERS)
+def test_a_provider_failing_with_5xx_is_retried_then_unavailable(
+    alice: User, llm: LLMServer, kind: str
+) -> None:
+    scene = make_scene(alice, llm, kind)
+    llm.script(*[Reply.error(503, "overloaded", headers={"Retry-After": "0.1"})] * 2)
+    task = ask(scene)
+    assert len(llm.requests) == 2
+    assert task.error == f"Loopback {kind} failed (503), retries exhausted"
+    assert calls_of(scene, task)[0].outcome == ModelCall.Outcome.UNAVAILABLE

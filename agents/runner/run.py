@@ -67,7 +67,9 @@ def run(task_id: int) -> None:
         logger.exception("agent task %s crashed", task_id)
         try:
             on_database(
-                lambda: Task.objects.filter(pk=task_id, status=Task.Status.RUNNING).update(
+                lambda: Task.objects.filter(
+                    pk=task_id, status__in=[Task.Status.QUEUED, Task.Status.RUNNING]
+                ).update(
                     status=Task.Status.FAILED,
                     error="The run failed unexpectedly.",
                     finished_at=timezone.now(),
@@ -172,9 +174,27 @@ class _Run:
         # account's budget is read from this row.
         self.account = Account.objects.get(pk=self.tenant.pk)
         self.agent: Agent = task.agent
-        self.config = AccountLLM.objects.select_related("llm").get(
-            pk=self.agent.account_llm_id, account=self.account
+        config = (
+            AccountLLM.objects.select_related("llm")
+            .filter(pk=self.agent.account_llm_id, account=self.account)
+            .first()
         )
+        refusal = ""
+        if not self.agent.enabled:
+            refusal = f"{self.agent.name} is turned off."
+        elif config is None:
+            refusal = f"{self.agent.name} has no LLM provider any more."
+        elif not config.llm.is_active:
+            refusal = f"The LLM provider {config.llm.name} is not offered any more."
+        if refusal or config is None:
+            Task.objects.filter(pk=self.task_id, status=Task.Status.QUEUED).update(
+                status=Task.Status.FAILED,
+                error=refusal,
+                started_at=self.began,
+                finished_at=timezone.now(),
+            )
+            return False
+        self.config = config
         self.tools = agent_tools(account=self.account, agent=self.agent)
         self.specs: list[ToolSpec] = [spec for spec, _ in self.tools]
         self.system = system_prompt(task, self.agent)
