@@ -161,6 +161,9 @@ class _Run:
         task is gone or already taken: Celery delivers at least once)."""
         task = (
             Task.objects.select_related("agent", "channel", "server")
+            # A run never needs the IRC secrets (not decrypted here) nor a queued task's
+            # empty context and output.
+            .defer("context", "output", "server__password", "server__sasl_password", "channel__key")
             .filter(pk=self.task_id, status=Task.Status.QUEUED)
             .first()
         )
