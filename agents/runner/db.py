@@ -13,10 +13,12 @@ persistent connection, switched to the run's account for the job (`SET search_pa
 schema differs). A run waits for its job's result; it never holds a connection while it
 streams an answer.
 
-Why not close the run thread's connection between stretches instead (the first design): each
-stretch then opens a connection, a PostgreSQL backend forked and its catalog caches cold, about
-5-10 ms and most of a run's database CPU on both sides (benchmarks/agents.py measured both;
-figures in the module's report). The executor costs a thread hand-off per stretch instead.
+Why not close the run thread's connection between stretches instead (the first design, which
+also bounds connections): each stretch then opens a connection, a PostgreSQL backend forked
+with cold catalog caches. benchmarks/agent_runs.py measured a query on a fresh connection at
+3.3-9 ms more than on an open one (`reconnect_ms`), two per run, with the server's CPU for the
+fork on top; the hand-off to a database thread costs 0.1-0.35 ms (`handoff_ms`), and the first
+line of an answer came 2x sooner (p50 45 -> 21 ms on a loaded 2-core machine).
 
 The executor threads' connections are bounded in what they accumulate across accounts by
 tenancy.db_memory (`maybe_recycle` after every job), and closed after a job that failed, so a

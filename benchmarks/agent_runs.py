@@ -1,6 +1,6 @@
 """Benchmark: agent runs, from the task to the first line said, and runs per second per worker.
 
-    .venv/bin/python benchmarks/agents.py [--latency-runs N] [--runs M] [--concurrency C]
+    .venv/bin/python benchmarks/agent_runs.py [--latency-runs N] [--runs M] [--concurrency C]
 
 One account with a server, a channel (50 lines of history for the context) and an agent whose
 provider is a loopback OpenAI-compatible server (tests/llm_servers.py) that the real `openai`
