@@ -157,6 +157,8 @@ def test_the_database_threads_work_in_each_callers_account(clean_schemas: None) 
             on_database(boom)
         with switch(bob):
             assert on_database(hosts) == ["irc.efnet.org"]  # the thread survived the failure
+            # A job asking for the database again runs on its own thread, not after itself.
+            assert on_database(lambda: on_database(hosts)) == ["irc.efnet.org"]
     finally:
         shutdown_database_threads()
     assert seen == {

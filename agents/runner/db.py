@@ -71,6 +71,7 @@ class DatabaseThreads:
             thread.join(timeout=10)
 
     def _serve(self) -> None:
+        _inside.active = True
         while True:
             job = self._jobs.get()
             if job is None:
@@ -98,6 +99,9 @@ class DatabaseThreads:
 
 _lock = threading.Lock()
 _threads: DatabaseThreads | None = None
+# Set on the database threads: a job that asks for the database again runs inline, instead of
+# waiting for a thread that may be itself.
+_inside = threading.local()
 
 
 def database_threads() -> DatabaseThreads:
@@ -123,7 +127,7 @@ def shutdown_database_threads() -> None:
 def on_database(fn: Callable[[], T]) -> T:
     """Run `fn` (database work of a run) on one of the process's few connections, in the
     caller's account schema; its result or its exception comes back."""
-    if connection.in_atomic_block:
+    if connection.in_atomic_block or getattr(_inside, "active", False):
         return fn()
     return database_threads().run(fn, connection.tenant)
 
