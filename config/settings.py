@@ -327,6 +327,22 @@ PUBLIC_URL: str = setting("PUBLIC_URL", default="http://127.0.0.1:8000").rstrip(
 # Tokens an account's agents may use per calendar month unless an operator set the account's
 # own (accounts.Account.monthly_token_budget); 0 means no limit.
 AGENT_MONTHLY_TOKEN_BUDGET: int = setting("AGENT_MONTHLY_TOKEN_BUDGET", cast=int, default=1_000_000)
+# One model call may wait this long for the provider (connect, and between streamed chunks);
+# the SDKs retry 429s, 5xx and timeouts AGENT_LLM_MAX_RETRIES times with backoff (Retry-After).
+AGENT_LLM_TIMEOUT_SECONDS: float = setting("AGENT_LLM_TIMEOUT_SECONDS", cast=float, default=60.0)
+AGENT_LLM_MAX_RETRIES: int = setting("AGENT_LLM_MAX_RETRIES", cast=int, default=2)
+# Anthropic's API requires a cap on the answer's length; IRC answers are short.
+AGENT_MAX_OUTPUT_TOKENS: int = setting("AGENT_MAX_OUTPUT_TOKENS", cast=int, default=1024)
+# Runs in flight in one agents worker (a thread each: they mostly wait on providers).
+AGENT_WORKER_CONCURRENCY: int = setting("AGENT_WORKER_CONCURRENCY", cast=int, default=100)
+# Database connections one agents worker process holds: its runs hand their database work to
+# this many threads, each with one connection (agents/runner/db.py).
+AGENT_DB_CONNECTIONS: int = setting("AGENT_DB_CONNECTIONS", cast=int, default=10)
+# tenant-schemas-celery looks the task's account up before every task; cached for this long,
+# a run's thread does not open a database connection before the runner's bound applies.
+CELERY_TASK_TENANT_CACHE_SECONDS: int = setting(
+    "CELERY_TASK_TENANT_CACHE_SECONDS", cast=int, default=60
+)
 
 LIMIT_SERVERS_PER_ACCOUNT: int = setting("LIMIT_SERVERS_PER_ACCOUNT", cast=int, default=20)
 LIMIT_CHANNELS_PER_SERVER: int = setting("LIMIT_CHANNELS_PER_SERVER", cast=int, default=100)

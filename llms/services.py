@@ -1,6 +1,7 @@
 from typing import Any
 
 from django.db import transaction
+from django.utils import timezone
 
 from accounts.models import Account
 from llms.models import LLM, AccountLLM, AccountTool, Tool
@@ -50,10 +51,24 @@ def save_account_llm(
     config.llm = llm
     if api_key:
         config.api_key = api_key
+        # A new key has not been rejected (yet): agents try it and may say so again.
+        config.key_rejected_at = None
     config.enabled_models = enabled_models
     config.default_model = default_model
     config.save()
     return config
+
+
+@transaction.atomic
+def mark_key_rejected(*, account: Account, config: AccountLLM) -> bool:
+    """Note that the provider answered 401 to this configuration's key. True when this is news
+    (it was not marked yet): the caller says so once, not on every run until the key changes."""
+    if config.account_id != account.pk:
+        raise PermissionError("that provider configuration belongs to another account")
+    marked = AccountLLM.objects.filter(pk=config.pk, key_rejected_at__isnull=True).update(
+        key_rejected_at=timezone.now()
+    )
+    return bool(marked)
 
 
 @transaction.atomic

@@ -1,4 +1,5 @@
-"""Run the web server, the IRC gateway and a Celery worker together (`make run`).
+"""Run the web server, the IRC gateway and the Celery workers together (`make run`): one for
+the default queue (with beat), one for agent runs (a threads pool: many runs in flight).
 
     .venv/bin/python scripts/run_all.py        # PORT=8000 by default
 
@@ -82,6 +83,11 @@ def commands(port: str) -> dict[str, list[str]]:
             "worker",
             "-l",
             "info",
+            # The default queue: short jobs (pruning, ingestion, exports).
+            "-Q",
+            "celery",
+            "-n",
+            "default@%h",
             "--concurrency",
             "2",
             # Celery beat inside the worker: periodic tasks (CELERY_BEAT_SCHEDULE, e.g. history
@@ -90,7 +96,35 @@ def commands(port: str) -> dict[str, list[str]]:
             "--schedule",
             str(BASE_DIR / "var" / "celerybeat-schedule"),
         ],
+        # Agent runs wait seconds on LLM providers: threads keep AGENT_WORKER_CONCURRENCY of
+        # them in flight in one process, sharing AGENT_DB_CONNECTIONS database connections
+        # (agents/runner/db.py).
+        "agents": [
+            python,
+            "-m",
+            "celery",
+            "-A",
+            "config",
+            "worker",
+            "-l",
+            "info",
+            "-Q",
+            "agents",
+            "-n",
+            "agents@%h",
+            "-P",
+            "threads",
+            "-c",
+            str(agent_worker_concurrency()),
+        ],
     }
+
+
+def agent_worker_concurrency() -> int:
+    from django.conf import settings
+
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+    return int(settings.AGENT_WORKER_CONCURRENCY)
 
 
 def relay(name: str, stream: IO[bytes], width: int, colour: str) -> None:
@@ -115,7 +149,7 @@ class Supervisor:
         self.stop_requested = signum
 
     def start(self) -> None:
-        palette = ["\033[36m", "\033[33m", "\033[35m"]
+        palette = ["\033[36m", "\033[33m", "\033[35m", "\033[32m"]
         colours = palette if sys.stdout.isatty() else [""] * len(palette)
         specs = commands(self.port)
         width = max(len(name) for name in specs)
@@ -194,8 +228,8 @@ def main() -> int:
     signal.signal(signal.SIGTERM, supervisor._on_signal)
     supervisor.start()
     print(
-        f"run_all: Palaver on http://127.0.0.1:{port}/ with the IRC gateway and a Celery "
-        "worker; Ctrl-C stops them all",
+        f"run_all: Palaver on http://127.0.0.1:{port}/ with the IRC gateway and the Celery "
+        "workers; Ctrl-C stops them all",
         flush=True,
     )
     code = supervisor.wait()

@@ -49,3 +49,21 @@ def populate(user: User) -> dict[str, Any]:
         "agent": agent,
         "task": task,
     }
+
+
+def loopback_provider(
+    user: User, base_url: str, *, kind: str = "openai", **overrides: Any
+) -> AccountLLM:
+    """A provider of the catalog pointing at a loopback server (tests.llm_servers), configured
+    for the user's account."""
+    llm, _ = LLM.objects.update_or_create(
+        name=f"Loopback {kind}", defaults={"kind": kind, "base_url": base_url}
+    )
+    fields: dict[str, Any] = {
+        "llm": llm,
+        "api_key": f"sk-loopback-{kind}-secret-4242",
+        "enabled_models": ["test-model"],
+        "default_model": "test-model",
+    }
+    fields.update(overrides)
+    return save_account_llm(account=user.account, **fields)

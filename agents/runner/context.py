@@ -1,0 +1,77 @@
+"""What the model is told on a run's first call: who it is, where, and what was said."""
+
+from typing import Any
+
+from agents.models import Agent, Task
+from channels_app.models import Message
+
+# Tokens are estimated, not counted: about four characters of English per token.
+CHARS_PER_TOKEN = 4
+_SHOWN_KINDS = (
+    Message.Kind.MESSAGE,
+    Message.Kind.ACTION,
+    Message.Kind.NOTICE,
+    Message.Kind.TOPIC,
+)
+
+
+def system_prompt(task: Task, agent: Agent) -> str:
+    server = task.server
+    where = task.reply_to or "the web"
+    lines = [
+        f"You are {agent.nick}, an assistant on IRC (Palaver).",
+        f"You are answering in {where}"
+        + (f" on the IRC network {server.name}." if server is not None else "."),
+        "Reply briefly in plain text: IRC shows no Markdown, and each line of your answer "
+        f"becomes one IRC line (at most {agent.reply_max_lines}; more is cut with a link).",
+    ]
+    if task.channel is not None and task.channel.topic:
+        lines.append(f"The channel's topic: {task.channel.topic}")
+    if agent.system_prompt.strip():
+        lines += ["", agent.system_prompt.strip()]
+    return "\n".join(lines)
+
+
+def recent_lines(task: Task, agent: Agent) -> list[str]:
+    """The channel's latest lines, newest first until the agent's context budget, returned
+    oldest first. The line that asked is not among them: it is the question."""
+    budget = agent.context_tokens * CHARS_PER_TOKEN
+    if task.channel is None or budget <= 0:
+        return []
+    rows = (
+        Message.objects.filter(channel=task.channel, kind__in=_SHOWN_KINDS)
+        .exclude(pk=task.source_message_id or 0)
+        .order_by("-server_time", "-id")
+        .values_list("kind", "sender", "text", "server_time")
+    )
+    lines: list[str] = []
+    used = 0
+    # A line is at least a few characters: no more rows than the budget could hold.
+    for kind, sender, text, at in rows[: max(1, budget // 8)]:
+        if kind == Message.Kind.ACTION:
+            line = f"[{at:%H:%M}] * {sender} {text}"
+        elif kind == Message.Kind.TOPIC:
+            line = f"[{at:%H:%M}] {sender} set the topic: {text}"
+        else:
+            line = f"[{at:%H:%M}] <{sender}> {text}"
+        if used + len(line) + 1 > budget:
+            break
+        lines.append(line)
+        used += len(line) + 1
+    lines.reverse()
+    return lines
+
+
+def first_messages(task: Task, agent: Agent) -> list[dict[str, Any]]:
+    """The conversation of the first call (provider-neutral: see providers.py)."""
+    parts = []
+    lines = recent_lines(task, agent)
+    if lines:
+        parts.append(f"Recent lines in {task.reply_to} (oldest first):\n" + "\n".join(lines))
+    if task.trigger == Task.Trigger.SCHEDULE:
+        parts.append(f"Your scheduled task: {task.input}")
+    elif task.requested_by:
+        parts.append(f"{task.requested_by} asks you: {task.input}")
+    else:
+        parts.append(task.input)
+    return [{"role": "user", "content": "\n\n".join(parts)}]

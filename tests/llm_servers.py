@@ -1,0 +1,532 @@
+"""Loopback LLM providers speaking the real wire formats, for the real SDKs to talk to.
+
+One threaded HTTP server answers both:
+- OpenAI `POST /v1/chat/completions`: a JSON `chat.completion`, or with `"stream": true`
+  `data: {chat.completion.chunk}` Server-Sent Events ending with `data: [DONE]` (a usage chunk
+  first when `stream_options.include_usage`), tool calls as `tool_calls` deltas;
+- Anthropic `POST /v1/messages`: a JSON `message`, or the event stream (message_start,
+  content_block_start/delta/stop with text_delta and input_json_delta, message_delta with
+  usage and stop_reason, message_stop).
+
+A test scripts what it answers: `server.script(Reply(...), Reply(...))` queues replies served
+one per request, in order; with the queue empty, `server.default` answers (or a 500 says that
+the test asked for more than it scripted). Every request is recorded (`server.requests`): path,
+headers, JSON body, so a test can assert what the SDK sent.
+
+    with LLMServer() as server:
+        server.script(Reply(chunks=["Hello ", "world"]))
+        openai.OpenAI(base_url=server.openai_url, api_key="k")...
+
+No pytest import here: benchmarks use it too.
+"""
+
+import json
+import sys
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+@dataclass
+class ToolCallScript:
+    """A tool call the model asks for. `arguments` is the raw JSON text (may be malformed),
+    sent in `pieces` fragments as the providers do."""
+
+    name: str
+    arguments: str = "{}"
+    id: str = field(default_factory=lambda: f"call_{uuid.uuid4().hex[:12]}")
+    pieces: int = 2
+
+
+@dataclass
+class Reply:
+    """One scripted answer.
+
+    chunks: text fragments streamed one by one (joined for a non-streamed answer).
+    tool_calls: asked for after the text.
+    delay: seconds slept before each chunk (and before an empty answer's end).
+    hold / hold_after: after `hold_after` chunks, wait until the test sets `hold` (so it can
+      prove a first line left before the model finished). Never waits more than 30 s.
+    status (>= 400) with message / error_type / code / headers: an error in the provider's
+      format, e.g. Reply.error(429, "slow down", headers={"Retry-After": "1"}).
+    usage: (input tokens, output tokens) reported.
+    """
+
+    chunks: list[str] = field(default_factory=list)
+    tool_calls: list[ToolCallScript] = field(default_factory=list)
+    delay: float = 0.0
+    hold: threading.Event | None = None
+    hold_after: int = 1
+    status: int = 200
+    message: str = ""
+    error_type: str = ""
+    code: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    usage: tuple[int, int] = (11, 7)
+    # Close the socket without answering (a provider that dies mid-request).
+    drop: bool = False
+
+    @classmethod
+    def error(
+        cls,
+        status: int,
+        message: str = "",
+        *,
+        error_type: str = "",
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> "Reply":
+        return cls(
+            status=status,
+            message=message or f"error {status}",
+            error_type=error_type,
+            code=code,
+            headers=headers or {},
+        )
+
+    @property
+    def text(self) -> str:
+        return "".join(self.chunks)
+
+
+@dataclass
+class Recorded:
+    path: str
+    headers: dict[str, str]
+    body: dict[str, Any]
+    at: float
+
+    @property
+    def provider(self) -> str:
+        return "anthropic" if self.path.endswith("/messages") else "openai"
+
+
+_OPENAI_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "invalid_request_error",
+    403: "permission_denied",
+    404: "invalid_request_error",
+    429: "rate_limit_exceeded",
+    500: "server_error",
+    503: "server_error",
+}
+_ANTHROPIC_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    429: "rate_limit_error",
+    500: "api_error",
+    529: "overloaded_error",
+}
+
+
+class LLMServer:
+    """The loopback provider. A context manager; `start()`/`stop()` for benchmarks."""
+
+    def __init__(self, default: Reply | None = None, host: str = "127.0.0.1") -> None:
+        self.default = default
+        self.replies: deque[Reply] = deque()
+        self.requests: list[Recorded] = []
+        self._lock = threading.Lock()
+        self._httpd = _Server((host, 0), _Handler)
+        self._httpd.llm = self
+        self._thread: threading.Thread | None = None
+        self.served = 0
+
+    # --- lifecycle ---------------------------------------------------------------------------
+    @property
+    def port(self) -> int:
+        return int(self._httpd.server_address[1])
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def openai_url(self) -> str:
+        """What an OpenAI client's base_url is (the SDK appends /chat/completions)."""
+        return f"{self.url}/v1"
+
+    @property
+    def anthropic_url(self) -> str:
+        """What an Anthropic client's base_url is (the SDK appends /v1/messages)."""
+        return self.url
+
+    def start(self) -> "LLMServer":
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def __enter__(self) -> "LLMServer":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # --- script ------------------------------------------------------------------------------
+    def script(self, *replies: Reply) -> None:
+        with self._lock:
+            self.replies.extend(replies)
+
+    def next_reply(self) -> Reply | None:
+        with self._lock:
+            self.served += 1
+            if self.replies:
+                return self.replies.popleft()
+            return self.default
+
+    def record(self, path: str, headers: dict[str, str], body: dict[str, Any]) -> None:
+        with self._lock:
+            self.requests.append(Recorded(path, headers, body, time.monotonic()))
+
+    def wait_for_requests(self, count: int, timeout: float = 10.0) -> list[Recorded]:
+        deadline = time.monotonic() + timeout
+        while len(self.requests) < count:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{len(self.requests)} requests, waited for {count}")
+            time.sleep(0.01)
+        return self.requests
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    # Bursts of hundreds of runs connect at once: the default backlog (5) would refuse some.
+    request_queue_size = 1024
+    llm: LLMServer
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client going away (a test's timeout, the SDK dropping a connection) is no error.
+        if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            super().handle_error(request, client_address)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _Server
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # quiet: tests read self.server.llm.requests instead
+
+    # --- plumbing ----------------------------------------------------------------------------
+    def _send_json(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(data)
+        self.wfile.flush()
+
+    def _start_stream(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+
+    def _chunk(self, text: str, *, last: bool = False) -> None:
+        data = text.encode()
+        frame = f"{len(data):x}\r\n".encode() + data + b"\r\n"
+        # The last event and the end of the body in one write: a client that stops reading at
+        # the last event (the SDKs do) still finds the body complete and keeps the connection.
+        self.wfile.write(frame + b"0\r\n\r\n" if last else frame)
+        self.wfile.flush()
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        try:
+            body = json.loads(raw or b"{}")
+        except ValueError:
+            body = {"_unparsed": raw.decode(errors="replace")}
+        llm = self.server.llm
+        llm.record(self.path, {k.lower(): v for k, v in self.headers.items()}, body)
+        anthropic = self.path.rstrip("/").endswith("/v1/messages")
+        if not anthropic and not self.path.rstrip("/").endswith("/chat/completions"):
+            self._send_json(404, {"error": {"message": f"no route {self.path}"}})
+            return
+        reply = llm.next_reply()
+        if reply is None:
+            self._error(anthropic, Reply.error(500, "the test scripted no reply for this request"))
+            return
+        if reply.drop:
+            self.close_connection = True
+            self.connection.close()
+            return
+        if reply.status >= 400:
+            self._error(anthropic, reply)
+            return
+        model = str(body.get("model", ""))
+        stream = bool(body.get("stream"))
+        try:
+            if anthropic:
+                if stream:
+                    self._anthropic_stream(reply, model)
+                else:
+                    self._anthropic_json(reply, model)
+            elif stream:
+                include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+                self._openai_stream(reply, model, include_usage)
+            else:
+                self._openai_json(reply, model)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+
+    def _error(self, anthropic: bool, reply: Reply) -> None:
+        if anthropic:
+            payload: dict[str, Any] = {
+                "type": "error",
+                "error": {
+                    "type": reply.error_type
+                    or _ANTHROPIC_ERROR_TYPES.get(reply.status, "api_error"),
+                    "message": reply.message,
+                },
+            }
+        else:
+            payload = {
+                "error": {
+                    "message": reply.message,
+                    "type": reply.error_type or _OPENAI_ERROR_TYPES.get(reply.status, "error"),
+                    "param": None,
+                    "code": reply.code,
+                }
+            }
+        # Scripted errors are final unless a test scripts a retryable status: never let the
+        # SDK's retry logic be steered by anything but the status and the scripted headers.
+        headers = {"x-should-retry": "false"} if reply.status not in (408, 409, 429) else {}
+        if reply.status >= 500:
+            headers = {}
+        headers.update(reply.headers)
+        self._send_json(reply.status, payload, headers)
+
+    def _pace(self, reply: Reply, index: int) -> None:
+        if reply.hold is not None and index == reply.hold_after:
+            reply.hold.wait(timeout=30)
+        if reply.delay:
+            time.sleep(reply.delay)
+
+    def _pieces(self, arguments: str, pieces: int) -> Iterator[str]:
+        step = max(1, -(-len(arguments) // max(1, pieces)))
+        for start in range(0, len(arguments), step):
+            yield arguments[start : start + step]
+
+    # --- OpenAI ------------------------------------------------------------------------------
+    def _openai_stream(self, reply: Reply, model: str, include_usage: bool) -> None:
+        ident = f"chatcmpl-{uuid.uuid4().hex[:16]}"
+        created = int(time.time())
+
+        def chunk(delta: dict[str, Any], finish: str | None = None) -> None:
+            payload = {
+                "id": ident,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+                "system_fingerprint": None,
+                "choices": [
+                    {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+                ],
+            }
+            self._chunk(f"data: {json.dumps(payload)}\n\n")
+
+        self._start_stream()
+        chunk({"role": "assistant", "content": ""})
+        for index, text in enumerate(reply.chunks):
+            self._pace(reply, index)
+            chunk({"content": text})
+        if not reply.chunks:
+            self._pace(reply, 0)
+        for position, call in enumerate(reply.tool_calls):
+            chunk(
+                {
+                    "tool_calls": [
+                        {
+                            "index": position,
+                            "id": call.id,
+                            "type": "function",
+                            "function": {"name": call.name, "arguments": ""},
+                        }
+                    ]
+                }
+            )
+            for piece in self._pieces(call.arguments, call.pieces):
+                chunk({"tool_calls": [{"index": position, "function": {"arguments": piece}}]})
+        chunk({}, "tool_calls" if reply.tool_calls else "stop")
+        if include_usage:
+            prompt, completion = reply.usage
+            usage = {
+                "id": ident,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+                "choices": [],
+                "usage": {
+                    "prompt_tokens": prompt,
+                    "completion_tokens": completion,
+                    "total_tokens": prompt + completion,
+                },
+            }
+            self._chunk(f"data: {json.dumps(usage)}\n\n")
+        self._chunk("data: [DONE]\n\n", last=True)
+
+    def _openai_json(self, reply: Reply, model: str) -> None:
+        for index in range(len(reply.chunks) or 1):
+            self._pace(reply, index)
+        prompt, completion = reply.usage
+        message: dict[str, Any] = {"role": "assistant", "content": reply.text or None}
+        if reply.tool_calls:
+            message["tool_calls"] = [
+                {
+                    "id": call.id,
+                    "type": "function",
+                    "function": {"name": call.name, "arguments": call.arguments},
+                }
+                for call in reply.tool_calls
+            ]
+        self._send_json(
+            200,
+            {
+                "id": f"chatcmpl-{uuid.uuid4().hex[:16]}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": model,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": message,
+                        "logprobs": None,
+                        "finish_reason": "tool_calls" if reply.tool_calls else "stop",
+                    }
+                ],
+                "usage": {
+                    "prompt_tokens": prompt,
+                    "completion_tokens": completion,
+                    "total_tokens": prompt + completion,
+                },
+            },
+        )
+
+    # --- Anthropic ---------------------------------------------------------------------------
+    def _anthropic_stream(self, reply: Reply, model: str) -> None:
+        def event(name: str, payload: dict[str, Any], *, last: bool = False) -> None:
+            self._chunk(f"event: {name}\ndata: {json.dumps(payload)}\n\n", last=last)
+
+        prompt, completion = reply.usage
+        self._start_stream()
+        event(
+            "message_start",
+            {
+                "type": "message_start",
+                "message": {
+                    "id": f"msg_{uuid.uuid4().hex[:16]}",
+                    "type": "message",
+                    "role": "assistant",
+                    "content": [],
+                    "model": model,
+                    "stop_reason": None,
+                    "stop_sequence": None,
+                    "usage": {"input_tokens": prompt, "output_tokens": 1},
+                },
+            },
+        )
+        block = 0
+        if reply.chunks:
+            event(
+                "content_block_start",
+                {
+                    "type": "content_block_start",
+                    "index": 0,
+                    "content_block": {"type": "text", "text": ""},
+                },
+            )
+            for index, text in enumerate(reply.chunks):
+                self._pace(reply, index)
+                event(
+                    "content_block_delta",
+                    {
+                        "type": "content_block_delta",
+                        "index": 0,
+                        "delta": {"type": "text_delta", "text": text},
+                    },
+                )
+            event("content_block_stop", {"type": "content_block_stop", "index": 0})
+            block = 1
+        else:
+            self._pace(reply, 0)
+        for offset, call in enumerate(reply.tool_calls):
+            index = block + offset
+            event(
+                "content_block_start",
+                {
+                    "type": "content_block_start",
+                    "index": index,
+                    "content_block": {
+                        "type": "tool_use",
+                        "id": call.id,
+                        "name": call.name,
+                        "input": {},
+                    },
+                },
+            )
+            for piece in self._pieces(call.arguments, call.pieces):
+                event(
+                    "content_block_delta",
+                    {
+                        "type": "content_block_delta",
+                        "index": index,
+                        "delta": {"type": "input_json_delta", "partial_json": piece},
+                    },
+                )
+            event("content_block_stop", {"type": "content_block_stop", "index": index})
+        event(
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {
+                    "stop_reason": "tool_use" if reply.tool_calls else "end_turn",
+                    "stop_sequence": None,
+                },
+                "usage": {"output_tokens": completion},
+            },
+        )
+        event("message_stop", {"type": "message_stop"}, last=True)
+
+    def _anthropic_json(self, reply: Reply, model: str) -> None:
+        for index in range(len(reply.chunks) or 1):
+            self._pace(reply, index)
+        prompt, completion = reply.usage
+        content: list[dict[str, Any]] = []
+        if reply.chunks:
+            content.append({"type": "text", "text": reply.text})
+        for call in reply.tool_calls:
+            try:
+                parsed = json.loads(call.arguments or "{}")
+            except ValueError:
+                parsed = {}
+            content.append({"type": "tool_use", "id": call.id, "name": call.name, "input": parsed})
+        self._send_json(
+            200,
+            {
+                "id": f"msg_{uuid.uuid4().hex[:16]}",
+                "type": "message",
+                "role": "assistant",
+                "model": model,
+                "content": content,
+                "stop_reason": "tool_use" if reply.tool_calls else "end_turn",
+                "stop_sequence": None,
+                "usage": {"input_tokens": prompt, "output_tokens": completion},
+            },
+        )
