@@ -14,17 +14,14 @@ from collections.abc import Callable, Iterator
 from typing import cast
 
 import pytest
-from celery.contrib.testing.worker import start_worker
 from django.conf import settings
 from django.urls import reverse
 from playwright.sync_api import Browser, expect
 
 from accounts.models import User
 from agents.models import Agent, Task
-from agents.runner.db import shutdown_database_threads
 from agents.runner.providers import reset_clients
 from channels_app.models import Channel, ChannelUser
-from config.celery import app
 from llms.models import Tool
 from llms.services import configure_tool
 from tenancy import switch
@@ -35,6 +32,7 @@ from tests.helpers import loopback_provider
 from tests.ircd import BotFactory, InspIRCd, unique_channel
 from tests.llm_servers import LLMServer, Reply, ToolCallScript
 from tests.test_chat_e2e import DESKTOP, AsgiServer, add_server, asgi_server, chromium
+from tests.workers import threads_worker
 
 __all__ = ["asgi_server", "chromium"]  # fixtures, imported for pytest
 
@@ -50,16 +48,8 @@ def llm() -> Iterator[LLMServer]:
 @pytest.fixture
 def worker(clean_schemas: None) -> Iterator[None]:
     """One worker for both queues, on a threads pool as the agents' worker runs."""
-    with start_worker(
-        app,
-        pool="threads",
-        concurrency=4,
-        queues=["celery", "agents"],
-        perform_ping_check=False,
-        shutdown_timeout=20,
-    ):
+    with threads_worker(4, queues=("celery", "agents")):
         yield
-    shutdown_database_threads()
 
 
 def on_irc(user: User, channel_id: int, nick: str) -> bool:
@@ -168,4 +158,3 @@ def test_an_agent_answers_from_history_on_irc_and_in_the_browser(
     wait_until(lambda: messages(dana, text="after the DB upgrade."), 10, "the reply stored")
     with switch(dana):
         assert Task.objects.count() == 1
-
