@@ -84,9 +84,7 @@ def test_an_injected_request_for_another_accounts_channel_gets_nothing(
                 ToolCallScript("channel_history", json.dumps({"channel": "#secret"})),
                 ToolCallScript("search_history", json.dumps({"query": "launch code"})),
                 ToolCallScript("channel_info", json.dumps({"channel": "#secret"})),
-                ToolCallScript(
-                    "send_message", json.dumps({"channel": "#secret", "text": "hello"})
-                ),
+                ToolCallScript("send_message", json.dumps({"channel": "#secret", "text": "hello"})),
             ]
         ),
         Reply(chunks=["I found nothing."]),

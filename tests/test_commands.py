@@ -12,6 +12,7 @@ from cryptography.fernet import Fernet
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import connection
+from django.db.migrations.loader import MigrationLoader
 from django.test import override_settings
 from django_tenants.signals import schema_pre_migration
 from django_tenants.utils import quote_schema_name, schema_exists
@@ -23,7 +24,17 @@ from tenancy import provisioning, switch
 from tenancy.migration_state import expected_migrations, schema_states
 from tests.factories import PASSWORD, UserFactory, account
 
-AGENTS_MIGRATION = ("agents", "0001_initial")
+# Every migration of the agents app, in order: "lagging" schemas lack all of them.
+AGENTS_MIGRATIONS = tuple(
+    sorted(
+        key
+        for key in MigrationLoader(None, ignore_no_migrations=True).disk_migrations
+        if key[0] == "agents"
+    )
+)
+AGENTS_BEHIND = f"behind by {len(AGENTS_MIGRATIONS)}: " + ", ".join(
+    f"{app}.{name}" for app, name in AGENTS_MIGRATIONS
+)
 
 
 def run(command: str, *args: str, **options: Any) -> tuple[str, str]:
@@ -73,7 +84,8 @@ def make_lag(schema: str) -> None:
     for table in tables(schema, "agents_"):
         with connection.cursor() as cursor:
             cursor.execute(f"DROP TABLE IF EXISTS {quote_schema_name(schema)}.{table} CASCADE")
-    unrecord(schema, AGENTS_MIGRATION)
+    for migration in AGENTS_MIGRATIONS:
+        unrecord(schema, migration)
 
 
 def drop_schema(schema: str) -> None:
@@ -95,7 +107,7 @@ def test_migration_state_reads_up_to_date_lagging_and_missing_schemas(db: None) 
     assert {(app, name) for _, app, name, _ in recorded(fresh.schema_name)} == (
         expected_migrations()
     )
-    assert AGENTS_MIGRATION in expected_migrations()
+    assert set(AGENTS_MIGRATIONS) <= expected_migrations()
     assert ("auth", "0001_initial") in expected_migrations()  # shared apps are recorded too
     make_lag(lagging.schema_name)
     drop_schema(gone.schema_name)
@@ -106,8 +118,8 @@ def test_migration_state_reads_up_to_date_lagging_and_missing_schemas(db: None) 
 
     assert states[fresh.schema_name].up_to_date
     assert states[fresh.schema_name].describe() == "up to date"
-    assert states[lagging.schema_name].missing == (AGENTS_MIGRATION,)
-    assert states[lagging.schema_name].describe() == "behind by 1: agents.0001_initial"
+    assert states[lagging.schema_name].missing == AGENTS_MIGRATIONS
+    assert states[lagging.schema_name].describe() == AGENTS_BEHIND
     assert not states[gone.schema_name].exists
     assert states[gone.schema_name].describe() == "schema missing"
     # Nothing recorded at all: behind by everything, listed in the order migrate applies them.
@@ -152,11 +164,13 @@ def test_migrate_accounts_migrates_lagging_schemas_only_and_reports_failures(
     assert "2 account schema(s) failed" in message
     # The lagging schema is whole again, tables and record.
     assert tables(lagging.schema_name, "agents_") == agents_tables
-    assert AGENTS_MIGRATION in {(app, name) for _, app, name, _ in recorded(lagging.schema_name)}
+    assert set(AGENTS_MIGRATIONS) <= {
+        (app, name) for _, app, name, _ in recorded(lagging.schema_name)
+    }
     assert schema_states([lagging.schema_name])[lagging.schema_name].up_to_date
     # The failed one was rolled back whole, not left half-migrated.
     assert tables(broken.schema_name, "agents_") == set()
-    assert schema_states([broken.schema_name])[broken.schema_name].missing == (AGENTS_MIGRATION,)
+    assert schema_states([broken.schema_name])[broken.schema_name].missing == AGENTS_MIGRATIONS
     # Only the lagging schemas were migrated, in a worker process; the up-to-date one was not
     # touched: not one record added or rewritten.
     migrated = dict(line.split() for line in log.read_text().splitlines())
@@ -206,7 +220,7 @@ def test_list_accounts_shows_each_schema_state(db: None) -> None:
     row = {line.split()[0]: line for line in lines[1:-1]}
     assert row["Fresh"].endswith("up to date")
     assert str(fresh.pk) in row["Fresh"] and fresh.schema_name in row["Fresh"]
-    assert row["Lagging"].endswith("behind by 1: agents.0001_initial")
+    assert row["Lagging"].endswith(AGENTS_BEHIND)
     assert row["Gone"].endswith("schema missing")
     assert lines[-1] == "3 accounts, 2 not up to date."
 
@@ -215,8 +229,8 @@ def test_list_accounts_shows_each_schema_state(db: None) -> None:
 
     stdout, _ = run("list_accounts", json=True)
     listed = {entry["name"]: entry for entry in json.loads(stdout)}
-    assert listed["Lagging"]["missing_migrations"] == ["agents.0001_initial"]
-    assert listed["Lagging"]["state"] == "behind by 1: agents.0001_initial"
+    assert listed["Lagging"]["missing_migrations"] == [f"{a}.{n}" for a, n in AGENTS_MIGRATIONS]
+    assert listed["Lagging"]["state"] == AGENTS_BEHIND
     assert listed["Fresh"] == {
         "name": "Fresh",
         "id": str(fresh.pk),

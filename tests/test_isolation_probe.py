@@ -40,6 +40,7 @@ from django.urls import resolve, reverse
 
 from accounts.models import Account, User
 from agents.models import Agent, Task
+from agents.services.schedules import create_schedule, pause_schedule
 from channels_app import events
 from channels_app.models import Channel, ChannelUser, Message, Notification
 from core import crypto
@@ -199,6 +200,13 @@ def create_everything(alice: Browser, mark: str, secret: dict[str, str]) -> None
         },
         every_choice=True,
     )
+    # A scheduled task (its agent and channel: the first offered), so its actions are probed.
+    create(
+        alice,
+        reverse("agents:task_list"),
+        {"prompt": f"{mark} summarise the day", "repeat": "every day at 09:00"},
+        every_choice=True,
+    )
     create(alice, reverse("history:chat_settings"), {"highlight_words": f"{mark}hl"})
 
 
@@ -233,6 +241,17 @@ def insert_history(account: Account, mark: str) -> None:
             input=f"{mark} asked",
             output=f"{mark} answered",
         )
+        # A paused scheduled task besides the active one the form made: its page offers resume.
+        paused = create_schedule(
+            agent=Agent.objects.get(),
+            prompt=f"{mark} weekly report",
+            channel=channel,
+            when=None,
+            repeat="every monday at 10:00",
+            timezone="UTC",
+            created_by=f"{mark}",
+        )
+        pause_schedule(schedule=paused)
 
 
 # --- what the first account owns, as rows ------------------------------------------------------
