@@ -72,6 +72,7 @@ each part logs it too). Everything else goes to stderr.
 import argparse
 import os
 import random
+import shutil
 import signal
 import statistics
 import subprocess
@@ -287,6 +288,12 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str, *workers:
         time.sleep(0.02)
 
 
+def stop_ircd(ircd: Any) -> None:
+    """Stop the InspIRCd of (m) and remove its directory (configuration, logs)."""
+    ircd.stop()
+    shutil.rmtree(ircd.directory, ignore_errors=True)
+
+
 def scheduler_tick(args: argparse.Namespace) -> dict[str, str]:
     """(t): benchmarks/scheduler_tick.py as a child, its one line parsed."""
     argv = [sys.executable, str(PROJECT_DIR / "benchmarks" / "scheduler_tick.py")]
@@ -449,7 +456,7 @@ def run(args: argparse.Namespace, bench_url: str, result_out: TextIO) -> None:
             fields.update(mentions(args, account, ircd, workers))
             default_worker.stop()
             workers.remove(default_worker)
-            ircd.stop()
+            stop_ircd(ircd)
             ircd = None
 
         if not args.skip_first_line:
@@ -626,7 +633,7 @@ def run(args: argparse.Namespace, bench_url: str, result_out: TextIO) -> None:
         for each in workers:
             each.stop()
         if ircd is not None:
-            ircd.stop()
+            stop_ircd(ircd)
         server.stop()
 
 
