@@ -34,7 +34,7 @@ from agents.services.schedules import (
     resume_schedule,
     run_schedule_now,
 )
-from agents.tasks import scheduler_tick
+from agents.tasks import DISPATCH_CHUNK, dispatch_due, scheduler_tick
 from channels_app.models import Channel, Server
 from config.celery import app
 from scheduling.models import ScheduleEntry
@@ -373,6 +373,30 @@ def test_the_tick_claims_only_due_entries_across_accounts(world: World, bob: Use
     assert len(broker_messages()) == 2
     claimed = ScheduleEntry.objects.filter(claimed_until__isnull=False)
     assert sorted(e.schedule_id for e in claimed) == sorted(pk for _, pk in due)
+
+
+def test_a_busy_tick_hands_its_claim_out_in_chunks(world: World, bob: User) -> None:
+    """Past DISPATCH_CHUNK due entries, the tick publishes chunks that workers hand out (on
+    public too), each fire still in its own account's schema."""
+    bobs = make_world(bob)
+    past = timezone.now() - timedelta(minutes=2)
+    due = [(w.user.account, n) for n in range(1, DISPATCH_CHUNK + 6) for w in (world, bobs)]
+    ScheduleEntry.objects.bulk_create(
+        ScheduleEntry(account=account, schedule_id=n, next_run_at=past) for account, n in due
+    )
+    assert scheduler_tick() == len(due)
+    chunks = [m for m in broker_messages() if m["headers"]["task"] == "agents.dispatch_due"]
+    assert len(chunks) == -(-len(due) // DISPATCH_CHUNK)
+    assert all("_schema_name" not in m["headers"] or m["headers"]["_schema_name"] == "public"
+               for m in chunks)  # fmt: skip
+    for chunk in chunks:
+        dispatch_due(*chunk["args"])
+    fired = sorted(
+        (m["headers"]["_schema_name"], m["args"][0])
+        for m in broker_messages()
+        if m["headers"]["task"] == "agents.fire_schedule"
+    )
+    assert fired == sorted((account.schema_name, n) for account, n in due)
 
 
 def test_an_expired_claim_is_handed_out_again(world: World) -> None:
