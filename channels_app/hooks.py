@@ -5,6 +5,10 @@ account of the batch (channels_app.tasks.message_stored) carrying the account an
 new Message ids of that account, ascending; a worker runs the task in the account's schema and
 calls every listener there, once per batch. Agents subscribe here.
 
+The gateway enqueues the task only for a batch with a line that names an enabled agent of the
+account (gateway.manager.Gateway.hook_wanted): agents' triggers are the one listener, and act on
+nothing else. A listener that needs every line must widen that filter.
+
 Register listeners when Django starts (an AppConfig.ready or a module it imports), so that every
 process knows them: the gateway enqueues nothing while no listener is registered in its own
 process, and the worker calls the ones registered in its.

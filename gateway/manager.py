@@ -29,7 +29,7 @@ from gateway.agents import (
 )
 from gateway.connection import ConnectionLost, IrcConnection, ServerConfig
 from gateway.journal import open_journal, replay
-from gateway.protocol import ParseError
+from gateway.protocol import ParseError, casefold
 from gateway.storage import Store
 from tenancy import switch
 
@@ -96,6 +96,8 @@ class AccountConfig:
     agents: dict[tuple[int, int], ServerConfig] = field(default_factory=dict)
     # agent id -> nick, for every agent of the account (enabled or not)
     agent_nicks: dict[int, str] = field(default_factory=dict)
+    # The enabled agents' nicks, folded: a stored line naming none of them calls no agent.
+    trigger_nicks: tuple[str, ...] = ()
 
 
 def load_account_config(account: Account) -> AccountConfig:
@@ -106,6 +108,8 @@ def load_account_config(account: Account) -> AccountConfig:
         channels = Prefetch("channels", queryset=Channel.objects.filter(kind=Channel.Kind.CHANNEL))
         for agent in Agent.objects.prefetch_related(channels).order_by("pk"):
             config.agent_nicks[agent.pk] = agent.nick
+            if agent.enabled:
+                config.trigger_nicks += (casefold(agent.nick),)
             if not agent.enabled or agent.presence != Agent.Presence.OWN_CONNECTION:
                 continue
             wanted: dict[int, dict[str, str]] = {}
@@ -179,6 +183,9 @@ class Gateway:
         self.shard, self.shards = shard, shards
         self.tls_context = tls_context
         self.store = store or Store(journal=open_journal(shard=shard, shards=shards))
+        self.store.hook_filter = self.hook_wanted
+        # account -> its enabled agents' nicks, folded (AccountConfig.trigger_nicks).
+        self._trigger_nicks: dict[uuid.UUID, tuple[str, ...]] = {}
         self.accounts: dict[uuid.UUID, Account] = {}
         self._highlight_words: dict[uuid.UUID, tuple[str, ...]] = {}
         # Configuration is read on a thread (and database connection) of its own: on the
@@ -310,6 +317,7 @@ class Gateway:
             await self._sync_agents(account_id, loaded)
             if account is None:
                 self._agent_nicks.pop(account_id, None)
+                self._trigger_nicks.pop(account_id, None)
                 self.accounts.pop(account_id, None)
                 self._highlight_words.pop(account_id, None)
                 self.store.forget_channels(account_id)
@@ -322,6 +330,10 @@ class Gateway:
             self._agent_nicks[account_id] = loaded.agent_nicks
         else:
             self._agent_nicks.pop(account_id, None)
+        if loaded.trigger_nicks:
+            self._trigger_nicks[account_id] = loaded.trigger_nicks
+        else:
+            self._trigger_nicks.pop(account_id, None)
         for key, conn in list(self.agent_connections.items()):
             if key[0] != account_id:
                 continue
@@ -367,6 +379,17 @@ class Gateway:
         asyncio.get_running_loop().run_in_executor(
             self._task_sender, enqueue_query, account.schema_name, args
         )
+
+    def hook_wanted(self, account_id: uuid.UUID, texts: list[str]) -> bool:
+        """Whether a committed batch of the account's lines goes to the message hook's task
+        (the store asks, on its announcing thread). Its one listener, agents' triggers, acts
+        only on a line that names an enabled agent of the account (`nick: ...`, or the nick
+        anywhere), so a batch naming none costs the workers nothing. A listener that needs
+        every line would widen this."""
+        nicks = self._trigger_nicks.get(account_id)
+        if not nicks:
+            return False
+        return any(nick in casefold(text) for text in texts for nick in nicks)
 
     def _set_account(self, account: Account) -> None:
         self.accounts[account.pk] = account

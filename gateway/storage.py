@@ -160,9 +160,17 @@ class StoreObserver(Protocol):
     def committed(self, batch: list[Record]) -> None: ...
 
 
+# (account id, texts of the account's new lines in a batch) -> whether the message hook's task
+# is worth enqueuing for them.
+HookFilter = Callable[[uuid.UUID, list[str]], bool]
+
+
 class Store:
     # None in production: the store then pays one attribute check per record and per batch.
     observer: StoreObserver | None = None
+    # Set by the gateway (gateway.manager.Gateway.hook_wanted): without it, every batch of
+    # every account enqueues the hook's task.
+    hook_filter: HookFilter | None = None
 
     def __init__(self, *, publish: bool = True, journal: "Journal | None" = None) -> None:
         # Every record is appended to it when put, so a killed process loses none.
@@ -630,12 +638,22 @@ class Store:
                 # only liveness.
                 logger.warning("could not publish live events", exc_info=True)
                 self._redis = None
+        hook_filter = self.hook_filter
         for account_id, ids in message_ids.items():
             account = self._accounts.get(account_id)
-            if ids and account is not None:
-                hooks.message_stored_on_commit(
-                    account_id=account_id, schema_name=account.schema_name, message_ids=ids
-                )
+            if not ids or account is None:
+                continue
+            if hook_filter is not None:
+                texts = [
+                    event.text
+                    for event in stored_events.get(account_id, ())
+                    if isinstance(event, events.MessageEvent)
+                ]
+                if not hook_filter(account_id, texts):
+                    continue
+            hooks.message_stored_on_commit(
+                account_id=account_id, schema_name=account.schema_name, message_ids=ids
+            )
 
 
 def _add_record(group: ingest.AccountRecords, record: Record) -> None:

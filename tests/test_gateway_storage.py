@@ -205,6 +205,47 @@ def test_no_message_task_is_enqueued_while_nothing_listens(
     assert store.stored == 1 and enqueued == []
 
 
+def test_only_batches_naming_an_enabled_agent_go_to_the_hook(
+    accounts: tuple[User, User, int, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The gateway's filter (Gateway.hook_wanted): the hook's one listener, agents' triggers,
+    acts only on lines that name an enabled agent; other batches enqueue nothing."""
+    from agents.models import Agent
+    from channels_app.tasks import message_stored
+    from gateway.manager import Gateway, load_account_config
+    from tests.helpers import make_provider
+
+    enqueued: list[list[int]] = []
+    monkeypatch.setattr(
+        message_stored, "apply_async", lambda *a, **k: enqueued.append(k["args"][1])
+    )
+    alice, bob, a_server, b_server = accounts
+    provider = make_provider(alice)
+    with switch(alice):
+        Agent.objects.create(name="Helper", nick="Helper", account_llm=provider, model="gpt-4o")
+        Agent.objects.create(
+            name="Off", nick="sleepy", account_llm=provider, model="gpt-4o", enabled=False
+        )
+    store = Store(publish=False)
+    gateway = Gateway(store=store)
+    for user in (alice, bob):
+        store.add_account(user.account)
+        config = load_account_config(user.account)
+        if config.trigger_nicks:
+            gateway._trigger_nicks[user.account.pk] = config.trigger_nicks
+    store.put(line(alice, a_server, "nobody is named here"))
+    store.put(line(bob, b_server, "helper: bob has no agents"))
+    run_store(store, lambda: store.stored >= 2)
+    store.put(line(alice, a_server, "sleepy: a disabled agent", 1))
+    run_store(store, lambda: store.stored >= 3)
+    assert enqueued == []
+    store.put(line(alice, a_server, "and now HELPER, a question", 2))
+    run_store(store, lambda: store.stored >= 4)
+    with switch(alice):
+        named = Message.objects.get(text__startswith="and now").pk
+    assert enqueued == [[named]]
+
+
 def test_replayed_msgid_is_stored_once(accounts: tuple[User, User, int, int]) -> None:
     alice, _bob, a_server, _ = accounts
     store = Store(publish=False)
