@@ -1,6 +1,7 @@
 """The runner's fast paths: the start statement reads what the ORM would (agents/runner/
 queries.py), and tools that need no database stay off the few database threads (db.py)."""
 
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -25,7 +26,7 @@ from llms.tools import TOOLS_BY_SLUG, agent_tools
 from tenancy import switch
 from tests.factories import UserFactory
 from tests.helpers import loopback_provider
-from tests.llm_servers import LLMServer, Reply, ToolCallScript
+from tests.llm_servers import LLMServer, ProviderProcess, Reply, ToolCallScript
 
 
 def _tool(slug: str) -> Tool:
@@ -251,3 +252,30 @@ def test_a_slow_fetch_does_not_hold_a_database_thread(clean_schemas: None, slow_
             reset_clients()
             # The runner's database thread keeps its connection: closed before the flush.
             shutdown_database_threads()
+
+
+def test_the_provider_in_a_child_process_answers_like_the_loopback_server() -> None:
+    import anthropic
+    import openai
+
+    with ProviderProcess(default=Reply(chunks=["Hello ", "there."], usage=(5, 2))) as provider:
+        assert provider.pid != os.getpid()
+        client = openai.OpenAI(base_url=provider.openai_url, api_key="k", max_retries=0)
+        answer = client.chat.completions.create(
+            model="m", messages=[{"role": "user", "content": "hi"}]
+        )
+        assert answer.choices[0].message.content == "Hello there."
+        assert answer.usage is not None and answer.usage.prompt_tokens == 5
+        provider.default = Reply(chunks=["Streamed."], delay=0.01)
+        with anthropic.Anthropic(
+            base_url=provider.anthropic_url, api_key="k", max_retries=0
+        ).messages.stream(
+            model="m", max_tokens=10, messages=[{"role": "user", "content": "hi"}]
+        ) as stream:
+            assert "".join(stream.text_stream) == "Streamed."
+        assert provider.served == 2
+        provider.default = None
+        with pytest.raises(openai.InternalServerError):
+            client.chat.completions.create(model="m", messages=[{"role": "user", "content": "x"}])
+        process = provider._process
+    assert process is not None and process.poll() is not None
