@@ -76,6 +76,9 @@ class Reply:
     usage: tuple[int, int] = (11, 7)
     # Close the socket without answering (a provider that dies mid-request).
     drop: bool = False
+    # Streamed only: after the chunks, an error event with this message instead of the end
+    # (Anthropic's overloaded_error, OpenAI's `data: {"error": ...}`).
+    stream_error: str = ""
 
     @classmethod
     def error(
@@ -365,6 +368,10 @@ class _Handler(BaseHTTPRequestHandler):
             chunk({"content": text})
         if not reply.chunks:
             self._pace(reply, 0)
+        if reply.stream_error:
+            error = {"error": {"message": reply.stream_error, "type": "server_error"}}
+            self._chunk(f"data: {json.dumps(error)}\n\n", last=True)
+            return
         for position, call in enumerate(reply.tool_calls):
             chunk(
                 {
@@ -482,6 +489,10 @@ class _Handler(BaseHTTPRequestHandler):
             block = 1
         else:
             self._pace(reply, 0)
+        if reply.stream_error:
+            error = {"type": "overloaded_error", "message": reply.stream_error}
+            event("error", {"type": "error", "error": error}, last=True)
+            return
         for offset, call in enumerate(reply.tool_calls):
             index = block + offset
             event(

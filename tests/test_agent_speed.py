@@ -279,3 +279,30 @@ def test_the_provider_in_a_child_process_answers_like_the_loopback_server() -> N
             client.chat.completions.create(model="m", messages=[{"role": "user", "content": "x"}])
         process = provider._process
     assert process is not None and process.poll() is not None
+
+
+@pytest.mark.parametrize(
+    ("kind", "outcome"),
+    [("openai", ModelCall.Outcome.ERROR), ("anthropic", ModelCall.Outcome.UNAVAILABLE)],
+)
+def test_an_error_event_mid_stream_fails_the_run_with_its_message(
+    alice: User, kind: str, outcome: str
+) -> None:
+    reset_clients()
+    with LLMServer() as llm:
+        llm.script(Reply(chunks=["Partial"], stream_error="Overloaded, try later"))
+        provider = loopback_provider(
+            alice, llm.anthropic_url if kind == "anthropic" else llm.openai_url, kind=kind
+        )
+        with switch(alice):
+            agent = Agent.objects.create(
+                name="Helper", nick="helperbot", account_llm=provider, model="m"
+            )
+            task = Task.objects.create(agent=agent, trigger=Task.Trigger.MANUAL, input="hi")
+            run(task.pk)
+            task.refresh_from_db()
+            assert task.status == Task.Status.FAILED
+            assert task.error == f"Loopback {kind} failed mid-reply: Overloaded, try later"
+            (call,) = ModelCall.objects.filter(task=task)
+            assert call.outcome == outcome
+    reset_clients()

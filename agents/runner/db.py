@@ -8,10 +8,10 @@ connections (the server's default max_connections is 100) while doing nothing bu
 
 So a run's threads never touch the database themselves. Its database work (load and claim
 the task, build the context, record a model call, run the tools that need the database,
-finish) is handed, a few queries at a time, to a small executor: AGENT_DB_CONNECTIONS threads per process, each holding one
-persistent connection, switched to the run's account for the job (`SET search_path` when the
-schema differs). A run waits for its job's result; it never holds a connection while it
-streams an answer.
+finish) is handed, a few queries at a time, to a small executor: AGENT_DB_CONNECTIONS
+threads per process, each holding one persistent connection, switched to the run's account
+for the job (`SET search_path` when the schema differs). A run waits for its job's result; it
+never holds a connection while it streams an answer.
 
 Why not close the run thread's connection between stretches instead (the first design, which
 also bounds connections): each stretch then opens a connection, a PostgreSQL backend forked

@@ -4,8 +4,8 @@ The run alternates between the database (load, record, run the tools that need i
 handed to the process's few database threads by `on_database`, see db.py; the start reads
 everything in one statement, queries.py) and the provider (streamed, with no connection held).
 Tools that need no database (ToolSpec.needs_database, e.g. fetch_url) run on the run's own
-thread: a slow fetch does not hold one of the few database threads. Lines leave for IRC as the model writes them (agents.speech.say, one
-AgentSay per line).
+thread: a slow fetch does not hold one of the few database threads. Lines leave for IRC as
+the model writes them (agents.speech.say, one AgentSay per line).
 Nothing raises out of `run`: a failure ends the task `failed` with a one-line reason.
 """
 
