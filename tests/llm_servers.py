@@ -24,6 +24,7 @@ process instead, `ProviderProcess(default=Reply(...))`: the same server, the sam
 """
 
 import json
+import socket
 import subprocess
 import sys
 import threading
@@ -228,6 +229,13 @@ class _Server(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: _Server
+
+    def setup(self) -> None:
+        super().setup()
+        # A stream is many small writes: without TCP_NODELAY (which real providers' front
+        # servers set) each waits for the client's delayed ACK, 40 ms, on a kept-alive
+        # connection, the SDKs' normal case.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def log_message(self, format: str, *args: Any) -> None:
         pass  # quiet: tests read self.server.llm.requests instead
