@@ -306,3 +306,41 @@ def test_an_error_event_mid_stream_fails_the_run_with_its_message(
             (call,) = ModelCall.objects.filter(task=task)
             assert call.outcome == outcome
     reset_clients()
+
+
+def test_a_model_call_and_the_tasks_end_are_written_in_one_statement(alice: User) -> None:
+    provider = loopback_provider(alice, "http://127.0.0.1:9/v1")
+    with switch(alice):
+        agent = Agent.objects.create(
+            name="Helper", nick="helperbot", account_llm=provider, model="m"
+        )
+        task = Task.objects.create(agent=agent, trigger=Task.Trigger.MANUAL, input="hi")
+        finished = timezone.now()
+        call = {
+            "task_id": task.pk,
+            "agent_id": agent.pk,
+            "agent_name": "Helper",
+            "step": 1,
+            "provider": "Loopback",
+            "model": "m",
+            "input_tokens": 12,
+            "output_tokens": 3,
+            "latency_ms": 40,
+            "first_token_ms": None,
+            "outcome": ModelCall.Outcome.OK,
+            "error": "",
+            "created_at": finished,
+        }
+        queries.record(
+            call=call,
+            task_id=task.pk,
+            task={"status": Task.Status.SUCCEEDED, "output": "Hello.", "finished_at": finished},
+        )
+        (row,) = ModelCall.objects.filter(task=task).values(*call)
+        assert dict(row) == call
+        task.refresh_from_db()
+        assert (task.status, task.output, task.finished_at) == ("succeeded", "Hello.", finished)
+        queries.record(call={**call, "step": 2}, task_id=task.pk, task=None)
+        assert ModelCall.objects.filter(task=task).count() == 2
+        with pytest.raises(ValueError, match="no field"):
+            queries.record(call={**call, "tokens": 1}, task_id=task.pk, task=None)

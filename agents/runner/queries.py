@@ -8,7 +8,8 @@ runs a second (benchmarks/agent_runs.py; the numbers are in the commit that brou
 The same rows come here from ONE statement whose text is built on first use: the task, its
 agent, channel and server, the agent's provider and its catalog entry, the account, the tools
 the agent may call with their settings, the channel's recent lines, and this month's usage
-when a budget applies; then one UPDATE claims the task.
+when a budget applies; then one UPDATE claims the task. At the end, the model call's row and
+the task's outcome are written by one statement (`record`).
 
 The column lists come from the models' _meta and rows become model instances through
 `Model.from_db` after the fields' own converters (decryption, JSON), so a field added to one of
@@ -241,3 +242,59 @@ def claim(*, task_id: int, started_at: datetime, context: list[dict[str, Any]]) 
             ],
         )
         return bool(cursor.rowcount)
+
+
+def _insert(model: type[models.Model], values: dict[str, Any]) -> tuple[str, list[Any]]:
+    """INSERT of one row: `values` by attname, any other field its default."""
+    fields = [f for f in model._meta.concrete_fields if not f.primary_key]
+    unknown = set(values) - {f.attname for f in fields}
+    if unknown:
+        raise ValueError(f"{model.__name__} has no field {sorted(unknown)}")
+    quote = connection.ops.quote_name
+    params = [
+        f.get_db_prep_save(
+            values[f.attname] if f.attname in values else f.get_default(), connection
+        )
+        for f in fields
+    ]
+    return (
+        f"INSERT INTO {quote(model._meta.db_table)} ({', '.join(quote(f.column) for f in fields)})"
+        f" VALUES ({', '.join(['%s'] * len(fields))})",
+        params,
+    )
+
+
+def _update(model: type[models.Model], pk: Any, values: dict[str, Any]) -> tuple[str, list[Any]]:
+    quote = connection.ops.quote_name
+    fields = [model._meta.get_field(name) for name in values]
+    return (
+        f"UPDATE {quote(model._meta.db_table)} SET "
+        + ", ".join(f"{quote(f.column)} = %s" for f in fields)  # type: ignore[union-attr]
+        + f" WHERE {quote(model._meta.pk.column)} = %s",
+        [
+            f.get_db_prep_save(values[f.name], connection)  # type: ignore[union-attr]
+            for f in fields
+        ]
+        + [pk],
+    )
+
+
+def record(
+    *, call: dict[str, Any] | None = None, task_id: int, task: dict[str, Any] | None
+) -> None:
+    """Insert a ModelCall (`call`, by attname) and update the task's fields (`task`, by name),
+    in one statement: the end of a run is one round trip, with no ORM compilation."""
+    parts = []
+    if call is not None:
+        parts.append(_insert(ModelCall, call))
+    if task:
+        parts.append(_update(Task, task_id, task))
+    if not parts:
+        return
+    if len(parts) == 2:
+        (insert, insert_params), (update, update_params) = parts
+        sql, params = f"WITH recorded AS ({insert}) {update}", insert_params + update_params
+    else:
+        sql, params = parts[0]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)

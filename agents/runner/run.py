@@ -99,6 +99,7 @@ class _Run:
         self.first_line_at: datetime | None = None
         self.gateway_failed = False
         self.began = timezone.now()
+        self._pending_call: dict[str, Any] | None = None
         # Read on the run's own thread: the database threads' connections serve every account.
         self.tenant = current_account()
 
@@ -159,6 +160,7 @@ class _Run:
                 "tools without answering."
             )
             return False
+        self._flush_call()
         return True
 
     def _after_tools(self, number: int, ran: list["_ToolRun"]) -> bool:
@@ -299,20 +301,27 @@ class _Run:
             outcome, error = failure.outcome, failure.reason
         else:
             outcome, error = ModelCall.Outcome.ERROR, "stopped: the gateway was unreachable"
-        ModelCall.objects.create(
-            task=self.task,
-            agent=self.agent,
-            agent_name=self.agent.name,
-            step=number,
-            provider=self.config.llm.name,
-            model=self.agent.model,
-            input_tokens=completion.input_tokens if completion else 0,
-            output_tokens=completion.output_tokens if completion else 0,
-            latency_ms=int((time.monotonic() - started) * 1000),
-            first_token_ms=completion.first_token_ms if completion else None,
-            outcome=outcome,
-            error=error[:500],
-        )
+        # Written with the task's end when the run ends now (_finish), else by _flush_call.
+        self._pending_call = {
+            "task_id": self.task.pk,
+            "agent_id": self.agent.pk,
+            "agent_name": self.agent.name,
+            "step": number,
+            "provider": self.config.llm.name,
+            "model": self.agent.model,
+            "input_tokens": completion.input_tokens if completion else 0,
+            "output_tokens": completion.output_tokens if completion else 0,
+            "latency_ms": int((time.monotonic() - started) * 1000),
+            "first_token_ms": completion.first_token_ms if completion else None,
+            "outcome": outcome,
+            "error": error[:500],
+            "created_at": timezone.now(),
+        }
+
+    def _flush_call(self) -> None:
+        call, self._pending_call = self._pending_call, None
+        if call is not None:
+            queries.record(call=call, task_id=self.task_id, task=None)
 
     def _on_failure(self, failure: ProviderFailure) -> None:
         logger.warning(
@@ -442,7 +451,8 @@ class _Run:
             "first_line_at": self.first_line_at,
             "finished_at": timezone.now(),
         }
-        Task.objects.filter(pk=self.task_id).update(**fields)
+        call, self._pending_call = self._pending_call, None
+        queries.record(call=call, task_id=self.task_id, task=fields)
         logger.info(
             "agent task %s %s (%s tokens)",
             self.task_id,
