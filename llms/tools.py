@@ -156,6 +156,11 @@ class ToolSpec:
     settings: tuple[ToolSetting, ...] = field(default_factory=tuple)
     # (context, validated arguments) -> what the model reads. Raises ToolError for a refusal.
     run: Callable[[ToolContext, dict[str, Any]], str] | None = None
+    # False: the tool never touches the database, so the runner runs it on the run's own
+    # thread, not on one of its few database threads (agents/runner/db.py), which a slow tool
+    # (a fetch waiting for its timeout) would hold. current_time reads the account's time
+    # zone (account_timezone): it needs the database.
+    needs_database: bool = True
 
     def default_settings(self) -> dict[str, Any]:
         return {s.name: s.default for s in self.settings}
@@ -670,6 +675,7 @@ TOOLS: tuple[ToolSpec, ...] = (
             "additionalProperties": False,
         },
         run=_fetch_url,
+        needs_database=False,
         settings=(
             ToolSetting(
                 name="timeout_seconds",

@@ -98,7 +98,9 @@ def commands(port: str) -> dict[str, list[str]]:
         ],
         # Agent runs wait seconds on LLM providers: threads keep AGENT_WORKER_CONCURRENCY of
         # them in flight in one process, sharing AGENT_DB_CONNECTIONS database connections
-        # (agents/runner/db.py).
+        # (agents/runner/db.py). What benchmarks/agent_runs.py measures: warnings only (Celery
+        # logs two INFO lines per task; every run has its run page), and none of the worker
+        # chatter (gossip, mingle, heartbeat events) a single development worker has no use for.
         "agents": [
             python,
             "-m",
@@ -107,7 +109,7 @@ def commands(port: str) -> dict[str, list[str]]:
             "config",
             "worker",
             "-l",
-            "info",
+            "warning",
             "-Q",
             "agents",
             "-n",
@@ -116,6 +118,9 @@ def commands(port: str) -> dict[str, list[str]]:
             "threads",
             "-c",
             str(agent_worker_concurrency()),
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
         ],
     }
 

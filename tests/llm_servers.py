@@ -17,18 +17,25 @@ headers, JSON body, so a test can assert what the SDK sent.
         server.script(Reply(chunks=["Hello ", "world"]))
         openai.OpenAI(base_url=server.openai_url, api_key="k")...
 
-No pytest import here: benchmarks use it too.
+No pytest import here: benchmarks use it too. A benchmark that must not count the provider's
+CPU in its own process (the agents benchmark: a hundred runs a second) starts it in a child
+process instead, `ProviderProcess(default=Reply(...))`: the same server, the same URLs, its
+`default` reply set and its `served` count read over a control route only that server has.
 """
 
 import json
+import socket
+import subprocess
 import sys
 import threading
 import time
+import urllib.request
 import uuid
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 
@@ -70,6 +77,9 @@ class Reply:
     usage: tuple[int, int] = (11, 7)
     # Close the socket without answering (a provider that dies mid-request).
     drop: bool = False
+    # Streamed only: after the chunks, an error event with this message instead of the end
+    # (Anthropic's overloaded_error, OpenAI's `data: {"error": ...}`).
+    stream_error: str = ""
 
     @classmethod
     def error(
@@ -129,8 +139,12 @@ _ANTHROPIC_ERROR_TYPES = {
 class LLMServer:
     """The loopback provider. A context manager; `start()`/`stop()` for benchmarks."""
 
-    def __init__(self, default: Reply | None = None, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self, default: Reply | None = None, host: str = "127.0.0.1", *, controlled: bool = False
+    ) -> None:
         self.default = default
+        # Answers CONTROL_PATH (ProviderProcess's child only).
+        self.controlled = controlled
         self.replies: deque[Reply] = deque()
         self.requests: list[Recorded] = []
         self._lock = threading.Lock()
@@ -216,6 +230,13 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: _Server
 
+    def setup(self) -> None:
+        super().setup()
+        # A stream is many small writes: without TCP_NODELAY (which real providers' front
+        # servers set) each waits for the client's delayed ACK, 40 ms, on a kept-alive
+        # connection, the SDKs' normal case.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
     def log_message(self, format: str, *args: Any) -> None:
         pass  # quiet: tests read self.server.llm.requests instead
 
@@ -254,6 +275,12 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError:
             body = {"_unparsed": raw.decode(errors="replace")}
         llm = self.server.llm
+        if llm.controlled and self.path == CONTROL_PATH:
+            # ProviderProcess's parent: a new default reply (None: none), and the count.
+            if "default" in body:
+                llm.default = _reply_from(body["default"])
+            self._send_json(200, {"served": llm.served})
+            return
         llm.record(self.path, {k.lower(): v for k, v in self.headers.items()}, body)
         anthropic = self.path.rstrip("/").endswith("/v1/messages")
         if not anthropic and not self.path.rstrip("/").endswith("/chat/completions"):
@@ -349,6 +376,10 @@ class _Handler(BaseHTTPRequestHandler):
             chunk({"content": text})
         if not reply.chunks:
             self._pace(reply, 0)
+        if reply.stream_error:
+            error = {"error": {"message": reply.stream_error, "type": "server_error"}}
+            self._chunk(f"data: {json.dumps(error)}\n\n", last=True)
+            return
         for position, call in enumerate(reply.tool_calls):
             chunk(
                 {
@@ -466,6 +497,10 @@ class _Handler(BaseHTTPRequestHandler):
             block = 1
         else:
             self._pace(reply, 0)
+        if reply.stream_error:
+            error = {"type": "overloaded_error", "message": reply.stream_error}
+            event("error", {"type": "error", "error": error}, last=True)
+            return
         for offset, call in enumerate(reply.tool_calls):
             index = block + offset
             event(
@@ -530,3 +565,132 @@ class _Handler(BaseHTTPRequestHandler):
                 "usage": {"input_tokens": prompt, "output_tokens": completion},
             },
         )
+
+
+# --- in a child process ------------------------------------------------------------------------
+
+CONTROL_PATH = "/_llm_server/control"
+_PROJECT_DIR = Path(__file__).resolve().parent.parent
+
+
+def _reply_from(fields: dict[str, Any] | None) -> Reply | None:
+    if fields is None:
+        return None
+    fields = dict(fields)
+    fields["tool_calls"] = [ToolCallScript(**call) for call in fields.get("tool_calls") or []]
+    fields["usage"] = tuple(fields.get("usage") or (11, 7))
+    return Reply(**fields)
+
+
+class ProviderProcess:
+    """An LLMServer in a child process (`python -m tests.llm_servers`), for benchmarks: what it
+    spends serving a hundred runs a second is not the caller's CPU. The same `openai_url`,
+    `anthropic_url`, `served` and a settable `default` as LLMServer; no scripted queue, no
+    recorded requests, no `hold` (they do not cross processes). `pid` for its CPU time.
+
+        provider = ProviderProcess(default=Reply(chunks=["Pong."])).start()
+        ...
+        provider.default = Reply(chunks=["Later."], delay=1.0)
+        provider.stop()
+    """
+
+    def __init__(self, default: Reply | None = None, host: str = "127.0.0.1") -> None:
+        self.host = host
+        self._default = default
+        self._process: subprocess.Popen[str] | None = None
+        self.port = 0
+
+    @property
+    def pid(self) -> int:
+        assert self._process is not None, "start() it first"
+        return self._process.pid
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def openai_url(self) -> str:
+        return f"{self.url}/v1"
+
+    @property
+    def anthropic_url(self) -> str:
+        return self.url
+
+    @property
+    def default(self) -> Reply | None:
+        return self._default
+
+    @default.setter
+    def default(self, reply: Reply | None) -> None:
+        if reply is not None and reply.hold is not None:
+            raise ValueError("a hold cannot cross into the provider's process")
+        self._default = reply
+        if self._process is not None:
+            self._control({"default": None if reply is None else _reply_fields(reply)})
+
+    @property
+    def served(self) -> int:
+        return int(self._control({})["served"])
+
+    def start(self) -> "ProviderProcess":
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "tests.llm_servers", self.host],
+            cwd=_PROJECT_DIR,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self._process.stdout is not None
+        line = self._process.stdout.readline()
+        if not line.strip().isdigit():
+            self.stop()
+            raise RuntimeError(f"the provider process did not start: {line!r}")
+        self.port = int(line)
+        self.default = self._default
+        return self
+
+    def stop(self) -> None:
+        process, self._process = self._process, None
+        if process is None:
+            return
+        assert process.stdin is not None
+        process.stdin.close()  # the child serves until its stdin closes
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    def __enter__(self) -> "ProviderProcess":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _control(self, body: dict[str, Any]) -> dict[str, Any]:
+        request = urllib.request.Request(  # noqa: S310 - our own loopback server
+            self.url + CONTROL_PATH,
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+            return dict(json.loads(response.read()))
+
+
+def _reply_fields(reply: Reply) -> dict[str, Any]:
+    fields = asdict(reply)
+    fields.pop("hold")
+    return fields
+
+
+def _serve_until_stdin_closes(host: str) -> None:
+    server = LLMServer(host=host, controlled=True).start()
+    print(server.port, flush=True)
+    sys.stdin.read()
+    server.stop()
+
+
+if __name__ == "__main__":
+    _serve_until_stdin_closes(sys.argv[1] if len(sys.argv) > 1 else "127.0.0.1")

@@ -7,7 +7,7 @@ from channels_app.models import Message
 
 # Tokens are estimated, not counted: about four characters of English per token.
 CHARS_PER_TOKEN = 4
-_SHOWN_KINDS = (
+SHOWN_KINDS = (
     Message.Kind.MESSAGE,
     Message.Kind.ACTION,
     Message.Kind.NOTICE,
@@ -34,26 +34,38 @@ def system_prompt(task: Task, agent: Agent) -> str:
 
 def recent_lines(task: Task, agent: Agent) -> list[str]:
     """The channel's latest lines, newest first until the agent's context budget, returned
-    oldest first. The line that asked is not among them: it is the question."""
+    oldest first. The line that asked is not among them: it is the question. (The runner reads
+    the same rows within its start statement, queries.py, and calls `within_budget`.)"""
     budget = agent.context_tokens * CHARS_PER_TOKEN
     if task.channel is None or budget <= 0:
         return []
     rows = (
-        Message.objects.filter(channel=task.channel, kind__in=_SHOWN_KINDS)
+        Message.objects.filter(channel=task.channel, kind__in=SHOWN_KINDS)
         .exclude(pk=task.source_message_id or 0)
         .order_by("-server_time", "-id")
         .values_list("kind", "sender", "text", "server_time")
     )
+    # A line is at least a few characters: no more rows than the budget could hold.
+    newest = [
+        (kind, sender, text, f"{at:%H:%M}")
+        for kind, sender, text, at in rows[: max(1, budget // 8)]
+    ]
+    return within_budget(newest, agent)
+
+
+def within_budget(newest: list[tuple[str, str, str, str]], agent: Agent) -> list[str]:
+    """(kind, sender, text, "HH:MM"), newest first, as context lines within the agent's budget,
+    oldest first."""
+    budget = agent.context_tokens * CHARS_PER_TOKEN
     lines: list[str] = []
     used = 0
-    # A line is at least a few characters: no more rows than the budget could hold.
-    for kind, sender, text, at in rows[: max(1, budget // 8)]:
+    for kind, sender, text, at in newest:
         if kind == Message.Kind.ACTION:
-            line = f"[{at:%H:%M}] * {sender} {text}"
+            line = f"[{at}] * {sender} {text}"
         elif kind == Message.Kind.TOPIC:
-            line = f"[{at:%H:%M}] {sender} set the topic: {text}"
+            line = f"[{at}] {sender} set the topic: {text}"
         else:
-            line = f"[{at:%H:%M}] <{sender}> {text}"
+            line = f"[{at}] <{sender}> {text}"
         if used + len(line) + 1 > budget:
             break
         lines.append(line)
@@ -62,10 +74,14 @@ def recent_lines(task: Task, agent: Agent) -> list[str]:
     return lines
 
 
-def first_messages(task: Task, agent: Agent) -> list[dict[str, Any]]:
-    """The conversation of the first call (provider-neutral: see providers.py)."""
+def first_messages(
+    task: Task, agent: Agent, lines: list[str] | None = None
+) -> list[dict[str, Any]]:
+    """The conversation of the first call (provider-neutral: see providers.py); `lines`: the
+    recent lines when the caller has them, else they are read."""
     parts = []
-    lines = recent_lines(task, agent)
+    if lines is None:
+        lines = recent_lines(task, agent)
     if lines:
         parts.append(f"Recent lines in {task.reply_to} (oldest first):\n" + "\n".join(lines))
     if task.trigger == Task.Trigger.SCHEDULE:

@@ -7,11 +7,11 @@ and keeps it for the thread's task: a hundred threads would hold a hundred Postg
 connections (the server's default max_connections is 100) while doing nothing but wait on HTTP.
 
 So a run's threads never touch the database themselves. Its database work (load and claim
-the task, build the context, record a model call, run tools, finish) is handed, a few queries
-at a time, to a small executor: AGENT_DB_CONNECTIONS threads per process, each holding one
-persistent connection, switched to the run's account for the job (`SET search_path` when the
-schema differs). A run waits for its job's result; it never holds a connection while it
-streams an answer.
+the task, build the context, record a model call, run the tools that need the database,
+finish) is handed, a few queries at a time, to a small executor: AGENT_DB_CONNECTIONS
+threads per process, each holding one persistent connection, switched to the run's account
+for the job (`SET search_path` when the schema differs). A run waits for its job's result; it
+never holds a connection while it streams an answer.
 
 Why not close the run thread's connection between stretches instead (the first design, which
 also bounds connections): each stretch then opens a connection, a PostgreSQL backend forked
@@ -137,3 +137,18 @@ def release_connection() -> None:
     none (tenant-schemas-celery's account lookup before the task may have opened one)."""
     if not connection.in_atomic_block:
         connection.close()
+
+
+def without_database(fn: Callable[[], T]) -> T:
+    """Run `fn` (a tool that needs no database: ToolSpec.needs_database False) on the caller's
+    thread, where a run holds no connection. A query there would open one outside the bound:
+    it is refused (fn sees an error), and a connection it opened anyway is closed."""
+
+    def refuse(*args: Any) -> Any:
+        raise RuntimeError("this work was declared to need no database, yet it sent a query")
+
+    try:
+        with connection.execute_wrapper(refuse):
+            return fn()
+    finally:
+        release_connection()

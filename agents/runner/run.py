@@ -1,9 +1,11 @@
 """One run of an agent task, from the queued row to the answer in the channel.
 
-The run alternates between the database (load, record, run tools: jobs handed to the
-process's few database threads by `on_database`, see db.py) and the provider (streamed, with
-no connection held). Lines leave for IRC as the model writes them (agents.speech.say, one
-AgentSay per line).
+The run alternates between the database (load, record, run the tools that need it: jobs
+handed to the process's few database threads by `on_database`, see db.py; the start reads
+everything in one statement, queries.py) and the provider (streamed, with no connection held).
+Tools that need no database (ToolSpec.needs_database, e.g. fetch_url) run on the run's own
+thread: a slow fetch does not hold one of the few database threads. Lines leave for IRC as
+the model writes them (agents.speech.say, one AgentSay per line).
 Nothing raises out of `run`: a failure ends the task `failed` with a one-line reason.
 """
 
@@ -11,6 +13,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Generator
+from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
 from typing import Any
@@ -19,23 +22,23 @@ from django.conf import settings
 from django.core.cache import cache
 from django.utils import timezone
 
-from accounts.models import Account
 from agents import speech
 from agents.models import Agent, ModelCall, Task, ToolCall
-from agents.runner.context import first_messages, system_prompt
-from agents.runner.db import on_database, release_connection
+from agents.runner import queries
+from agents.runner.context import first_messages, system_prompt, within_budget
+from agents.runner.db import on_database, release_connection, without_database
 from agents.runner.lines import LineWriter
 from agents.runner.providers import (
     Completion,
     Message,
     ProviderFailure,
+    RequestedToolCall,
     TextDelta,
     stream_call,
 )
 from agents.selectors import account_budget, month_start, tokens_used_this_month
-from llms.models import AccountLLM
 from llms.services import mark_key_rejected
-from llms.tools import ToolContext, ToolResult, ToolSpec, agent_tools, execute_tool
+from llms.tools import ToolContext, ToolResult, ToolSpec, execute_tool
 from tenancy import current_account
 
 logger = logging.getLogger(__name__)
@@ -45,6 +48,14 @@ _BUDGET_MARK_SECONDS = 32 * 24 * 3600
 
 
 GATEWAY_GONE = "The answer could not be handed to the IRC gateway."
+
+
+@dataclass
+class _ToolRun:
+    call: RequestedToolCall
+    result: ToolResult
+    started_at: datetime
+    duration_ms: int
 
 
 class GatewayUnreachable(Exception):
@@ -88,13 +99,15 @@ class _Run:
         self.first_line_at: datetime | None = None
         self.gateway_failed = False
         self.began = timezone.now()
+        self._pending_call: dict[str, Any] | None = None
         # Read on the run's own thread: the database threads' connections serve every account.
         self.tenant = current_account()
 
     # --- the run ---------------------------------------------------------------------------
     def execute(self) -> None:
-        # One database job before the first model call and one after each: the work between
-        # two calls is done in one hand-off (db.py).
+        # One database job before the first model call and one after each (plus one after a
+        # step's tools): the work between two calls is done in one hand-off (db.py). Tools
+        # that need no database run on this thread, the others on a database thread.
         if not on_database(self._begin):
             return
         max_steps = max(1, self.agent.max_steps)
@@ -111,6 +124,15 @@ class _Run:
                 return
             if not on_database(partial(self._after_call, number, started, completion, last)):
                 return
+            try:
+                # The text before a tool call is a line of its own.
+                self._feed("\n")
+            except GatewayUnreachable:
+                on_database(partial(self._finish, GATEWAY_GONE))
+                return
+            ran = self._run_tools(completion)
+            if not on_database(partial(self._after_tools, number, ran)):
+                return
 
     def _begin(self) -> bool:
         return self._start() and self._budget_allows()
@@ -125,7 +147,7 @@ class _Run:
         self._finish(error=GATEWAY_GONE)
 
     def _after_call(self, number: int, started: float, completion: Completion, last: bool) -> bool:
-        """Record the call; run the tools it asked for. True: call the model again."""
+        """Record the call; finish unless it asked for tools. True: run them."""
         self._record_call(number, started, completion, None)
         if not completion.tool_calls:
             self._finish(error=GATEWAY_GONE if self.gateway_failed else "")
@@ -138,13 +160,26 @@ class _Run:
                 "tools without answering."
             )
             return False
-        try:
-            # The text before a tool call is a line of its own.
-            self._feed("\n")
-        except GatewayUnreachable:
-            self._finish(error=GATEWAY_GONE)
-            return False
-        self._run_tools(number, completion)
+        self._flush_call()
+        return True
+
+    def _after_tools(self, number: int, ran: list["_ToolRun"]) -> bool:
+        """Record the step's tool calls. True: call the model again."""
+        ToolCall.objects.bulk_create(
+            ToolCall(
+                task=self.task,
+                step=number,
+                call_id=done.call.id[:200],
+                tool=done.call.name[:60],
+                arguments=done.result.arguments if done.result.arguments is not None else {},
+                raw_arguments=done.call.arguments,
+                result=done.result.content,
+                ok=done.result.ok,
+                started_at=done.started_at,
+                duration_ms=done.duration_ms,
+            )
+            for done in ran
+        )
         return self._budget_allows()
 
     def _budget_allows(self) -> bool:
@@ -159,29 +194,22 @@ class _Run:
     def _start(self) -> bool:
         """Claim the task and build what the first call sends. False: nothing to run (the
         task is gone or already taken: Celery delivers at least once)."""
-        task = (
-            Task.objects.select_related("agent", "channel", "server")
-            # A run never needs the IRC secrets (not decrypted here) nor a queued task's
-            # empty context and output.
-            .defer("context", "output", "server__password", "server__sasl_password", "channel__key")
-            .filter(pk=self.task_id, status=Task.Status.QUEUED)
-            .first()
-        )
-        if task is None:
-            logger.info("agent task %s: not queued any more, skipped", self.task_id)
-            return False
-        self.task = task
         if self.tenant is None:  # account_task refuses this; kept for callers of run() itself
             raise RuntimeError("agents.runner.run needs an account's schema")
-        # Fresh: the worker's tenant is cached (CELERY_TASK_TENANT_CACHE_SECONDS), and the
-        # account's budget is read from this row.
-        self.account = Account.objects.get(pk=self.tenant.pk)
-        self.agent: Agent = task.agent
-        config = (
-            AccountLLM.objects.select_related("llm")
-            .filter(pk=self.agent.account_llm_id, account=self.account)
-            .first()
+        # One statement reads it all (queries.py); the account's row is read fresh there: the
+        # worker's tenant is cached (CELERY_TASK_TENANT_CACHE_SECONDS) and budgets come from it.
+        start = queries.start(task_id=self.task_id, account_id=self.tenant.pk, now=self.began)
+        if start is None:
+            logger.info("agent task %s: not queued any more, skipped", self.task_id)
+            return False
+        self.task = task = start.task
+        self.account = start.account
+        self.agent: Agent = start.agent
+        self._usage: tuple[int | None, int | None] | None = (
+            start.used_by_account,
+            start.used_by_agent,
         )
+        config = start.config
         refusal = ""
         if not self.agent.enabled:
             refusal = f"{self.agent.name} is turned off."
@@ -198,16 +226,18 @@ class _Run:
             )
             return False
         self.config = config
-        self.tools = agent_tools(account=self.account, agent=self.agent)
+        self.tools = start.tools
         self.specs: list[ToolSpec] = [spec for spec, _ in self.tools]
         self.system = system_prompt(task, self.agent)
-        self.messages: list[Message] = first_messages(task, self.agent)
-        task.context = [{"role": "system", "content": self.system}, *self.messages]
-        # The claim: of two deliveries of one task, one runs it.
-        claimed = Task.objects.filter(pk=self.task_id, status=Task.Status.QUEUED).update(
-            status=Task.Status.RUNNING, started_at=self.began, context=task.context
+        self.messages: list[Message] = first_messages(
+            task, self.agent, within_budget(start.recent, self.agent)
         )
-        if not claimed:
+        # The claim: of two deliveries of one task, one runs it.
+        if not queries.claim(
+            task_id=self.task_id,
+            started_at=self.began,
+            context=[{"role": "system", "content": self.system}, *self.messages],
+        ):
             logger.info("agent task %s: taken by another delivery, skipped", self.task_id)
             return False
         self.target = self.task.reply_to if self.task.server_id else ""
@@ -271,20 +301,27 @@ class _Run:
             outcome, error = failure.outcome, failure.reason
         else:
             outcome, error = ModelCall.Outcome.ERROR, "stopped: the gateway was unreachable"
-        ModelCall.objects.create(
-            task=self.task,
-            agent=self.agent,
-            agent_name=self.agent.name,
-            step=number,
-            provider=self.config.llm.name,
-            model=self.agent.model,
-            input_tokens=completion.input_tokens if completion else 0,
-            output_tokens=completion.output_tokens if completion else 0,
-            latency_ms=int((time.monotonic() - started) * 1000),
-            first_token_ms=completion.first_token_ms if completion else None,
-            outcome=outcome,
-            error=error[:500],
-        )
+        # Written with the task's end when the run ends now (_finish), else by _flush_call.
+        self._pending_call = {
+            "task_id": self.task.pk,
+            "agent_id": self.agent.pk,
+            "agent_name": self.agent.name,
+            "step": number,
+            "provider": self.config.llm.name,
+            "model": self.agent.model,
+            "input_tokens": completion.input_tokens if completion else 0,
+            "output_tokens": completion.output_tokens if completion else 0,
+            "latency_ms": int((time.monotonic() - started) * 1000),
+            "first_token_ms": completion.first_token_ms if completion else None,
+            "outcome": outcome,
+            "error": error[:500],
+            "created_at": timezone.now(),
+        }
+
+    def _flush_call(self) -> None:
+        call, self._pending_call = self._pending_call, None
+        if call is not None:
+            queries.record(call=call, task_id=self.task_id, task=None)
 
     def _on_failure(self, failure: ProviderFailure) -> None:
         logger.warning(
@@ -299,9 +336,10 @@ class _Run:
             )
 
     # --- tools -----------------------------------------------------------------------------
-    def _run_tools(self, number: int, completion: Completion) -> None:
+    def _run_tools(self, completion: Completion) -> list["_ToolRun"]:
+        """Run the tools the model asked for, in order; their results join the conversation."""
         by_slug = {spec.slug: (spec, config) for spec, config in self.tools}
-        results = []
+        ran = []
         for call in completion.tool_calls:
             started_at = timezone.now()
             started = time.monotonic()
@@ -310,7 +348,8 @@ class _Run:
                 result = ToolResult(False, f"There is no tool named {call.name!r}.")
             else:
                 spec, tool_settings = found
-                result = execute_tool(
+                job = partial(
+                    execute_tool,
                     context=ToolContext(
                         account=self.account,
                         agent=self.agent,
@@ -320,38 +359,46 @@ class _Run:
                     spec=spec,
                     arguments=call.arguments,
                 )
-            ToolCall.objects.create(
-                task=self.task,
-                step=number,
-                call_id=call.id[:200],
-                tool=call.name[:60],
-                arguments=result.arguments if result.arguments is not None else {},
-                raw_arguments=call.arguments,
-                result=result.content,
-                ok=result.ok,
-                started_at=started_at,
-                duration_ms=int((time.monotonic() - started) * 1000),
-            )
-            results.append(
-                {"id": call.id, "name": call.name, "content": result.content, "ok": result.ok}
-            )
-        self.messages.append({"role": "tool", "results": results})
+                result = on_database(job) if spec.needs_database else without_database(job)
+            ran.append(_ToolRun(call, result, started_at, int((time.monotonic() - started) * 1000)))
+        self.messages.append(
+            {
+                "role": "tool",
+                "results": [
+                    {
+                        "id": done.call.id,
+                        "name": done.call.name,
+                        "content": done.result.content,
+                        "ok": done.result.ok,
+                    }
+                    for done in ran
+                ],
+            }
+        )
+        return ran
 
     # --- budgets ---------------------------------------------------------------------------
     def _check_budget(self) -> None:
         budget = account_budget(account=self.account)
-        if budget is not None and tokens_used_this_month() >= budget:
-            self._say_once_a_month(
-                "account",
-                "I cannot answer: this account's agents have used their monthly token budget.",
-            )
-            raise RunFailed("The account's monthly token budget is used up.")
+        # The first check uses the sums the start statement read; later ones sum again.
+        usage, self._usage = self._usage, None
+        if budget is not None:
+            used = usage[0] if usage is not None and usage[0] is not None else None
+            if (tokens_used_this_month() if used is None else used) >= budget:
+                self._say_once_a_month(
+                    "account",
+                    "I cannot answer: this account's agents have used their monthly token budget.",
+                )
+                raise RunFailed("The account's monthly token budget is used up.")
         own = self.agent.monthly_token_budget
-        if own and tokens_used_this_month(agent=self.agent) >= own:
-            self._say_once_a_month(
-                f"agent:{self.agent.pk}", "I cannot answer: I have used my monthly token budget."
-            )
-            raise RunFailed(f"{self.agent.name}'s monthly token budget is used up.")
+        if own:
+            used = usage[1] if usage is not None and usage[1] is not None else None
+            if (tokens_used_this_month(agent=self.agent) if used is None else used) >= own:
+                self._say_once_a_month(
+                    f"agent:{self.agent.pk}",
+                    "I cannot answer: I have used my monthly token budget.",
+                )
+                raise RunFailed(f"{self.agent.name}'s monthly token budget is used up.")
 
     def _say_once_a_month(self, scope: str, text: str) -> None:
         month = f"{month_start():%Y-%m}"
@@ -404,7 +451,8 @@ class _Run:
             "first_line_at": self.first_line_at,
             "finished_at": timezone.now(),
         }
-        Task.objects.filter(pk=self.task_id).update(**fields)
+        call, self._pending_call = self._pending_call, None
+        queries.record(call=call, task_id=self.task_id, task=fields)
         logger.info(
             "agent task %s %s (%s tokens)",
             self.task_id,
