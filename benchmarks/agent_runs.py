@@ -40,7 +40,9 @@ worker runs as a child process, as scripts/run_all.py starts it:
     (default 500) are queued at once (one commit), and the clock runs from that commit to the
     last run's finished_at. While they run, the database connections the worker holds are
     sampled from pg_stat_activity (the runner's bound, AGENT_DB_CONNECTIONS), and the runs in
-    flight are counted from the tasks' started_at/finished_at.
+    flight are counted from the tasks' started_at/finished_at. The worker has
+    AGENT_WORKER_CONCURRENCY threads (200) unless --concurrency says otherwise, and the
+    provider runs in a child process of its own (tests.llm_servers.ProviderProcess).
     Plus the price of that bound: a query handed to one of the runner's database threads
     minus the same query inline, `handoff_ms` (a plain run pays it twice), and, for the
     alternative the runner does not take, a query on a fresh connection (connect,
@@ -120,7 +122,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--runs", type=int, default=500, help="runs queued at once for the rate (default 500)"
     )
     parser.add_argument(
-        "--concurrency", type=int, default=100, help="the worker's threads (default 100)"
+        "--concurrency",
+        type=int,
+        default=None,
+        help="the worker's threads (default AGENT_WORKER_CONCURRENCY, 200: with runs of at "
+        "least a second, fewer than 100 threads can never complete 100 runs a second)",
     )
     parser.add_argument(
         "--delay", type=float, default=1.0, help="seconds the provider takes in (b) (default 1)"
@@ -331,7 +337,7 @@ def run(args: argparse.Namespace, bench_url: str, result_out: TextIO) -> None:
     from tenancy import switch
     from tenancy.services import provision_account
     from tests.ircd import InspIRCd
-    from tests.llm_servers import LLMServer, Reply
+    from tests.llm_servers import ProviderProcess, Reply
 
     fields: dict[str, str] = {}
     if not args.skip_tick:
@@ -347,7 +353,11 @@ def run(args: argparse.Namespace, bench_url: str, result_out: TextIO) -> None:
     back_to_public()
     sync_tool_catalog()
 
-    server = LLMServer(default=Reply(chunks=[ANSWER], usage=(120, 3))).start()
+    if args.concurrency is None:
+        args.concurrency = settings.AGENT_WORKER_CONCURRENCY
+    # The loopback provider in a child process of its own: it is not Palaver, and in this
+    # process its threads took a share of the CPU (and the GIL) the measurement needs.
+    server = ProviderProcess(default=Reply(chunks=[ANSWER], usage=(120, 3))).start()
     ircd: InspIRCd | None = None
     workers: list[Worker] = []
     sampler: ConnectionSampler | None = None
