@@ -17,6 +17,7 @@ from llms.models import LLM
 from llms.services import sync_tool_catalog
 from tenancy.context import connection
 from tests.factories import PASSWORD, UserFactory
+from tests.llm_servers import LLMServer
 
 pytest_plugins = ["tests.ircd", "tests.gateway_support"]
 
@@ -99,3 +100,16 @@ def alice_client(alice: User) -> Client:
 @pytest.fixture
 def bob_client(bob: User) -> Client:
     return signed_in_client(bob)
+
+
+@pytest.fixture
+def llm() -> Iterator[LLMServer]:
+    """A loopback LLM provider speaking the OpenAI and Anthropic wire formats
+    (tests/llm_servers.py), with the runner's SDK clients made afresh around it (they are cached
+    per process with the timeouts and retries they were built with)."""
+    from agents.runner.providers import reset_clients
+
+    reset_clients()
+    with LLMServer() as server:
+        yield server
+    reset_clients()

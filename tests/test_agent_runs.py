@@ -47,12 +47,6 @@ def _fresh_clients() -> Iterator[None]:
     reset_clients()
 
 
-@pytest.fixture
-def llm() -> Iterator[LLMServer]:
-    with LLMServer() as server:
-        yield server
-
-
 class Said:
     """The AgentSay commands published to the gateway while it listens."""
 

@@ -20,7 +20,6 @@ from playwright.sync_api import Browser, expect
 
 from accounts.models import User
 from agents.models import Agent, Task
-from agents.runner.providers import reset_clients
 from channels_app.models import Channel, ChannelUser
 from llms.models import Tool
 from llms.services import configure_tool
@@ -35,14 +34,6 @@ from tests.test_chat_e2e import DESKTOP, AsgiServer, add_server, asgi_server, ch
 from tests.workers import threads_worker
 
 __all__ = ["asgi_server", "chromium"]  # fixtures, imported for pytest
-
-
-@pytest.fixture
-def llm() -> Iterator[LLMServer]:
-    reset_clients()
-    with LLMServer() as server:
-        yield server
-    reset_clients()
 
 
 @pytest.fixture
