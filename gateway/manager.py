@@ -380,7 +380,7 @@ class Gateway:
             self._task_sender, enqueue_query, account.schema_name, args
         )
 
-    def hook_wanted(self, account_id: uuid.UUID, texts: list[str]) -> bool:
+    def hook_wanted(self, account_id: uuid.UUID, batch: list[events.LiveEvent]) -> bool:
         """Whether a committed batch of the account's lines goes to the message hook's task
         (the store asks, on its announcing thread). Its one listener, agents' triggers, acts
         only on a line that names an enabled agent of the account (`nick: ...`, or the nick
@@ -389,7 +389,8 @@ class Gateway:
         nicks = self._trigger_nicks.get(account_id)
         if not nicks:
             return False
-        return any(nick in casefold(text) for text in texts for nick in nicks)
+        texts = (casefold(e.text) for e in batch if isinstance(e, events.MessageEvent))
+        return any(nick in text for text in texts for nick in nicks)
 
     def _set_account(self, account: Account) -> None:
         self.accounts[account.pk] = account

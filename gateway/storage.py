@@ -160,9 +160,9 @@ class StoreObserver(Protocol):
     def committed(self, batch: list[Record]) -> None: ...
 
 
-# (account id, texts of the account's new lines in a batch) -> whether the message hook's task
-# is worth enqueuing for them.
-HookFilter = Callable[[uuid.UUID, list[str]], bool]
+# (account id, the account's live events of a batch) -> whether the message hook's task is worth
+# enqueuing for its new lines.
+HookFilter = Callable[[uuid.UUID, "list[events.LiveEvent]"], bool]
 
 
 class Store:
@@ -643,14 +643,10 @@ class Store:
             account = self._accounts.get(account_id)
             if not ids or account is None:
                 continue
-            if hook_filter is not None:
-                texts = [
-                    event.text
-                    for event in stored_events.get(account_id, ())
-                    if isinstance(event, events.MessageEvent)
-                ]
-                if not hook_filter(account_id, texts):
-                    continue
+            if hook_filter is not None and not hook_filter(
+                account_id, stored_events.get(account_id, [])
+            ):
+                continue
             hooks.message_stored_on_commit(
                 account_id=account_id, schema_name=account.schema_name, message_ids=ids
             )
