@@ -1,0 +1,434 @@
+"""Text out of a knowledge-base document, keeping its structure.
+
+`extract` reads an uploaded file (.txt, .md, .html/.htm, .pdf); `extract_text` reads pasted
+text. Both return the document as a list of blocks (headings with their level, paragraphs, list
+items, code) so that chunking can follow sections and carry heading paths and PDF page numbers.
+Anything a person must fix is raised as ExtractionError with a reason meant to be shown to them.
+
+Pure functions of bytes in, blocks out: no database, no network, safe to call from a Celery task.
+"""
+
+import io
+import re
+import unicodedata
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from typing import Literal
+
+from bs4 import BeautifulSoup, Tag
+from bs4.element import NavigableString
+from markdown_it import MarkdownIt
+from markdown_it.token import Token
+
+BlockKind = Literal["heading", "paragraph", "list_item", "code"]
+Format = Literal["text", "markdown", "html", "pdf"]
+
+DEFAULT_MAX_PAGES = 2_000
+# About a 1,500-page book; bounds the memory and the chunking work of one document.
+DEFAULT_MAX_CHARS = 5_000_000
+
+
+@dataclass(frozen=True)
+class Block:
+    kind: BlockKind
+    text: str
+    level: int = 0  # heading level 1-6; 0 for other kinds
+    page: int | None = None  # PDF page, from 1
+
+
+@dataclass(frozen=True)
+class Extracted:
+    title: str
+    blocks: list[Block]
+    pages: int | None  # PDF page count; None for other formats
+
+
+class ExtractionError(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+_EXTENSIONS: dict[str, Format] = {
+    ".txt": "text",
+    ".text": "text",
+    ".md": "markdown",
+    ".markdown": "markdown",
+    ".html": "html",
+    ".htm": "html",
+    ".pdf": "pdf",
+}
+_CONTENT_TYPES: dict[str, Format] = {
+    "text/plain": "text",
+    "text/markdown": "markdown",
+    "text/x-markdown": "markdown",
+    "text/html": "html",
+    "application/xhtml+xml": "html",
+    "application/pdf": "pdf",
+}
+# Content types that say nothing about the format: sniffing decides.
+_GENERIC_TYPES = {"", "application/octet-stream", "binary/octet-stream"}
+
+
+def extract(
+    *,
+    data: bytes,
+    filename: str = "",
+    content_type: str = "",
+    max_pages: int = DEFAULT_MAX_PAGES,
+    max_chars: int = DEFAULT_MAX_CHARS,
+) -> Extracted:
+    """The blocks of an uploaded file. The format comes from the file name's extension, then
+    the content type, then the bytes (a PDF starts with %PDF-); otherwise it is read as text.
+    The title is the document's own (HTML <title>, first heading, PDF metadata), else the file
+    name without its extension."""
+    fmt = _detect_format(data=data, filename=filename, content_type=content_type)
+    if not data.strip():
+        raise ExtractionError("The file is empty.")
+    if fmt == "pdf":
+        extracted = _extract_pdf(data, max_pages=max_pages, max_chars=max_chars)
+    elif fmt == "html":
+        # BeautifulSoup finds the encoding itself (meta charset, BOM, then a guess).
+        extracted = _extract_html(BeautifulSoup(data, "html.parser"), max_chars=max_chars)
+    else:
+        extracted = extract_text(_decode(data), format=fmt, max_chars=max_chars)
+    if not extracted.title:
+        stem = PurePosixPath(filename.replace("\\", "/")).stem if filename else ""
+        extracted = Extracted(title=stem, blocks=extracted.blocks, pages=extracted.pages)
+    return extracted
+
+
+def extract_text(text: str, *, format: str, max_chars: int = DEFAULT_MAX_CHARS) -> Extracted:
+    """The blocks of pasted text; format is "text", "markdown" or "html"."""
+    if len(text) > max_chars:
+        raise ExtractionError(_too_long(max_chars))
+    if not text.strip():
+        raise ExtractionError("The text is empty.")
+    if format == "text":
+        return Extracted(title="", blocks=_text_blocks(text), pages=None)
+    if format == "markdown":
+        return _extract_markdown(text)
+    if format == "html":
+        return _extract_html(BeautifulSoup(text, "html.parser"), max_chars=max_chars)
+    raise ExtractionError(f"Unsupported format: {format}.")
+
+
+def _detect_format(*, data: bytes, filename: str, content_type: str) -> Format:
+    extension = PurePosixPath(filename.replace("\\", "/")).suffix.lower() if filename else ""
+    if extension in _EXTENSIONS:
+        return _EXTENSIONS[extension]
+    mime = content_type.split(";", 1)[0].strip().lower()
+    if mime in _CONTENT_TYPES:
+        return _CONTENT_TYPES[mime]
+    if data.lstrip()[:5] == b"%PDF-":
+        return "pdf"
+    if extension:
+        raise ExtractionError(
+            f"Unsupported format: {extension} files cannot be read "
+            "(upload .txt, .md, .html or .pdf)."
+        )
+    if mime not in _GENERIC_TYPES and not mime.startswith("text/"):
+        raise ExtractionError(
+            f"Unsupported format: {mime} cannot be read (upload .txt, .md, .html or .pdf)."
+        )
+    return "text"
+
+
+def _too_long(max_chars: int) -> str:
+    return f"The document is too long: more than {max_chars:,} characters of text."
+
+
+# Controls other than tab, newline, form feed and carriage return: text has (almost) none.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f-\x9f]")
+
+
+def _decode(data: bytes) -> str:
+    """UTF-8 (with or without BOM), else Windows-1252 (Latin-1 as written in practice), else
+    Latin-1. Latin-1 decodes any bytes, so binary is told from text by its control characters."""
+    text: str | None = None
+    for encoding in ("utf-8-sig", "cp1252", "latin-1"):
+        try:
+            text = data.decode(encoding)
+            break
+        except UnicodeDecodeError:
+            continue
+    assert text is not None  # latin-1 decodes every byte
+    controls = len(_CONTROL.findall(text))
+    if "\x00" in text or controls > max(2, len(text) // 100):
+        raise ExtractionError("The file is not text: it is neither UTF-8 nor Latin-1 encoded text.")
+    return text
+
+
+_SPACES = re.compile(r"\s+")
+_BLANK_LINES = re.compile(r"\n[ \t\f\v\r]*\n")
+
+
+def _normalise(text: str) -> str:
+    return _SPACES.sub(" ", text).strip()
+
+
+def _text_blocks(text: str, page: int | None = None) -> list[Block]:
+    """Paragraphs split on blank lines; line breaks inside one are kept (a plain-text file's
+    lines may matter: addresses, verse), trailing spaces are not."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    blocks = []
+    for part in _BLANK_LINES.split(text):
+        lines = [line.strip() for line in part.split("\n")]
+        paragraph = "\n".join(line for line in lines if line)
+        if paragraph:
+            blocks.append(Block(kind="paragraph", text=paragraph, page=page))
+    return blocks
+
+
+# --- Markdown ---------------------------------------------------------------------------
+
+
+def _inline_text(token: Token) -> str:
+    """The readable text of an inline token: text and code spans kept, link targets and HTML
+    dropped, an image replaced by its alt text."""
+    parts: list[str] = []
+    for child in token.children or []:
+        if child.type in ("text", "code_inline"):
+            parts.append(child.content)
+        elif child.type in ("softbreak", "hardbreak"):
+            parts.append(" ")
+        elif child.type == "image":
+            parts.append(_inline_text(child))
+    return _normalise("".join(parts))
+
+
+def _extract_markdown(text: str) -> Extracted:
+    tokens = MarkdownIt("commonmark").enable("table").parse(text)
+    blocks: list[Block] = []
+    heading_level = 0
+    list_depth = 0
+    row: list[str] | None = None
+    for token in tokens:
+        if token.type == "heading_open":
+            heading_level = int(token.tag[1])
+        elif token.type == "heading_close":
+            heading_level = 0
+        elif token.type == "list_item_open":
+            list_depth += 1
+        elif token.type == "list_item_close":
+            list_depth -= 1
+        elif token.type == "tr_open":
+            row = []
+        elif token.type == "tr_close":
+            if row is not None and any(row):
+                blocks.append(Block(kind="paragraph", text=" | ".join(row)))
+            row = None
+        elif token.type in ("fence", "code_block"):
+            code = token.content.rstrip("\n")
+            if code.strip():
+                blocks.append(Block(kind="code", text=code))
+        elif token.type == "html_block":
+            html = _normalise(BeautifulSoup(token.content, "html.parser").get_text(" "))
+            if html:
+                blocks.append(Block(kind="paragraph", text=html))
+        elif token.type == "inline":
+            content = _inline_text(token)
+            if row is not None:
+                row.append(content)
+            elif not content:
+                continue
+            elif heading_level:
+                blocks.append(Block(kind="heading", text=content, level=heading_level))
+            elif list_depth:
+                blocks.append(Block(kind="list_item", text=content))
+            else:
+                blocks.append(Block(kind="paragraph", text=content))
+    return Extracted(title=_first_heading(blocks), blocks=blocks, pages=None)
+
+
+def _first_heading(blocks: list[Block]) -> str:
+    headings = [block for block in blocks if block.kind == "heading"]
+    if not headings:
+        return ""
+    return min(headings, key=lambda block: block.level).text
+
+
+# --- HTML -------------------------------------------------------------------------------
+
+_DROPPED = (
+    "script",
+    "style",
+    "noscript",
+    "template",
+    "nav",
+    "header",
+    "footer",
+    "aside",
+    "svg",
+    "iframe",
+    "form",
+    "button",
+)
+_HEADINGS = {"h1", "h2", "h3", "h4", "h5", "h6"}
+# Elements that end the running paragraph. Anything else is inline (a, em, span, code...).
+_BLOCK_ELEMENTS = _HEADINGS | {
+    "address",
+    "article",
+    "blockquote",
+    "body",
+    "caption",
+    "dd",
+    "details",
+    "dialog",
+    "div",
+    "dl",
+    "dt",
+    "fieldset",
+    "figcaption",
+    "figure",
+    "hr",
+    "html",
+    "li",
+    "main",
+    "ol",
+    "p",
+    "pre",
+    "section",
+    "summary",
+    "table",
+    "ul",
+    "br",
+}
+_BLOCK_LIST = sorted(_BLOCK_ELEMENTS)
+
+
+def _extract_html(soup: BeautifulSoup, *, max_chars: int) -> Extracted:
+    title = _normalise(soup.title.get_text()) if soup.title else ""
+    for element in soup.find_all(_DROPPED):
+        element.decompose()
+    # Sphinx and many generators put a pilcrow link in each heading.
+    for element in soup.select("a.headerlink"):
+        element.decompose()
+    roots: list[Tag]
+    main = soup.find("main") or soup.find(True, attrs={"role": "main"})
+    if isinstance(main, Tag):
+        roots = [main]
+    else:
+        articles = [a for a in soup.find_all("article") if a.find_parent("article") is None]
+        body = soup.body
+        roots = articles or [body if body is not None else soup]
+    walker = _HtmlWalker()
+    for root in roots:
+        walker.walk(root, in_item=False)
+        walker.flush(in_item=False)
+    if sum(len(block.text) for block in walker.blocks) > max_chars:
+        raise ExtractionError(_too_long(max_chars))
+    if not title:
+        title = _first_heading(walker.blocks)
+    return Extracted(title=title, blocks=walker.blocks, pages=None)
+
+
+class _HtmlWalker:
+    def __init__(self) -> None:
+        self.blocks: list[Block] = []
+        self.inline: list[str] = []
+
+    def flush(self, *, in_item: bool) -> None:
+        text = _normalise("".join(self.inline))
+        self.inline = []
+        if text:
+            self.blocks.append(Block(kind="list_item" if in_item else "paragraph", text=text))
+
+    def walk(self, node: Tag, *, in_item: bool) -> None:
+        for child in node.children:
+            if isinstance(child, NavigableString):
+                if type(child) is NavigableString:  # not a comment, CDATA, doctype...
+                    self.inline.append(str(child))
+                continue
+            if not isinstance(child, Tag):
+                continue
+            name = child.name
+            if name not in _BLOCK_ELEMENTS and child.find(_BLOCK_LIST) is None:
+                self.inline.append(child.get_text())
+                continue
+            self.flush(in_item=in_item)
+            if name in _HEADINGS:
+                text = _normalise(child.get_text())
+                if text:
+                    self.blocks.append(Block(kind="heading", text=text, level=int(name[1])))
+            elif name == "pre":
+                code = child.get_text().strip("\n")
+                if code.strip():
+                    self.blocks.append(Block(kind="code", text=code))
+            elif name == "table":
+                self._table(child)
+            elif name == "li":
+                self.walk(child, in_item=True)
+                self.flush(in_item=True)
+            else:
+                self.walk(child, in_item=in_item)
+                self.flush(in_item=in_item)
+
+    def _table(self, table: Tag) -> None:
+        for row in table.find_all("tr"):
+            if row.find_parent("table") is not table:
+                continue  # a nested table's rows are read with their own table's cells
+            cells = [_normalise(cell.get_text(" ")) for cell in row.find_all(["td", "th"])]
+            cells = [cell for cell in cells if cell]
+            if cells:
+                self.blocks.append(Block(kind="paragraph", text=" | ".join(cells)))
+
+
+# --- PDF --------------------------------------------------------------------------------
+
+
+_ENCRYPTED = "The PDF is encrypted; upload an unprotected copy."
+
+
+def _extract_pdf(data: bytes, *, max_pages: int, max_chars: int) -> Extracted:
+    # Imported here: pypdf is only needed for PDFs and takes a while to import.
+    from pypdf import PdfReader
+    from pypdf.errors import PdfReadError
+
+    corrupt = "The PDF is damaged and cannot be read."
+    try:
+        reader = PdfReader(io.BytesIO(data))
+        if reader.is_encrypted:
+            # A PDF with only an owner password (printing or copying restricted) opens with
+            # the empty user password, as every viewer opens it.
+            try:
+                opened = reader.decrypt("")
+            except Exception as error:  # pypdf raises several types for unsupported ciphers
+                raise ExtractionError(
+                    "The PDF is encrypted; upload an unprotected copy."
+                ) from error
+            if not opened:
+                raise ExtractionError("The PDF is encrypted; upload an unprotected copy.")
+        page_count = len(reader.pages)
+    except ExtractionError:
+        raise
+    except (PdfReadError, ValueError, KeyError, TypeError, AttributeError, IndexError) as error:
+        raise ExtractionError(corrupt) from error
+    if page_count > max_pages:
+        raise ExtractionError(
+            f"The PDF has {page_count:,} pages; at most {max_pages:,} can be read."
+        )
+    blocks: list[Block] = []
+    total = 0
+    for number, page in enumerate(reader.pages, start=1):
+        try:
+            text = page.extract_text()
+        except (PdfReadError, ValueError, KeyError, TypeError, AttributeError, IndexError) as error:
+            raise ExtractionError(f"Page {number} of the PDF is damaged.") from error
+        text = unicodedata.normalize("NFKC", text.replace("\x00", ""))
+        total += len(text)
+        if total > max_chars:
+            raise ExtractionError(_too_long(max_chars))
+        for block in _text_blocks(text, page=number):
+            # pypdf ends each text line with a newline; a paragraph is one line of prose.
+            blocks.append(Block(kind="paragraph", text=_normalise(block.text), page=number))
+    if not blocks:
+        raise ExtractionError("This PDF has no text layer (scanned pages?)")
+    title = ""
+    try:
+        metadata = reader.metadata
+        if metadata is not None and metadata.title:
+            title = _normalise(str(metadata.title))
+    except (PdfReadError, ValueError, KeyError, TypeError, AttributeError):
+        pass  # a damaged information dictionary costs the title, not the document
+    return Extracted(title=title, blocks=blocks, pages=page_count)
