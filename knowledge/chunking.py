@@ -32,7 +32,11 @@ class ChunkText:
 def estimate_tokens(text: str) -> int:
     """About four characters per token, the usual rule of thumb for English with BPE tokenizers
     (OpenAI's own guidance); good enough to size chunks and far cheaper than a tokenizer."""
-    return math.ceil(len(text) / 4)
+    return _tokens_for_length(len(text))
+
+
+def _tokens_for_length(characters: int) -> int:
+    return math.ceil(characters / 4)
 
 
 @dataclass(frozen=True)
@@ -152,15 +156,18 @@ def _tail(piece: _Piece, budget: int) -> _Piece | None:
     )
 
 
+def _separator(previous: _Piece, piece: _Piece) -> str:
+    if piece.block == previous.block:
+        return piece.joiner
+    if piece.text.startswith("- ") and previous.text.startswith("- "):
+        return "\n"  # a list stays a list
+    return "\n\n"
+
+
 def _join(pieces: list[_Piece]) -> str:
     out = pieces[0].text
     for previous, piece in itertools.pairwise(pieces):
-        if piece.block == previous.block:
-            out += piece.joiner + piece.text
-        elif piece.text.startswith("- ") and previous.text.startswith("- "):
-            out += "\n" + piece.text  # a list stays a list
-        else:
-            out += "\n\n" + piece.text
+        out += _separator(previous, piece) + piece.text
     return out
 
 
@@ -174,6 +181,7 @@ def chunk(
     chunks: list[ChunkText] = []
     headings: list[tuple[int, str]] = []
     current: list[_Piece] = []
+    length = 0  # characters of _join(current), kept as pieces are added
     fresh = False  # whether `current` holds more than the overlap carried from the last chunk
     path: tuple[str, ...] = ()
 
@@ -195,7 +203,7 @@ def chunk(
         if block.kind == "heading":
             if fresh:
                 emit()
-            current, fresh = [], False
+            current, fresh, length = [], False, 0
             level = min(max(block.level, 1), 6)
             while headings and headings[-1][0] >= level:
                 headings.pop()
@@ -203,12 +211,15 @@ def chunk(
             path = tuple(text for _, text in headings)
             continue
         for piece in _pieces(block, index, piece_limit):
-            size = sum(p.tokens for p in current) + piece.tokens
-            if fresh and size > target_tokens:
+            added = len(piece.text) + (len(_separator(current[-1], piece)) if current else 0)
+            if fresh and _tokens_for_length(length + added) > target_tokens:
                 emit()
                 tail = _tail(current[-1], overlap_tokens)
                 current, fresh = ([tail] if tail is not None else []), False
+                length = len(tail.text) if tail is not None else 0
+                added = len(piece.text) + (len(_separator(current[-1], piece)) if current else 0)
             current.append(piece)
+            length += added
             fresh = True
     if fresh:
         emit()
