@@ -9,16 +9,20 @@ Pure functions of bytes in, blocks out: no database, no network, safe to call fr
 """
 
 import io
+import itertools
 import re
 import unicodedata
 from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from bs4 import BeautifulSoup, Tag
 from bs4.element import NavigableString
 from markdown_it import MarkdownIt
 from markdown_it.token import Token
+
+if TYPE_CHECKING:
+    from pypdf import PageObject
 
 BlockKind = Literal["heading", "paragraph", "list_item", "code"]
 Format = Literal["text", "markdown", "html", "pdf"]
@@ -412,16 +416,14 @@ def _extract_pdf(data: bytes, *, max_pages: int, max_chars: int) -> Extracted:
     total = 0
     for number, page in enumerate(reader.pages, start=1):
         try:
-            text = page.extract_text()
+            paragraphs = _pdf_paragraphs(page)
         except (PdfReadError, ValueError, KeyError, TypeError, AttributeError, IndexError) as error:
             raise ExtractionError(f"Page {number} of the PDF is damaged.") from error
-        text = unicodedata.normalize("NFKC", text.replace("\x00", ""))
-        total += len(text)
-        if total > max_chars:
-            raise ExtractionError(_too_long(max_chars))
-        for block in _text_blocks(text, page=number):
-            # pypdf ends each text line with a newline; a paragraph is one line of prose.
-            blocks.append(Block(kind="paragraph", text=_normalise(block.text), page=number))
+        for paragraph in paragraphs:
+            total += len(paragraph)
+            if total > max_chars:
+                raise ExtractionError(_too_long(max_chars))
+            blocks.append(Block(kind="paragraph", text=paragraph, page=number))
     if not blocks:
         raise ExtractionError("This PDF has no text layer (scanned pages?)")
     title = ""
@@ -432,3 +434,66 @@ def _extract_pdf(data: bytes, *, max_pages: int, max_chars: int) -> Extracted:
     except (PdfReadError, ValueError, KeyError, TypeError, AttributeError):
         pass  # a damaged information dictionary costs the title, not the document
     return Extracted(title=title, blocks=blocks, pages=page_count)
+
+
+def _pdf_paragraphs(page: "PageObject") -> list[str]:
+    """A page's paragraphs. pypdf's text has one line per text line and no blank lines, so the
+    vertical position of each line (from pypdf's visitor) tells paragraphs apart: a gap well
+    over the page's usual line spacing, or a jump up (a new column), starts a new paragraph.
+    Lines are then joined with spaces, a word hyphenated across a line break rejoined."""
+    fragments: list[tuple[str, float]] = []
+
+    def visit(text: str, cm: list[float], tm: list[float], font: object, size: float) -> None:
+        if text:
+            fragments.append((text, tm[4] * cm[1] + tm[5] * cm[3] + cm[5]))
+
+    text = page.extract_text(visitor_text=visit)
+    lines: list[tuple[str, float | None]] = []
+    if "".join(fragment for fragment, _ in fragments) == text:
+        current, start = "", None
+        for fragment, y in fragments:
+            for index, piece in enumerate(fragment.split("\n")):
+                if index:
+                    lines.append((current, start))
+                    current, start = "", None
+                if piece.strip() and start is None and not current.strip():
+                    start = y
+                current += piece
+        lines.append((current, start))
+    else:  # pypdf assembled its text differently: no positions, blank lines alone split
+        lines = [(line, None) for line in text.split("\n")]
+    gaps = sorted(
+        previous - y
+        for (_, previous), (_, y) in itertools.pairwise(lines)
+        if previous is not None and y is not None and previous - y > 0.5
+    )
+    spacing = gaps[len(gaps) // 2] if gaps else 0.0
+    paragraphs: list[list[str]] = [[]]
+    last_y: float | None = None
+    for line, line_y in lines:
+        line = unicodedata.normalize("NFKC", line.replace("\x00", "")).strip()
+        if not line:
+            paragraphs.append([])
+            continue
+        if (
+            spacing
+            and line_y is not None
+            and last_y is not None
+            and (last_y - line_y > 1.6 * spacing or line_y - last_y > spacing)
+        ):
+            paragraphs.append([])
+        paragraphs[-1].append(line)
+        if line_y is not None:
+            last_y = line_y
+    out = []
+    for paragraph in paragraphs:
+        joined = " ".join(paragraph)
+        joined = _HYPHENATED.sub("", joined)
+        joined = _normalise(joined)
+        if joined:
+            out.append(joined)
+    return out
+
+
+# A word cut at a line end ("exam-" then "ple"), as joined above with a space.
+_HYPHENATED = re.compile(r"(?<=[a-z])- (?=[a-z])")

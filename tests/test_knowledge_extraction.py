@@ -44,7 +44,8 @@ def make_pdf(pages: Sequence[list[str] | None], *, title: str = "") -> bytes:
         else:
             ops = ["BT", "/F1 12 Tf", "14 TL", "72 720 Td"]
             for line in lines:
-                ops.append(f"{_pdf_string(line)} Tj T*" if line else "T*")
+                # an empty entry: a gap of two lines and a half, as between paragraphs
+                ops.append(f"{_pdf_string(line)} Tj T*" if line else "0 -21 Td")
             ops.append("ET")
             stream = "\n".join(ops).encode("latin-1")
             content = add(b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream")
@@ -101,13 +102,25 @@ def test_pdf_text_comes_back_page_by_page() -> None:
     assert "kingfishers" not in " ".join(by_page[1] + by_page[3])
 
 
-def test_pdf_paragraphs_split_on_blank_lines() -> None:
-    # Only when pypdf renders the gap as a blank line; on one page the two lines are kept in
-    # order either way.
-    result = extract(data=make_pdf(THREE_PAGES), filename="birds.pdf")
-    page_one = [b.text for b in result.blocks if b.page == 1]
-    joined = " ".join(page_one)
-    assert joined.index("herons") < joined.index("second paragraph")
+def test_pdf_paragraphs_split_on_large_gaps_and_hyphens_rejoined() -> None:
+    pdf = make_pdf(
+        [
+            [
+                "First paragraph, line one,",
+                "line two of the same exam-",
+                "ple paragraph.",
+                "",
+                "Second paragraph after a gap.",
+                "Still the second.",
+            ]
+        ]
+    )
+    result = extract(data=pdf, filename="gaps.pdf")
+    assert [b.text for b in result.blocks] == [
+        "First paragraph, line one, line two of the same example paragraph.",
+        "Second paragraph after a gap. Still the second.",
+    ]
+    assert {b.page for b in result.blocks} == {1}
 
 
 def test_pdf_detected_by_content_type_and_by_sniffing() -> None:
