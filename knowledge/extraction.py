@@ -296,9 +296,14 @@ _BLOCK_ELEMENTS = _HEADINGS | {
     "summary",
     "table",
     "ul",
-    "br",
 }
-_BLOCK_LIST = sorted(_BLOCK_ELEMENTS)
+
+
+def _has_block(element: Tag) -> bool:
+    # A plain scan: bs4's find() compiles its filter on every call, which dominated the time.
+    return any(
+        isinstance(node, Tag) and node.name in _BLOCK_ELEMENTS for node in element.descendants
+    )
 
 
 def _extract_html(soup: BeautifulSoup, *, max_chars: int) -> Extracted:
@@ -347,7 +352,10 @@ class _HtmlWalker:
             if not isinstance(child, Tag):
                 continue
             name = child.name
-            if name not in _BLOCK_ELEMENTS and child.find(_BLOCK_LIST) is None:
+            if name == "br":  # a line break inside a paragraph, not a new one
+                self.inline.append(" ")
+                continue
+            if name not in _BLOCK_ELEMENTS and not _has_block(child):
                 self.inline.append(child.get_text())
                 continue
             self.flush(in_item=in_item)

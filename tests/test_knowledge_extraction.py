@@ -371,6 +371,22 @@ def test_html_article_then_body() -> None:
     assert result.title == "Post"  # no <title>: the first heading
 
 
+def test_html_role_main_and_line_breaks() -> None:
+    # Sphinx's layout: the content in a div with role="main", sidebars around it.
+    page = (
+        b'<div class="sphinxsidebar">Quick search</div>'
+        b'<div class="body" role="main"><section><h1>os</h1>'
+        b"<p>Line one<br>line two</p><dl><dt>os.getcwd()</dt><dd><p>Return it.</p></dd></dl>"
+        b"</section></div>"
+    )
+    assert extract(data=page, filename="os.html").blocks == [
+        Block(kind="heading", text="os", level=1),
+        Block(kind="paragraph", text="Line one line two"),
+        Block(kind="paragraph", text="os.getcwd()"),
+        Block(kind="paragraph", text="Return it."),
+    ]
+
+
 def test_html_encoding_from_meta_charset() -> None:
     page = '<meta charset="windows-1252"><p>Café</p>'.encode("cp1252")
     assert extract(data=page, filename="a.html").blocks[0].text == "Café"
