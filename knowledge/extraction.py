@@ -10,6 +10,7 @@ Pure functions of bytes in, blocks out: no database, no network, safe to call fr
 
 import io
 import itertools
+import logging
 import re
 import unicodedata
 from dataclasses import dataclass
@@ -23,6 +24,8 @@ from markdown_it.token import Token
 
 if TYPE_CHECKING:
     from pypdf import PageObject
+
+logger = logging.getLogger(__name__)
 
 BlockKind = Literal["heading", "paragraph", "list_item", "code"]
 Format = Literal["text", "markdown", "html", "pdf"]
@@ -395,7 +398,6 @@ _ENCRYPTED = "The PDF is encrypted; upload an unprotected copy."
 def _extract_pdf(data: bytes, *, max_pages: int, max_chars: int) -> Extracted:
     # Imported here: pypdf is only needed for PDFs and takes a while to import.
     from pypdf import PdfReader
-    from pypdf.errors import PdfReadError
 
     corrupt = "The PDF is damaged and cannot be read."
     try:
@@ -414,7 +416,9 @@ def _extract_pdf(data: bytes, *, max_pages: int, max_chars: int) -> Extracted:
         page_count = len(reader.pages)
     except ExtractionError:
         raise
-    except (PdfReadError, ValueError, KeyError, TypeError, AttributeError, IndexError) as error:
+    except Exception as error:
+        # Untrusted bytes reach every corner of pypdf, which then raises PdfReadError, its
+        # LimitReachedError, or plain KeyError/ValueError/RecursionError...: all one reason.
         raise ExtractionError(corrupt) from error
     if page_count > max_pages:
         raise ExtractionError(
@@ -425,7 +429,7 @@ def _extract_pdf(data: bytes, *, max_pages: int, max_chars: int) -> Extracted:
     for number, page in enumerate(reader.pages, start=1):
         try:
             paragraphs = _pdf_paragraphs(page)
-        except (PdfReadError, ValueError, KeyError, TypeError, AttributeError, IndexError) as error:
+        except Exception as error:  # as above: any of pypdf's failures on a damaged page
             raise ExtractionError(f"Page {number} of the PDF is damaged.") from error
         for paragraph in paragraphs:
             total += len(paragraph)
@@ -439,8 +443,9 @@ def _extract_pdf(data: bytes, *, max_pages: int, max_chars: int) -> Extracted:
         metadata = reader.metadata
         if metadata is not None and metadata.title:
             title = _normalise(str(metadata.title))
-    except (PdfReadError, ValueError, KeyError, TypeError, AttributeError):
-        pass  # a damaged information dictionary costs the title, not the document
+    except Exception:
+        # A damaged information dictionary costs the title, not the document.
+        logger.info("PDF metadata unreadable", exc_info=True)
     return Extracted(title=title, blocks=blocks, pages=page_count)
 
 

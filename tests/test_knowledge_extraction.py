@@ -3,6 +3,7 @@
 import io
 import itertools
 import os
+import random
 import re
 from collections.abc import Sequence
 
@@ -595,3 +596,21 @@ def test_chunk_text_is_a_frozen_record() -> None:
     c = ChunkText(text="t", heading_path=("a",), page=None, tokens=1, ordinal=0)
     with pytest.raises(AttributeError):
         c.text = "u"  # type: ignore[misc]
+
+
+def test_damaged_pdfs_always_give_a_reason() -> None:
+    """Truncated and byte-flipped copies of a valid PDF: each one is read or refused with an
+    ExtractionError, never another exception (pypdf raises many kinds)."""
+    pdf = make_pdf(THREE_PAGES)
+    rng = random.Random(9)
+    for attempt in range(300):
+        damaged = bytearray(pdf)
+        if attempt % 2:
+            damaged = damaged[: rng.randrange(10, len(damaged))]
+        else:
+            for _ in range(5):
+                damaged[rng.randrange(9, len(damaged))] = rng.randrange(256)
+        try:
+            extract(data=bytes(damaged), filename="damaged.pdf")
+        except ExtractionError as error:
+            assert error.reason
