@@ -97,6 +97,8 @@ def extract(
     elif fmt == "html":
         # BeautifulSoup finds the encoding itself (meta charset, BOM, then a guess).
         extracted = _extract_html(BeautifulSoup(data, "html.parser"), max_chars=max_chars)
+        if not extracted.blocks:
+            raise ExtractionError(_NO_TEXT)
     else:
         extracted = extract_text(_decode(data), format=fmt, max_chars=max_chars)
     if not extracted.title:
@@ -112,12 +114,16 @@ def extract_text(text: str, *, format: str, max_chars: int = DEFAULT_MAX_CHARS) 
     if not text.strip():
         raise ExtractionError("The text is empty.")
     if format == "text":
-        return Extracted(title="", blocks=_text_blocks(text), pages=None)
-    if format == "markdown":
-        return _extract_markdown(text)
-    if format == "html":
-        return _extract_html(BeautifulSoup(text, "html.parser"), max_chars=max_chars)
-    raise ExtractionError(f"Unsupported format: {format}.")
+        extracted = Extracted(title="", blocks=_text_blocks(text), pages=None)
+    elif format == "markdown":
+        extracted = _extract_markdown(text)
+    elif format == "html":
+        extracted = _extract_html(BeautifulSoup(text, "html.parser"), max_chars=max_chars)
+    else:
+        raise ExtractionError(f"Unsupported format: {format}.")
+    if not extracted.blocks:
+        raise ExtractionError(_NO_TEXT)
+    return extracted
 
 
 def _detect_format(*, data: bytes, filename: str, content_type: str) -> Format:
@@ -139,6 +145,10 @@ def _detect_format(*, data: bytes, filename: str, content_type: str) -> Format:
             f"Unsupported format: {mime} cannot be read (upload .txt, .md, .html or .pdf)."
         )
     return "text"
+
+
+# Markup with nothing to read once boilerplate is dropped: only a menu, only images...
+_NO_TEXT = "The document has no readable text."
 
 
 def _too_long(max_chars: int) -> str:
@@ -408,11 +418,9 @@ def _extract_pdf(data: bytes, *, max_pages: int, max_chars: int) -> Extracted:
             try:
                 opened = reader.decrypt("")
             except Exception as error:  # pypdf raises several types for unsupported ciphers
-                raise ExtractionError(
-                    "The PDF is encrypted; upload an unprotected copy."
-                ) from error
+                raise ExtractionError(_ENCRYPTED) from error
             if not opened:
-                raise ExtractionError("The PDF is encrypted; upload an unprotected copy.")
+                raise ExtractionError(_ENCRYPTED)
         page_count = len(reader.pages)
     except ExtractionError:
         raise

@@ -388,6 +388,13 @@ def test_html_role_main_and_line_breaks() -> None:
     ]
 
 
+def test_markup_without_readable_text() -> None:
+    with pytest.raises(ExtractionError, match="no readable text"):
+        extract(data=b"<body><nav>Home | About</nav><img src=x></body>", filename="a.html")
+    with pytest.raises(ExtractionError, match="no readable text"):
+        extract_text("![](image.png)\n\n---\n", format="markdown")
+
+
 def test_html_encoding_from_meta_charset() -> None:
     page = '<meta charset="windows-1252"><p>Café</p>'.encode("cp1252")
     assert extract(data=page, filename="a.html").blocks[0].text == "Café"
