@@ -1,15 +1,17 @@
 """Full-text retrieval over the active account's chunks.
 
-One statement answers a search over knowledge bases of any mix of languages: the query is parsed
-once per language (websearch_to_tsquery, which never rejects input), and for each language the
-chunks of its knowledge bases are found through the `chunk_search` GIN index and ranked with
-ts_rank_cd, where the heading path (weight A) counts above the text (B). Highlights are made with
+One statement answers a search over knowledge bases of any mix of languages: a UNION ALL with a
+branch per language, where the query is parsed with that language's configuration
+(websearch_to_tsquery, which never rejects input) and the chunks of its knowledge bases are found
+through the `chunk_search` GIN index and ranked with ts_rank_cd, the heading path (weight A)
+counting above the text (B). Highlights are made with
 ts_headline for the returned passages only, with private-use markers that are turned into
 HeadlineSegments, so the passage's text is never taken for HTML.
 """
 
 import re
 from collections.abc import Sequence
+from typing import Any
 
 from django.db import connection
 
@@ -40,39 +42,44 @@ _HEADLINE_OPTIONS = (
     'MaxFragments=3, MaxWords=25, MinWords=10, FragmentDelimiter=" … "'
 )
 
-_SEARCH_SQL = f"""
-WITH languages AS (
-    SELECT kb.language::regconfig AS config,
-           websearch_to_tsquery(kb.language::regconfig, %(query)s) AS query,
-           array_agg(kb.id) AS kb_ids
-    FROM {KnowledgeBase._meta.db_table} kb
-    WHERE %(all_kbs)s OR kb.id = ANY(%(kb_ids)s)
-    GROUP BY kb.language
-), top AS (
-    SELECT hits.*, languages.config, languages.query
-    FROM languages
-    CROSS JOIN LATERAL (
-        SELECT c.id AS chunk_id, c.document_id, d.title AS document_title,
-               d.knowledge_base_id, c.heading_path, c.page, c.text,
-               ts_rank_cd(c.search_vector, languages.query) AS rank
-        FROM {Chunk._meta.db_table} c
-        JOIN {Document._meta.db_table} d ON d.id = c.document_id
-        WHERE c.search_vector @@ languages.query
-          AND d.knowledge_base_id = ANY(languages.kb_ids)
-        ORDER BY rank DESC, c.id
-        LIMIT %(limit)s
-    ) hits
-    -- Stop words alone parse to an empty query, which matches nothing.
-    WHERE numnode(languages.query) > 0
-    ORDER BY hits.rank DESC, hits.chunk_id
-    LIMIT %(limit)s
-)
+# One branch per language. The configuration and the query are literals, so PostgreSQL folds the
+# tsquery into a constant and estimates from the column's statistics how many chunks match: the
+# GIN index for selective words, a scan where most chunks match anyway. (With the query computed
+# from a column instead, the planner cannot estimate it and scans the table at any size.)
+_BRANCH = f"""(
+    SELECT c.id AS chunk_id, c.document_id, d.title AS document_title, d.knowledge_base_id,
+           c.heading_path, c.page, c.text, ts_rank_cd(c.search_vector, q.query) AS rank,
+           q.config, q.query
+    FROM (SELECT %s::regconfig AS config, websearch_to_tsquery(%s::regconfig, %s) AS query) q
+    CROSS JOIN {Chunk._meta.db_table} c
+    JOIN {Document._meta.db_table} d ON d.id = c.document_id
+    WHERE c.search_vector @@ q.query AND d.knowledge_base_id = ANY(%s::bigint[])
+    ORDER BY rank DESC, c.id
+    LIMIT %s
+)"""
+
+# ts_headline only for the passages returned: it re-parses the whole text, the costly part.
+_SEARCH = """
 SELECT chunk_id, document_id, document_title, knowledge_base_id, heading_path, page, text,
-       ts_headline(config, translate(text, %(from)s, %(to)s), query, %(options)s),
+       ts_headline(config, translate(text, %s, %s), query, %s),
        rank
-FROM top
+FROM (
+    SELECT * FROM ({branches}) hits ORDER BY rank DESC, chunk_id LIMIT %s
+) top
 ORDER BY rank DESC, chunk_id
 """
+
+
+def search_statement(
+    *, query: str, kb_ids_by_language: dict[str, list[int]], limit: int
+) -> tuple[str, list[Any]]:
+    """The one statement search_chunks runs (its SQL and parameters)."""
+    params: list[Any] = [_HEADLINE_FROM, _HEADLINE_TO, _HEADLINE_OPTIONS]
+    for language, kb_ids in sorted(kb_ids_by_language.items()):
+        params += [language, language, query, kb_ids, limit]
+    params.append(limit)
+    branches = " UNION ALL ".join([_BRANCH] * len(kb_ids_by_language))
+    return _SEARCH.format(branches=branches), params
 
 
 def headline_segments(headline: str) -> tuple[HeadlineSegment, ...]:
@@ -110,17 +117,23 @@ def search_chunks(
     limit = min(limit, MAX_LIMIT)
     if not query or limit < 1 or (knowledge_bases is not None and not knowledge_bases):
         return []
-    params = {
-        "query": query,
-        "all_kbs": knowledge_bases is None,
-        "kb_ids": [kb.pk for kb in knowledge_bases or ()],
-        "limit": limit,
-        "from": _HEADLINE_FROM,
-        "to": _HEADLINE_TO,
-        "options": _HEADLINE_OPTIONS,
-    }
+    pairs = (
+        [(kb.pk, kb.language) for kb in knowledge_bases]
+        if knowledge_bases is not None
+        # All of them: a second round trip, of a few rows.
+        else list(KnowledgeBase.objects.values_list("pk", "language"))
+    )
+    kb_ids_by_language: dict[str, list[int]] = {}
+    for kb_id, language in pairs:
+        if language not in KnowledgeBase.Language.values:
+            # Only the listed configurations ever reach SQL (the column's check says the same).
+            raise ValueError(f"knowledge base {kb_id} has an unknown language {language!r}")
+        kb_ids_by_language.setdefault(language, []).append(kb_id)
+    if not kb_ids_by_language:
+        return []
+    sql, params = search_statement(query=query, kb_ids_by_language=kb_ids_by_language, limit=limit)
     with connection.cursor() as cursor:
-        cursor.execute(_SEARCH_SQL, params)
+        cursor.execute(sql, params)
         rows = cursor.fetchall()
     return [
         ChunkHit(
