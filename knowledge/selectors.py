@@ -4,9 +4,12 @@ One statement answers a search over knowledge bases of any mix of languages: a U
 branch per language, where the query is parsed with that language's configuration
 (websearch_to_tsquery, which never rejects input) and the chunks of its knowledge bases are found
 through the `chunk_search` GIN index and ranked with ts_rank_cd, the heading path (weight A)
-counting above the text (B). Highlights are made with
-ts_headline for the returned passages only, with private-use markers that are turned into
-HeadlineSegments, so the passage's text is never taken for HTML.
+counting above the text (B). A query of stop words alone parses to an empty tsquery, which
+matches nothing. Highlights are made with ts_headline for the returned passages only, with
+private-use markers that become HeadlineSegments, so a passage's text is never taken for HTML.
+
+Each knowledge base's chunks are indexed with its language: changing the language needs its
+documents re-indexed (replace_chunks) before searches in the new language find them.
 """
 
 import re
