@@ -173,8 +173,9 @@ def handbook(alice: User) -> KnowledgeBase:
             document=make_document(knowledge_base=kb, title="Operations"),
             chunks=[
                 chunk(0, "Backups run every night and are kept a month.", "Ops", "Storage"),
-                chunk(1, "Deploy from the main branch with make release.", "Ops", "Deploying"),
-                chunk(2, "Rollbacks: see the deploy log for the previous tag.", "Ops", "Incidents"),
+                # The body match comes first: only the weights can put the heading match above.
+                chunk(1, "Rollbacks: see the deploy log for the previous tag.", "Ops", "Incidents"),
+                chunk(2, "Ship from the main branch with make release.", "Ops", "Deploying"),
                 chunk(3, "Code: use <div class=x> & escape it.", "Ops", "Markup", page=7),
             ],
         )
@@ -221,7 +222,7 @@ def test_web_search_syntax(alice: User, handbook: KnowledgeBase) -> None:
         assert len(search_chunks(query="deploy -rollbacks")) == 1
         assert len(search_chunks(query="backups OR markup")) == 2
         assert texts(search_chunks(query='"main branch"')) == [
-            "Deploy from the main branch with make release."
+            "Ship from the main branch with make release."
         ]
 
 
