@@ -1,8 +1,12 @@
-from django.db import transaction
+import json
+from collections.abc import Sequence
+from typing import Protocol
+
+from django.db import connection, transaction
 from django.db.models import Func, IntegerField, Sum
 
 from core.limits import check_limit, lock_account
-from knowledge.models import Document, KnowledgeBase
+from knowledge.models import HEADING_MAX_LENGTH, Chunk, Document, KnowledgeBase
 
 
 @transaction.atomic
@@ -64,3 +68,75 @@ def add_document(
 @transaction.atomic
 def delete_document(*, document: Document) -> None:
     document.delete()
+
+
+class ChunkLike(Protocol):
+    """What replace_chunks reads of a chunk (knowledge.types.ChunkText, or the chunker's own)."""
+
+    @property
+    def text(self) -> str: ...
+    @property
+    def heading_path(self) -> tuple[str, ...]: ...
+    @property
+    def page(self) -> int | None: ...
+    @property
+    def tokens(self) -> int: ...
+    @property
+    def ordinal(self) -> int: ...
+
+
+def _clean_text(text: str) -> str:
+    # PostgreSQL text cannot hold NUL, and jsonb refuses \u0000: a stray one in an extracted
+    # file must not fail the whole document.
+    return text.replace("\x00", "")
+
+
+# One statement stores every chunk: the rows arrive as one JSON array (a jagged heading path does
+# not fit unnest()), and each row's search vector is computed right there with its knowledge
+# base's configuration, the heading path weighted above the text.
+_INSERT_CHUNKS = f"""
+INSERT INTO {Chunk._meta.db_table}
+    (document_id, ordinal, text, heading_path, page, tokens, search_vector)
+SELECT d.id, c.ordinal, c.text, c.heading_path, c.page, c.tokens,
+       setweight(to_tsvector(kb.language::regconfig,
+                             array_to_string(c.heading_path, ' ')), 'A')
+       || setweight(to_tsvector(kb.language::regconfig, c.text), 'B')
+FROM {Document._meta.db_table} d
+JOIN {KnowledgeBase._meta.db_table} kb ON kb.id = d.knowledge_base_id
+CROSS JOIN jsonb_to_recordset(%s::jsonb)
+    AS c(ordinal integer, text text, heading_path varchar[], page integer, tokens integer)
+WHERE d.id = %s
+"""
+
+
+@transaction.atomic
+def replace_chunks(*, document: Document, chunks: Sequence[ChunkLike]) -> int:
+    """Make `chunks` the document's only chunks, indexed for full-text search; returns how many
+    were stored. All or nothing: if anything fails, the document keeps its old chunks.
+
+    Raises Document.DoesNotExist when the document was deleted meanwhile.
+    """
+    # The document's row lock queues a concurrent re-index of the same document behind this one
+    # (both would delete, then collide on (document, ordinal)) and keeps it from being deleted
+    # between the delete and the insert.
+    if not list(Document.objects.select_for_update().filter(pk=document.pk).values_list("pk")):
+        raise Document.DoesNotExist(f"document {document.pk} no longer exists")
+    Chunk.objects.filter(document_id=document.pk).delete()
+    if not chunks:
+        return 0
+    rows = [
+        {
+            "ordinal": chunk.ordinal,
+            "text": _clean_text(chunk.text),
+            # A "heading" longer than this is a paragraph the extractor took for one.
+            "heading_path": [
+                _clean_text(heading)[:HEADING_MAX_LENGTH] for heading in chunk.heading_path
+            ],
+            "page": chunk.page,
+            "tokens": chunk.tokens,
+        }
+        for chunk in chunks
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(_INSERT_CHUNKS, [json.dumps(rows), document.pk])
+        return cursor.rowcount

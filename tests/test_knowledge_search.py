@@ -1,0 +1,339 @@
+"""Chunks and full-text retrieval over them (knowledge.services.replace_chunks,
+knowledge.selectors.search_chunks)."""
+
+import pytest
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, connection
+
+from accounts.models import User
+from knowledge.models import Chunk, Document, KnowledgeBase
+from knowledge.selectors import search_chunks
+from knowledge.services import replace_chunks
+from knowledge.types import ChunkHit, ChunkText, HeadlineSegment
+from tenancy import NoTenantError, switch
+
+
+def chunk(ordinal: int, text: str, *headings: str, page: int | None = None) -> ChunkText:
+    return ChunkText(
+        text=text, heading_path=headings, page=page, tokens=len(text.split()), ordinal=ordinal
+    )
+
+
+def make_kb(name: str = "", language: str = "english") -> KnowledgeBase:
+    name = name or f"Handbook {KnowledgeBase.objects.count() + 1}"
+    return KnowledgeBase.objects.create(name=name, language=language)
+
+
+def make_document(knowledge_base: KnowledgeBase | None = None, title: str = "Page") -> Document:
+    return Document.objects.create(
+        knowledge_base=knowledge_base or make_kb(),
+        title=title,
+        source=Document.Source.PASTED,
+        text="The document's text, chunked by the tests themselves.",
+    )
+
+
+def texts(hits: list[ChunkHit]) -> list[str]:
+    return [hit.text for hit in hits]
+
+
+# --- storing -----------------------------------------------------------------------------------
+
+
+def test_replace_chunks_stores_them_with_their_vectors(alice: User) -> None:
+    with switch(alice):
+        document = make_document()
+        stored = replace_chunks(
+            document=document,
+            chunks=[
+                chunk(0, "Install the package first.", "Guide", "Setup", page=1),
+                chunk(1, "Then run the server.", "Guide", "Running", page=2),
+            ],
+        )
+        assert stored == 2
+        rows = list(
+            Chunk.objects.filter(document=document).values_list(
+                "ordinal", "text", "heading_path", "page", "tokens"
+            )
+        )
+        assert rows == [
+            (0, "Install the package first.", ["Guide", "Setup"], 1, 4),
+            (1, "Then run the server.", ["Guide", "Running"], 2, 4),
+        ]
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT search_vector::text FROM knowledge_chunk WHERE document_id = %s "
+                "ORDER BY ordinal",
+                [document.pk],
+            )
+            vectors = [row[0] for row in cursor.fetchall()]
+        # English stems, the heading path weighted A, the text B.
+        assert vectors[0] == "'first':6B 'guid':1A 'instal':3B 'packag':5B 'setup':2A"
+        assert "'run':2A,4B" in vectors[1], vectors[1]
+
+
+def test_replace_chunks_replaces_the_old_ones(alice: User) -> None:
+    with switch(alice):
+        document = make_document()
+        other = make_document(knowledge_base=document.knowledge_base)
+        replace_chunks(document=other, chunks=[chunk(0, "Someone else's words.")])
+        replace_chunks(document=document, chunks=[chunk(i, f"old {i}") for i in range(3)])
+        assert replace_chunks(document=document, chunks=[chunk(0, "new text")]) == 1
+        assert list(document.chunks.values_list("text", flat=True)) == ["new text"]
+        assert list(other.chunks.values_list("text", flat=True)) == ["Someone else's words."]
+        assert replace_chunks(document=document, chunks=[]) == 0
+        assert not document.chunks.exists()
+        assert other.chunks.count() == 1
+
+
+def test_a_failed_replacement_keeps_the_old_chunks(alice: User) -> None:
+    with switch(alice):
+        document = make_document()
+        replace_chunks(document=document, chunks=[chunk(0, "kept one"), chunk(1, "kept two")])
+        # Two chunks with one ordinal: the insert fails after the old chunks were deleted.
+        with pytest.raises(IntegrityError):
+            replace_chunks(document=document, chunks=[chunk(0, "new"), chunk(0, "clash")])
+        assert list(document.chunks.values_list("text", flat=True)) == ["kept one", "kept two"]
+        assert texts(search_chunks(query="kept")) == ["kept one", "kept two"]
+
+
+def test_replace_chunks_of_a_deleted_document(alice: User) -> None:
+    with switch(alice):
+        document = make_document()
+        Document.objects.filter(pk=document.pk).delete()
+        with pytest.raises(Document.DoesNotExist):
+            replace_chunks(document=document, chunks=[chunk(0, "orphan")])
+        assert not Chunk.objects.exists()
+
+
+def test_nul_characters_and_long_headings_do_not_fail_a_document(alice: User) -> None:
+    with switch(alice):
+        document = make_document()
+        replace_chunks(document=document, chunks=[chunk(0, "a\x00b", "h" * 1000)])
+        stored = Chunk.objects.get(document=document)
+        assert stored.text == "ab"
+        assert stored.heading_path == ["h" * 300]
+
+
+def test_chunks_go_with_their_document(alice: User) -> None:
+    with switch(alice):
+        document = make_document()
+        replace_chunks(document=document, chunks=[chunk(0, "gone soon")])
+        document.knowledge_base.delete()
+        assert not Chunk.objects.exists()
+
+
+# --- the language ------------------------------------------------------------------------------
+
+
+def test_language_defaults_to_english_and_is_validated(alice: User) -> None:
+    with switch(alice):
+        kb = KnowledgeBase.objects.create(name="Docs")
+        assert kb.language == "english"
+        kb.language = "klingon"
+        with pytest.raises(ValidationError) as raised:
+            kb.full_clean()
+        assert "language" in raised.value.message_dict
+        # The database refuses it too: it is cast to regconfig at every search.
+        with pytest.raises(IntegrityError):
+            KnowledgeBase.objects.filter(pk=kb.pk).update(language="klingon")
+
+
+def test_every_language_is_a_postgresql_configuration(db: None) -> None:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT cfgname FROM pg_ts_config")
+        configurations = {row[0] for row in cursor.fetchall()}
+    assert set(KnowledgeBase.Language.values) <= configurations
+
+
+def test_language_decides_how_words_match(alice: User) -> None:
+    with switch(alice):
+        english = make_kb(language="english")
+        simple = make_kb(language="simple")
+        for kb in (english, simple):
+            replace_chunks(
+                document=make_document(knowledge_base=kb),
+                chunks=[chunk(0, f"The {kb.language} workers are running nightly.")],
+            )
+        # Stemmed in English: "run" finds "running"; the simple configuration matches words.
+        assert texts(search_chunks(query="run")) == ["The english workers are running nightly."]
+        assert len(search_chunks(query="running")) == 2
+        # "the" is an English stop word, an ordinary word in simple.
+        assert texts(search_chunks(query="the")) == ["The simple workers are running nightly."]
+
+
+# --- searching ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def handbook(alice: User) -> KnowledgeBase:
+    with switch(alice):
+        kb = make_kb(name="Handbook")
+        replace_chunks(
+            document=make_document(knowledge_base=kb, title="Operations"),
+            chunks=[
+                chunk(0, "Backups run every night and are kept a month.", "Ops", "Storage"),
+                # The body match comes first: only the weights can put the heading match above.
+                chunk(1, "Rollbacks: see the deploy log for the previous tag.", "Ops", "Incidents"),
+                chunk(2, "Ship from the main branch with make release.", "Ops", "Deploying"),
+                chunk(3, "Code: use <div class=x> & escape it.", "Ops", "Markup", page=7),
+            ],
+        )
+        return kb
+
+
+def test_heading_match_ranks_above_body_match(alice: User, handbook: KnowledgeBase) -> None:
+    with switch(alice):
+        hits = search_chunks(query="deploy")
+    assert [hit.heading_path for hit in hits] == [("Ops", "Deploying"), ("Ops", "Incidents")]
+    assert hits[0].rank > hits[1].rank > 0
+
+
+def test_hit_fields(alice: User, handbook: KnowledgeBase) -> None:
+    with switch(alice):
+        document = Document.objects.get(title="Operations")
+        (hit,) = search_chunks(query="escape")
+        assert hit.chunk_id == Chunk.objects.get(document=document, ordinal=3).pk
+    assert hit.document_id == document.pk
+    assert hit.document_title == "Operations"
+    assert hit.knowledge_base_id == handbook.pk
+    assert hit.heading_path == ("Ops", "Markup")
+    assert hit.page == 7
+    assert hit.text == "Code: use <div class=x> & escape it."
+
+
+def test_highlights_mark_matches_and_keep_text_as_text(
+    alice: User, handbook: KnowledgeBase
+) -> None:
+    with switch(alice):
+        (hit,) = search_chunks(query="escaping")
+        (backups,) = search_chunks(query='"every night"')
+    assert hit.headline == (
+        HeadlineSegment("Code: use <div class=x> & ", marked=False),
+        HeadlineSegment("escape", marked=True),
+    )
+    assert hit.headline_html == "Code: use &lt;div class=x&gt; &amp; <mark>escape</mark>"
+    marked = [segment.text for segment in backups.headline if segment.marked]
+    assert marked == ["every", "night"]
+
+
+def test_web_search_syntax(alice: User, handbook: KnowledgeBase) -> None:
+    with switch(alice):
+        assert len(search_chunks(query="deploy -rollbacks")) == 1
+        assert len(search_chunks(query="backups OR markup")) == 2
+        assert texts(search_chunks(query='"main branch"')) == [
+            "Ship from the main branch with make release."
+        ]
+
+
+@pytest.mark.parametrize(
+    "query", ["", "   ", "the and of", "!!!", '"', "-", "OR", "((", "a\x00b", "&|!:*"]
+)
+def test_nothing_to_search_for_finds_nothing(
+    alice: User, handbook: KnowledgeBase, query: str
+) -> None:
+    with switch(alice):
+        assert search_chunks(query=query) == []
+
+
+def test_malformed_syntax_never_errors(alice: User, handbook: KnowledgeBase) -> None:
+    with switch(alice):
+        assert len(search_chunks(query='"deploy log')) == 1  # the quote never closed
+        assert search_chunks(query='"deploy OR -(log') == []
+        # tsquery operators are words to websearch_to_tsquery, not syntax.
+        assert texts(search_chunks(query="deploy:* & !log | (")) == [
+            "Rollbacks: see the deploy log for the previous tag."
+        ]
+
+
+def test_limit(alice: User, handbook: KnowledgeBase) -> None:
+    with switch(alice):
+        document = make_document(knowledge_base=handbook)
+        replace_chunks(
+            document=document, chunks=[chunk(i, f"widget number {i}") for i in range(30)]
+        )
+        assert len(search_chunks(query="widget")) == 10
+        assert len(search_chunks(query="widget", limit=3)) == 3
+        assert search_chunks(query="widget", limit=0) == []
+
+
+def test_knowledge_base_filter(alice: User, handbook: KnowledgeBase) -> None:
+    with switch(alice):
+        french = make_kb(name="Manuel", language="french")
+        replace_chunks(
+            document=make_document(knowledge_base=french),
+            chunks=[chunk(0, "Les sauvegardes : backups chaque nuit.")],
+        )
+        both = search_chunks(query="backups")
+        assert {hit.knowledge_base_id for hit in both} == {handbook.pk, french.pk}
+        assert {
+            hit.knowledge_base_id
+            for hit in search_chunks(query="backups", knowledge_bases=[french])
+        } == {french.pk}
+        only_handbook = search_chunks(query="backups", knowledge_bases=[handbook])
+        assert [hit.knowledge_base_id for hit in only_handbook] == [handbook.pk]
+        assert search_chunks(query="backups", knowledge_bases=[]) == []
+        # French stemming for the French knowledge base, in the same search.
+        assert texts(search_chunks(query="sauvegarde")) == [
+            "Les sauvegardes : backups chaque nuit."
+        ]
+
+
+def test_accounts_never_see_each_others_chunks(alice: User, bob: User) -> None:
+    for user in (alice, bob):
+        with switch(user):
+            kb = make_kb(name="Handbook")
+            replace_chunks(
+                document=make_document(knowledge_base=kb, title=f"{user.email}'s page"),
+                chunks=[chunk(0, "The shared secret phrase.", "Secrets")],
+            )
+    for user in (alice, bob):
+        with switch(user):
+            hits = search_chunks(query="secret phrase")
+            assert [hit.document_title for hit in hits] == [f"{user.email}'s page"]
+            assert [hit.chunk_id for hit in hits] == list(
+                Chunk.objects.values_list("pk", flat=True)
+            )
+            mine = KnowledgeBase.objects.get()
+            assert len(search_chunks(query="secret", knowledge_bases=[mine])) == 1
+
+
+def test_search_needs_an_account(db: None) -> None:
+    with pytest.raises(NoTenantError):
+        search_chunks(query="deploy")
+
+
+def test_search_uses_the_gin_index(alice: User) -> None:
+    """Over a few thousand chunks, with sequential scans off (at this size a scan is as cheap,
+    and the planner rightly takes it), each language's branch finds its passages through
+    chunk_search: the predicate is one the GIN index answers."""
+    from knowledge.selectors import search_statement
+
+    with switch(alice):
+        kb = make_kb()
+        french = make_kb(language="french")
+        words = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel"]
+        # Like a real knowledge base: many documents of a few dozen chunks each.
+        for d in range(200):
+            replace_chunks(
+                document=make_document(knowledge_base=kb if d % 4 else french),
+                chunks=[
+                    chunk(i, f"{words[i % 8]} {words[(i * 3 + d) % 8]} item{i} doc{d}")
+                    for i in range(20)
+                ],
+            )
+        with connection.cursor() as cursor:
+            cursor.execute("ANALYZE knowledge_chunk, knowledge_document, knowledge_knowledgebase")
+            cursor.execute("SET LOCAL enable_seqscan = off")
+            sql, params = search_statement(
+                query="doc7",
+                kb_ids_by_language={"english": [kb.pk], "french": [french.pk]},
+                limit=10,
+            )
+            cursor.execute(f"EXPLAIN {sql}", params)
+            plan = "\n".join(row[0] for row in cursor.fetchall())
+            cursor.execute("SET LOCAL enable_seqscan = on")
+        assert plan.count("Bitmap Index Scan on chunk_search") == 2, plan
+        assert "Seq Scan on knowledge_chunk" not in plan, plan
+        assert len(search_chunks(query="doc7")) == 10
+        assert {hit.text for hit in search_chunks(query="doc7 item7")} == {"hotel echo item7 doc7"}
