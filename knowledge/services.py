@@ -71,7 +71,7 @@ def delete_document(*, document: Document) -> None:
 
 
 class ChunkLike(Protocol):
-    """What replace_chunks reads of a chunk (knowledge.types.ChunkText, or the chunker's own)."""
+    """What replace_chunks reads of a chunk (knowledge.chunking.ChunkText)."""
 
     @property
     def text(self) -> str: ...

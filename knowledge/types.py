@@ -8,17 +8,6 @@ from django.utils.safestring import SafeString, mark_safe
 
 
 @dataclass(frozen=True)
-class ChunkText:
-    """One chunk as the chunker makes it, before it is stored."""
-
-    text: str
-    heading_path: tuple[str, ...]
-    page: int | None
-    tokens: int
-    ordinal: int
-
-
-@dataclass(frozen=True)
 class HeadlineSegment:
     """A run of a passage's highlight: `marked` when it is a match. Text, never HTML."""
 

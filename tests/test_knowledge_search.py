@@ -6,10 +6,11 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, connection
 
 from accounts.models import User
+from knowledge.chunking import ChunkText
 from knowledge.models import Chunk, Document, KnowledgeBase
 from knowledge.selectors import search_chunks
 from knowledge.services import replace_chunks
-from knowledge.types import ChunkHit, ChunkText, HeadlineSegment
+from knowledge.types import ChunkHit, HeadlineSegment
 from tenancy import NoTenantError, switch
 
 
@@ -337,3 +338,28 @@ def test_search_uses_the_gin_index(alice: User) -> None:
         assert "Seq Scan on knowledge_chunk" not in plan, plan
         assert len(search_chunks(query="doc7")) == 10
         assert {hit.text for hit in search_chunks(query="doc7 item7")} == {"hotel echo item7 doc7"}
+
+
+# --- the slice's pieces together ---------------------------------------------------------------
+
+
+def test_a_markdown_page_extracted_chunked_stored_and_found(alice: User) -> None:
+    """extraction -> chunking -> replace_chunks -> search_chunks, as ingestion will chain them."""
+    from knowledge.chunking import chunk as make_chunks
+    from knowledge.extraction import extract
+
+    page = (
+        b"# Operations\n\nGeneral notes about the service.\n\n"
+        b"## Deploys\n\nDeploys happen on Fridays after the database upgrade.\n\n"
+        b"## Backups\n\nBackups run nightly and are kept for thirty days.\n"
+    )
+    extracted = extract(data=page, filename="ops.md")
+    chunks = make_chunks(extracted.blocks, target_tokens=20, overlap_tokens=4)
+    with switch(alice):
+        document = make_document(title=extracted.title)
+        assert replace_chunks(document=document, chunks=chunks) == len(chunks)
+        (hit, *_) = search_chunks(query="deploy friday")
+    assert extracted.title == "Operations"
+    assert hit.heading_path == ("Operations", "Deploys")
+    assert "Fridays after the database upgrade" in hit.text
+    assert hit.document_title == "Operations"
