@@ -62,10 +62,11 @@ class Document(models.Model):
         UPLOAD = "upload", "Uploaded file"
 
     class Status(models.TextChoices):
-        # Indexing (chunking, embedding) comes with the agents' retrieval; until then a document
-        # is stored and readable, not searchable.
+        # Documents added before indexing existed, until they are indexed again.
         STORED = "stored", "Stored, not indexed"
-        INDEXED = "indexed", "Indexed"
+        QUEUED = "queued", "Queued for indexing"
+        INDEXING = "indexing", "Indexing"
+        INDEXED = "indexed", "Ready"
         FAILED = "failed", "Indexing failed"
 
     knowledge_base = models.ForeignKey(
@@ -75,7 +76,11 @@ class Document(models.Model):
     source = models.CharField(max_length=10, choices=Source.choices)
     filename = models.CharField(max_length=255, blank=True)
     text = models.TextField()
-    status = models.CharField(max_length=10, choices=Status.choices, default=Status.STORED)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
+    # Why indexing failed, in words a person understands (knowledge.extraction.ExtractionError).
+    error = models.TextField(blank=True)
+    chunk_count = models.PositiveIntegerField(default=0)
+    indexed_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -4,6 +4,7 @@ from typing import Protocol
 
 from django.db import connection, transaction
 from django.db.models import Func, IntegerField, Sum
+from django.utils import timezone
 
 from core.limits import check_limit, lock_account
 from knowledge.models import HEADING_MAX_LENGTH, Chunk, Document, KnowledgeBase
@@ -62,7 +63,67 @@ def add_document(
     )
     document.full_clean()
     document.save()
+    queue_indexing(document=document)
     return document
+
+
+def queue_indexing(*, document: Document) -> None:
+    """Index the document in a worker once the current transaction commits (its account's
+    schema travels with the task)."""
+    from knowledge.tasks import index_document
+
+    document_id = document.pk
+    transaction.on_commit(lambda: index_document.delay(document_id))
+
+
+# How a document's text is read, by the extension it was uploaded with; pasted text is read as
+# Markdown, which leaves plain paragraphs plain.
+FORMAT_BY_EXTENSION = {".md": "markdown", ".markdown": "markdown", ".html": "html", ".htm": "html"}
+CHUNK_TARGET_TOKENS = 300
+CHUNK_OVERLAP_TOKENS = 40
+
+
+def document_format(document: Document) -> str:
+    name = document.filename.lower()
+    if not name:
+        return "markdown"
+    return next((f for ext, f in FORMAT_BY_EXTENSION.items() if name.endswith(ext)), "text")
+
+
+def index_document_now(*, document_id: int) -> Document | None:
+    """Extract, chunk and store one document's chunks, moving its state along (indexing, then
+    ready or failed with a reason). None when the document is gone. Its chunks are replaced
+    in one transaction: a search sees the old ones or the new ones, never a mix."""
+    from knowledge.chunking import chunk
+    from knowledge.extraction import ExtractionError, extract_text
+
+    updated = Document.objects.filter(pk=document_id).update(
+        status=Document.Status.INDEXING, error=""
+    )
+    if not updated:
+        return None
+    document = Document.objects.get(pk=document_id)
+    try:
+        extracted = extract_text(document.text, format=document_format(document))
+        chunks = chunk(
+            extracted.blocks,
+            target_tokens=CHUNK_TARGET_TOKENS,
+            overlap_tokens=CHUNK_OVERLAP_TOKENS,
+        )
+    except ExtractionError as exc:
+        Document.objects.filter(pk=document_id).update(
+            status=Document.Status.FAILED, error=exc.reason, chunk_count=0
+        )
+        return Document.objects.filter(pk=document_id).first()
+    with transaction.atomic():
+        try:
+            stored = replace_chunks(document=document, chunks=chunks)
+        except Document.DoesNotExist:
+            return None
+        Document.objects.filter(pk=document_id).update(
+            status=Document.Status.INDEXED, chunk_count=stored, indexed_at=timezone.now()
+        )
+    return Document.objects.filter(pk=document_id).first()
 
 
 @transaction.atomic

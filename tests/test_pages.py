@@ -212,7 +212,7 @@ class TestDocuments:
             "Rules",
             "Be kind.\n",
             "pasted",
-            "stored",
+            "queued",  # for indexing: tests/test_knowledge_ingest.py follows it there
         )
 
     def test_markdown_upload(self, alice: User, alice_client: Client, kb: KnowledgeBase) -> None:
