@@ -1,8 +1,9 @@
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from accounts.models import User
 from agents.models import Agent, Task
-from channels_app.models import Channel, Server
+from channels_app.models import Channel, Message, Server
 from knowledge.models import Document, KnowledgeBase
 from llms.models import LLM, AccountLLM
 from llms.services import save_account_llm
@@ -67,3 +68,24 @@ def loopback_provider(
     }
     fields.update(overrides)
     return save_account_llm(account=user.account, **fields)
+
+
+# Lines said in a channel at known times: T0 plus `minutes`.
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+
+
+def say(
+    channel: Channel,
+    text: str,
+    *,
+    sender: str = "carol",
+    minutes: int = 0,
+    kind: str = Message.Kind.MESSAGE,
+) -> Message:
+    return Message.objects.create(
+        channel=channel,
+        text=text,
+        sender=sender,
+        kind=kind,
+        server_time=T0 + timedelta(minutes=minutes),
+    )

@@ -7,7 +7,6 @@ import ssl
 import threading
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -25,27 +24,8 @@ from llms.fetch import fetch as fetch_page
 from llms.models import AccountTool
 from llms.tools import TOOLS_BY_SLUG, ToolContext, ToolResult, execute_tool
 from tenancy import switch
-from tests.helpers import populate
+from tests.helpers import populate, say
 from tests.ircd import make_certificate
-
-T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
-
-
-def line(
-    channel: Channel,
-    text: str,
-    *,
-    sender: str = "carol",
-    minutes: int = 0,
-    kind: str = Message.Kind.MESSAGE,
-) -> Message:
-    return Message.objects.create(
-        channel=channel,
-        text=text,
-        sender=sender,
-        kind=kind,
-        server_time=T0 + timedelta(minutes=minutes),
-    )
 
 
 def call(
@@ -75,11 +55,11 @@ def alice_world(alice: User) -> dict[str, Any]:
     objs = populate(alice)
     with switch(alice):
         secret = Channel.objects.create(server=objs["server"], name="#secret")
-        line(objs["channel"], "good morning", sender="dave", minutes=1)
-        line(objs["channel"], "", sender="erin", minutes=2, kind=Message.Kind.JOIN)
-        line(objs["channel"], "waves", sender="erin", minutes=3, kind=Message.Kind.ACTION)
-        line(objs["channel"], "the \x02launch\x02 is at noon", sender="dave", minutes=4)
-        line(secret, "the vault code is swordfish", sender="mallory", minutes=5)
+        say(objs["channel"], "good morning", sender="dave", minutes=1)
+        say(objs["channel"], "", sender="erin", minutes=2, kind=Message.Kind.JOIN)
+        say(objs["channel"], "waves", sender="erin", minutes=3, kind=Message.Kind.ACTION)
+        say(objs["channel"], "the \x02launch\x02 is at noon", sender="dave", minutes=4)
+        say(secret, "the vault code is swordfish", sender="mallory", minutes=5)
         objs["channel"].topic = "Palaver development"
         objs["channel"].save()
         ChannelUser.objects.create(channel=objs["channel"], nick="dave", prefixes="@")
@@ -94,7 +74,7 @@ def bob_world(bob: User) -> dict[str, Any]:
     """Bob: the same server name, the same channel name, the same agent nick as Alice."""
     objs = populate(bob)
     with switch(bob):
-        line(objs["channel"], "bob's own line", sender="bob", minutes=1)
+        say(objs["channel"], "bob's own line", sender="bob", minutes=1)
         ChannelUser.objects.create(channel=objs["channel"], nick="bob")
     return objs
 
@@ -180,7 +160,7 @@ def test_channel_on_two_networks_must_be_named(alice: User, alice_world: dict[st
     with switch(alice):
         oftc = Server.objects.create(name="OFTC", host="irc.oftc.net", nick="alice")
         other = Channel.objects.create(server=oftc, name="#palaver")
-        line(other, "over on oftc", minutes=9)
+        say(other, "over on oftc", minutes=9)
         alice_world["agent"].channels.add(other)
     agent = alice_world["agent"]
     result = call(alice, agent, "channel_history", {"channel": "#palaver"})

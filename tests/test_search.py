@@ -21,25 +21,7 @@ from channels_app.selectors.search import (
     strip_formatting,
 )
 from tenancy import NoTenantError, switch
-
-T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
-
-
-def say(
-    channel: Channel,
-    text: str,
-    *,
-    sender: str = "carol",
-    minutes: int = 0,
-    kind: str = Message.Kind.MESSAGE,
-) -> Message:
-    return Message.objects.create(
-        channel=channel,
-        text=text,
-        sender=sender,
-        kind=kind,
-        server_time=T0 + timedelta(minutes=minutes),
-    )
+from tests.helpers import T0, say
 
 
 def texts(query: str, **filters: object) -> list[str]:
