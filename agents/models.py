@@ -162,6 +162,11 @@ class ModelCall(models.Model):
         BAD_REQUEST = "bad_request", "Request refused"
         ERROR = "error", "Failed"
 
+    class Purpose(models.TextChoices):
+        CHAT = "chat", "Agent run"
+        EMBEDDINGS = "embeddings", "Knowledge embeddings"
+
+    purpose = models.CharField(max_length=20, choices=Purpose.choices, default=Purpose.CHAT)
     task = models.ForeignKey(
         Task, null=True, blank=True, on_delete=models.SET_NULL, related_name="model_calls"
     )

@@ -50,9 +50,9 @@ _HEADLINE_OPTIONS = (
 # GIN index for selective words, a scan where most chunks match anyway. (With the query computed
 # from a column instead, the planner cannot estimate it and scans the table at any size.)
 _BRANCH = f"""(
-    SELECT c.id AS chunk_id, c.document_id, d.title AS document_title, d.knowledge_base_id,
-           c.heading_path, c.page, c.text, ts_rank_cd(c.search_vector, q.query) AS rank,
-           q.config, q.query
+    SELECT c.id AS chunk_id, c.ordinal, c.document_id, d.title AS document_title,
+           d.knowledge_base_id, c.heading_path, c.page, c.text,
+           ts_rank_cd(c.search_vector, q.query) AS rank, q.config, q.query
     FROM (SELECT %s::regconfig AS config, websearch_to_tsquery(%s::regconfig, %s) AS query) q
     CROSS JOIN {Chunk._meta.db_table} c
     JOIN {Document._meta.db_table} d ON d.id = c.document_id
@@ -63,7 +63,7 @@ _BRANCH = f"""(
 
 # ts_headline only for the passages returned: it re-parses the whole text, the costly part.
 _SEARCH = """
-SELECT chunk_id, document_id, document_title, knowledge_base_id, heading_path, page, text,
+SELECT chunk_id, ordinal, document_id, document_title, knowledge_base_id, heading_path, page, text,
        ts_headline(config, translate(text, %s, %s), query, %s),
        rank
 FROM (
@@ -141,6 +141,7 @@ def search_chunks(
     return [
         ChunkHit(
             chunk_id=chunk_id,
+            ordinal=ordinal,
             document_id=document_id,
             document_title=document_title,
             knowledge_base_id=knowledge_base_id,
@@ -152,6 +153,7 @@ def search_chunks(
         )
         for (
             chunk_id,
+            ordinal,
             document_id,
             document_title,
             knowledge_base_id,

@@ -20,6 +20,7 @@ class ChunkHit:
     """One passage found by search_chunks, best first."""
 
     chunk_id: int
+    ordinal: int
     document_id: int
     document_title: str
     knowledge_base_id: int
@@ -28,6 +29,13 @@ class ChunkHit:
     text: str
     headline: tuple[HeadlineSegment, ...]
     rank: float
+    # Which rankings found it: ("text",), ("vector",) or ("text", "vector") (knowledge.retrieval).
+    found_by: tuple[str, ...] = ("text",)
+
+    @property
+    def anchor(self) -> str:
+        """The passage's id on its document's page (documents/<id>/#chunk-<ordinal>)."""
+        return f"chunk-{self.ordinal}"
 
     @property
     def headline_html(self) -> SafeString:
