@@ -1,12 +1,26 @@
 """Full-text retrieval over the active account's chunks.
 
 One statement answers a search over knowledge bases of any mix of languages: a UNION ALL with a
-branch per language, where the query is parsed with that language's configuration
-(websearch_to_tsquery, which never rejects input) and the chunks of its knowledge bases are found
-through the `chunk_search` GIN index and ranked with ts_rank_cd, the heading path (weight A)
-counting above the text (B). A query of stop words alone parses to an empty tsquery, which
-matches nothing. Highlights are made with ts_headline for the returned passages only, with
-private-use markers that become HeadlineSegments, so a passage's text is never taken for HTML.
+branch per language, where the query is parsed with that language's configuration and the chunks
+of its knowledge bases are found through the `chunk_search` GIN index and ranked, the heading
+path (weight A) counting above the text (B). Highlights are made with ts_headline for the
+returned passages only, with private-use markers that become HeadlineSegments, so a passage's
+text is never taken for HTML.
+
+Two kinds of query:
+- A question or a few words ("how do I read a csv file"): any of its words may match, as a
+  person asking does not expect every word of a sentence in the passage that answers it (all of
+  them, as websearch_to_tsquery asks, finds nothing for most questions). Its lexemes (the
+  language's stemming, stop words dropped) are looked up in the statistics PostgreSQL keeps on
+  `search_vector` (pg_stats.most_common_elems, from ANALYZE and autovacuum), in the same round
+  trip that parses them: passages are found by the rarest words, adding words from rarest to
+  commonest while the estimated number of matching passages stays within MATCH_BUDGET_ROWS (so a
+  word in half of the passages, "use", "function", never makes every passage a candidate), and
+  ranked by ts_rank over all the words (a passage with more of them, more often, in its headings,
+  first). Without statistics yet (a new knowledge base) every word finds.
+- Search syntax ("a phrase", -excluded, this OR that): websearch_to_tsquery, which never rejects
+  input, every word required, ranked by ts_rank_cd.
+A query with nothing to search for (empty, punctuation, stop words only) finds nothing.
 
 Each knowledge base's chunks are indexed with its language: changing the language needs its
 documents re-indexed (replace_chunks) before searches in the new language find them.
@@ -14,6 +28,7 @@ documents re-indexed (replace_chunks) before searches in the new language find t
 
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from django.db import connection
@@ -23,7 +38,7 @@ from knowledge.types import ChunkHit, HeadlineSegment
 from tenancy import NoTenantError
 from tenancy.context import is_public
 
-__all__ = ["ChunkHit", "HeadlineSegment", "search_chunks"]
+__all__ = ["ChunkHit", "HeadlineSegment", "search_chunks", "uses_syntax", "words_queries"]
 
 # A query is a few words or a question; a pasted page would only make the tsquery costly.
 MAX_QUERY_LENGTH = 1000
@@ -45,21 +60,54 @@ _HEADLINE_OPTIONS = (
     'MaxFragments=3, MaxWords=25, MinWords=10, FragmentDelimiter=" … "'
 )
 
-# One branch per language. The configuration and the query are literals, so PostgreSQL folds the
-# tsquery into a constant and estimates from the column's statistics how many chunks match: the
-# GIN index for selective words, a scan where most chunks match anyway. (With the query computed
-# from a column instead, the planner cannot estimate it and scans the table at any size.)
+# One branch per language. The configuration and the queries are literals, so PostgreSQL folds
+# the tsquery into a constant and estimates from the column's statistics how many chunks match:
+# the GIN index for selective words, a scan where most chunks match anyway. (With the query
+# computed from a column instead, the planner cannot estimate it and scans the table at any size.)
+# `match` finds the passages, `query` ranks them and highlights the words.
 _BRANCH = f"""(
     SELECT c.id AS chunk_id, c.ordinal, c.document_id, d.title AS document_title,
            d.knowledge_base_id, c.heading_path, c.page, c.text,
-           ts_rank_cd(c.search_vector, q.query) AS rank, q.config, q.query
-    FROM (SELECT %s::regconfig AS config, websearch_to_tsquery(%s::regconfig, %s) AS query) q
+           {{rank}}(c.search_vector, q.query) AS rank, q.config, q.query
+    FROM (SELECT %s::regconfig AS config, {{match}} AS match, {{query}} AS query) q
     CROSS JOIN {Chunk._meta.db_table} c
     JOIN {Document._meta.db_table} d ON d.id = c.document_id
-    WHERE c.search_vector @@ q.query AND d.knowledge_base_id = ANY(%s::bigint[])
+    WHERE c.search_vector @@ q.match AND d.knowledge_base_id = ANY(%s::bigint[])
     ORDER BY rank DESC, c.id
     LIMIT %s
 )"""
+_WEB_BRANCH = _BRANCH.format(
+    rank="ts_rank_cd",
+    match="websearch_to_tsquery(%s::regconfig, %s)",
+    query="websearch_to_tsquery(%s::regconfig, %s)",
+)
+_WORDS_BRANCH = _BRANCH.format(rank="ts_rank", match="%s::tsquery", query="%s::tsquery")
+
+# A question's lexemes in each language, with the share of the account's passages holding each
+# (NULL: rarer than the statistics' least common word, or no statistics yet) and the passages
+# counted. pg_stats is a view on pg_statistic that only shows columns the user may read.
+_TERMS = f"""
+SELECT l.language, t.lexeme, s.freq, greatest(c.reltuples, 0)
+FROM unnest(%s::text[]) AS l(language)
+CROSS JOIN LATERAL unnest(to_tsvector(l.language::regconfig, %s)) AS t
+LEFT JOIN (
+    SELECT unnest(most_common_elems::text::text[]) AS lexeme,
+           unnest(most_common_elem_freqs) AS freq
+    FROM pg_stats
+    WHERE schemaname = current_schema() AND tablename = '{Chunk._meta.db_table}'
+      AND attname = 'search_vector'
+) s USING (lexeme)
+CROSS JOIN (
+    SELECT reltuples FROM pg_class WHERE oid = '{Chunk._meta.db_table}'::regclass
+) c
+"""
+# How many passages a question's words may find before its commoner words stop adding to them:
+# the ranking's cost grows with the passages found (each one's vector is read and ranked), and a
+# passage found only by common words is not worth reading. benchmarks/knowledge.py measured the
+# trade: recall and speed both held between 1,000 and 3,000 (docs/benchmarks.md).
+MATCH_BUDGET_ROWS = 2000
+# Explicit search syntax: a quote, a word excluded with a leading minus, OR between words.
+_SYNTAX = re.compile(r'"|(?:^|\s)-\w|\sOR\s')
 
 # ts_headline only for the passages returned: it re-parses the whole text, the costly part.
 _SEARCH = """
@@ -73,16 +121,76 @@ ORDER BY rank DESC, chunk_id
 """
 
 
+@dataclass(frozen=True)
+class WordsQuery:
+    """A question's words in one language, as tsquery text: `match` finds, `rank` ranks."""
+
+    match: str
+    rank: str
+
+
+def uses_syntax(query: str) -> bool:
+    """Whether the query is written in search syntax rather than as a question."""
+    return bool(_SYNTAX.search(query))
+
+
+def _tsquery_literal(lexemes: Sequence[str]) -> str:
+    # Quoted as tsquery input wants: a quote doubled, a backslash escaped.
+    return " | ".join(
+        "'" + lexeme.replace("\\", "\\\\").replace("'", "''") + "'" for lexeme in lexemes
+    )
+
+
+def words_queries(*, query: str, languages: Sequence[str]) -> dict[str, WordsQuery]:
+    """The query's words per language (knowledge base languages; stop words alone: absent), the
+    rarest of them finding passages within MATCH_BUDGET_ROWS, all of them ranking."""
+    with connection.cursor() as cursor:
+        cursor.execute(_TERMS, [list(languages), query])
+        rows = cursor.fetchall()
+    terms: dict[str, list[tuple[float, str]]] = {}
+    total: dict[str, float] = {}
+    for language, lexeme, freq, reltuples in rows:
+        terms.setdefault(language, []).append((float(freq or 0.0), lexeme))
+        total[language] = float(reltuples)
+    queries = {}
+    for language, found in terms.items():
+        found.sort()
+        match: list[str] = []
+        estimated = 0.0
+        for freq, lexeme in found:
+            rows_more = freq * total[language]
+            if match and estimated + rows_more > MATCH_BUDGET_ROWS:
+                break
+            match.append(lexeme)
+            estimated += rows_more
+        queries[language] = WordsQuery(
+            match=_tsquery_literal(match),
+            rank=_tsquery_literal(sorted(lexeme for _, lexeme in found)),
+        )
+    return queries
+
+
 def search_statement(
-    *, query: str, kb_ids_by_language: dict[str, list[int]], limit: int
+    *,
+    query: str,
+    kb_ids_by_language: dict[str, list[int]],
+    limit: int,
+    words: dict[str, WordsQuery] | None = None,
 ) -> tuple[str, list[Any]]:
-    """The one statement search_chunks runs (its SQL and parameters)."""
+    """The statement search_chunks runs (its SQL and parameters): with `words`
+    (words_queries), a question's branch for each language it has words in; without, the
+    query in search syntax."""
     params: list[Any] = [_HEADLINE_FROM, _HEADLINE_TO, _HEADLINE_OPTIONS]
+    branches = []
     for language, kb_ids in sorted(kb_ids_by_language.items()):
-        params += [language, language, query, kb_ids, limit]
+        if words is None:
+            branches.append(_WEB_BRANCH)
+            params += [language, language, query, language, query, kb_ids, limit]
+        elif language in words:
+            branches.append(_WORDS_BRANCH)
+            params += [language, words[language].match, words[language].rank, kb_ids, limit]
     params.append(limit)
-    branches = " UNION ALL ".join([_BRANCH] * len(kb_ids_by_language))
-    return _SEARCH.format(branches=branches), params
+    return _SEARCH.format(branches=" UNION ALL ".join(branches)), params
 
 
 def headline_segments(headline: str) -> tuple[HeadlineSegment, ...]:
@@ -109,8 +217,9 @@ def search_chunks(
     knowledge_bases: Sequence[KnowledgeBase] | None = None,
     limit: int = 10,
 ) -> list[ChunkHit]:
-    """The active account's passages best matching `query` (web-search syntax: "a phrase",
-    -excluded, this OR that), best first, in `knowledge_bases` (all of the account's when None).
+    """The active account's passages best matching `query` (a question, or web-search syntax:
+    "a phrase", -excluded, this OR that), best first, in `knowledge_bases` (all of the
+    account's when None).
 
     A query with nothing to search for (empty, punctuation, stop words only) finds nothing.
     """
@@ -134,7 +243,14 @@ def search_chunks(
         kb_ids_by_language.setdefault(language, []).append(kb_id)
     if not kb_ids_by_language:
         return []
-    sql, params = search_statement(query=query, kb_ids_by_language=kb_ids_by_language, limit=limit)
+    words = None
+    if not uses_syntax(query):
+        words = words_queries(query=query, languages=sorted(kb_ids_by_language))
+        if not words:
+            return []  # stop words or punctuation alone
+    sql, params = search_statement(
+        query=query, kb_ids_by_language=kb_ids_by_language, limit=limit, words=words
+    )
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         rows = cursor.fetchall()

@@ -8,7 +8,13 @@ from django.db import IntegrityError, connection
 from accounts.models import User
 from knowledge.chunking import ChunkText
 from knowledge.models import Chunk, Document, KnowledgeBase
-from knowledge.selectors import search_chunks
+from knowledge.selectors import (
+    WordsQuery,
+    _tsquery_literal,
+    search_chunks,
+    uses_syntax,
+    words_queries,
+)
 from knowledge.services import replace_chunks
 from knowledge.types import ChunkHit, HeadlineSegment
 from tenancy import NoTenantError, switch
@@ -227,6 +233,86 @@ def test_web_search_syntax(alice: User, handbook: KnowledgeBase) -> None:
         ]
 
 
+def test_a_question_finds_passages_with_some_of_its_words(
+    alice: User, handbook: KnowledgeBase
+) -> None:
+    """Nobody writes every word of a question in the passage that answers it."""
+    with switch(alice):
+        hits = search_chunks(query="How long are the nightly backups kept?")
+        assert hits[0].heading_path == ("Ops", "Storage")
+        # Words in search syntax are all required, as before.
+        assert search_chunks(query='"nightly backups" kept') == []
+
+
+@pytest.mark.parametrize(
+    ("query", "syntax"),
+    [
+        ("how do I deploy", False),
+        ("on-call pages", False),
+        ("C++ or Rust", False),
+        ("what is 3 - 2", False),
+        ('"main branch"', True),
+        ("deploy -rollbacks", True),
+        ("-rollbacks", True),
+        ("backups OR markup", True),
+    ],
+)
+def test_question_or_search_syntax(query: str, syntax: bool) -> None:
+    assert uses_syntax(query) is syntax
+
+
+def test_lexemes_are_quoted_for_tsquery(db: None) -> None:
+    """Whatever a lexeme holds (a quote, a backslash, operators, spaces), the tsquery made of
+    them has exactly those lexemes: each matches itself in a vector."""
+    lexemes = ["it's", "back\\slash", "plain", "a|b & !c"]
+    literal = _tsquery_literal(lexemes)
+    with connection.cursor() as cursor:
+        for lexeme in lexemes:
+            cursor.execute(
+                "SELECT array_to_tsvector(%s::text[]) @@ %s::tsquery, "
+                "array_to_tsvector(array['other']) @@ %s::tsquery",
+                [[lexeme], literal, literal],
+            )
+            assert cursor.fetchone() == (True, False), lexeme
+        cursor.execute("SELECT numnode(%s::tsquery)", [literal])
+        assert cursor.fetchone() == (2 * len(lexemes) - 1,)  # n lexemes, n - 1 ORs
+
+
+def test_common_words_do_not_make_every_passage_a_candidate(alice: User) -> None:
+    """With the column's statistics, a question's words in more passages than the budget allows
+    stop finding: the rare word alone finds, every word ranks."""
+    from knowledge.selectors import MATCH_BUDGET_ROWS
+
+    with switch(alice):
+        kb = make_kb()
+        count = MATCH_BUDGET_ROWS + 200
+        for d in range(count // 100):
+            replace_chunks(
+                document=make_document(knowledge_base=kb),
+                chunks=[
+                    chunk(i, f"widget {'sprocket' if d == 0 and i < 3 else 'gear'} number{i}")
+                    for i in range(100)
+                ],
+            )
+        assert words_queries(query="widget sprocket", languages=["english"]) == {
+            # No statistics yet: every word finds.
+            "english": WordsQuery(match="'sprocket' | 'widget'", rank="'sprocket' | 'widget'")
+        }
+        with connection.cursor() as cursor:
+            cursor.execute("ANALYZE knowledge_chunk")
+        assert words_queries(query="widget sprocket", languages=["english"]) == {
+            "english": WordsQuery(match="'sprocket'", rank="'sprocket' | 'widget'")
+        }
+        hits = search_chunks(query="Which widget has a sprocket?")
+        assert len(hits) == 3
+        assert all("sprocket" in hit.text for hit in hits)
+        marked = {segment.text for segment in hits[0].headline if segment.marked}
+        assert marked == {"widget", "sprocket"}
+        # A question of common words alone still finds (its rarest word does).
+        assert len(search_chunks(query="widget gear")) == 10
+        assert words_queries(query="the of and", languages=["english"]) == {}
+
+
 @pytest.mark.parametrize(
     "query", ["", "   ", "the and of", "!!!", '"', "-", "OR", "((", "a\x00b", "&|!:*"]
 )
@@ -241,10 +327,11 @@ def test_malformed_syntax_never_errors(alice: User, handbook: KnowledgeBase) -> 
     with switch(alice):
         assert len(search_chunks(query='"deploy log')) == 1  # the quote never closed
         assert search_chunks(query='"deploy OR -(log') == []
-        # tsquery operators are words to websearch_to_tsquery, not syntax.
-        assert texts(search_chunks(query="deploy:* & !log | (")) == [
-            "Rollbacks: see the deploy log for the previous tag."
-        ]
+        # tsquery operators are never syntax: the words around them are searched for.
+        assert set(texts(search_chunks(query="deploy:* & !log | ("))) == {
+            "Rollbacks: see the deploy log for the previous tag.",
+            "Ship from the main branch with make release.",  # under "Deploying"
+        }
 
 
 def test_limit(alice: User, handbook: KnowledgeBase) -> None:
@@ -308,7 +395,7 @@ def test_search_uses_the_gin_index(alice: User) -> None:
     """Over a few thousand chunks, with sequential scans off (at this size a scan is as cheap,
     and the planner rightly takes it), each language's branch finds its passages through
     chunk_search: the predicate is one the GIN index answers."""
-    from knowledge.selectors import search_statement
+    from knowledge.selectors import search_statement, words_queries
 
     with switch(alice):
         kb = make_kb()
@@ -334,10 +421,25 @@ def test_search_uses_the_gin_index(alice: User) -> None:
             cursor.execute(f"EXPLAIN {sql}", params)
             plan = "\n".join(row[0] for row in cursor.fetchall())
             cursor.execute("SET LOCAL enable_seqscan = on")
+            # A question's words: the same index.
+            doc7 = words_queries(query="doc7", languages=["english", "french"])
+            sql, params = search_statement(
+                query="doc7",
+                kb_ids_by_language={"english": [kb.pk], "french": [french.pk]},
+                limit=10,
+                words=doc7,
+            )
+            cursor.execute("SET LOCAL enable_seqscan = off")
+            cursor.execute(f"EXPLAIN {sql}", params)
+            words_plan = "\n".join(row[0] for row in cursor.fetchall())
+            cursor.execute("SET LOCAL enable_seqscan = on")
         assert plan.count("Bitmap Index Scan on chunk_search") == 2, plan
         assert "Seq Scan on knowledge_chunk" not in plan, plan
+        assert words_plan.count("Bitmap Index Scan on chunk_search") == 2, words_plan
         assert len(search_chunks(query="doc7")) == 10
-        assert {hit.text for hit in search_chunks(query="doc7 item7")} == {"hotel echo item7 doc7"}
+        # Any word finds; the passage with both comes first.
+        assert search_chunks(query="doc7 item7")[0].text == "hotel echo item7 doc7"
+        assert texts(search_chunks(query='"item7 doc7"')) == ["hotel echo item7 doc7"]
 
 
 # --- the slice's pieces together ---------------------------------------------------------------
