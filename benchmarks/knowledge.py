@@ -86,6 +86,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="profile ingestion (cProfile, one process) and print the top functions to stderr",
     )
+    parser.add_argument(
+        "--match-budget",
+        type=int,
+        default=0,
+        help="override knowledge.selectors.MATCH_BUDGET_ROWS, to measure the trade (default: keep)",
+    )
     parser.add_argument("--database", default=DEFAULT_DATABASE)
     parser.add_argument("--keep", action="store_true", help="keep the database at the end")
     parser.add_argument(
@@ -262,10 +268,15 @@ def run(args: argparse.Namespace, bench_url: str, result_out: TextIO) -> None:
     from django.db import connection
 
     from accounts.models import Account
+    from knowledge import selectors
     from knowledge.models import Chunk, Document, KnowledgeBase
     from knowledge.retrieval import retrieve
     from tenancy.services import provision_account
 
+    if args.match_budget:
+        from knowledge import selectors
+
+        selectors.MATCH_BUDGET_ROWS = args.match_budget
     pages = corpus_pages(args.corpus)
     if args.pages:
         pages = pages[-args.pages :] if args.pages < len(pages) else pages
@@ -334,7 +345,7 @@ def run(args: argparse.Namespace, bench_url: str, result_out: TextIO) -> None:
         f"chunks_per_s={chunk_count / ingest_s if ingest_s else 0:.0f} "
         f"retrieve_ms_p50={statistics.median(samples):.2f} "
         f"retrieve_ms_p99={percentile(samples, 0.99):.2f} questions={len(questions)} "
-        f"recall_at_5={recall:.3f} mrr={mrr:.3f}",
+        f"recall_at_5={recall:.3f} mrr={mrr:.3f} match_budget={selectors.MATCH_BUDGET_ROWS}",
         file=result_out,
         flush=True,
     )

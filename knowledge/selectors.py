@@ -102,10 +102,12 @@ CROSS JOIN (
 ) c
 """
 # How many passages a question's words may find before its commoner words stop adding to them:
-# the ranking's cost grows with the passages found (each one's vector is read and ranked), and a
-# passage found only by common words is not worth reading. benchmarks/knowledge.py measured the
-# trade: recall and speed both held between 1,000 and 3,000 (docs/benchmarks.md).
-MATCH_BUDGET_ROWS = 2000
+# the ranking's cost grows with the passages found (each one's vector is read and ranked), a
+# passage found only by common words is rarely worth reading, and past about a tenth of the
+# passages PostgreSQL scans the whole table instead of the index. benchmarks/knowledge.py on the
+# Python documentation (12,000 passages): 1,000 keeps recall@5 within one question of 5,000 at a
+# fifth of the time (docs/benchmarks.md, "Issue 9").
+MATCH_BUDGET_ROWS = 1000
 # Explicit search syntax: a quote, a word excluded with a leading minus, OR between words.
 _SYNTAX = re.compile(r'"|(?:^|\s)-\w|\sOR\s')
 
