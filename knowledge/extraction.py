@@ -14,11 +14,12 @@ import logging
 import re
 import unicodedata
 from dataclasses import dataclass
+from html.parser import HTMLParser
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Literal
 
-from bs4 import BeautifulSoup, Tag
-from bs4.element import NavigableString
+from bs4 import BeautifulSoup
+from bs4.dammit import UnicodeDammit
 from markdown_it import MarkdownIt
 from markdown_it.token import Token
 
@@ -95,8 +96,7 @@ def extract(
     if fmt == "pdf":
         extracted = _extract_pdf(data, max_pages=max_pages, max_chars=max_chars)
     elif fmt == "html":
-        # BeautifulSoup finds the encoding itself (meta charset, BOM, then a guess).
-        extracted = _extract_html(BeautifulSoup(data, "html.parser"), max_chars=max_chars)
+        extracted = _extract_html(data, max_chars=max_chars)
         if not extracted.blocks:
             raise ExtractionError(_NO_TEXT)
     else:
@@ -118,7 +118,7 @@ def extract_text(text: str, *, format: str, max_chars: int = DEFAULT_MAX_CHARS) 
     elif format == "markdown":
         extracted = _extract_markdown(text)
     elif format == "html":
-        extracted = _extract_html(BeautifulSoup(text, "html.parser"), max_chars=max_chars)
+        extracted = _extract_html(text, max_chars=max_chars)
     else:
         raise ExtractionError(f"Unsupported format: {format}.")
     if not extracted.blocks:
@@ -312,32 +312,164 @@ _BLOCK_ELEMENTS = _HEADINGS | {
 }
 
 
-def _has_block(element: Tag) -> bool:
-    # A plain scan: bs4's find() compiles its filter on every call, which dominated the time.
-    return any(
-        isinstance(node, Tag) and node.name in _BLOCK_ELEMENTS for node in element.descendants
-    )
+# Elements that never have content or an end tag.
+_VOID_ELEMENTS = {
+    "area",
+    "base",
+    "br",
+    "col",
+    "embed",
+    "hr",
+    "img",
+    "input",
+    "keygen",
+    "link",
+    "meta",
+    "param",
+    "source",
+    "track",
+    "wbr",
+}
 
 
-def _extract_html(soup: BeautifulSoup, *, max_chars: int) -> Extracted:
-    title = _normalise(soup.title.get_text()) if soup.title else ""
-    for element in soup.find_all(_DROPPED):
-        element.decompose()
-    # Sphinx and many generators put a pilcrow link in each heading.
-    for element in soup.select("a.headerlink"):
-        element.decompose()
-    roots: list[Tag]
-    main = soup.find("main") or soup.find(True, attrs={"role": "main"})
-    if isinstance(main, Tag):
-        roots = [main]
+class _Element:
+    __slots__ = ("dropped", "name", "start")
+
+    def __init__(self, name: str, dropped: bool, start: int) -> None:
+        self.name = name
+        self.dropped = dropped  # boilerplate: it and everything in it is left out
+        self.start = start  # index of its start event
+
+
+# Events of the parsed page, boilerplate left out: ("start", name), ("end", name), ("text", str).
+_Event = tuple[str, str]
+
+
+class _HtmlEvents(HTMLParser):
+    """One pass of the standard library's tokenizer over the page, no tree built (a tree of the
+    whole page cost three quarters of the extraction's time): the start, end and text events of
+    what is not boilerplate, every element closed (an end tag closes the elements left open in
+    it, a stray end tag is ignored), and where the candidate roots are."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.events: list[_Event] = []
+        self.stack: list[_Element] = []
+        self.dropped = 0  # open dropped elements
+        self.title: list[str] | None = None
+        self.title_done = False
+        self.in_title = False
+        # [start, end) event ranges of the first <main>, the first role="main" and the <article>s
+        # outside another article, and of <body>.
+        self.main: list[int] | None = None
+        self.role_main: list[int] | None = None
+        self.articles: list[list[int]] = []
+        self.body: list[int] | None = None
+        self.article_depth = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in _VOID_ELEMENTS:
+            if not self.dropped and tag not in _DROPPED:
+                self.events.append(("start", tag))
+                self.events.append(("end", tag))
+            return
+        dropped = tag in _DROPPED or (
+            tag == "a" and "headerlink" in (dict(attrs).get("class") or "").split()
+        )
+        element = _Element(tag, dropped, len(self.events))
+        self.stack.append(element)
+        if dropped:
+            self.dropped += 1
+            return
+        if self.dropped:
+            return
+        if tag == "title" and not self.title_done:
+            self.title, self.in_title = [], True
+        if tag == "main" and self.main is None:
+            self.main = [len(self.events), -1]
+        elif self.role_main is None and ("role", "main") in attrs:
+            self.role_main = [len(self.events), -1]
+        if tag == "article":
+            if not self.article_depth:
+                self.articles.append([len(self.events), -1])
+            self.article_depth += 1
+        if tag == "body" and self.body is None:
+            self.body = [len(self.events), -1]
+        self.events.append(("start", tag))
+
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.handle_starttag(tag, attrs)
+        if tag not in _VOID_ELEMENTS:
+            self.handle_endtag(tag)
+
+    def handle_endtag(self, tag: str) -> None:
+        if not any(element.name == tag for element in self.stack):
+            return  # a stray end tag
+        while self.stack:
+            element = self.stack.pop()
+            self._close(element)
+            if element.name == tag:
+                break
+
+    def _close(self, element: _Element) -> None:
+        if element.dropped:
+            self.dropped -= 1
+            return
+        if self.dropped:
+            return
+        self.events.append(("end", element.name))
+        end = len(self.events)
+        if element.name == "title" and self.in_title:
+            self.in_title, self.title_done = False, True
+        for span in (self.main, self.role_main, self.body, *self.articles[-1:]):
+            if span is not None and span[0] == element.start and span[1] < 0:
+                span[1] = end
+        if element.name == "article":
+            self.article_depth -= 1
+
+    def handle_data(self, data: str) -> None:
+        if self.dropped:
+            return
+        if self.in_title and self.title is not None:
+            self.title.append(data)
+            return
+        self.events.append(("text", data))
+
+    def close(self) -> None:
+        super().close()
+        while self.stack:
+            self._close(self.stack.pop())
+
+
+def _parse_html(markup: str | bytes) -> _HtmlEvents:
+    if isinstance(markup, bytes):
+        # The encoding as BeautifulSoup finds it: a BOM, the page's meta charset, then a guess.
+        text = UnicodeDammit(markup, is_html=True).unicode_markup
+        markup = text if text is not None else markup.decode("utf-8", "replace")
+    parser = _HtmlEvents()
+    parser.feed(markup)
+    parser.close()
+    return parser
+
+
+def _extract_html(markup: str | bytes, *, max_chars: int) -> Extracted:
+    page = _parse_html(markup)
+    title = _normalise("".join(page.title)) if page.title is not None else ""
+    events = page.events
+    spans: list[list[int]]
+    if page.main is not None:
+        spans = [page.main]
+    elif page.role_main is not None:
+        spans = [page.role_main]
+    elif page.articles:
+        spans = page.articles
+    elif page.body is not None:
+        spans = [page.body]
     else:
-        articles = [a for a in soup.find_all("article") if a.find_parent("article") is None]
-        body = soup.body
-        roots = articles or [body if body is not None else soup]
+        spans = [[0, len(events)]]
     walker = _HtmlWalker()
-    for root in roots:
-        walker.walk(root, in_item=False)
-        walker.flush(in_item=False)
+    for start, end in spans:
+        walker.walk(events, start, end if end >= 0 else len(events))
     if sum(len(block.text) for block in walker.blocks) > max_chars:
         raise ExtractionError(_too_long(max_chars))
     if not title:
@@ -346,6 +478,9 @@ def _extract_html(soup: BeautifulSoup, *, max_chars: int) -> Extracted:
 
 
 class _HtmlWalker:
+    """Blocks out of a run of events: text accumulates into a paragraph (a list item inside
+    <li>) until a block element starts or ends; headings, <pre> and tables are read whole."""
+
     def __init__(self) -> None:
         self.blocks: list[Block] = []
         self.inline: list[str] = []
@@ -356,47 +491,79 @@ class _HtmlWalker:
         if text:
             self.blocks.append(Block(kind="list_item" if in_item else "paragraph", text=text))
 
-    def walk(self, node: Tag, *, in_item: bool) -> None:
-        for child in node.children:
-            if isinstance(child, NavigableString):
-                if type(child) is NavigableString:  # not a comment, CDATA, doctype...
-                    self.inline.append(str(child))
-                continue
-            if not isinstance(child, Tag):
-                continue
-            name = child.name
-            if name == "br":  # a line break inside a paragraph, not a new one
-                self.inline.append(" ")
-                continue
-            if name not in _BLOCK_ELEMENTS and not _has_block(child):
-                self.inline.append(child.get_text())
-                continue
-            self.flush(in_item=in_item)
-            if name in _HEADINGS:
-                text = _normalise(child.get_text())
-                if text:
-                    self.blocks.append(Block(kind="heading", text=text, level=int(name[1])))
-            elif name == "pre":
-                code = child.get_text().strip("\n")
-                if code.strip():
-                    self.blocks.append(Block(kind="code", text=code))
-            elif name == "table":
-                self._table(child)
-            elif name == "li":
-                self.walk(child, in_item=True)
-                self.flush(in_item=True)
+    def walk(self, events: list[_Event], start: int, end: int) -> None:
+        items = 0  # open <li>
+        index = start
+        while index < end:
+            kind, value = events[index]
+            index += 1
+            if kind == "text":
+                self.inline.append(value)
+            elif value == "br":
+                if kind == "start":
+                    self.inline.append(" ")  # a line break inside a paragraph, not a new one
+            elif value not in _BLOCK_ELEMENTS:
+                continue  # inline: its text joins the paragraph
+            elif kind == "end":
+                self.flush(in_item=items > 0)
+                if value == "li":
+                    items -= 1
             else:
-                self.walk(child, in_item=in_item)
-                self.flush(in_item=in_item)
+                self.flush(in_item=items > 0)
+                if value in _HEADINGS or value == "pre" or value == "table":
+                    index = self._whole(events, index, end, value)
+                elif value == "li":
+                    items += 1
+        self.flush(in_item=items > 0)
 
-    def _table(self, table: Tag) -> None:
-        for row in table.find_all("tr"):
-            if row.find_parent("table") is not table:
-                continue  # a nested table's rows are read with their own table's cells
-            cells = [_normalise(cell.get_text(" ")) for cell in row.find_all(["td", "th"])]
-            cells = [cell for cell in cells if cell]
-            if cells:
-                self.blocks.append(Block(kind="paragraph", text=" | ".join(cells)))
+    def _whole(self, events: list[_Event], index: int, end: int, name: str) -> int:
+        """A heading, <pre> or table read to its end tag; the index after it."""
+        depth = 1
+        texts: list[str] = []
+        rows: list[list[list[str]]] = []  # a table's rows, each a list of cells' texts
+        cells: list[list[str]] = []  # the open cells of the current row, innermost last
+        row: list[list[str]] | None = None
+        while index < end:
+            kind, value = events[index]
+            index += 1
+            if kind == "text":
+                texts.append(value)
+                for cell in cells:
+                    cell.append(value)
+                continue
+            if value == name:
+                depth += 1 if kind == "start" else -1
+                if not depth:
+                    break
+            if name != "table":
+                continue
+            if value == "tr" and depth == 1:
+                if kind == "start":
+                    row, cells = [], []
+                elif row is not None:
+                    rows.append(row)
+                    row, cells = None, []
+            elif value in ("td", "th") and row is not None:
+                if kind == "start":
+                    row.append([])
+                    cells.append(row[-1])
+                elif cells:
+                    cells.pop()
+        if name in _HEADINGS:
+            text = _normalise("".join(texts))
+            if text:
+                self.blocks.append(Block(kind="heading", text=text, level=int(name[1])))
+        elif name == "pre":
+            code = "".join(texts).strip("\n")
+            if code.strip():
+                self.blocks.append(Block(kind="code", text=code))
+        else:
+            for cells_of_row in rows:
+                texts_of_row = [_normalise(" ".join(cell)) for cell in cells_of_row]
+                texts_of_row = [text for text in texts_of_row if text]
+                if texts_of_row:
+                    self.blocks.append(Block(kind="paragraph", text=" | ".join(texts_of_row)))
+        return index
 
 
 # --- PDF --------------------------------------------------------------------------------

@@ -400,6 +400,44 @@ def test_html_encoding_from_meta_charset() -> None:
     assert extract(data=page, filename="a.html").blocks[0].text == "Café"
 
 
+def test_html_unbalanced_markup() -> None:
+    """Unclosed paragraphs and items, a stray end tag: each element ends where the markup says
+    or where its parent does, as a browser would read it."""
+    page = b"<body><p>one<p>two</div><ul><li>a<li>b</ul><h2>Head</h2>tail"
+    assert [(b.kind, b.text) for b in extract(data=page, filename="a.html").blocks] == [
+        ("paragraph", "one"),
+        ("paragraph", "two"),
+        ("list_item", "a"),
+        ("list_item", "b"),
+        ("heading", "Head"),
+        ("paragraph", "tail"),
+    ]
+
+
+def test_html_boilerplate_hides_what_it_holds() -> None:
+    # A <main> inside a menu is not the page's main content; an icon's title is not text.
+    page = (
+        b'<nav><main>menu</main></nav><div role="main"><p>content</p>'
+        b"<svg><title>icon</title></svg></div>"
+    )
+    assert [b.text for b in extract(data=page, filename="a.html").blocks] == ["content"]
+
+
+def test_html_inline_around_blocks_entities_and_cells() -> None:
+    page = (
+        b"<p>before <span>in <div>block</div> after</span> end</p>"
+        b"<table><tr><td>a &amp; <b>b</b></td><td>&lt;c&gt;</td></tr></table>x<br/>y<hr/>z"
+    )
+    assert [b.text for b in extract(data=page, filename="a.html").blocks] == [
+        "before in",
+        "block",
+        "after end",
+        "a & b | <c>",
+        "x y",
+        "z",
+    ]
+
+
 # --- Chunking ----------------------------------------------------------------------------
 
 SENTENCE = "The quick brown fox jumps over the lazy dog number {}."
