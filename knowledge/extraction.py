@@ -355,6 +355,7 @@ class _HtmlEvents(HTMLParser):
         super().__init__(convert_charrefs=True)
         self.events: list[_Event] = []
         self.stack: list[_Element] = []
+        self.open: dict[str, int] = {}  # how many of each element are open in the stack
         self.dropped = 0  # open dropped elements
         self.title: list[str] | None = None
         self.title_done = False
@@ -378,6 +379,7 @@ class _HtmlEvents(HTMLParser):
         )
         element = _Element(tag, dropped, len(self.events))
         self.stack.append(element)
+        self.open[tag] = self.open.get(tag, 0) + 1
         if dropped:
             self.dropped += 1
             return
@@ -403,7 +405,7 @@ class _HtmlEvents(HTMLParser):
             self.handle_endtag(tag)
 
     def handle_endtag(self, tag: str) -> None:
-        if not any(element.name == tag for element in self.stack):
+        if not self.open.get(tag):
             return  # a stray end tag
         while self.stack:
             element = self.stack.pop()
@@ -412,6 +414,7 @@ class _HtmlEvents(HTMLParser):
                 break
 
     def _close(self, element: _Element) -> None:
+        self.open[element.name] -= 1
         if element.dropped:
             self.dropped -= 1
             return
