@@ -29,10 +29,12 @@ none is in the 5).
 
 stdout gets exactly one line:
     pages=… failed=… chunks=… workers=… ingest_s=… pages_per_s=… chunks_per_s=…
-    retrieve_ms_p50=… retrieve_ms_p99=… questions=… recall_at_5=… mrr=…
-Targets: ingest_s < 120, retrieve_ms_p99 < 50, recall_at_5 >= 0.8. The questions missed, the
-plan of one search (EXPLAIN ANALYZE, with PostgreSQL's JIT on and off) and, with --profile, a
-cProfile of ingestion in one process go to stderr.
+    retrieve_ms_p50=… retrieve_ms_p99=… questions=… recall_at_5=… mrr=… match_budget=… jit=…
+match_budget is knowledge.selectors.MATCH_BUDGET_ROWS (--match-budget overrides it), jit the
+searches' JIT setting (--jit forces it). Targets: ingest_s < 120, retrieve_ms_p99 < 50,
+recall_at_5 >= 0.8. The questions missed, the plan of the slowest search (EXPLAIN ANALYZE,
+with PostgreSQL's JIT on and off) and, with --profile, a cProfile of ingestion in one process
+go to stderr.
 """
 
 import argparse
@@ -91,6 +93,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         default=0,
         help="override knowledge.selectors.MATCH_BUDGET_ROWS, to measure the trade (default: keep)",
+    )
+    parser.add_argument(
+        "--jit",
+        choices=["server", "on", "off"],
+        default="server",
+        help="PostgreSQL's JIT for the searches: the server's setting (default), or forced",
     )
     parser.add_argument("--database", default=DEFAULT_DATABASE)
     parser.add_argument("--keep", action="store_true", help="keep the database at the end")
@@ -315,6 +323,11 @@ def run(args: argparse.Namespace, bench_url: str, result_out: TextIO) -> None:
         elapsed = (time.perf_counter() - begin) * 1000
         return elapsed, [path_of[hit.document_id] for hit in hits]
 
+    with connection.cursor() as cursor:
+        if args.jit != "server":
+            cursor.execute(f"SET jit = {args.jit}")
+        cursor.execute("SHOW jit")
+        jit = cursor.fetchone()[0]  # type: ignore[index]
     for question in questions:  # warm-up: plans, caches, the connection
         ask(question["question"])
     samples: list[float] = []
@@ -345,7 +358,8 @@ def run(args: argparse.Namespace, bench_url: str, result_out: TextIO) -> None:
         f"chunks_per_s={chunk_count / ingest_s if ingest_s else 0:.0f} "
         f"retrieve_ms_p50={statistics.median(samples):.2f} "
         f"retrieve_ms_p99={percentile(samples, 0.99):.2f} questions={len(questions)} "
-        f"recall_at_5={recall:.3f} mrr={mrr:.3f} match_budget={selectors.MATCH_BUDGET_ROWS}",
+        f"recall_at_5={recall:.3f} mrr={mrr:.3f} match_budget={selectors.MATCH_BUDGET_ROWS} "
+        f"jit={jit}",
         file=result_out,
         flush=True,
     )

@@ -108,8 +108,9 @@ CROSS JOIN (
 # Python documentation (12,000 passages): 1,000 keeps recall@5 within one question of 5,000 at a
 # fifth of the time (docs/benchmarks.md, "Issue 9").
 MATCH_BUDGET_ROWS = 1000
-# Explicit search syntax: a quote, a word excluded with a leading minus, OR between words.
-_SYNTAX = re.compile(r'"|(?:^|\s)-\w|\sOR\s')
+# Explicit search syntax: a quote, a word excluded with a leading minus, OR between words. A minus
+# before a single letter is a command's option in a question ("python -m"), not an exclusion.
+_SYNTAX = re.compile(r'"|(?:^|\s)-\w\w|\sOR\s')
 
 # ts_headline only for the passages returned: it re-parses the whole text, the costly part.
 _SEARCH = """

@@ -251,6 +251,8 @@ def test_a_question_finds_passages_with_some_of_its_words(
         ("on-call pages", False),
         ("C++ or Rust", False),
         ("what is 3 - 2", False),
+        ("run a module with python -m", False),
+        ("what does --help print", False),
         ('"main branch"', True),
         ("deploy -rollbacks", True),
         ("-rollbacks", True),
