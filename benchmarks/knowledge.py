@@ -327,7 +327,7 @@ def run(args: argparse.Namespace, bench_url: str, result_out: TextIO) -> None:
         if args.jit != "server":
             cursor.execute(f"SET jit = {args.jit}")
         cursor.execute("SHOW jit")
-        jit = cursor.fetchone()[0]  # type: ignore[index]
+        jit = cursor.fetchone()[0]
     for question in questions:  # warm-up: plans, caches, the connection
         ask(question["question"])
     samples: list[float] = []
