@@ -104,9 +104,9 @@ CROSS JOIN (
 # How many passages a question's words may find before its commoner words stop adding to them:
 # the ranking's cost grows with the passages found (each one's vector is read and ranked), a
 # passage found only by common words is rarely worth reading, and past about a tenth of the
-# passages PostgreSQL scans the whole table instead of the index. benchmarks/knowledge.py on the
-# Python documentation (12,000 passages): 1,000 keeps recall@5 within one question of 5,000 at a
-# fifth of the time (docs/benchmarks.md, "Issue 9").
+# passages PostgreSQL scans the whole table instead of the index. benchmarks/knowledge_bases.py
+# on the Python documentation (12,000 passages): 1,000 keeps recall@5 within one question of
+# 5,000 at a third of the median time (docs/benchmarks.md, "Issue 9").
 MATCH_BUDGET_ROWS = 1000
 # Explicit search syntax: a quote, a word excluded with a leading minus, OR between words. A minus
 # before a single letter is a command's option in a question ("python -m"), not an exclusion.

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Make sure Debian's Python 3.11 documentation (HTML) is installed: benchmarks/knowledge.py
+# Make sure Debian's Python 3.11 documentation (HTML) is installed: benchmarks/knowledge_bases.py
 # ingests it as its corpus (a real documentation set no one here wrote). Like
 # ensure_chromium.sh, it comes from Debian's packages; the corpus is never committed.
 set -euo pipefail

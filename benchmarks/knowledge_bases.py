@@ -1,7 +1,10 @@
 """Benchmark: a knowledge base of the Python 3.11 documentation, ingested, searched and judged.
 
-    .venv/bin/python benchmarks/knowledge.py [--corpus DIR] [--workers W] [--rounds R]
+    .venv/bin/python benchmarks/knowledge_bases.py [--corpus DIR] [--workers W] [--rounds R]
         [--pages N] [--profile] [--keep | --reuse]
+
+(Not knowledge.py, the issue's name for it: run as a script, that would shadow the `knowledge`
+package, as agents.py would `agents`: see benchmarks/agent_runs.py.)
 
 The corpus is the Python 3.11 documentation as Debian's `python3.11-doc` installs it
 (/usr/share/doc/python3.11/html, 530 HTML pages, 50 MB): a real documentation set no one here
