@@ -84,7 +84,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--rounds", type=int, default=5, help="timed rounds over the questions (default 5)"
     )
     parser.add_argument(
-        "--pages", type=int, default=0, help="ingest only the first N pages (default: all)"
+        "--pages",
+        type=int,
+        default=0,
+        help="ingest only the N smallest pages, a quick check (default: all)",
     )
     parser.add_argument(
         "--profile",
