@@ -357,6 +357,9 @@ LIMIT_DOCUMENT_BYTES: int = setting("LIMIT_DOCUMENT_BYTES", cast=int, default=10
 LIMIT_DOCUMENTS_TOTAL_BYTES: int = setting(
     "LIMIT_DOCUMENTS_TOTAL_BYTES", cast=int, default=100 * 1024 * 1024
 )
+# Passages one document may make (about 1,200 characters each): past it, indexing fails and says
+# so, rather than one document crowding out the account's others.
+LIMIT_CHUNKS_PER_DOCUMENT: int = setting("LIMIT_CHUNKS_PER_DOCUMENT", cast=int, default=5000)
 LIMIT_SSE_STREAMS_PER_USER: int = setting("LIMIT_SSE_STREAMS_PER_USER", cast=int, default=10)
 # How a web process listens for live events (channels_app/live_fanout.py): "channels", one
 # SUBSCRIBE per account with a stream open here, or "pattern", one PSUBSCRIBE to all accounts

@@ -1,15 +1,21 @@
+from typing import Any
+
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.core.paginator import Paginator
 from django.db.models import Count
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed
 from django.shortcuts import get_object_or_404, redirect, render
+from django.template.defaultfilters import pluralize
 from django.urls import reverse
 
+from accounts.models import User
 from core.uploads import upload_refusal
 from core.views import back_url, confirm_delete, form_page
 from knowledge import services
 from knowledge.forms import DocumentForm, KnowledgeBaseForm
 from knowledge.models import Document, KnowledgeBase
+from knowledge.retrieval import retrieval_mode
 
 
 @login_required
@@ -18,11 +24,53 @@ def kb_list(request: HttpRequest) -> HttpResponse:
     return render(request, "knowledge/kb_list.html", {"knowledge_bases": kbs})
 
 
+# How often the knowledge base page asks for its documents while one is being indexed.
+DOCUMENTS_POLL_SECONDS = 2
+# Passages on one page of a document; a citation's ?passage=n opens the page holding passage n.
+PASSAGES_PER_PAGE = 100
+IN_PROGRESS = frozenset(
+    {
+        Document.Status.QUEUED,
+        Document.Status.FETCHING,
+        Document.Status.EXTRACTING,
+        Document.Status.INDEXING,
+    }
+)
+
+
+def _documents_context(kb: KnowledgeBase) -> dict[str, Any]:
+    documents = list(kb.documents.defer("text", "original"))
+    return {
+        "kb": kb,
+        "documents": documents,
+        "in_progress": any(d.status in IN_PROGRESS for d in documents),
+        "poll_seconds": DOCUMENTS_POLL_SECONDS,
+    }
+
+
 @login_required
 def kb_detail(request: HttpRequest, pk: int) -> HttpResponse:
     kb = get_object_or_404(KnowledgeBase, pk=pk)
-    documents = kb.documents.defer("text")
-    return render(request, "knowledge/kb_detail.html", {"kb": kb, "documents": documents})
+    context = _documents_context(kb) | {"retrieval": retrieval_mode(kb)}
+    return render(request, "knowledge/kb_detail.html", context)
+
+
+@login_required
+def kb_documents(request: HttpRequest, pk: int) -> HttpResponse:
+    """The knowledge base page's list of documents alone: htmx swaps it in every few seconds
+    while a document is on its way, and the list stops asking once every one is done."""
+    kb = get_object_or_404(KnowledgeBase, pk=pk)
+    return render(request, "knowledge/_documents.html", _documents_context(kb))
+
+
+@login_required
+def kb_reindex(request: HttpRequest, pk: int) -> HttpResponse:
+    kb = get_object_or_404(KnowledgeBase, pk=pk)
+    if request.method != "POST":
+        return HttpResponseNotAllowed(["POST"])
+    count = services.reindex_knowledge_base(knowledge_base=kb)
+    messages.success(request, f"Indexing {count} document{pluralize(count)} again.")
+    return redirect("knowledge:kb_detail", pk=kb.pk)
 
 
 @login_required
@@ -37,10 +85,15 @@ def kb_edit(request: HttpRequest, pk: int) -> HttpResponse:
 
 
 def _kb_form(request: HttpRequest, kb: KnowledgeBase, *, title: str, submit: str) -> HttpResponse:
-    form = KnowledgeBaseForm(request.POST or None, instance=kb)
+    user = request.user
+    assert isinstance(user, User)
+    form = KnowledgeBaseForm(request.POST or None, instance=kb, account=user.account)
 
     def save() -> HttpResponse:
+        existing = form.instance.pk is not None
         saved = services.save_knowledge_base(knowledge_base=form.instance)
+        if existing and set(form.changed_data) & {"language", "embedding_llm", "embedding_model"}:
+            messages.success(request, "Saved. Its documents are being indexed again.")
         return redirect("knowledge:kb_detail", pk=saved.pk)
 
     return form_page(
@@ -77,11 +130,15 @@ def document_create(request: HttpRequest, kb_pk: int) -> HttpResponse:
         form = DocumentForm()
 
     def save() -> HttpResponse:
+        data = form.cleaned_data
         document = services.add_document(
             knowledge_base=kb,
-            title=form.cleaned_data["title"],
-            text=form.cleaned_data["text"],
-            filename=form.cleaned_data["filename"],
+            title=data["title"],
+            text=data["text"],
+            filename=data["filename"],
+            data=data["data"],
+            content_type=data["content_type"],
+            url=data["url"],
         )
         messages.success(request, f"Added “{document.title}”.")
         return redirect("knowledge:kb_detail", pk=kb.pk)
@@ -99,8 +156,37 @@ def document_create(request: HttpRequest, kb_pk: int) -> HttpResponse:
 
 @login_required
 def document_detail(request: HttpRequest, pk: int) -> HttpResponse:
-    document = get_object_or_404(Document.objects.select_related("knowledge_base"), pk=pk)
-    return render(request, "knowledge/document_detail.html", {"document": document})
+    """A document: its state, where it came from, and its passages, each with the anchor
+    citations link to (#chunk-<ordinal>), a page of them at a time."""
+    document = get_object_or_404(
+        Document.objects.select_related("knowledge_base").defer("original"), pk=pk
+    )
+    chunks = document.chunks.defer("search_vector", "embedding").order_by("ordinal")
+    paginator = Paginator(chunks, PASSAGES_PER_PAGE)
+    number: int | str = request.GET.get("page") or 1
+    passage = request.GET.get("passage", "")
+    if passage.isdigit():
+        number = int(passage) // PASSAGES_PER_PAGE + 1
+    page = paginator.get_page(number)
+    return render(
+        request,
+        "knowledge/document_detail.html",
+        {
+            "document": document,
+            "passages": page,
+            "in_progress": document.status in IN_PROGRESS,
+        },
+    )
+
+
+@login_required
+def document_reindex(request: HttpRequest, pk: int) -> HttpResponse:
+    document = get_object_or_404(Document, pk=pk)
+    if request.method != "POST":
+        return HttpResponseNotAllowed(["POST"])
+    services.reindex_document(document=document)
+    messages.success(request, f"Indexing “{document.title}” again.")
+    return redirect("knowledge:document_detail", pk=document.pk)
 
 
 @login_required
