@@ -283,11 +283,16 @@ def _fetch_step(document: Document) -> Document:
             _check_total_bytes(len(download.body))
         except LimitReached as exc:
             raise IndexingError(exc.messages[0]) from None
+        fields: dict[str, object] = {}
+        if document.title == document.url[:200]:
+            # Untitled so far: the address after redirects, until the page's own title is read.
+            fields["title"] = document.title = download.url[:200]
         updated = _set(
             document.pk,
             original=download.body,
             content_type=content_type[:100],
             url=download.url[:2000],
+            **fields,
         )
     if not updated:
         raise Document.DoesNotExist(f"document {document.pk} no longer exists")

@@ -26,6 +26,8 @@ POST_ONLY = {
     "channels:channel_delete",
     "knowledge:kb_delete",
     "knowledge:document_delete",
+    "knowledge:kb_reindex",
+    "knowledge:document_reindex",
     "agents:agent_delete",
     "agents:schedule_pause",
     "agents:schedule_resume",
@@ -100,6 +102,7 @@ def test_no_get_writes_anything_but_the_session(alice: User, alice_client: Clien
         "knowledge:kb_create": reverse("knowledge:kb_create"),
         "knowledge:kb_detail": reverse("knowledge:kb_detail", args=[objs["kb"].pk]),
         "knowledge:kb_edit": reverse("knowledge:kb_edit", args=[objs["kb"].pk]),
+        "knowledge:kb_documents": reverse("knowledge:kb_documents", args=[objs["kb"].pk]),
         "knowledge:document_create": reverse("knowledge:document_create", args=[objs["kb"].pk]),
         "knowledge:document_detail": reverse(
             "knowledge:document_detail", args=[objs["document"].pk]
