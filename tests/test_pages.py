@@ -223,6 +223,7 @@ class TestDocuments:
             doc = Document.objects.get()
         assert (doc.title, doc.filename, doc.source) == ("faq", "faq.md", "upload")
         # Kept as it came; its text is what the worker extracts from it.
+        assert doc.original is not None
         assert bytes(doc.original) == "# FAQ\n\nÇa marche.".encode()
         assert doc.content_type == "text/markdown" and doc.text == ""
         with switch(alice):
