@@ -171,11 +171,7 @@ def document_detail(request: HttpRequest, pk: int) -> HttpResponse:
     return render(
         request,
         "knowledge/document_detail.html",
-        {
-            "document": document,
-            "passages": page,
-            "in_progress": document.status in IN_PROGRESS,
-        },
+        {"document": document, "passages": page},
     )
 
 
