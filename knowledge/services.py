@@ -222,7 +222,7 @@ def index_document_now(*, document_id: int) -> Document | None:
             progress_total=len(chunks),
         )
         # Embeddings (knowledge.vectors.embed_chunks) are computed here, between chunking and
-        # storing, reporting progress through _set(document_id, progress_done=n).
+        # storing, batch by batch, each batch done told to report_progress.
         stored = _store_step(document, extracted, chunks)
     except IndexingError as exc:
         _fail(document_id, exc.reason)
@@ -237,6 +237,11 @@ def index_document_now(*, document_id: int) -> Document | None:
     if stored is None:
         return None
     return Document.objects.filter(pk=document_id).first()
+
+
+def report_progress(*, document_id: int, done: int) -> None:
+    """How many of a document's passages are indexed so far ("indexing n/m" on its page)."""
+    _set(document_id, progress_done=done)
 
 
 @transaction.atomic

@@ -195,5 +195,9 @@ def document_delete(request: HttpRequest, pk: int) -> HttpResponse:
         delete=lambda: services.delete_document(document=document),
         cancel_url=reverse("knowledge:document_detail", args=[document.pk]),
         success_url=back,
-        consequences=[f"its {len(document.text):,} characters of text"],
+        consequences=[
+            *([f"its file ({len(document.original):,} bytes)"] if document.original else []),
+            f"its {len(document.text):,} characters of text",
+            f"its {document.chunk_count:,} passages",
+        ],
     )

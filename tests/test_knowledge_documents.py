@@ -433,8 +433,9 @@ def test_the_document_list_updates_itself_while_something_is_in_progress(
     document = newest(alice)
     with switch(alice):
         Document.objects.filter(pk=document.pk).update(
-            status=Document.Status.INDEXING, progress_done=3, progress_total=7
+            status=Document.Status.INDEXING, progress_total=7
         )
+        services.report_progress(document_id=document.pk, done=3)
     fragment = alice_client.get(fragment_url, HTTP_HX_REQUEST="true").content.decode()
     assert fragment.lstrip().startswith("{#") is False and 'id="documents"' in fragment
     assert "Indexing 3/7" in fragment and "<html" not in fragment
