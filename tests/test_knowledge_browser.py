@@ -64,9 +64,15 @@ def test_the_document_list_follows_indexing_without_a_reload(
     screenshot(page, "knowledge-base.png")
 
     page.set_viewport_size(PHONE)
-    page.reload()
-    width = page.evaluate("document.documentElement.scrollWidth")
-    assert width <= PHONE["width"], f"the knowledge base page overflows a phone: {width}px wide"
+    for name, url in (
+        ("knowledge base", reverse("knowledge:kb_detail", args=[kb.pk])),
+        ("new document", reverse("knowledge:document_create", args=[kb.pk])),
+        ("knowledge base settings", reverse("knowledge:kb_edit", args=[kb.pk])),
+    ):
+        page.goto(live_server.url + url)
+        width = page.evaluate("document.documentElement.scrollWidth")
+        assert width <= PHONE["width"], f"the {name} page overflows a phone: {width}px wide"
+        screenshot(page, f"phone-{name.replace(' ', '-')}.png")
     assert violations == []
     context.close()
 
