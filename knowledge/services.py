@@ -1,5 +1,6 @@
 import json
 from collections.abc import Sequence
+from functools import partial
 from typing import Protocol
 
 from django.db import connection, transaction
@@ -96,6 +97,7 @@ def index_document_now(*, document_id: int) -> Document | None:
     in one transaction: a search sees the old ones or the new ones, never a mix."""
     from knowledge.chunking import chunk
     from knowledge.extraction import ExtractionError, extract_text
+    from knowledge.vectors import embed_chunks, embedding_text
 
     updated = Document.objects.filter(pk=document_id).update(
         status=Document.Status.INDEXING, error=""
@@ -115,15 +117,34 @@ def index_document_now(*, document_id: int) -> Document | None:
             status=Document.Status.FAILED, error=exc.reason, chunk_count=0
         )
         return Document.objects.filter(pk=document_id).first()
+    # Vectors, when the knowledge base has an embedding model (knowledge.vectors); a failure
+    # there still leaves the document ready for full-text search, saying why it has no vectors.
+    embedded = embed_chunks(
+        document=document,
+        chunk_texts=[embedding_text(c.heading_path, c.text) for c in chunks],
+        progress_callback=partial(_embedding_progress, document_id),
+    )
     with transaction.atomic():
         try:
-            stored = replace_chunks(document=document, chunks=chunks)
+            stored = replace_chunks(document=document, chunks=chunks, embeddings=embedded.vectors)
         except Document.DoesNotExist:
             return None
         Document.objects.filter(pk=document_id).update(
-            status=Document.Status.INDEXED, chunk_count=stored, indexed_at=timezone.now()
+            status=Document.Status.INDEXED,
+            chunk_count=stored,
+            indexed_at=timezone.now(),
+            error=embedding_error(embedded.error),
         )
     return Document.objects.filter(pk=document_id).first()
+
+
+def _embedding_progress(document_id: int, done: int, total: int) -> None:
+    Document.objects.filter(pk=document_id).update(progress_done=done, progress_total=total)
+
+
+def embedding_error(reason: str) -> str:
+    """Document.error of a document indexed without its vectors ("" when none failed)."""
+    return f"Indexed for full-text search; embeddings failed: {reason}" if reason else ""
 
 
 @transaction.atomic
@@ -157,23 +178,30 @@ def _clean_text(text: str) -> str:
 # base's configuration, the heading path weighted above the text.
 _INSERT_CHUNKS = f"""
 INSERT INTO {Chunk._meta.db_table}
-    (document_id, ordinal, text, heading_path, page, tokens, search_vector)
-SELECT d.id, c.ordinal, c.text, c.heading_path, c.page, c.tokens,
+    (document_id, ordinal, text, heading_path, page, tokens, embedding, search_vector)
+SELECT d.id, c.ordinal, c.text, c.heading_path, c.page, c.tokens, c.embedding,
        setweight(to_tsvector(kb.language::regconfig,
                              array_to_string(c.heading_path, ' ')), 'A')
        || setweight(to_tsvector(kb.language::regconfig, c.text), 'B')
 FROM {Document._meta.db_table} d
 JOIN {KnowledgeBase._meta.db_table} kb ON kb.id = d.knowledge_base_id
 CROSS JOIN jsonb_to_recordset(%s::jsonb)
-    AS c(ordinal integer, text text, heading_path varchar[], page integer, tokens integer)
+    AS c(ordinal integer, text text, heading_path varchar[], page integer, tokens integer,
+         embedding real[])
 WHERE d.id = %s
 """
 
 
 @transaction.atomic
-def replace_chunks(*, document: Document, chunks: Sequence[ChunkLike]) -> int:
-    """Make `chunks` the document's only chunks, indexed for full-text search; returns how many
-    were stored. All or nothing: if anything fails, the document keeps its old chunks.
+def replace_chunks(
+    *,
+    document: Document,
+    chunks: Sequence[ChunkLike],
+    embeddings: Sequence[Sequence[float]] | None = None,
+) -> int:
+    """Make `chunks` the document's only chunks, indexed for full-text search, with their
+    `embeddings` (one per chunk, in order; knowledge.vectors.embed_chunks) when given; returns
+    how many were stored. All or nothing: if anything fails, the document keeps its old chunks.
 
     Raises Document.DoesNotExist when the document was deleted meanwhile.
     """
@@ -185,6 +213,8 @@ def replace_chunks(*, document: Document, chunks: Sequence[ChunkLike]) -> int:
     Chunk.objects.filter(document_id=document.pk).delete()
     if not chunks:
         return 0
+    if embeddings is not None and len(embeddings) != len(chunks):
+        raise ValueError(f"{len(embeddings)} embeddings for {len(chunks)} chunks")
     rows = [
         {
             "ordinal": chunk.ordinal,
@@ -195,8 +225,9 @@ def replace_chunks(*, document: Document, chunks: Sequence[ChunkLike]) -> int:
             ],
             "page": chunk.page,
             "tokens": chunk.tokens,
+            "embedding": list(embeddings[index]) if embeddings is not None else None,
         }
-        for chunk in chunks
+        for index, chunk in enumerate(chunks)
     ]
     with connection.cursor() as cursor:
         cursor.execute(_INSERT_CHUNKS, [json.dumps(rows), document.pk])
