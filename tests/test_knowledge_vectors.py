@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from django.db import connection
+from django.urls import reverse
 
 from accounts.models import User
 from agents.models import ModelCall
@@ -25,6 +26,7 @@ from knowledge.vectors import (
 )
 from llms.models import AccountLLM
 from tenancy import switch
+from tests.conftest import signed_in_client
 from tests.helpers import loopback_provider
 from tests.llm_servers import Embedder, LLMServer, Reply
 
@@ -240,6 +242,14 @@ def test_a_failed_embedding_leaves_the_document_ready_for_full_text(scene: Scene
         assert document.pk in {hit.document_id for hit in hits}
         scene.provider.refresh_from_db()
         assert (scene.provider.key_rejected_at is not None) == (outcome == ModelCall.Outcome.AUTH)
+    # The document's page says it.
+    page = signed_in_client(scene.user).get(
+        reverse("knowledge:document_detail", args=[document.pk])
+    )
+    assert (
+        "Indexed for full-text search; embeddings failed: Loopback openai rejected the API key"
+        in (page.content.decode())
+    )
     # One request per document (none retried), one per search.
     inputs = [r.body["input"] for r in scene.llm.embedding_requests]
     assert len(inputs) == 2 * len(FAILURES)
