@@ -41,9 +41,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @cache
 def server_has_pgvector() -> bool:
-    """Whether the configured PostgreSQL server can create the vector extension."""
+    """Whether the configured PostgreSQL server can create the vector extension (asked of the
+    configured database: the list is the server's)."""
     params = {"connect_timeout": "10"}
-    params.update(connection_params(settings.DATABASES["default"], dbname="postgres"))
+    params.update(connection_params(settings.DATABASES["default"]))
     with psycopg.connect(psycopg.conninfo.make_conninfo(**params)) as conn:
         row = conn.execute(
             "SELECT count(*) FROM pg_available_extensions WHERE name = 'vector'"
