@@ -43,7 +43,7 @@ from typing import Any
 
 import openai
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import DatabaseError, connection, transaction
 
 from agents.models import ModelCall
 from agents.runner.providers import ProviderFailure, classify, client_for
@@ -282,7 +282,11 @@ def embed_chunks(
     if knowledge_base.embedding_dimensions != dimensions:
         KnowledgeBase.objects.filter(pk=knowledge_base.pk).update(embedding_dimensions=dimensions)
         knowledge_base.embedding_dimensions = dimensions
-    ensure_vector_index(dimensions)
+    try:
+        ensure_vector_index(dimensions)
+    except DatabaseError as exc:
+        # The vectors are still stored and searched, exactly, without the index.
+        logger.warning("no vector index for %s dimensions: %s", dimensions, exc)
     return EmbeddedChunks(vectors)
 
 

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import openai
 import pytest
 from django.db import connection
 
@@ -19,7 +20,7 @@ from knowledge.services import add_document, index_document_now
 from knowledge.vectors import pgvector_installed
 from tenancy import switch
 from tests.helpers import loopback_provider
-from tests.llm_servers import LLMServer
+from tests.llm_servers import Embedder, LLMServer
 from tests.pgvector_support import run_pgvector_tests_elsewhere, server_has_pgvector
 
 TEXT = """# Garage
@@ -44,6 +45,35 @@ def test_reciprocal_rank_fusion_adds_one_over_k_plus_rank() -> None:
     }
     # Found by both, even lower in each, beats first in one alone.
     assert rrf_scores([[1, 2], [3, 2]])[2] > rrf_scores([[1, 2], [3, 2]])[1]
+
+
+@pytest.mark.parametrize("encoding", ["base64", "float"])
+def test_the_loopback_embeddings_speak_what_the_sdk_reads(llm: LLMServer, encoding: str) -> None:
+    """The scripted /v1/embeddings against the real SDK (its default asks for base64)."""
+    client = openai.OpenAI(base_url=llm.openai_url, api_key="k", max_retries=0)
+    texts = ["a car", "an automobile", ""]
+    if encoding == "base64":
+        answer = client.embeddings.create(model="test-embed", input=texts)
+    else:
+        answer = client.embeddings.create(model="test-embed", input=texts, encoding_format="float")
+    assert llm.requests[0].body["encoding_format"] == encoding
+    vectors = [item.embedding for item in answer.data]
+    assert vectors == [
+        pytest.approx(llm.embedder.vector(t), abs=1e-6) for t in ["a car", "an automobile", ""]
+    ]
+    assert answer.usage.prompt_tokens == 4
+    assert all(len(v) == 64 for v in vectors)
+
+
+def test_the_loopback_embedder_puts_synonyms_together() -> None:
+    embedder = Embedder(dimensions=32, synonyms={"automobile": "car"})
+
+    def cosine(a: str, b: str) -> float:
+        return sum(x * y for x, y in zip(embedder.vector(a), embedder.vector(b), strict=True))
+
+    assert cosine("automobile", "car") == pytest.approx(1.0)
+    assert cosine("car repairs", "repairs of a car") > cosine("car repairs", "opening hours")
+    assert embedder.vector("") == [0.0] * 31 + [1.0]
 
 
 def index(user: User, kb: KnowledgeBase) -> Document:
