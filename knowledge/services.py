@@ -14,6 +14,7 @@ from knowledge.models import HEADING_MAX_LENGTH, Chunk, Document, KnowledgeBase
 if TYPE_CHECKING:
     from knowledge.chunking import ChunkText
     from knowledge.extraction import Block, Extracted
+    from knowledge.vectors import EmbeddedChunks
 
 logger = logging.getLogger(__name__)
 
@@ -205,6 +206,8 @@ def index_document_now(*, document_id: int) -> Document | None:
 
     Each step is a function of its own; the chunks are replaced in one transaction, so a search
     sees the old ones or the new ones, never a mix."""
+    from knowledge.vectors import embed_chunks, embedding_text
+
     document = Document.objects.filter(pk=document_id).first()
     if document is None:
         return None
@@ -221,9 +224,17 @@ def index_document_now(*, document_id: int) -> Document | None:
             progress_done=0,
             progress_total=len(chunks),
         )
-        # Embeddings (knowledge.vectors.embed_chunks) are computed here, between chunking and
-        # storing, batch by batch, each batch done told to report_progress.
-        stored = _store_step(document, extracted, chunks)
+        # Vectors, when the knowledge base has an embedding model (knowledge.vectors), batch by
+        # batch; a failure there still leaves the document ready for full-text search, saying
+        # why it has no vectors.
+        embedded = embed_chunks(
+            document=document,
+            chunk_texts=[embedding_text(c.heading_path, c.text) for c in chunks],
+            progress_callback=lambda done, total: report_progress(
+                document_id=document_id, done=done
+            ),
+        )
+        stored = _store_step(document, extracted, chunks, embedded)
     except IndexingError as exc:
         _fail(document_id, exc.reason)
         return Document.objects.filter(pk=document_id).first()
@@ -340,7 +351,10 @@ def _chunk_step(extracted: "Extracted") -> "list[ChunkText]":
 
 
 def _store_step(
-    document: Document, extracted: "Extracted", chunks: "Sequence[ChunkLike]"
+    document: Document,
+    extracted: "Extracted",
+    chunks: "Sequence[ChunkLike]",
+    embedded: "EmbeddedChunks",
 ) -> int | None:
     """Store the chunks, and the text read from a file, and mark the document ready: in one
     transaction. None when the document was deleted meanwhile."""
@@ -352,13 +366,13 @@ def _store_step(
             fields["title"] = (extracted.title.strip() or document.title)[:200]
     with transaction.atomic():
         try:
-            stored = replace_chunks(document=document, chunks=chunks)
+            stored = replace_chunks(document=document, chunks=chunks, embeddings=embedded.vectors)
         except Document.DoesNotExist:
             return None
         _set(
             document.pk,
             status=Document.Status.INDEXED,
-            error="",
+            error=embedding_error(embedded.error),
             chunk_count=stored,
             progress_done=len(chunks),
             progress_total=len(chunks),
@@ -381,6 +395,11 @@ def blocks_text(blocks: "Sequence[Block]") -> str:
         else:
             lines.append(block.text)
     return "\n\n".join(lines)
+
+
+def embedding_error(reason: str) -> str:
+    """Document.error of a document indexed without its vectors ("" when none failed)."""
+    return f"Indexed for full-text search; embeddings failed: {reason}" if reason else ""
 
 
 @transaction.atomic
@@ -414,23 +433,30 @@ def _clean_text(text: str) -> str:
 # base's configuration, the heading path weighted above the text.
 _INSERT_CHUNKS = f"""
 INSERT INTO {Chunk._meta.db_table}
-    (document_id, ordinal, text, heading_path, page, tokens, search_vector)
-SELECT d.id, c.ordinal, c.text, c.heading_path, c.page, c.tokens,
+    (document_id, ordinal, text, heading_path, page, tokens, embedding, search_vector)
+SELECT d.id, c.ordinal, c.text, c.heading_path, c.page, c.tokens, c.embedding,
        setweight(to_tsvector(kb.language::regconfig,
                              array_to_string(c.heading_path, ' ')), 'A')
        || setweight(to_tsvector(kb.language::regconfig, c.text), 'B')
 FROM {Document._meta.db_table} d
 JOIN {KnowledgeBase._meta.db_table} kb ON kb.id = d.knowledge_base_id
 CROSS JOIN jsonb_to_recordset(%s::jsonb)
-    AS c(ordinal integer, text text, heading_path varchar[], page integer, tokens integer)
+    AS c(ordinal integer, text text, heading_path varchar[], page integer, tokens integer,
+         embedding real[])
 WHERE d.id = %s
 """
 
 
 @transaction.atomic
-def replace_chunks(*, document: Document, chunks: Sequence[ChunkLike]) -> int:
-    """Make `chunks` the document's only chunks, indexed for full-text search; returns how many
-    were stored. All or nothing: if anything fails, the document keeps its old chunks.
+def replace_chunks(
+    *,
+    document: Document,
+    chunks: Sequence[ChunkLike],
+    embeddings: Sequence[Sequence[float]] | None = None,
+) -> int:
+    """Make `chunks` the document's only chunks, indexed for full-text search, with their
+    `embeddings` (one per chunk, in order; knowledge.vectors.embed_chunks) when given; returns
+    how many were stored. All or nothing: if anything fails, the document keeps its old chunks.
 
     Raises Document.DoesNotExist when the document was deleted meanwhile.
     """
@@ -442,6 +468,8 @@ def replace_chunks(*, document: Document, chunks: Sequence[ChunkLike]) -> int:
     Chunk.objects.filter(document_id=document.pk).delete()
     if not chunks:
         return 0
+    if embeddings is not None and len(embeddings) != len(chunks):
+        raise ValueError(f"{len(embeddings)} embeddings for {len(chunks)} chunks")
     rows = [
         {
             "ordinal": chunk.ordinal,
@@ -452,8 +480,9 @@ def replace_chunks(*, document: Document, chunks: Sequence[ChunkLike]) -> int:
             ],
             "page": chunk.page,
             "tokens": chunk.tokens,
+            "embedding": list(embeddings[index]) if embeddings is not None else None,
         }
-        for chunk in chunks
+        for index, chunk in enumerate(chunks)
     ]
     with connection.cursor() as cursor:
         cursor.execute(_INSERT_CHUNKS, [json.dumps(rows), document.pk])
