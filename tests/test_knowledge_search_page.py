@@ -52,6 +52,11 @@ def handbook(user: User, *, own: str = "") -> dict[str, Any]:
     return {"kb": kb, "doc": doc}
 
 
+def results(page: str) -> str:
+    """What a search page shows after its search box."""
+    return page.split('role="search"', 1)[1].split("</form>", 1)[1]
+
+
 def url(kb: KnowledgeBase, query: str | None = None) -> str:
     base = reverse("knowledge:kb_search", args=[kb.pk])
     return base if query is None else f"{base}?{_q(query)}"
@@ -96,8 +101,7 @@ def test_an_empty_search_shows_the_box_and_no_results(alice: User, alice_client:
         assert response.status_code == 200
         page = response.content.decode()
         assert 'name="q"' in page and "exact phrase" in page
-        after_form = page.split('role="search"', 1)[1].split("</form>", 1)[1]
-        assert "passage" not in after_form.lower()
+        assert "passage" not in results(page).lower()
         assert "No passage" not in page
 
 
@@ -199,19 +203,21 @@ def test_the_badge_says_which_ranking_found_each_passage(alice: User) -> None:
 def test_another_account_gets_404_and_identical_names_never_mix(
     alice: User, bob: User, alice_client: Client, bob_client: Client
 ) -> None:
-    a = handbook(alice, own=" Alice keeps it in /srv/alice.")
+    a = handbook(alice, own=" Alice keeps it in alicevault.")
     # Bob has no knowledge base yet: Alice's id is not found.
     assert bob_client.get(url(a["kb"], "deploys")).status_code == 404
     assert bob_client.get(url(a["kb"])).status_code == 404
     assert Client().get(url(a["kb"], "deploys")).status_code == 302  # to sign in
     # The same name, the same ids, in Bob's schema: his page shows only his passages.
-    b = handbook(bob, own=" Bob keeps it in /srv/bob.")
+    b = handbook(bob, own=" Bob keeps it in bobvault.")
     assert b["kb"].pk == a["kb"].pk
     for client, own, other in (
-        (alice_client, "/srv/alice", "/srv/bob"),
-        (bob_client, "/srv/bob", "/srv/alice"),
+        (alice_client, "alicevault", "bobvault"),
+        (bob_client, "bobvault", "alicevault"),
     ):
-        for query in ("srv", "rollback script", "keeps", "alice OR bob"):
-            page = client.get(url(a["kb"], query)).content.decode()
-            assert other not in page, query
-        assert own in client.get(url(a["kb"], "rollback")).content.decode()
+        # The page repeats the query: only what it found is looked at.
+        for query in ("alicevault OR bobvault", "rollback script", "keeps", "alice OR bob"):
+            found = results(client.get(url(a["kb"], query)).content.decode())
+            assert 'class="passage"' in found and other not in found, query
+        assert 'class="passage"' not in results(client.get(url(a["kb"], other)).content.decode())
+        assert f"<mark>{own}</mark>" in client.get(url(a["kb"], own)).content.decode()

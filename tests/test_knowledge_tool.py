@@ -219,15 +219,15 @@ def test_several_knowledge_bases_are_named(alice: User) -> None:
 def test_two_accounts_with_identical_knowledge_bases_never_see_each_others_passages(
     alice: User, bob: User
 ) -> None:
-    a = world(alice, words=" Alice's rollback script is in /srv/alice.")
-    b = world(bob, words=" Bob's rollback script is in /srv/bob.")
+    a = world(alice, words=" Alice's rollback script is in alicevault.")
+    b = world(bob, words=" Bob's rollback script is in bobvault.")
     # Same names, same titles, same ids in their own schemas.
     assert a["handbook"].pk == b["handbook"].pk and a["releases"].pk == b["releases"].pk
     for user, agent, own, other in (
-        (alice, a["agent"], "/srv/alice", "/srv/bob"),
-        (bob, b["agent"], "/srv/bob", "/srv/alice"),
+        (alice, a["agent"], "alicevault", "bobvault"),
+        (bob, b["agent"], "bobvault", "alicevault"),
     ):
-        for query in ("rollback script", "srv", "alice bob", "deploys fridays"):
+        for query in (other, "rollback script", "alicevault OR bobvault", "deploys fridays"):
             content = search(user, agent, {"query": query}).content
             assert other not in content, (user, query, content)
         assert own in search(user, agent, {"query": "rollback script"}).content
@@ -315,7 +315,7 @@ def test_the_tools_page_shows_it_comes_with_knowledge_bases(alice_client: Client
 def test_the_short_link_opens_the_passage_for_its_account_only(
     alice: User, bob: User, alice_client: Client, bob_client: Client
 ) -> None:
-    w = world(alice, words=" Alice's rollback script is in /srv/alice.")
+    w = world(alice, words=" Alice's rollback script is in alicevault.")
     path = f"/k/{w['releases'].pk}/1"
     assert link(w["releases"], 1) == settings.PUBLIC_URL + path
     response = alice_client.get(path)
@@ -331,9 +331,9 @@ def test_the_short_link_opens_the_passage_for_its_account_only(
     assert alice_client.get(f"/k/{w['releases'].pk + 1000}/1").status_code == 404
     # Bob has a document with the same id (ids are per account): the link opens his own, and
     # nothing of Alice's.
-    world(bob, words=" Bob's rollback script is in /srv/bob.")
+    world(bob, words=" Bob's rollback script is in bobvault.")
     followed = bob_client.get(path, follow=True)
     assert followed.status_code == 200
-    assert "/srv/bob" in followed.content.decode()
+    assert "bobvault" in followed.content.decode()
     assert "Operations guide" in followed.content.decode()  # Bob's own guide, same title
-    assert "/srv/alice" not in followed.content.decode()
+    assert "alicevault" not in followed.content.decode()
