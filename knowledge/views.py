@@ -10,6 +10,7 @@ from core.views import back_url, confirm_delete, form_page
 from knowledge import services
 from knowledge.forms import DocumentForm, KnowledgeBaseForm
 from knowledge.models import Document, KnowledgeBase
+from knowledge.types import ChunkHit
 
 
 @login_required
@@ -145,6 +146,7 @@ def kb_search(request: HttpRequest, pk: int) -> HttpResponse:
                 passage_path(document_id=hit.document_id, ordinal=hit.ordinal),
                 # Which rankings found it, as the page says it: "text", "vector" or "both".
                 "both" if len(set(hit.found_by)) > 1 else hit.found_by[0],
+                _cut(hit),
             )
             for hit in hits
         ]
@@ -160,6 +162,16 @@ def kb_search(request: HttpRequest, pk: int) -> HttpResponse:
         },
         status=status,
     )
+
+
+def _cut(hit: ChunkHit) -> tuple[bool, bool]:
+    """Whether the highlight leaves out the passage's start and its end (shown as "…")."""
+    shown = "".join(segment.text for segment in hit.headline).strip()
+    text = " ".join(hit.text.split())
+    shown = " ".join(shown.split())
+    if not shown:
+        return False, False
+    return not text.startswith(shown[:40]), not text.endswith(shown[-40:])
 
 
 @login_required

@@ -185,9 +185,9 @@ def test_the_badge_says_which_ranking_found_each_passage(alice: User) -> None:
                 "query": "x",
                 "mode": retrieval_mode(w["kb"]),
                 "results": [
-                    (hit(0, ("text", "vector")), "/k/1/0", "both"),
-                    (hit(1, ("vector",)), "/k/1/1", "vector"),
-                    (hit(2, ("text",)), "/k/1/2", "text"),
+                    (hit(0, ("text", "vector")), "/k/1/0", "both", (False, False)),
+                    (hit(1, ("vector",)), "/k/1/1", "vector", (False, False)),
+                    (hit(2, ("text",)), "/k/1/2", "text", (False, False)),
                 ],
             },
             request=request,
@@ -221,3 +221,24 @@ def test_another_account_gets_404_and_identical_names_never_mix(
             assert 'class="passage"' in found and other not in found, query
         assert 'class="passage"' not in results(client.get(url(a["kb"], other)).content.decode())
         assert f"<mark>{own}</mark>" in client.get(url(a["kb"], own)).content.decode()
+
+
+def test_a_highlight_from_the_middle_of_a_passage_says_so(
+    alice: User, alice_client: Client
+) -> None:
+    with switch(alice):
+        kb = KnowledgeBase.objects.create(name="Long")
+        doc = Document.objects.create(
+            knowledge_base=kb, title="Story", source=Document.Source.PASTED, text="…"
+        )
+        long = "quiet morning words " * 30 + "then the zeppelin lands " + "calm evening " * 30
+        replace_chunks(document=doc, chunks=[passage(0, long), passage(1, "A zeppelin.")])
+    page = alice_client.get(url(kb, "zeppelin")).content.decode()
+    shown = re.findall(r'<p class="passage-text">(.*?)</p>', page)
+    assert len(shown) == 2
+    middle = next(s for s in shown if "lands" in s)
+    assert middle.startswith("… ") and middle.endswith(" …")
+    assert "<mark>zeppelin</mark>" in middle
+    # A short passage: ts_headline's fragments leave out its stop words, and the page says so.
+    short = next(s for s in shown if s is not middle)
+    assert "<mark>zeppelin</mark>" in short
