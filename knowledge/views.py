@@ -16,6 +16,7 @@ from knowledge import services
 from knowledge.forms import DocumentForm, KnowledgeBaseForm
 from knowledge.models import Document, KnowledgeBase
 from knowledge.retrieval import retrieval_mode
+from knowledge.types import ChunkHit
 
 
 @login_required
@@ -201,3 +202,73 @@ def document_delete(request: HttpRequest, pk: int) -> HttpResponse:
             f"its {document.chunk_count:,} passages",
         ],
     )
+
+
+# The passages a search shows: more than an agent reads (knowledge_search returns 5 by default),
+# so a person sees what ranked just below.
+KB_SEARCH_RESULTS = 20
+
+
+@login_required
+def kb_search(request: HttpRequest, pk: int) -> HttpResponse:
+    """A knowledge base's passages for a query, ranked as the agents' knowledge_search ranks
+    them, with highlights and which ranking found each: how a person checks why an agent
+    answered what it did."""
+    from knowledge.links import passage_path
+    from knowledge.retrieval import retrieval_mode, search
+    from knowledge.search_forms import PassageSearchForm
+
+    kb = get_object_or_404(KnowledgeBase, pk=pk)
+    form = PassageSearchForm(request.GET or None)
+    results = None
+    notes: tuple[str, ...] = ()
+    status = 200
+    if form.is_bound and not form.is_valid():
+        status = 400
+    elif form.is_bound and form.cleaned_data["q"]:
+        found = search(query=form.cleaned_data["q"], knowledge_bases=[kb], limit=KB_SEARCH_RESULTS)
+        hits, notes = found.hits, found.notes
+        results = [
+            (
+                hit,
+                passage_path(document_id=hit.document_id, ordinal=hit.ordinal),
+                # Which rankings found it, as the page says it: "text", "vector" or "both".
+                "both" if len(set(hit.found_by)) > 1 else hit.found_by[0],
+                _cut(hit),
+            )
+            for hit in hits
+        ]
+    return render(
+        request,
+        "knowledge/kb_search.html",
+        {
+            "kb": kb,
+            "form": form,
+            "results": results,
+            # Why a ranking is missing from these results (e.g. the provider did not answer).
+            "notes": notes,
+            "query": form.cleaned_data.get("q", "") if form.is_bound and form.is_valid() else "",
+            "mode": retrieval_mode(kb),
+        },
+        status=status,
+    )
+
+
+def _cut(hit: ChunkHit) -> tuple[bool, bool]:
+    """Whether the highlight leaves out the passage's start and its end (shown as "…")."""
+    shown = "".join(segment.text for segment in hit.headline).strip()
+    text = " ".join(hit.text.split())
+    shown = " ".join(shown.split())
+    if not shown:
+        return False, False
+    return not text.startswith(shown[:40]), not text.endswith(shown[-40:])
+
+
+@login_required
+def passage_link(request: HttpRequest, document_id: int, ordinal: int) -> HttpResponse:
+    """A cited passage (knowledge.links): its document's page, scrolled to the passage. Only a
+    document of the signed-in person's account: anyone else's is not found."""
+    from knowledge.links import document_passage_path
+
+    document = get_object_or_404(Document.objects.only("pk"), pk=document_id)
+    return redirect(document_passage_path(document_id=document.pk, ordinal=ordinal))

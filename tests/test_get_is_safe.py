@@ -107,6 +107,8 @@ def test_no_get_writes_anything_but_the_session(alice: User, alice_client: Clien
         "knowledge:document_detail": reverse(
             "knowledge:document_detail", args=[objs["document"].pk]
         ),
+        "knowledge:kb_search": reverse("knowledge:kb_search", args=[objs["kb"].pk]) + "?q=kind",
+        "passage_link": reverse("passage_link", args=[objs["document"].pk, 0]),
         "llms:provider_list": reverse("llms:provider_list"),
         "llms:provider_create": reverse("llms:provider_create"),
         "llms:provider_edit": reverse("llms:provider_edit", args=[objs["provider"].pk]),
