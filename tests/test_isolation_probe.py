@@ -264,6 +264,11 @@ def insert_history(account: Account, mark: str) -> None:
         for document_id in Document.objects.values_list("pk", flat=True):
             index_document_now(document_id=document_id)
         assert Chunk.objects.exists()
+        # One of them queued again for a worker (as "Re-index" leaves it): the knowledge base
+        # page then polls its document list, and the probe follows that fragment's URL too.
+        Document.objects.filter(pk=Document.objects.values("pk")[:1]).update(
+            status=Document.Status.QUEUED
+        )
 
 
 # --- what the first account owns, as rows ------------------------------------------------------
