@@ -8,6 +8,7 @@ from agents.models import Agent
 from channels_app.models import Channel
 from knowledge.models import KnowledgeBase
 from llms.selectors import account_llms, enabled_tools
+from llms.tools import KNOWLEDGE_BASE_TOOLS
 
 # The form's fields in the groups the page shows them in (a fieldset each, with its legend).
 FIELDSETS: list[tuple[str, list[str]]] = [
@@ -78,7 +79,14 @@ class AgentForm(forms.ModelForm):
             lambda c: f"{c.name} on {c.server.name}"
         )
         self.fields["knowledge_bases"].queryset = KnowledgeBase.objects.all()  # type: ignore[attr-defined]
-        self.fields["tools"].queryset = enabled_tools(account=account)  # type: ignore[attr-defined]
+        self.fields["knowledge_bases"].help_text = (
+            "The agent searches these (Knowledge search, no need to choose it below) and cites "
+            "the passages it answers from."
+        )
+        # The knowledge tools come with a knowledge base: they are not chosen here.
+        self.fields["tools"].queryset = enabled_tools(account=account).exclude(  # type: ignore[attr-defined]
+            slug__in=KNOWLEDGE_BASE_TOOLS
+        )
         self.fields["tools"].help_text = "Only tools enabled for the account are offered."
 
     def clean(self) -> dict[str, Any]:

@@ -30,6 +30,7 @@ import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from urllib.parse import quote, urlsplit
 
 from config.env import BASE_DIR, setting
@@ -88,9 +89,9 @@ def postgres_url() -> str:
     return uri
 
 
-def _postgres_pid() -> int | None:
+def _postgres_pid(data_dir: Path | None = None) -> int | None:
     try:
-        return int((PG_DATA_DIR / "postmaster.pid").read_text().split()[0])
+        return int(((data_dir or PG_DATA_DIR) / "postmaster.pid").read_text().split()[0])
     except (OSError, ValueError, IndexError):
         return None
 
@@ -235,10 +236,15 @@ def _stop(name: str, pid: int | None, sig: signal.Signals) -> None:
     print(f"stopped the embedded {name} (pid {pid})")
 
 
+def stop_postgres(data_dir: Path | None = None) -> None:
+    """Stop the embedded PostgreSQL of `data_dir` (this checkout's by default), if running.
+    SIGINT is PostgreSQL's fast shutdown: it disconnects clients rather than waiting for them."""
+    _stop("PostgreSQL", _postgres_pid(data_dir), signal.SIGINT)
+
+
 def stop() -> None:
     """Stop both embedded servers, if running. Their data stays under var/."""
-    # SIGINT is PostgreSQL's fast shutdown: it disconnects clients rather than waiting for them.
-    _stop("PostgreSQL", _postgres_pid(), signal.SIGINT)
+    stop_postgres()
     _stop("Redis", _redis_pid(), signal.SIGTERM)
     _REDIS_URLFILE.unlink(missing_ok=True)
 

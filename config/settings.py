@@ -346,6 +346,19 @@ AGENT_DB_CONNECTIONS: int = setting("AGENT_DB_CONNECTIONS", cast=int, default=10
 CELERY_TASK_TENANT_CACHE_SECONDS: int = setting(
     "CELERY_TASK_TENANT_CACHE_SECONDS", cast=int, default=60
 )
+# --- knowledge: embeddings (knowledge/vectors.py) ---------------------------------------------
+# Passages sent in one /embeddings request while a document is indexed.
+KNOWLEDGE_EMBEDDING_BATCH_SIZE: int = setting(
+    "KNOWLEDGE_EMBEDDING_BATCH_SIZE", cast=int, default=64
+)
+# One indexing request's wait (retried AGENT_LLM_MAX_RETRIES times, as model calls are).
+KNOWLEDGE_EMBEDDING_TIMEOUT_SECONDS: float = setting(
+    "KNOWLEDGE_EMBEDDING_TIMEOUT_SECONDS", cast=float, default=60.0
+)
+# A search embeds its query once, not retried: past this, it searches by full text alone.
+KNOWLEDGE_QUERY_EMBEDDING_TIMEOUT_SECONDS: float = setting(
+    "KNOWLEDGE_QUERY_EMBEDDING_TIMEOUT_SECONDS", cast=float, default=5.0
+)
 
 LIMIT_SERVERS_PER_ACCOUNT: int = setting("LIMIT_SERVERS_PER_ACCOUNT", cast=int, default=20)
 LIMIT_CHANNELS_PER_SERVER: int = setting("LIMIT_CHANNELS_PER_SERVER", cast=int, default=100)
@@ -357,6 +370,9 @@ LIMIT_DOCUMENT_BYTES: int = setting("LIMIT_DOCUMENT_BYTES", cast=int, default=10
 LIMIT_DOCUMENTS_TOTAL_BYTES: int = setting(
     "LIMIT_DOCUMENTS_TOTAL_BYTES", cast=int, default=100 * 1024 * 1024
 )
+# Passages one document may make (about 1,200 characters each): past it, indexing fails and says
+# so, rather than one document crowding out the account's others.
+LIMIT_CHUNKS_PER_DOCUMENT: int = setting("LIMIT_CHUNKS_PER_DOCUMENT", cast=int, default=5000)
 LIMIT_SSE_STREAMS_PER_USER: int = setting("LIMIT_SSE_STREAMS_PER_USER", cast=int, default=10)
 # How a web process listens for live events (channels_app/live_fanout.py): "channels", one
 # SUBSCRIBE per account with a stream open here, or "pattern", one PSUBSCRIBE to all accounts

@@ -2,6 +2,7 @@ from django.contrib import admin
 from django.urls import include, path
 
 from accounts import views as account_views
+from knowledge import views as knowledge_views
 
 urlpatterns = [
     path("", account_views.dashboard, name="dashboard"),
@@ -10,6 +11,8 @@ urlpatterns = [
     path("chat/", include("channels_app.chat_urls")),
     path("agents/", include("agents.urls")),
     path("knowledge/", include("knowledge.urls")),
+    # The short link agents cite a passage by (knowledge.links): no trailing slash, it is short.
+    path("k/<int:document_id>/<int:ordinal>", knowledge_views.passage_link, name="passage_link"),
     path("", include("llms.urls")),
     path("", include("channels_app.history_urls")),
     path("admin/", admin.site.urls),

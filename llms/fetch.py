@@ -9,6 +9,8 @@ rebinding) reaches nothing. Redirects are followed here, not by httpx, so each o
 
 The body is read up to a size limit and within a time limit; HTML becomes readable text (title,
 headings, paragraphs, list items), plain text passes through, anything else is refused.
+`fetch_bytes` is the same walk handing back the body as it came (knowledge imports read HTML and
+PDF themselves).
 """
 
 import ssl
@@ -75,6 +77,17 @@ class FetchError(Exception):
 
 
 @dataclass(frozen=True)
+class Download:
+    """A response body as it arrived (up to the size limit), for a caller that reads it itself."""
+
+    url: str  # where the body was found, after redirects
+    content_type: str  # the media type, lowercased, without parameters
+    charset: str | None
+    body: bytes
+    truncated: bool  # the body was longer than the size limit: only its start was read
+
+
+@dataclass(frozen=True)
 class Page:
     url: str  # where the page was found, after redirects
     content_type: str
@@ -131,13 +144,14 @@ def _send(
     destination: net_policy.Destination,
     left: float,
     verify: ssl.SSLContext | bool = True,
+    accept: str = "*/*",
 ) -> tuple[httpx.Client, httpx.Response]:
     """GET `url` from the checked addresses in turn; the response is open (streamed) and the
     caller closes it and its client."""
     headers = {
         "Host": _host_header(url),
         "User-Agent": f"Palaver-agent/1.0 (+{settings.PUBLIC_URL})",
-        "Accept": "text/html,application/xhtml+xml,text/plain;q=0.9",
+        "Accept": accept,
         # Compressed bodies would be inflated before the size limit sees them.
         "Accept-Encoding": "identity",
     }
@@ -171,6 +185,41 @@ def fetch(
 ) -> Page:
     """Read `url` as text. Raises FetchError for every refusal and failure. `verify` is the
     certificates trusted (httpx's: the certifi bundle), for tests to trust one of their own."""
+    download = fetch_bytes(
+        url,
+        timeout=timeout,
+        max_bytes=max_bytes,
+        allowed_domains=allowed_domains,
+        verify=verify,
+        content_types=HTML_TYPES | TEXT_TYPES,
+        refusal="only web pages (HTML) and plain text can be read",
+    )
+    if download.content_type in HTML_TYPES:
+        title, text = html_text(download.body, download.charset)
+    else:
+        title, text = "", _decode(download.body, download.charset)
+    return Page(
+        url=download.url,
+        content_type=download.content_type,
+        title=title,
+        text=text,
+        truncated=download.truncated,
+    )
+
+
+def fetch_bytes(
+    url: str,
+    *,
+    timeout: float,
+    max_bytes: int,
+    content_types: frozenset[str],
+    refusal: str,
+    allowed_domains: Sequence[str] = (),
+    verify: ssl.SSLContext | bool = True,
+    accept: str = "text/html,application/xhtml+xml,text/plain;q=0.9",
+) -> Download:
+    """The body of `url` if its media type is one of `content_types` (else FetchError saying
+    `refusal`), read up to `max_bytes`, through the address policy at every hop."""
     deadline = time.monotonic() + timeout
     current = _parse(url)
     for hop in range(MAX_REDIRECTS + 1):
@@ -180,7 +229,9 @@ def fetch(
         port = current.port or (443 if current.scheme == "https" else 80)
         try:
             destination = net_policy.resolve(host, port, timeout=_remaining(deadline, timeout))
-            client, response = _send(current, destination, _remaining(deadline, timeout), verify)
+            client, response = _send(
+                current, destination, _remaining(deadline, timeout), verify, accept
+            )
         except net_policy.NetPolicyError as exc:
             raise FetchError(f"Cannot fetch {current}: {exc}.") from None
         except httpx.TimeoutException:
@@ -196,7 +247,7 @@ def fetch(
                 except httpx.InvalidURL:
                     raise FetchError("The page redirects to an address that is not one.") from None
                 continue
-            return _read(current, response, deadline, timeout, max_bytes)
+            return _read(current, response, deadline, timeout, max_bytes, content_types, refusal)
         finally:
             response.close()
             client.close()
@@ -204,14 +255,20 @@ def fetch(
 
 
 def _read(
-    url: httpx.URL, response: httpx.Response, deadline: float, timeout: float, max_bytes: int
-) -> Page:
+    url: httpx.URL,
+    response: httpx.Response,
+    deadline: float,
+    timeout: float,
+    max_bytes: int,
+    content_types: frozenset[str],
+    refusal: str,
+) -> Download:
     if response.status_code >= 400:
         raise FetchError(f"{url} answered {response.status_code} {response.reason_phrase}.")
     content_type = response.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-    if content_type not in HTML_TYPES | TEXT_TYPES:
+    if content_type not in content_types:
         what = content_type or "of no stated type"
-        raise FetchError(f"{url} is {what}; only web pages (HTML) and plain text can be read.")
+        raise FetchError(f"{url} is {what}; {refusal}.")
     body = bytearray()
     truncated = False
     try:
@@ -227,13 +284,12 @@ def _read(
         raise _too_slow(timeout) from None
     except httpx.HTTPError as exc:
         raise FetchError(f"Reading {url} failed: {exc or type(exc).__name__}.") from None
-    encoding = response.charset_encoding
-    if content_type in HTML_TYPES:
-        title, text = html_text(bytes(body), encoding)
-    else:
-        title, text = "", _decode(bytes(body), encoding)
-    return Page(
-        url=str(url), content_type=content_type, title=title, text=text, truncated=truncated
+    return Download(
+        url=str(url),
+        content_type=content_type,
+        charset=response.charset_encoding,
+        body=bytes(body),
+        truncated=truncated,
     )
 
 

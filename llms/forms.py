@@ -69,6 +69,9 @@ class ToolSettingsForm(forms.Form):
     def __init__(self, *args: Any, spec: ToolSpec, current: dict[str, Any], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.spec = spec
+        if spec.for_knowledge_bases:
+            # Not switched: every agent with a knowledge base has it (llms.tools.ToolSpec).
+            del self.fields["enabled"]
         for setting in spec.settings:
             value = current.get(setting.name, setting.default)
             field: forms.Field

@@ -161,6 +161,10 @@ class ToolSpec:
     # (a fetch waiting for its timeout) would hold. current_time reads the account's time
     # zone (account_timezone): it needs the database.
     needs_database: bool = True
+    # True: given to every agent that has a knowledge base, and only to those, without being
+    # chosen on the agent or enabled for the account: choosing a knowledge base for an agent is
+    # choosing it (knowledge_search). The account's AccountTool row holds only its settings.
+    for_knowledge_bases: bool = False
 
     def default_settings(self) -> dict[str, Any]:
         return {s.name: s.default for s in self.settings}
@@ -536,6 +540,63 @@ def _schedule_task(context: ToolContext, arguments: dict[str, Any]) -> str:
     return f"Scheduled in {channel.name} on {channel.server.name}{at}."
 
 
+KNOWLEDGE_TOOL = "knowledge_search"
+# A passage shorter than this share of the limit is not cut at a sentence's end: at a word's.
+_SENTENCE_CUT_SHARE = 0.6
+
+
+def trim_passage(text: str, limit: int) -> str:
+    """A passage as the model reads it: at most `limit` characters, cut after the last sentence
+    that fits (or at a word when that would lose too much), with "[…]" where it was cut. Runs
+    of blank lines become one; code keeps its line breaks and indentation."""
+    text = re.sub(r"\n\s*\n\s*\n+", "\n\n", text.replace("\x00", "").strip())
+    if len(text) <= limit:
+        return text
+    head = text[:limit]
+    sentence = max(head.rfind(end) for end in (". ", "! ", "? ", ".\n", "\n\n"))
+    if sentence >= limit * _SENTENCE_CUT_SHARE:
+        head = head[: sentence + 1]
+    elif " " in head[int(limit * _SENTENCE_CUT_SHARE) :]:
+        head = head[: head.rfind(" ")]
+    return head.rstrip() + " […]"
+
+
+def _knowledge_search(context: ToolContext, arguments: dict[str, Any]) -> str:
+    from knowledge.links import citation_url
+    from knowledge.retrieval import retrieve
+
+    # Only the running agent's knowledge bases, read in the account's own schema.
+    knowledge_bases = list(context.agent.knowledge_bases.all())
+    if not knowledge_bases:
+        raise ToolError("This agent has no knowledge base to search.")
+    most = int(context.settings.get("max_passages") or 5)
+    limit = min(int(arguments.get("limit") or most), most)
+    hits = retrieve(query=arguments["query"], knowledge_bases=knowledge_bases, limit=limit)
+    if not hits:
+        return (
+            "No passage matches. Try other words (fewer, or the document's own terms); "
+            '"a phrase" in quotes, -word to exclude, this OR that.'
+        )
+    names = {kb.pk: kb.name for kb in knowledge_bases}
+    longest = int(context.settings.get("max_characters") or 1500)
+    parts = [
+        f"{len(hits)} passage{'s' if len(hits) != 1 else ''}, best first. When your answer "
+        "uses one, cite it by its link, written out as it is (plain text, no Markdown)."
+    ]
+    for number, hit in enumerate(hits, 1):
+        where = " > ".join(hit.heading_path)
+        source = f"“{hit.document_title}”" + (f" > {where}" if where else "")
+        if hit.page is not None:
+            source += f", page {hit.page}"
+        kb = names.get(hit.knowledge_base_id, "")
+        parts.append(
+            f"[{number}] {source}"
+            + (f" (knowledge base {kb})" if len(names) > 1 and kb else "")
+            + f"\nLink: {citation_url(hit)}\n{trim_passage(hit.text, longest)}"
+        )
+    return "\n\n".join(parts)
+
+
 TOOLS: tuple[ToolSpec, ...] = (
     ToolSpec(
         slug="current_time",
@@ -739,17 +800,63 @@ TOOLS: tuple[ToolSpec, ...] = (
         },
         run=_schedule_task,
     ),
+    ToolSpec(
+        slug=KNOWLEDGE_TOOL,
+        name="Knowledge search",
+        description="Searches the agent's knowledge bases and returns the best passages, each "
+        "with its document, section, page and a link to cite. Words are matched as in a search "
+        'engine: "a phrase" in quotes, -word to exclude, this OR that.',
+        parameters={
+            "type": "object",
+            "properties": {
+                "query": {
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": 500,
+                    "description": "What to look for: the question's key words.",
+                },
+                "limit": {"type": "integer", "minimum": 1, "maximum": 20},
+            },
+            "required": ["query"],
+            "additionalProperties": False,
+        },
+        run=_knowledge_search,
+        for_knowledge_bases=True,
+        settings=(
+            ToolSetting(
+                name="max_passages",
+                label="Most passages per search",
+                kind="int",
+                default=5,
+                min_value=1,
+                max_value=20,
+            ),
+            ToolSetting(
+                name="max_characters",
+                label="Longest passage returned (characters)",
+                kind="int",
+                default=1500,
+                min_value=200,
+                max_value=6000,
+                help_text="A longer passage is cut after its last whole sentence.",
+            ),
+        ),
+    ),
 )
 
 TOOLS_BY_SLUG = {tool.slug: tool for tool in TOOLS}
+# Tools an agent gets by having a knowledge base, never by being chosen (ToolSpec).
+KNOWLEDGE_BASE_TOOLS = tuple(tool.slug for tool in TOOLS if tool.for_knowledge_bases)
 
 
 def agent_tools(*, account: "Account", agent: "Agent") -> list[tuple[ToolSpec, dict[str, Any]]]:
     """The tools this agent may call now, each with its settings for the account: chosen on
-    the agent, enabled for the account, defined in this code (a retired tool is left out)."""
+    the agent, enabled for the account, defined in this code (a retired tool is left out);
+    and, when the agent has a knowledge base, the knowledge tools (ToolSpec.for_knowledge_bases)
+    with the account's settings for them, if it saved any."""
     from llms.models import AccountTool
 
-    chosen = set(agent.tools.values_list("slug", flat=True))
+    chosen = set(agent.tools.values_list("slug", flat=True)) - set(KNOWLEDGE_BASE_TOOLS)
     configs = AccountTool.objects.filter(
         account=account, enabled=True, tool__slug__in=chosen, tool__is_available=True
     ).select_related("tool")
@@ -758,6 +865,15 @@ def agent_tools(*, account: "Account", agent: "Agent") -> list[tuple[ToolSpec, d
         spec = TOOLS_BY_SLUG.get(config.tool.slug)
         if spec is not None and spec.run is not None:
             tools.append((spec, {**spec.default_settings(), **(config.settings or {})}))
+    if KNOWLEDGE_BASE_TOOLS and agent.knowledge_bases.exists():
+        saved = dict(
+            AccountTool.objects.filter(
+                account=account, tool__slug__in=KNOWLEDGE_BASE_TOOLS
+            ).values_list("tool__slug", "settings")
+        )
+        for slug in KNOWLEDGE_BASE_TOOLS:
+            spec = TOOLS_BY_SLUG[slug]
+            tools.append((spec, {**spec.default_settings(), **(saved.get(slug) or {})}))
     return sorted(tools, key=lambda pair: pair[0].slug)
 
 

@@ -97,7 +97,8 @@ def tool_list(request: HttpRequest) -> HttpResponse:
             if spec
             else []
         )
-        rows.append((tool, config, summary))
+        # A knowledge tool is not switched on: agents with a knowledge base have it.
+        rows.append((tool, config, summary, bool(spec and spec.for_knowledge_bases)))
     return render(request, "llms/tool_list.html", {"rows": rows})
 
 
@@ -121,7 +122,7 @@ def tool_edit(request: HttpRequest, slug: str) -> HttpResponse:
         services.configure_tool(
             account=account,
             tool=tool,
-            enabled=form.cleaned_data["enabled"],
+            enabled=form.cleaned_data.get("enabled", False),
             settings=form.settings_values(),
         )
         messages.success(request, f"{tool.name} saved.")
@@ -132,7 +133,8 @@ def tool_edit(request: HttpRequest, slug: str) -> HttpResponse:
         form,
         on_valid=save,
         title=tool.name,
-        intro=tool.description,
+        intro=tool.description
+        + (" Every agent given a knowledge base has it." if spec.for_knowledge_bases else ""),
         submit_label="Save",
         cancel_url=reverse("llms:tool_list"),
     )

@@ -19,7 +19,7 @@ from tenancy.context import connection
 from tests.factories import PASSWORD, UserFactory
 from tests.llm_servers import LLMServer
 
-pytest_plugins = ["tests.ircd", "tests.gateway_support"]
+pytest_plugins = ["tests.ircd", "tests.gateway_support", "tests.pgvector_support"]
 
 # As llms/migrations/0002_seed_catalog.py seeds it.
 LLM_CATALOG = [

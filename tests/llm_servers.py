@@ -6,7 +6,12 @@ One threaded HTTP server answers both:
   first when `stream_options.include_usage`), tool calls as `tool_calls` deltas;
 - Anthropic `POST /v1/messages`: a JSON `message`, or the event stream (message_start,
   content_block_start/delta/stop with text_delta and input_json_delta, message_delta with
-  usage and stop_reason, message_stop).
+  usage and stop_reason, message_stop);
+- OpenAI `POST /v1/embeddings` (OpenAI, Ollama, vLLM...): a `list` of `embedding`s, floats or
+  base64 as `encoding_format` asks, with `usage.prompt_tokens`. The vectors are computed, not
+  scripted (`Embedder`: a bag of words hashed into `dimensions`, synonyms folded together, so
+  texts sharing words or synonyms are near); `server.script_embeddings(Reply.error(...))`
+  queues failures instead, one per request.
 
 A test scripts what it answers: `server.script(Reply(...), Reply(...))` queues replies served
 one per request, in order; with the queue empty, `server.default` answers (or a 500 says that
@@ -23,8 +28,13 @@ process instead, `ProviderProcess(default=Reply(...))`: the same server, the sam
 `default` reply set and its `served` count read over a control route only that server has.
 """
 
+import base64
+import hashlib
 import json
+import math
+import re
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -105,6 +115,30 @@ class Reply:
 
 
 @dataclass
+class Embedder:
+    """Deterministic embeddings standing in for a model's: each word (lower-cased, folded
+    through `synonyms`, e.g. {"automobile": "car"}) adds 1 to a dimension chosen by its hash, and
+    the vector is normalised. A text with no word still gets a unit vector (the last dimension):
+    a zero vector has no cosine distance."""
+
+    dimensions: int = 64
+    synonyms: dict[str, str] = field(default_factory=dict)
+
+    def words(self, text: str) -> list[str]:
+        return [self.synonyms.get(word, word) for word in re.findall(r"\w+", text.lower())]
+
+    def vector(self, text: str) -> list[float]:
+        values = [0.0] * self.dimensions
+        for word in self.words(text):
+            digest = hashlib.blake2b(word.encode(), digest_size=4).digest()
+            values[int.from_bytes(digest, "big") % (self.dimensions - 1)] += 1.0
+        norm = math.sqrt(sum(v * v for v in values))
+        if not norm:
+            values[-1], norm = 1.0, 1.0
+        return [v / norm for v in values]
+
+
+@dataclass
 class Recorded:
     path: str
     headers: dict[str, str]
@@ -152,6 +186,9 @@ class LLMServer:
         self._httpd.llm = self
         self._thread: threading.Thread | None = None
         self.served = 0
+        # POST /v1/embeddings: computed by `embedder`, unless a failure is scripted.
+        self.embedder = Embedder()
+        self.embedding_replies: deque[Reply] = deque()
 
     # --- lifecycle ---------------------------------------------------------------------------
     @property
@@ -193,6 +230,20 @@ class LLMServer:
     def script(self, *replies: Reply) -> None:
         with self._lock:
             self.replies.extend(replies)
+
+    def script_embeddings(self, *replies: Reply) -> None:
+        """Queue answers to the next embeddings requests, one each: an error (Reply.error,
+        `drop`) or, with status 200, the computed vectors after `delay`."""
+        with self._lock:
+            self.embedding_replies.extend(replies)
+
+    def next_embedding_reply(self) -> Reply | None:
+        with self._lock:
+            return self.embedding_replies.popleft() if self.embedding_replies else None
+
+    @property
+    def embedding_requests(self) -> list["Recorded"]:
+        return [r for r in self.requests if r.path.rstrip("/").endswith("/embeddings")]
 
     def next_reply(self) -> Reply | None:
         with self._lock:
@@ -282,6 +333,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(200, {"served": llm.served})
             return
         llm.record(self.path, {k.lower(): v for k, v in self.headers.items()}, body)
+        if self.path.rstrip("/").endswith("/embeddings"):
+            self._embeddings(llm, body)
+            return
         anthropic = self.path.rstrip("/").endswith("/v1/messages")
         if not anthropic and not self.path.rstrip("/").endswith("/chat/completions"):
             self._send_json(404, {"error": {"message": f"no route {self.path}"}})
@@ -352,6 +406,44 @@ class _Handler(BaseHTTPRequestHandler):
             yield arguments[start : start + step]
 
     # --- OpenAI ------------------------------------------------------------------------------
+    def _embeddings(self, llm: LLMServer, body: dict[str, Any]) -> None:
+        reply = llm.next_embedding_reply()
+        if reply is not None and reply.drop:
+            self.close_connection = True
+            self.connection.close()
+            return
+        if reply is not None and reply.status >= 400:
+            self._error(False, reply)
+            return
+        if reply is not None and reply.delay:
+            time.sleep(reply.delay)
+        inputs = body.get("input")
+        if isinstance(inputs, str):
+            inputs = [inputs]
+        if not isinstance(inputs, list) or not all(isinstance(i, str) for i in inputs):
+            self._error(False, Reply.error(400, "'input' must be a string or a list of strings"))
+            return
+        base64_wanted = body.get("encoding_format") == "base64"
+        data = []
+        for index, text in enumerate(inputs):
+            vector = llm.embedder.vector(text)
+            embedding: Any = (
+                base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+                if base64_wanted
+                else vector
+            )
+            data.append({"object": "embedding", "index": index, "embedding": embedding})
+        tokens = sum(len(llm.embedder.words(text)) for text in inputs)
+        self._send_json(
+            200,
+            {
+                "object": "list",
+                "data": data,
+                "model": str(body.get("model", "")),
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+            },
+        )
+
     def _openai_stream(self, reply: Reply, model: str, include_usage: bool) -> None:
         ident = f"chatcmpl-{uuid.uuid4().hex[:16]}"
         created = int(time.time())

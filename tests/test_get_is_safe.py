@@ -26,6 +26,8 @@ POST_ONLY = {
     "channels:channel_delete",
     "knowledge:kb_delete",
     "knowledge:document_delete",
+    "knowledge:kb_reindex",
+    "knowledge:document_reindex",
     "agents:agent_delete",
     "agents:schedule_pause",
     "agents:schedule_resume",
@@ -100,10 +102,13 @@ def test_no_get_writes_anything_but_the_session(alice: User, alice_client: Clien
         "knowledge:kb_create": reverse("knowledge:kb_create"),
         "knowledge:kb_detail": reverse("knowledge:kb_detail", args=[objs["kb"].pk]),
         "knowledge:kb_edit": reverse("knowledge:kb_edit", args=[objs["kb"].pk]),
+        "knowledge:kb_documents": reverse("knowledge:kb_documents", args=[objs["kb"].pk]),
         "knowledge:document_create": reverse("knowledge:document_create", args=[objs["kb"].pk]),
         "knowledge:document_detail": reverse(
             "knowledge:document_detail", args=[objs["document"].pk]
         ),
+        "knowledge:kb_search": reverse("knowledge:kb_search", args=[objs["kb"].pk]) + "?q=kind",
+        "passage_link": reverse("passage_link", args=[objs["document"].pk, 0]),
         "llms:provider_list": reverse("llms:provider_list"),
         "llms:provider_create": reverse("llms:provider_create"),
         "llms:provider_edit": reverse("llms:provider_edit", args=[objs["provider"].pk]),

@@ -87,9 +87,12 @@ def _object_urls(objs: dict) -> list[tuple[str, str]]:
         reverse("knowledge:kb_detail", args=[kb.pk]),
         reverse("knowledge:kb_edit", args=[kb.pk]),
         reverse("knowledge:kb_delete", args=[kb.pk]),
+        reverse("knowledge:kb_documents", args=[kb.pk]),
+        reverse("knowledge:kb_reindex", args=[kb.pk]),
         reverse("knowledge:document_create", args=[kb.pk]),
         reverse("knowledge:document_detail", args=[document.pk]),
         reverse("knowledge:document_delete", args=[document.pk]),
+        reverse("knowledge:document_reindex", args=[document.pk]),
         reverse("agents:agent_detail", args=[agent.pk]),
         reverse("agents:agent_edit", args=[agent.pk]),
         reverse("agents:agent_delete", args=[agent.pk]),
@@ -104,15 +107,19 @@ def test_other_account_gets_404_on_every_object_url(alice: User, bob: User) -> N
     objs = populate(alice)
     bob_client = signed_in_client(bob)
     urls = _object_urls(objs)
-    assert len(urls) == 36
+    assert len(urls) == 42
     for method, url in urls:
         response = getattr(bob_client, method)(url, {"name": "stolen", "host": "x.org"})
         assert response.status_code == 404, f"{method.upper()} {url} -> {response.status_code}"
     # A still has everything, unchanged.
     alice_client = signed_in_client(alice)
+    post_only = {
+        reverse("knowledge:kb_reindex", args=[objs["kb"].pk]),
+        reverse("knowledge:document_reindex", args=[objs["document"].pk]),
+    }
     for method, url in urls:
         if method == "get":
-            assert alice_client.get(url).status_code == 200, url
+            assert alice_client.get(url).status_code == (405 if url in post_only else 200), url
     with switch(alice):
         assert Server.objects.get().name == "Libera"
 

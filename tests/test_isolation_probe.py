@@ -44,6 +44,9 @@ from agents.services.schedules import create_schedule, pause_schedule
 from channels_app import events
 from channels_app.models import Channel, ChannelUser, Message, Notification
 from core import crypto
+from knowledge.models import Chunk, Document
+from knowledge.services import index_document_now
+from llms.tools import KNOWLEDGE_BASE_TOOLS
 from tenancy import switch
 from tests.http_probe import (
     REDIRECTS,
@@ -183,6 +186,10 @@ def create_everything(alice: Browser, mark: str, secret: dict[str, str]) -> None
     )
     tools = parse_urls(alice.get(reverse("llms:tool_list")), alice.base_url)
     for tool_page in sorted(u for u in tools if route_of(u) == "llms:tool_edit"):
+        if resolve(urlsplit(tool_page).path).kwargs["slug"] in KNOWLEDGE_BASE_TOOLS:
+            # Not switched on or off (agents with a knowledge base have it): settings only.
+            create(alice, tool_page, {"setting_max_passages": "7"})
+            continue
         form = alice.form_on(tool_page, "enabled")
         values: dict[str, str | list[str]] = {"enabled": "on"}
         if "setting_timezone" in dict(form.fields):
@@ -252,6 +259,16 @@ def insert_history(account: Account, mark: str) -> None:
             created_by=f"{mark}",
         )
         pause_schedule(schedule=paused)
+        # The documents indexed, as a worker would: the knowledge base's search finds passages,
+        # and links to them (the document's anchors, the short links agents cite).
+        for document_id in Document.objects.values_list("pk", flat=True):
+            index_document_now(document_id=document_id)
+        assert Chunk.objects.exists()
+        # One of them queued again for a worker (as "Re-index" leaves it): the knowledge base
+        # page then polls its document list, and the probe follows that fragment's URL too.
+        Document.objects.filter(pk=Document.objects.values("pk")[:1]).update(
+            status=Document.Status.QUEUED
+        )
 
 
 # --- what the first account owns, as rows ------------------------------------------------------

@@ -129,4 +129,5 @@ def test_a_worker_indexes_what_the_form_added_and_the_page_says_so(
             time.sleep(0.05)
     assert document.status == Document.Status.INDEXED, document.error
     page = alice_client.get(reverse("knowledge:document_detail", args=[document.pk]))
-    assert "Ready (" in page.content.decode()
+    assert "Ready</span>" in page.content.decode()
+    assert f"{document.chunk_count} passage" in page.content.decode()

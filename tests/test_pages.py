@@ -11,6 +11,7 @@ from accounts.models import User
 from agents.models import Agent
 from channels_app.models import Channel, Server
 from knowledge.models import Document, KnowledgeBase
+from knowledge.services import index_document_now
 from llms.models import AccountLLM, AccountTool
 from tenancy import switch
 from tests.helpers import make_provider, openai, populate
@@ -221,18 +222,23 @@ class TestDocuments:
         with switch(alice):
             doc = Document.objects.get()
         assert (doc.title, doc.filename, doc.source) == ("faq", "faq.md", "upload")
-        assert doc.text == "# FAQ\n\nÇa marche."
+        # Kept as it came; its text is what the worker extracts from it.
+        assert doc.original is not None
+        assert bytes(doc.original) == "# FAQ\n\nÇa marche.".encode()
+        assert doc.content_type == "text/markdown" and doc.text == ""
+        with switch(alice):
+            index_document_now(document_id=doc.pk)
         page = alice_client.get(reverse("knowledge:document_detail", args=[doc.pk]))
         assert "Ça marche." in page.content.decode()
 
     @pytest.mark.parametrize(
         ("data", "field", "message"),
         [
-            ({"title": "x"}, "text", "Paste some text or upload a file."),
+            ({"title": "x"}, "text", "Paste some text, upload a file or give a web address."),
             ({"text": "words"}, "title", "Give the pasted text a title."),
-            ({"file": ("a.pdf", b"%PDF-1.4")}, "file", "Upload a .txt or .md file."),
-            ({"file": ("a.txt", b"\xff\xfe\x00bad")}, "file", "not UTF-8"),
+            ({"file": ("a.docx", b"PK\x03\x04")}, "file", "Upload a .txt, .md, .html or .pdf"),
             ({"file": ("a.txt", b"  \n")}, "file", "That file is empty."),
+            ({"url": "ftp://example.org/a.txt"}, "url", "Only http:// and https://"),
         ],
     )
     def test_bad_documents(

@@ -15,7 +15,8 @@ SHOWN_KINDS = (
 )
 
 
-def system_prompt(task: Task, agent: Agent) -> str:
+def system_prompt(task: Task, agent: Agent, *, knowledge: bool = False) -> str:
+    """`knowledge`: the agent has knowledge bases and the knowledge_search tool (llms.tools)."""
     server = task.server
     where = task.reply_to or "the web"
     lines = [
@@ -25,6 +26,14 @@ def system_prompt(task: Task, agent: Agent) -> str:
         "Reply briefly in plain text: IRC shows no Markdown, and each line of your answer "
         f"becomes one IRC line (at most {agent.reply_max_lines}; more is cut with a link).",
     ]
+    if knowledge:
+        lines.append(
+            "You have knowledge bases: for a question they may answer, call knowledge_search "
+            "first and answer from the passages it returns, not from memory. Cite each passage "
+            "you used by its link, written out exactly as the tool gives it, right after what "
+            "it supports (plain text, no Markdown, no brackets around it). "
+            "If no passage answers, say so instead of guessing."
+        )
     if task.channel is not None and task.channel.topic:
         lines.append(f"The channel's topic: {task.channel.topic}")
     if agent.system_prompt.strip():

@@ -33,7 +33,7 @@ from agents.runner.context import CHARS_PER_TOKEN, SHOWN_KINDS
 from agents.selectors import month_start
 from channels_app.models import Channel, Message, Server
 from llms.models import LLM, AccountLLM, AccountTool, Tool
-from llms.tools import TOOLS_BY_SLUG, ToolSpec
+from llms.tools import KNOWLEDGE_BASE_TOOLS, TOOLS_BY_SLUG, ToolSpec
 from tenancy.context import connection
 
 _Converter = Callable[[Any, Any, Any], Any]
@@ -117,6 +117,9 @@ class _StartStatement:
         through = Agent._meta.get_field("tools")
         assert isinstance(through, models.ManyToManyField)
         m2m = through.remote_field.through._meta.db_table  # type: ignore[union-attr]
+        kbs = Agent._meta.get_field("knowledge_bases")
+        assert isinstance(kbs, models.ManyToManyField)
+        kb_m2m = kbs.remote_field.through._meta.db_table  # type: ignore[union-attr]
         used = (
             f"SELECT COALESCE(SUM(u.input_tokens + u.output_tokens), 0) FROM {table(ModelCall)} u"
         )
@@ -128,6 +131,11 @@ SELECT {", ".join(shape.columns for shape in self.shapes)},
      JOIN {table(AccountTool)} at ON at.tool_id = tl.id AND at.enabled
                                   AND at.account_id = %(account)s
     WHERE m.{quote(through.m2m_column_name())} = a.id),
+  CASE WHEN EXISTS (SELECT 1 FROM {quote(kb_m2m)} k WHERE k.{quote(kbs.m2m_column_name())} = a.id)
+       THEN (SELECT COALESCE(json_object_agg(tl.slug, at.settings), '{{}}'::json)
+               FROM {table(AccountTool)} at
+               JOIN {table(Tool)} tl ON tl.id = at.tool_id
+              WHERE at.account_id = %(account)s AND tl.slug = ANY(%(knowledge_tools)s)) END,
   (SELECT COALESCE(json_agg(json_build_array(r.kind, r.sender, r.text, r.at)
                             ORDER BY r.server_time DESC, r.id DESC), '[]'::json)
      FROM (SELECT g.id, g.kind, g.sender, g.text, g.server_time,
@@ -164,6 +172,7 @@ WHERE t.id = %(task)s AND t.status = %(queued)s
                     "default_budget": settings.AGENT_MONTHLY_TOKEN_BUDGET,
                     "chars": CHARS_PER_TOKEN,
                     "kinds": [str(kind) for kind in SHOWN_KINDS],
+                    "knowledge_tools": list(KNOWLEDGE_BASE_TOOLS),
                 },
             )
             row = cursor.fetchone()
@@ -175,7 +184,7 @@ WHERE t.id = %(task)s AND t.status = %(queued)s
             built.append(shape.build(row[offset : offset + shape.width]))
             offset += shape.width
         task, agent, channel, server, config, llm, account = built
-        tools_json, recent_json, used_by_account, used_by_agent = row[offset:]
+        tools_json, knowledge_json, recent_json, used_by_account, used_by_agent = row[offset:]
         Task.agent.field.set_cached_value(task, agent)
         Task.channel.field.set_cached_value(task, channel)
         Task.server.field.set_cached_value(task, server)
@@ -188,7 +197,7 @@ WHERE t.id = %(task)s AND t.status = %(queued)s
             agent=agent,
             account=account,
             config=config,
-            tools=_tools(_json(tools_json)),
+            tools=_tools(_json(tools_json), _json(knowledge_json)),
             recent=[tuple(line) for line in _json(recent_json)],
             used_by_account=None if used_by_account is None else int(used_by_account),
             used_by_agent=None if used_by_agent is None else int(used_by_agent),
@@ -200,13 +209,21 @@ def _json(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str | bytes) else value
 
 
-def _tools(rows: list[list[Any]]) -> list[tuple[ToolSpec, dict[str, Any]]]:
-    """llms.tools.agent_tools from the statement's (slug, settings) rows."""
+def _tools(
+    rows: list[list[Any]], knowledge: dict[str, Any] | None
+) -> list[tuple[ToolSpec, dict[str, Any]]]:
+    """llms.tools.agent_tools from the statement's (slug, settings) rows of the chosen tools,
+    and `knowledge`: None when the agent has no knowledge base, else the account's settings of
+    the knowledge tools by slug (those it saved)."""
     tools = []
     for slug, stored in rows:
         spec = TOOLS_BY_SLUG.get(slug)
-        if spec is not None and spec.run is not None:
+        if spec is not None and spec.run is not None and not spec.for_knowledge_bases:
             tools.append((spec, {**spec.default_settings(), **(_json(stored) or {})}))
+    if knowledge is not None:
+        for slug in KNOWLEDGE_BASE_TOOLS:
+            spec = TOOLS_BY_SLUG[slug]
+            tools.append((spec, {**spec.default_settings(), **(_json(knowledge.get(slug)) or {})}))
     return sorted(tools, key=lambda pair: pair[0].slug)
 
 

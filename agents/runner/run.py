@@ -228,7 +228,9 @@ class _Run:
         self.config = config
         self.tools = start.tools
         self.specs: list[ToolSpec] = [spec for spec, _ in self.tools]
-        self.system = system_prompt(task, self.agent)
+        self.system = system_prompt(
+            task, self.agent, knowledge=any(spec.for_knowledge_bases for spec in self.specs)
+        )
         self.messages: list[Message] = first_messages(
             task, self.agent, within_budget(start.recent, self.agent)
         )
