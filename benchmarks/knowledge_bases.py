@@ -12,16 +12,18 @@ wrote. `scripts/ensure_pydoc.sh` installs it; without it the benchmark stops and
 never copied into the repository.
 
 In a database of its own (`palaver_bench_kb`, recreated, dropped at the end unless --keep) it
-provisions one account with one English knowledge base, and ingests every page as an uploaded
-.html document through the pieces the worker's indexing task chains (knowledge.services
-.index_document_now): knowledge.extraction.extract on the file's bytes, knowledge.chunking.chunk
-with the service's chunk size and overlap, knowledge.services.replace_chunks (the full-text
-vectors computed in PostgreSQL), and the document marked ready with its text and passage count.
-The pieces are called directly, not index_document_now itself, whose reading of uploads is
-being reworked; the work per document is the same. W processes (default 2) ingest in parallel,
-as the default Celery worker does (`--concurrency 2`, one document per task); the largest pages
-go first so that one big page does not finish alone at the end. Then VACUUM ANALYZE, as
-autovacuum does soon after a bulk insert (statistics, and the GIN index's pending list merged).
+provisions one account with one English knowledge base and ingests every page as the product
+does an upload: knowledge.services.add_document with the file's bytes (limits checked, the file
+kept, the indexing task queued on commit: to a Redis database of the benchmark's, --redis-db,
+emptied at the end, where no worker runs it), then knowledge.services.index_document_now, the
+body of that task (extract, chunk, embed when the knowledge base has a model, which it has not
+here, store the passages with their full-text vectors, mark the document ready). Two of the
+pages are over the default LIMIT_DOCUMENT_BYTES (1 MiB: contents.html 2.5 MB, genindex-all.html
+1.7 MB), so the benchmark runs with the operator setting at 4 MiB unless the environment sets
+it. W processes (default 2) ingest in parallel, as the default Celery worker does
+(`--concurrency 2`, one document per task); the largest pages go first so that one big page
+does not finish alone at the end. Then VACUUM ANALYZE, as autovacuum does soon after a bulk
+insert (statistics, and the GIN index's pending list merged).
 
 Retrieval: each question of benchmarks/data/knowledge_questions.json (written for this
 benchmark, each with the page or pages that answer it) goes through knowledge.retrieval.retrieve
@@ -44,12 +46,14 @@ import argparse
 import cProfile
 import json
 import multiprocessing
+import os
 import pstats
 import statistics
 import sys
 import time
 from pathlib import Path
 from typing import Any, TextIO, cast
+from urllib.parse import urlsplit, urlunsplit
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 # Run as a script, Python puts benchmarks/ on the path, not the project.
@@ -105,6 +109,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=["server", "on", "off"],
         default="server",
         help="PostgreSQL's JIT for the searches: the server's setting (default), or forced",
+    )
+    parser.add_argument(
+        "--redis-db",
+        type=int,
+        default=12,
+        help="Redis database the indexing tasks are queued to, emptied at the end (default 12)",
     )
     parser.add_argument("--database", default=DEFAULT_DATABASE)
     parser.add_argument("--keep", action="store_true", help="keep the database at the end")
@@ -172,45 +182,27 @@ def _start_worker(account_id: Any, kb_id: int, root: str) -> None:
 
 
 def ingest_page(page: str) -> tuple[str, int, str]:
-    """One page as the indexing task does it; (page, passages stored, failure reason)."""
-    from django.db import transaction
-    from django.utils import timezone
-
-    from knowledge.chunking import chunk
-    from knowledge.extraction import ExtractionError, extract
+    """One page uploaded and indexed; (page, passages stored, failure reason)."""
     from knowledge.models import Document
-    from knowledge.services import CHUNK_OVERLAP_TOKENS, CHUNK_TARGET_TOKENS, replace_chunks
+    from knowledge.services import add_document, index_document_now
 
     data = (_worker["root"] / page).read_bytes()
-    document = Document.objects.create(
+    # As the upload form adds it: limits checked, the file kept as the document's original, the
+    # indexing task queued on commit (to the benchmark's Redis database, where nothing runs it).
+    document = add_document(
         knowledge_base=_worker["kb"],
         title=page,
-        source=Document.Source.UPLOAD,
         filename=page,
-        original=data,
+        data=data,
         content_type="text/html",
-        status=Document.Status.EXTRACTING,
     )
-    try:
-        extracted = extract(data=data, filename=page)
-        chunks = chunk(
-            extracted.blocks, target_tokens=CHUNK_TARGET_TOKENS, overlap_tokens=CHUNK_OVERLAP_TOKENS
-        )
-    except ExtractionError as error:
-        Document.objects.filter(pk=document.pk).update(
-            status=Document.Status.FAILED, error=error.reason
-        )
-        return page, 0, error.reason
-    with transaction.atomic():
-        stored = replace_chunks(document=document, chunks=chunks)
-        Document.objects.filter(pk=document.pk).update(
-            title=(extracted.title or page)[:200],
-            text="\n\n".join(block.text for block in extracted.blocks),
-            status=Document.Status.INDEXED,
-            chunk_count=stored,
-            indexed_at=timezone.now(),
-        )
-    return page, stored, ""
+    # What the worker's task does with it: extract, chunk, (embed: no model here), store.
+    indexed = index_document_now(document_id=document.pk)
+    if indexed is None:
+        raise BenchmarkError(f"{page}: the document vanished while it was indexed")
+    if indexed.status != Document.Status.INDEXED:
+        return page, 0, indexed.error or indexed.status
+    return page, indexed.chunk_count, ""
 
 
 def ingest(args: argparse.Namespace, account: Any, kb: Any, pages: list[str]) -> float:
@@ -378,9 +370,24 @@ def main(argv: list[str] | None = None) -> int:
     except BenchmarkError as error:
         log(f"knowledge benchmark: {error}")
         return 1
-    return run_in_scratch_database(
-        args, title="knowledge benchmark", run=run, recreate=not args.reuse
-    )
+    from config.env import setting
+
+    redis_url = setting("REDIS_URL", default="")
+    if not redis_url:
+        log("REDIS_URL is not set: the benchmark needs a Redis server it may queue tasks to")
+        return 1
+    # The indexing tasks add_document queues go to a database of the benchmark's, never the
+    # development broker's (no worker takes them there; the benchmark indexes itself).
+    os.environ["REDIS_URL"] = urlunsplit(urlsplit(redis_url)._replace(path=f"/{args.redis_db}"))
+    os.environ.setdefault("LIMIT_DOCUMENT_BYTES", str(4 * 1024 * 1024))
+    try:
+        return run_in_scratch_database(
+            args, title="knowledge benchmark", run=run, recreate=not args.reuse
+        )
+    finally:
+        import redis
+
+        redis.Redis.from_url(os.environ["REDIS_URL"]).delete("celery")
 
 
 if __name__ == "__main__":
