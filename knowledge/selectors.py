@@ -17,7 +17,8 @@ Two kinds of query:
   commonest while the estimated number of matching passages stays within MATCH_BUDGET_ROWS (so a
   word in half of the passages, "use", "function", never makes every passage a candidate), and
   ranked by ts_rank over all the words (a passage with more of them, more often, in its headings,
-  first). Without statistics yet (a new knowledge base) every word finds.
+  first). Without statistics yet (an account whose passages were never analysed) every word
+  finds.
 - Search syntax ("a phrase", -excluded, this OR that): websearch_to_tsquery, which never rejects
   input, every word required, ranked by ts_rank_cd.
 A query with nothing to search for (empty, punctuation, stop words only) finds nothing.
