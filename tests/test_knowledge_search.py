@@ -244,6 +244,33 @@ def test_a_question_finds_passages_with_some_of_its_words(
         assert search_chunks(query='"nightly backups" kept') == []
 
 
+def test_a_question_weighs_what_a_passage_says_against_its_headings(alice: User) -> None:
+    """Two of the question's words in a passage's text beat one in another's heading path (which
+    every passage of that section repeats); with ts_rank's default weights (A 1.0, B 0.4) the
+    heading would win."""
+    with switch(alice):
+        kb = make_kb()
+        replace_chunks(
+            document=make_document(knowledge_base=kb),
+            chunks=[
+                chunk(0, "See the storage page for the details.", "Ops", "Backup"),
+                chunk(1, "Each backup is kept for a month.", "Ops", "Storage"),
+            ],
+        )
+        hits = search_chunks(query="How long is a backup kept?")
+        assert [hit.text for hit in hits] == [
+            "Each backup is kept for a month.",
+            "See the storage page for the details.",
+        ]
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT text FROM knowledge_chunk ORDER BY "
+                "ts_rank(search_vector, %s::tsquery) DESC LIMIT 1",
+                ["'long' | 'backup' | 'kept'"],
+            )
+            assert cursor.fetchone() == ("See the storage page for the details.",)
+
+
 @pytest.mark.parametrize(
     ("query", "syntax"),
     [
