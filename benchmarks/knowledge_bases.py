@@ -113,8 +113,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--redis-db",
         type=int,
-        default=12,
-        help="Redis database the indexing tasks are queued to, emptied at the end (default 12)",
+        default=9,
+        help="Redis database the indexing tasks are queued to, emptied at the end (default 9)",
     )
     parser.add_argument("--database", default=DEFAULT_DATABASE)
     parser.add_argument("--keep", action="store_true", help="keep the database at the end")
