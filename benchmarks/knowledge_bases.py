@@ -1,7 +1,8 @@
 """Benchmark: a knowledge base of the Python 3.11 documentation, ingested, searched and judged.
 
     .venv/bin/python benchmarks/knowledge_bases.py [--corpus DIR] [--workers W] [--rounds R]
-        [--pages N] [--profile] [--keep | --reuse]
+        [--pages N] [--match-budget B] [--jit server|on|off] [--profile] [--redis-db K]
+        [--database NAME] [--keep | --reuse]
 
 (Not knowledge.py, the issue's name for it: run as a script, that would shadow the `knowledge`
 package, as agents.py would `agents`: see benchmarks/agent_runs.py.)
