@@ -804,8 +804,9 @@ TOOLS: tuple[ToolSpec, ...] = (
         slug=KNOWLEDGE_TOOL,
         name="Knowledge search",
         description="Searches the agent's knowledge bases and returns the best passages, each "
-        "with its document, section, page and a link to cite. Words are matched as in a search "
-        'engine: "a phrase" in quotes, -word to exclude, this OR that.',
+        "with its document, section, page and a link to cite. A plain question finds passages "
+        "with any of its words, the best matching first; to require words, use search syntax: "
+        '"a phrase" in quotes, -word to exclude, this OR that.',
         parameters={
             "type": "object",
             "properties": {
@@ -813,7 +814,7 @@ TOOLS: tuple[ToolSpec, ...] = (
                     "type": "string",
                     "minLength": 1,
                     "maxLength": 500,
-                    "description": "What to look for: the question's key words.",
+                    "description": "What to look for: the question, or its key words.",
                 },
                 "limit": {"type": "integer", "minimum": 1, "maximum": 20},
             },
