@@ -42,7 +42,7 @@ class ProvisioningError(RuntimeError):
     pass
 
 
-def _account_app_labels() -> set[str]:
+def account_app_labels() -> set[str]:
     return {app.rsplit(".", 1)[-1] for app in settings.TENANT_APPS}
 
 
@@ -56,7 +56,7 @@ def account_schema_ddl() -> AccountSchemaDDL:
         executor = MigrationExecutor(connection)
         graph = executor.loader.graph
         plan = executor.migration_plan(graph.leaf_nodes(), clean_start=True)
-        labels = _account_app_labels()
+        labels = account_app_labels()
         for migration, _backwards in plan:
             if migration.app_label not in labels:
                 continue

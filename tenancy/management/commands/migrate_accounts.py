@@ -1,8 +1,11 @@
-"""Migrate the public schema, then every account schema that lags behind, in parallel.
+"""Migrate the public schema, then every account schema that lags behind.
 
 Up-to-date schemas are found with a few bulk queries (tenancy.migration_state) and never
 touched, which is what keeps a no-op run over 10,000 schemas to seconds; django-tenants'
-`migrate_schemas` runs Django's migrate in every schema, lagging or not.
+`migrate_schemas` runs Django's migrate in every schema, lagging or not. Lagging schemas get
+their pending migrations' SQL, captured once and replayed per schema (tenancy.replay); what
+cannot be replayed faithfully falls back to Django's migrate, in parallel worker processes, and
+the output says which schemas and why.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from django_tenants.utils import get_public_schema_name, get_tenant_base_migrate
 from tenancy.context import tenant_model
 from tenancy.management.commands._common import ProgressBar, find_account, plural
 from tenancy.migration_state import schema_states
+from tenancy.replay import ReplayGroup, SchemaOutcome, plan_replay, replay
 
 if TYPE_CHECKING:  # see tenancy/context.py: tenancy never imports accounts at run time
     from accounts.models import Account
@@ -101,11 +105,41 @@ class Command(BaseCommand):
             metavar="NAME_OR_ID",
             help="Only this account (its name, id or schema name).",
         )
+        parser.add_argument(
+            "--dry-run",
+            action="store_true",
+            help="Print the plan (the schemas lagging, by group), the SQL each group would get "
+            "and why a group would fall back to Django's migrate; change nothing.",
+        )
+        parser.add_argument(
+            "--lock-timeout",
+            type=_positive_int,
+            default=2000,
+            metavar="MS",
+            help="How long a schema's replay waits for a lock on one of its tables before it "
+            "is put back in the queue (milliseconds, default 2000).",
+        )
+        parser.add_argument(
+            "--lock-retries",
+            type=int,
+            default=3,
+            metavar="N",
+            help="How many more times a schema whose table stayed locked is tried, after the "
+            "rest of the fleet (default 3).",
+        )
+        parser.add_argument(
+            "--no-replay",
+            action="store_true",
+            help="Run Django's migrate in each lagging schema instead of replaying SQL.",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         started = time.monotonic()
         verbosity: int = options["verbosity"]
-        if not options["skip_public"]:
+        dry_run: bool = options["dry_run"]
+        if options["lock_retries"] < 0:
+            raise CommandError("--lock-retries must be 0 or more.")
+        if not options["skip_public"] and not dry_run:
             self._migrate_public()
 
         if options["account"]:
@@ -138,9 +172,30 @@ class Command(BaseCommand):
                 lagging.append(account)
         up_to_date = len(accounts) - len(lagging) - len(failures)
 
+        by_schema = {account.schema_name: account for account in lagging}
+        lagging_states = [states[account.schema_name] for account in lagging]
+        if options["no_replay"]:
+            groups = [
+                ReplayGroup(state.missing, (state.schema,), None, "--no-replay was given")
+                for state in lagging_states
+            ]
+        else:
+            groups = plan_replay(lagging_states)
+        if dry_run:
+            self._print_plan(groups, len(accounts), up_to_date, failures)
+            return
+
         migrated = 0
         if lagging:
-            migration_failures = self._migrate_accounts(lagging, options["jobs"])
+            migration_failures = self._replay(groups, by_schema, options)
+            fallback = [
+                by_schema[schema]
+                for group in groups
+                if not group.replayable
+                for schema in group.schemas
+            ]
+            if fallback:
+                migration_failures += self._migrate_accounts(fallback, options["jobs"])
             failures.extend(migration_failures)
             migrated = len(lagging) - len(migration_failures)
             if verbosity >= 2:
@@ -164,6 +219,77 @@ class Command(BaseCommand):
                 f"{len(failures)} account schema(s) failed to migrate (listed above); "
                 "the others were migrated."
             )
+
+    def _print_plan(
+        self, groups: list[ReplayGroup], checked: int, up_to_date: int, failures: list[Failure]
+    ) -> None:
+        """--dry-run: what would be done, and nothing done."""
+        lagging = sum(len(group.schemas) for group in groups)
+        self.stdout.write(
+            f"Dry run: {plural(checked, 'account schema')} checked, {lagging} lagging, "
+            f"{up_to_date} up to date, {len(failures)} that cannot be migrated. Nothing changed."
+        )
+        for failure in failures:
+            self.stdout.write(
+                f"  cannot migrate {failure.account.name} ({failure.account.schema_name}): "
+                f"{failure.reason}"
+            )
+        for number, group in enumerate(groups, start=1):
+            self.stdout.write("")
+            how = (
+                "replayed as SQL"
+                if group.replayable
+                else f"Django's migrate, because {group.fallback_reason}"
+            )
+            self.stdout.write(
+                f"Group {number}: {plural(len(group.schemas), 'schema')} missing "
+                f"{group.describe_migrations()}: {how}."
+            )
+            shown = ", ".join(group.schemas[:5])
+            more = f" and {len(group.schemas) - 5} more" if len(group.schemas) > 5 else ""
+            self.stdout.write(f"  schemas: {shown}{more}")
+            if group.statements is not None:
+                if not group.statements:
+                    self.stdout.write("  SQL: none (shared-app migrations: only recorded)")
+                for statement in group.statements:
+                    self.stdout.write(f"  {statement}")
+
+    def _replay(
+        self, groups: list[ReplayGroup], by_schema: dict[str, Account], options: dict[str, Any]
+    ) -> list[Failure]:
+        replayable = [group for group in groups if group.replayable]
+        total = sum(len(group.schemas) for group in replayable)
+        for group in groups:
+            if not group.replayable:
+                self.stdout.write(
+                    f"{plural(len(group.schemas), 'schema')} missing "
+                    f"{group.describe_migrations()} get Django's migrate instead of a replay: "
+                    f"{group.fallback_reason}."
+                )
+        if not total:
+            return []
+        started = time.monotonic()
+        # The connections are the workers' own: the main one must not sit in a transaction.
+        connections.close_all()
+        with ProgressBar(self.stderr, total=total, desc="Replaying", unit="schema") as bar:
+
+            def done(outcome: SchemaOutcome) -> None:
+                bar.update()
+
+            result = replay(
+                replayable,
+                jobs=options["jobs"],
+                lock_timeout_ms=options["lock_timeout"],
+                lock_retries=options["lock_retries"],
+                on_done=done,
+            )
+        elapsed = time.monotonic() - started
+        self.stdout.write(
+            f"Replayed the pending migrations' SQL in {plural(len(result.migrated), 'schema')} "
+            f"in {elapsed:.1f} s ({len(result.migrated) / elapsed if elapsed else 0:.0f} "
+            "schemas/s)."
+        )
+        return [Failure(by_schema[outcome.schema], outcome.describe()) for outcome in result.failed]
 
     def _migrate_public(self) -> None:
         try:
