@@ -23,7 +23,7 @@ PYTEST_WORKERS ?= 2
 help:
 	@echo "make run      build what is missing, migrate, print the demo sign-in, serve on 127.0.0.1:\$${PORT:-8000} with a Celery worker"
 	@echo "make test     run the test suite (PYTEST_ARGS='-k name' to narrow it, PYTEST_WORKERS=1 for one process)"
-	@echo "make lint     ruff check, ruff format --check, mypy"
+	@echo "make lint     ruff check, ruff format --check, mypy, account-app migrations that lock a table"
 	@echo "make migrate  migrate the public schema, then every account schema"
 	@echo "make bench    run each benchmarks/*.py"
 	@echo "make mutation mutation testing (mutmut) of tenancy, sign-in, secrets, parser, formatter"
@@ -59,12 +59,14 @@ test: $(STAMP) .env
 	if [ $$status -eq 5 ]; then echo "make test: pytest ran no tests, which counts as a failure" >&2; fi; \
 	exit $$status
 
-# mypy's django-stubs plugin imports the settings, hence .env.
+# mypy's django-stubs plugin imports the settings, hence .env. scripts/check_migrations.py applies
+# the account-app migrations in a scratch schema it rolls back: it needs the database.
 lint: $(STAMP) .env
 	@status=0; \
 	echo "$(BIN)/ruff check ."; $(BIN)/ruff check . || status=1; \
 	echo "$(BIN)/ruff format --check ."; $(BIN)/ruff format --check . || status=1; \
 	echo "$(BIN)/mypy $(MYPY_TARGETS)"; $(BIN)/mypy $(MYPY_TARGETS) || status=1; \
+	echo "$(BIN)/python scripts/check_migrations.py"; $(BIN)/python scripts/check_migrations.py || status=1; \
 	exit $$status
 
 bench: $(STAMP) .env

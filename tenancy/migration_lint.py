@@ -1,0 +1,327 @@
+"""Account-app migrations that would stop a busy account: found at lint time, decided by a person.
+
+An account schema is migrated while its account is in use (tenancy.replay, or Django's migrate),
+and some DDL holds an ACCESS EXCLUSIVE lock on a table (no reads, no writes) for as long as
+PostgreSQL needs to rewrite or scan the whole table. `check()` finds those statements in every
+migration of the account apps (settings.TENANT_APPS), so that the author either changes the
+migration (README, "Migrations on a busy fleet") or acknowledges it on the Migration class:
+
+    class Migration(migrations.Migration):
+        palaver_locks_reviewed = "why the lock is acceptable (e.g. the table is new and empty)"
+
+How: the migrations are applied, in the order Django would, in a scratch schema created inside a
+transaction that is always rolled back (nothing is left behind). Each account-app migration's
+SQL is collected with the schema editor exactly as tenancy.replay captures it and sqlmigrate
+prints it, then run statement by statement, so the judgement is on the SQL Django really emits,
+not on the operations (a Python `default=` becomes a constant DEFAULT then DROP DEFAULT; Now()
+becomes STATEMENT_TIMESTAMP(), which is stable; a db_index=True field becomes a CREATE INDEX):
+
+- a table rewrite is not guessed: PostgreSQL gives a table, or an index, a new relfilenode when,
+  and only when, it rewrites or rebuilds it, so every relation's relfilenode is compared before
+  and after each statement. That covers a volatile default (gen_random_uuid(), random(),
+  clock_timestamp()) and every type change PostgreSQL cannot do in place, and lets through the
+  ones it can (varchar(n) to a larger n or to text, numeric to unconstrained numeric);
+- scans that leave the relfilenode alone are read from the statement: SET NOT NULL, a CHECK or
+  FOREIGN KEY constraint added without NOT VALID (also inline on ADD COLUMN), a UNIQUE, PRIMARY
+  KEY or EXCLUDE constraint (an index built under ACCESS EXCLUSIVE);
+- CREATE INDEX without CONCURRENTLY blocks writes, not reads, for the build: a warning, which
+  does not fail the lint;
+- RunSQL and RunPython cannot be judged from here: flagged for review.
+
+A statement on a table created by the same migration is harmless (no rows can exist yet), and
+so is every statement of the migration that creates the table.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.db import transaction
+from django.db.migrations import operations as migration_operations
+from django.db.migrations.executor import MigrationExecutor
+from django.db.migrations.migration import Migration as DjangoMigration
+from django.db.migrations.state import ProjectState
+from django_tenants.utils import quote_schema_name
+
+from tenancy.context import connection
+from tenancy.provisioning import account_app_labels
+
+# The Migration class attribute that acknowledges its findings: a non-empty reason.
+ACKNOWLEDGEMENT = "palaver_locks_reviewed"
+
+ERROR = "error"
+WARNING = "warning"
+
+
+@dataclass(frozen=True)
+class Finding:
+    migration: str  # "app.name"
+    level: str  # ERROR or WARNING
+    what: str  # why the statement holds the lock
+    statement: str
+    acknowledged: bool = False
+
+    def describe(self) -> str:
+        return f"{self.migration}: {self.what}\n    {_one_line(self.statement)}"
+
+
+@dataclass
+class Report:
+    findings: list[Finding] = field(default_factory=list)
+    # Migrations whose acknowledgement is malformed or acknowledges nothing.
+    problems: list[str] = field(default_factory=list)
+    checked: int = 0
+
+    @property
+    def errors(self) -> list[Finding]:
+        return [f for f in self.findings if f.level == ERROR and not f.acknowledged]
+
+    @property
+    def warnings(self) -> list[Finding]:
+        return [f for f in self.findings if f.level == WARNING and not f.acknowledged]
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors and not self.problems
+
+
+class _Rolledback(Exception):
+    pass
+
+
+def check() -> Report:
+    """Every account-app migration, judged on its SQL in a throw-away schema."""
+    scratch = f"palaver_migration_lint_{uuid.uuid4().hex[:12]}"
+    previous = connection.tenant
+    report = Report()
+    try:
+        with transaction.atomic():
+            with connection.cursor() as cursor:
+                cursor.execute(f"CREATE SCHEMA {quote_schema_name(scratch)}")
+            # A non-public schema, so that the router lets the account apps' operations run.
+            connection.set_schema(scratch)
+            _check_in(scratch, report)
+            raise _Rolledback
+    except _Rolledback:
+        pass
+    finally:
+        connection.set_tenant(previous)
+    return report
+
+
+def _check_in(scratch: str, report: Report) -> None:
+    executor = MigrationExecutor(connection)
+    graph = executor.loader.graph
+    plan = executor.migration_plan(graph.leaf_nodes(), clean_start=True)
+    labels = account_app_labels()
+    state = ProjectState(real_apps=executor.loader.unmigrated_apps)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT oid FROM pg_namespace WHERE nspname = %s", [scratch])
+        namespace = cursor.fetchone()[0]
+    for migration, _backwards in plan:
+        if migration.app_label not in labels:
+            # A shared app: the router makes its operations no-ops in an account schema.
+            state = migration.mutate_state(state, preserve=False)
+            continue
+        report.checked += 1
+        before = _relations(namespace)
+        with connection.schema_editor(collect_sql=True, atomic=False) as editor:
+            state = migration.apply(state, editor, collect_sql=True)
+        statements = [s for s in editor.collected_sql if not _is_comment(s)]
+        findings = _review_operations(migration)
+        for statement in statements:
+            findings.extend(_run_and_judge(migration, statement, namespace, set(before)))
+        _acknowledge(migration, findings, report)
+
+
+def _review_operations(migration: DjangoMigration) -> list[Finding]:
+    name = f"{migration.app_label}.{migration.name}"
+    found = []
+    for operation in _flatten(migration.operations):
+        if isinstance(operation, (migration_operations.RunSQL, migration_operations.RunPython)):
+            kind = type(operation).__name__
+            found.append(
+                Finding(
+                    name,
+                    ERROR,
+                    f"{kind} cannot be judged by the lint: review its locks and its cost per "
+                    "schema (a backfill belongs in a task, README)",
+                    str(getattr(operation, "sql", "") or operation.describe()),
+                )
+            )
+    return found
+
+
+def _flatten(operations: Iterable[Any]) -> Iterable[Any]:
+    for operation in operations:
+        if isinstance(operation, migration_operations.SeparateDatabaseAndState):
+            yield from _flatten(operation.database_operations)
+        else:
+            yield operation
+
+
+def _acknowledge(migration: DjangoMigration, findings: list[Finding], report: Report) -> None:
+    name = f"{migration.app_label}.{migration.name}"
+    reason = getattr(migration, ACKNOWLEDGEMENT, None)
+    if reason is None:
+        report.findings.extend(findings)
+        return
+    if not isinstance(reason, str) or not reason.strip():
+        report.problems.append(
+            f"{name}: {ACKNOWLEDGEMENT} must be a non-empty string saying why the locks are "
+            "acceptable"
+        )
+        report.findings.extend(findings)
+        return
+    if not findings:
+        report.problems.append(
+            f"{name}: {ACKNOWLEDGEMENT} acknowledges nothing (the lint finds no statement to "
+            "review): remove it"
+        )
+        return
+    report.findings.extend(
+        Finding(f.migration, f.level, f.what, f.statement, acknowledged=True) for f in findings
+    )
+
+
+# --- one statement ------------------------------------------------------------------------------
+
+
+def _relations(namespace: int) -> dict[int, tuple[str, int]]:
+    """oid -> (name, relfilenode) of every table and index in the scratch schema."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT oid, relname, relfilenode FROM pg_class "
+            "WHERE relnamespace = %s AND relkind IN ('r', 'p', 'i', 'I', 'm')",
+            [namespace],
+        )
+        return {oid: (name, node) for oid, name, node in cursor.fetchall()}
+
+
+def _scans(oids: Iterable[int]) -> dict[int, int]:
+    """Sequential scans of each table so far in this transaction (PostgreSQL's own counter:
+    ALTER TABLE's checking pass, a constraint's validation and an index build all count)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT oid, pg_stat_get_xact_numscans(oid) FROM unnest(%s::oid[]) AS t(oid)",
+            [list(oids)],
+        )
+        return dict(cursor.fetchall())
+
+
+def _run_and_judge(
+    migration: DjangoMigration, statement: str, namespace: int, existing: set[int]
+) -> list[Finding]:
+    """Run the statement in the scratch schema; what it did to the tables and indexes that
+    existed before the migration (`existing`): rewrote them, or scanned them."""
+    name = f"{migration.app_label}.{migration.name}"
+    text = _without_literals(statement)
+    before = _relations(namespace)
+    scans_before = _scans(existing)
+    with connection.cursor() as cursor:
+        # A non-atomic migration's CREATE INDEX CONCURRENTLY cannot run in this transaction;
+        # it is what the lint recommends, so it is run plainly and not judged.
+        cursor.execute(re.sub(r"\bCONCURRENTLY\b", "", statement, flags=re.IGNORECASE))
+    if re.search(r"\bCONCURRENTLY\b", text):
+        return []
+    after = _relations(namespace)
+    scans_after = _scans(existing)
+    still = existing & before.keys() & after.keys()
+    rewritten = [before[oid][0] for oid in sorted(still) if before[oid][1] != after[oid][1]]
+    if rewritten:
+        return [
+            Finding(
+                name,
+                ERROR,
+                f"PostgreSQL rewrites {', '.join(rewritten)} under an ACCESS EXCLUSIVE lock "
+                "(a volatile default, or a type change it cannot make in place)",
+                statement,
+            )
+        ]
+    scanned = [
+        before[oid][0]
+        for oid in sorted(still)
+        if (scans_after.get(oid) or 0) > (scans_before.get(oid) or 0)
+    ]
+    if not scanned or re.match(r"\s*ALTER\s+TABLE\s+\S+\s+VALIDATE\s+CONSTRAINT\b", text):
+        # VALIDATE CONSTRAINT scans under SHARE UPDATE EXCLUSIVE: reads and writes go on.
+        return []
+    tables = ", ".join(scanned)
+    if re.match(r"\s*CREATE\s+(UNIQUE\s+)?INDEX\b", text):
+        return [
+            Finding(
+                name,
+                WARNING,
+                f"CREATE INDEX without CONCURRENTLY blocks writes to {tables} while it builds",
+                statement,
+            )
+        ]
+    return [Finding(name, ERROR, f"{_scan_cause(text)}: a full scan of {tables}", statement)]
+
+
+def _scan_cause(text: str) -> str:
+    if re.search(r"\bSET\s+NOT\s+NULL\b", text):
+        return (
+            "SET NOT NULL checks every row under an ACCESS EXCLUSIVE lock (add a CHECK "
+            "(col IS NOT NULL) NOT VALID, VALIDATE it, then SET NOT NULL skips the scan)"
+        )
+    if re.search(r"\b(UNIQUE|PRIMARY\s+KEY|EXCLUDE)\b", text):
+        return (
+            "the constraint's index is built under an ACCESS EXCLUSIVE lock (build the index "
+            "CONCURRENTLY, then ADD CONSTRAINT ... USING INDEX)"
+        )
+    if re.search(r"\b(CHECK|FOREIGN\s+KEY|REFERENCES)\b", text):
+        return (
+            "the constraint is checked on every row under the ALTER TABLE's lock (add it NOT "
+            "VALID, then VALIDATE CONSTRAINT in a later migration)"
+        )
+    return "every row is read under the ALTER TABLE's lock"
+
+
+def _without_literals(statement: str) -> str:
+    """The statement with its string literals and quoted identifiers blanked, upper-cased, so a
+    column named "check" or a default 'NOT NULL' is not read as a keyword."""
+    text = re.sub(r"'(?:[^']|'')*'", "''", statement)
+    text = re.sub(r'"(?:[^"]|"")*"', '""', text)
+    return text.upper()
+
+
+def _is_comment(statement: str) -> bool:
+    return all(
+        not line.strip() or line.lstrip().startswith("--") for line in statement.splitlines()
+    )
+
+
+def _one_line(statement: str, limit: int = 240) -> str:
+    text = " ".join(statement.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def format_report(report: Report, *, verbose: bool = False) -> str:
+    lines = []
+    for finding in report.errors:
+        lines.append(f"ERROR {finding.describe()}")
+    for problem in report.problems:
+        lines.append(f"ERROR {problem}")
+    for finding in report.warnings:
+        lines.append(f"warning {finding.describe()}")
+    if verbose:
+        for finding in report.findings:
+            if finding.acknowledged:
+                lines.append(f"acknowledged {finding.describe()}")
+    acknowledged = sum(1 for f in report.findings if f.acknowledged)
+    lines.append(
+        f"Checked {report.checked} account-app migrations: {len(report.errors)} unacknowledged "
+        f"statements that lock a whole table, {len(report.problems)} bad acknowledgements, "
+        f"{len(report.warnings)} warnings, {acknowledged} acknowledged."
+    )
+    if not report.ok:
+        lines.append(
+            f"Change the migration (README: Migrations on a busy fleet), or acknowledge it with "
+            f'`{ACKNOWLEDGEMENT} = "why"` on its Migration class.'
+        )
+    return "\n".join(lines)
