@@ -16,14 +16,20 @@ prints it, then run statement by statement, so the judgement is on the SQL Djang
 not on the operations (a Python `default=` becomes a constant DEFAULT then DROP DEFAULT; Now()
 becomes STATEMENT_TIMESTAMP(), which is stable; a db_index=True field becomes a CREATE INDEX):
 
-- a table rewrite is not guessed: PostgreSQL gives a table, or an index, a new relfilenode when,
-  and only when, it rewrites or rebuilds it, so every relation's relfilenode is compared before
-  and after each statement. That covers a volatile default (gen_random_uuid(), random(),
-  clock_timestamp()) and every type change PostgreSQL cannot do in place, and lets through the
-  ones it can (varchar(n) to a larger n or to text, numeric to unconstrained numeric);
-- scans that leave the relfilenode alone are read from the statement: SET NOT NULL, a CHECK or
-  FOREIGN KEY constraint added without NOT VALID (also inline on ADD COLUMN), a UNIQUE, PRIMARY
-  KEY or EXCLUDE constraint (an index built under ACCESS EXCLUSIVE);
+- nothing is guessed from the operation: PostgreSQL says what it did. A table, or an index, gets
+  a new relfilenode when, and only when, it is rewritten or rebuilt, so every relation's
+  relfilenode is compared before and after each statement: that catches a volatile default
+  (gen_random_uuid(), random(), clock_timestamp()) and every type change PostgreSQL cannot make
+  in place, and lets through those it can (varchar(n) to a larger n or to text, a numeric's
+  precision raised: the "binary coercible" exception on PostgreSQL's ALTER TABLE page). A full
+  scan is counted by PostgreSQL's own per-transaction counter of sequential scans
+  (pg_stat_get_xact_numscans), which ALTER TABLE's checking pass, a constraint's validation and
+  an index build all increase, on empty tables too: SET NOT NULL, a CHECK or FOREIGN KEY added
+  without NOT VALID (a CHECK inline on ADD COLUMN too: Django emits one for every
+  Positive*Field), a UNIQUE, PRIMARY KEY or EXCLUDE constraint. What does not scan is not
+  flagged: a constant or stable default (Now() is STATEMENT_TIMESTAMP()), a foreign key on a
+  new NULL column (PostgreSQL skips its validation), VALIDATE CONSTRAINT (it scans under SHARE
+  UPDATE EXCLUSIVE, which blocks neither reads nor writes);
 - CREATE INDEX without CONCURRENTLY blocks writes, not reads, for the build: a warning, which
   does not fail the lint;
 - RunSQL and RunPython cannot be judged from here: flagged for review.
@@ -122,6 +128,10 @@ def _check_in(scratch: str, report: Report) -> None:
     with connection.cursor() as cursor:
         cursor.execute("SELECT oid FROM pg_namespace WHERE nspname = %s", [scratch])
         namespace = cursor.fetchone()[0]
+        cursor.execute("SELECT current_setting('track_counts')::boolean")
+        if not cursor.fetchone()[0]:
+            # Without it the scan counter stays at zero and every scan would pass unseen.
+            raise RuntimeError("the migration lint needs track_counts = on (the default)")
     for migration, _backwards in plan:
         if migration.app_label not in labels:
             # A shared app: the router makes its operations no-ops in an account schema.
@@ -130,12 +140,26 @@ def _check_in(scratch: str, report: Report) -> None:
         report.checked += 1
         before = _relations(namespace)
         with connection.schema_editor(collect_sql=True, atomic=False) as editor:
-            state = migration.apply(state, editor, collect_sql=True)
+            state = _collect(migration, state, editor)
         statements = [s for s in editor.collected_sql if not _is_comment(s)]
         findings = _review_operations(migration)
         for statement in statements:
             findings.extend(_run_and_judge(migration, statement, namespace, set(before)))
         _acknowledge(migration, findings, report)
+
+
+def _collect(migration: DjangoMigration, state: ProjectState, editor: Any) -> ProjectState:
+    """The migration's SQL into `editor.collected_sql`. A non-atomic migration's operations
+    (AddIndexConcurrently) refuse to run inside a transaction, which this scratch schema always
+    is; collecting executes none of their SQL, so for them the block is not shown."""
+    if migration.atomic:
+        return migration.apply(state, editor, collect_sql=True)
+    in_atomic_block = connection.in_atomic_block
+    connection.in_atomic_block = False
+    try:
+        return migration.apply(state, editor, collect_sql=True)
+    finally:
+        connection.in_atomic_block = in_atomic_block
 
 
 def _review_operations(migration: DjangoMigration) -> list[Finding]:

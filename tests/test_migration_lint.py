@@ -265,3 +265,50 @@ def test_the_script_passes_on_the_tree_and_says_so() -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "0 unacknowledged statements" in result.stdout
+
+
+def test_the_readme_recipes_pass_without_a_scan() -> None:
+    """NOT NULL the slow-lock-free way, and a concurrent index: nothing but RunSQL's review."""
+    app = "channels_app"
+    table = "channels_app_channel"
+    steps = {
+        "0097_lint_column": _add_field("models.IntegerField(null=True)"),
+        "0098_lint_not_valid": (
+            f"        migrations.RunSQL('ALTER TABLE {table} ADD CONSTRAINT probe_nn "
+            "CHECK (probe IS NOT NULL) NOT VALID', migrations.RunSQL.noop),"
+        ),
+        NEW: (
+            f"        migrations.RunSQL('ALTER TABLE {table} VALIDATE CONSTRAINT probe_nn', "
+            "migrations.RunSQL.noop),\n"
+            f"        migrations.RunSQL('ALTER TABLE {table} ALTER COLUMN probe SET NOT NULL', "
+            "migrations.RunSQL.noop),"
+        ),
+        "0100_lint_index": (
+            "        __import__('django.contrib.postgres.operations', fromlist=['x'])"
+            ".AddIndexConcurrently(model_name='channel', index=models.Index("
+            "fields=['probe'], name='probe_idx')),"
+        ),
+    }
+    sources = {}
+    depends_on = leaf_migration(app)
+    for name, operations in steps.items():
+        sources[name] = migration_source(
+            app_label=app, depends_on=depends_on, operations=operations
+        )
+        depends_on = name
+    sources["0100_lint_index"] = sources["0100_lint_index"].replace(
+        "class Migration(migrations.Migration):\n",
+        "class Migration(migrations.Migration):\n    atomic = False\n",
+    )
+    with extra_migrations(app, sources):
+        report = check()
+    mine = [f for f in report.findings if "_lint_" in f.migration]
+    assert mine, "the RunSQL operations are at least flagged for review"
+    assert [f.what for f in mine if "RunSQL" not in f.what] == []
+    # Without the validated check, the same SET NOT NULL is a full scan.
+    report = _two_steps(
+        _add_field("models.IntegerField(null=True)"),
+        f"        migrations.RunSQL('ALTER TABLE {table} ALTER COLUMN probe SET NOT NULL', "
+        "migrations.RunSQL.noop),",
+    )
+    assert any("SET NOT NULL" in f.what for f in _of_new(report))
