@@ -99,32 +99,85 @@ class _Rolledback(Exception):
     pass
 
 
-def check() -> Report:
-    """Every account-app migration, judged on its SQL in a throw-away schema."""
+@dataclass(frozen=True)
+class Base:
+    """Every migration of the graph as it was when `prepare()` ran, built and not judged: the
+    starting point of `check(base=...)`, which then judges only the migrations added since (a
+    test's extra migration, as after a deploy), on a schema where all of these are applied."""
+
+    nodes: frozenset[tuple[str, str]]
+    sql: str  # every account-app migration's SQL, in plan order (CONCURRENTLY run plainly)
+    state: ProjectState  # the project state after all of them (never mutated: cloned per use)
+
+
+def check(*, base: Base | None = None) -> Report:
+    """Every account-app migration, judged on its SQL in a throw-away schema. With `base`
+    (from `prepare()`), its migrations are built in one go and only the others are judged."""
+    report = Report()
+    _in_scratch_schema(lambda scratch: _check_in(scratch, report, base))
+    return report
+
+
+def prepare() -> Base:
+    """The graph's migrations as a `Base`: each account-app migration's SQL collected in a
+    throw-away schema where it is then run (so what the schema editor inspects is there)."""
+    built: list[Base] = []
+    _in_scratch_schema(lambda _scratch: built.append(_prepare_in()))
+    return built[0]
+
+
+def _in_scratch_schema(work: Any) -> None:
     scratch = f"palaver_migration_lint_{uuid.uuid4().hex[:12]}"
     previous = connection.tenant
-    report = Report()
     try:
         with transaction.atomic():
             with connection.cursor() as cursor:
                 cursor.execute(f"CREATE SCHEMA {quote_schema_name(scratch)}")
             # A non-public schema, so that the router lets the account apps' operations run.
             connection.set_schema(scratch)
-            _check_in(scratch, report)
+            work(scratch)
             raise _Rolledback
     except _Rolledback:
         pass
     finally:
         connection.set_tenant(previous)
-    return report
 
 
-def _check_in(scratch: str, report: Report) -> None:
+def _prepare_in() -> Base:
+    executor = MigrationExecutor(connection)
+    plan = executor.migration_plan(executor.loader.graph.leaf_nodes(), clean_start=True)
+    labels = account_app_labels()
+    state = ProjectState(real_apps=executor.loader.unmigrated_apps)
+    parts = []
+    for migration, _backwards in plan:
+        if migration.app_label not in labels:
+            state = migration.mutate_state(state, preserve=False)
+            continue
+        with connection.schema_editor(collect_sql=True, atomic=False) as editor:
+            state = _collect(migration, state, editor)
+        sql = "\n".join(_runnable(s) for s in editor.collected_sql if not _is_comment(s))
+        if sql:
+            with connection.cursor() as cursor:
+                cursor.execute(sql)
+            parts.append(sql)
+    return Base(
+        nodes=frozenset((m.app_label, m.name) for m, _ in plan),
+        sql="\n".join(parts),
+        state=state,
+    )
+
+
+def _runnable(statement: str) -> str:
+    # A non-atomic migration's CREATE INDEX CONCURRENTLY cannot run in the scratch schema's
+    # transaction; it is what the lint recommends, so it is run plainly.
+    return re.sub(r"\bCONCURRENTLY\b", "", statement, flags=re.IGNORECASE)
+
+
+def _check_in(scratch: str, report: Report, base: Base | None) -> None:
     executor = MigrationExecutor(connection)
     graph = executor.loader.graph
     plan = executor.migration_plan(graph.leaf_nodes(), clean_start=True)
     labels = account_app_labels()
-    state = ProjectState(real_apps=executor.loader.unmigrated_apps)
     with connection.cursor() as cursor:
         cursor.execute("SELECT oid FROM pg_namespace WHERE nspname = %s", [scratch])
         namespace = cursor.fetchone()[0]
@@ -132,6 +185,15 @@ def _check_in(scratch: str, report: Report) -> None:
         if not cursor.fetchone()[0]:
             # Without it the scan counter stays at zero and every scan would pass unseen.
             raise RuntimeError("the migration lint needs track_counts = on (the default)")
+    if base is None:
+        state = ProjectState(real_apps=executor.loader.unmigrated_apps)
+    else:
+        _require_base_of(base, graph)
+        if base.sql:
+            with connection.cursor() as cursor:
+                cursor.execute(base.sql)
+        state = base.state.clone()
+        plan = [(m, b) for m, b in plan if (m.app_label, m.name) not in base.nodes]
     for migration, _backwards in plan:
         if migration.app_label not in labels:
             # A shared app: the router makes its operations no-ops in an account schema.
@@ -146,6 +208,18 @@ def _check_in(scratch: str, report: Report) -> None:
         for statement in statements:
             findings.extend(_run_and_judge(migration, statement, namespace, set(before)))
         _acknowledge(migration, findings, report)
+
+
+def _require_base_of(base: Base, graph: Any) -> None:
+    """The base must be part of this graph and closed under its dependencies: no migration of
+    the base depends on one that is not in it (which would then run after it)."""
+    missing = sorted(base.nodes - set(graph.nodes))
+    if missing:
+        raise ValueError(f"the base has migrations this graph does not: {missing[:5]}")
+    for node in base.nodes:
+        outside = sorted({p.key for p in graph.node_map[node].parents} - base.nodes)
+        if outside:
+            raise ValueError(f"{node} in the base depends on {outside}, which is not")
 
 
 def _collect(migration: DjangoMigration, state: ProjectState, editor: Any) -> ProjectState:
@@ -247,9 +321,8 @@ def _run_and_judge(
     before = _relations(namespace)
     scans_before = _scans(existing)
     with connection.cursor() as cursor:
-        # A non-atomic migration's CREATE INDEX CONCURRENTLY cannot run in this transaction;
-        # it is what the lint recommends, so it is run plainly and not judged.
-        cursor.execute(re.sub(r"\bCONCURRENTLY\b", "", statement, flags=re.IGNORECASE))
+        # CONCURRENTLY is what the lint recommends: run plainly (_runnable) and not judged.
+        cursor.execute(_runnable(statement))
     if re.search(r"\bCONCURRENTLY\b", text):
         return []
     after = _relations(namespace)

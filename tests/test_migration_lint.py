@@ -5,16 +5,43 @@ what PostgreSQL does with its SQL."""
 import os
 import subprocess
 import sys
+from dataclasses import replace
+from functools import cache
 from pathlib import Path
 
 import pytest
 
-from tenancy.migration_lint import ACKNOWLEDGEMENT, ERROR, WARNING, Finding, Report, check
+from tenancy.migration_lint import (
+    ACKNOWLEDGEMENT,
+    ERROR,
+    WARNING,
+    Base,
+    Finding,
+    Report,
+    check,
+    prepare,
+)
 from tests.extra_migrations import extra_migrations, leaf_migration, migration_source
 
 pytestmark = pytest.mark.django_db
 
 NEW = "0099_lint_probe"
+
+
+@cache
+def _real_tree() -> Base:
+    """The tree on disk, built once per test session: a test's extra migrations are then the
+    only ones applied statement by statement and judged (the real tree is judged in full by
+    test_the_real_tree_passes)."""
+    return prepare()
+
+
+def _check_added(app: str, sources: dict[str, str]) -> Report:
+    base = _real_tree()
+    with extra_migrations(app, sources):
+        report = check(base=base)
+    assert report.checked == len(sources)
+    return report
 
 
 def _check_with(operations: str, *, app: str = "channels_app", extra: str = "") -> Report:
@@ -24,8 +51,7 @@ def _check_with(operations: str, *, app: str = "channels_app", extra: str = "") 
             "class Migration(migrations.Migration):\n",
             f"class Migration(migrations.Migration):\n{extra}\n",
         )
-    with extra_migrations(app, {NEW: source}):
-        return check()
+    return _check_added(app, {NEW: source})
 
 
 def _of_new(report: Report, app: str = "channels_app") -> list[Finding]:
@@ -36,8 +62,19 @@ def _add_field(field: str, name: str = "probe", model: str = "channel") -> str:
     return f"        migrations.AddField(model_name={model!r}, name={name!r}, field={field}),"
 
 
+def _scratch_schemas() -> int:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'palaver_migration_lint_%'"
+        )
+        return int(cursor.fetchone()[0])
+
+
 def test_the_real_tree_passes() -> None:
     report = check()
+    assert _scratch_schemas() == 0
     assert report.ok, report.errors or report.problems
     assert report.checked >= 10
     # The acknowledged migrations do have findings: the lint is not passing by seeing nothing.
@@ -100,14 +137,13 @@ def test_a_type_change_postgresql_cannot_make_in_place_is_flagged() -> None:
 
 
 def _two_steps(first: str, second: str, app: str = "channels_app") -> Report:
-    """`first` in one migration, `second` in the next: only the second is judged here."""
+    """`first` in one migration, `second` in the next: the tests look at the second."""
     leaf = leaf_migration(app)
     sources = {
         "0098_lint_setup": migration_source(app_label=app, depends_on=leaf, operations=first),
         NEW: migration_source(app_label=app, depends_on="0098_lint_setup", operations=second),
     }
-    with extra_migrations(app, sources):
-        return check()
+    return _check_added(app, sources)
 
 
 def _alter(field: str) -> str:
@@ -238,14 +274,24 @@ def test_an_acknowledged_migration_passes_and_an_empty_acknowledgement_does_not(
 
 
 def test_nothing_is_left_behind() -> None:
-    from django.db import connection
+    # The full check (test_the_real_tree_passes) and prepare() use the same scratch schema.
+    report = _check_with(_add_field("models.IntegerField(null=True)"))
+    assert report.checked == 1
+    assert _scratch_schemas() == 0
+    assert check(base=_real_tree()).checked == 0  # nothing added since the base: none judged
+    assert _scratch_schemas() == 0
 
-    check()
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'palaver_migration_lint_%'"
-        )
-        assert cursor.fetchone()[0] == 0
+
+def test_a_base_that_does_not_fit_the_graph_is_refused() -> None:
+    base = _real_tree()
+    # A migration the tree on disk does not have (the base was prepared on another graph).
+    with pytest.raises(ValueError, match="does not"):
+        check(base=replace(base, nodes=base.nodes | {("channels_app", NEW)}))
+    # A migration of the base whose dependency is not in it: it would run before it.
+    first = ("channels_app", "0001_initial")
+    assert first in base.nodes
+    with pytest.raises(ValueError, match="depends on"):
+        check(base=replace(base, nodes=base.nodes - {first}))
 
 
 def test_the_script_passes_on_the_tree_and_says_so() -> None:
@@ -300,8 +346,7 @@ def test_the_readme_recipes_pass_without_a_scan() -> None:
         "class Migration(migrations.Migration):\n",
         "class Migration(migrations.Migration):\n    atomic = False\n",
     )
-    with extra_migrations(app, sources):
-        report = check()
+    report = _check_added(app, sources)
     mine = [f for f in report.findings if "_lint_" in f.migration]
     assert mine, "the RunSQL operations are at least flagged for review"
     assert [f.what for f in mine if "RunSQL" not in f.what] == []
