@@ -36,6 +36,12 @@ becomes STATEMENT_TIMESTAMP(), which is stable; a db_index=True field becomes a 
 
 A statement on a table created by the same migration is harmless (no rows can exist yet), and
 so is every statement of the migration that creates the table.
+
+`make lint` judges every migration. `check(base=prepare())` judges only the migrations added
+after `prepare()` ran (the tests add one at run time, tests/extra_migrations.py): the prepared
+migrations' SQL is run in one go and their project state reused, which is what makes a test
+cost a fraction of a second instead of the whole tree's state rendering; the new migrations are
+judged on a schema where every prepared migration is applied, as after a deploy.
 """
 
 from __future__ import annotations
