@@ -392,7 +392,7 @@ def run(args: argparse.Namespace, bench_url: str, result_out: TextIO) -> None:
     from django.core.management import call_command
 
     from accounts.models import Account
-    from tests.extra_migrations import extra_migrations
+    from tests.extra_migrations import extra_migrations, schema_fingerprint
 
     load_start = os.getloadavg()[0]
     log("migrating the public schema")
@@ -441,6 +441,14 @@ def run(args: argparse.Namespace, bench_url: str, result_out: TextIO) -> None:
         with psycopg.connect(bench_url) as conn:
             by_replay = catalog(conn, replayed)
             by_django = catalog(conn, sample[0].schema_name)
+            # And the tests' fingerprint (sequences, identity, deferrability too).
+            if schema_fingerprint(conn, replayed) != schema_fingerprint(
+                conn, sample[0].schema_name
+            ):
+                raise BenchmarkError(
+                    f"{replayed} (replayed) and {sample[0].schema_name} (Django) differ "
+                    "in tests.extra_migrations.schema_fingerprint"
+                )
         if by_replay != by_django:
             differences = {
                 key: (
