@@ -1,13 +1,13 @@
 """Benchmark: one new column (and an index on it) on every account schema, replayed as SQL.
 
     .venv/bin/python benchmarks/migrations.py [--schemas N] [--sample S] [--jobs J] [--no-index]
-        [--provision-jobs P] [--database NAME] [--keep]
+        [--column default|nullable] [--provision-jobs P] [--database NAME] [--keep]
 
 Issue 10's target: one new column on 10,000 account schemas in under a minute. The benchmark
 provisions N accounts (`tenancy.services.provision_account`: real Account rows, real schemas;
 in P forked processes, untimed), then adds two migrations to channels_app at run time
 (tests/extra_migrations.py, as a deploy would bring them): an AddField (a CharField with a
-default, on Channel) and an AddIndex on that column, two migrations, one after the other
+default, on Channel; `--column nullable`: null=True, no default) and an AddIndex on that column, two migrations, one after the other
 (`--no-index`: the AddField alone). Then, timed:
 
 1. Django's migrate on a sample of S schemas (default 20, spread over the fleet), the path
@@ -29,8 +29,9 @@ kept (missing ones provisioned), and the benchmark's column and migration rows, 
 previous run, are first removed from every schema (untimed).
 
 stdout gets exactly one line:
-    schemas=… migrations=… operations=… jobs=… replay_s=… replay_schemas_per_s=… django_sample=…
-    django_s=… django_schemas_per_s=… ratio=… noop_s=… catalog_equal=yes load_avg_1m=…
+    schemas=… migrations=… operations=… column=… jobs=… replay_s=… replay_schemas=…
+    replay_schemas_per_s=… django_sample=… django_s=… django_schemas_per_s=… ratio=… noop_s=…
+    catalog_equal=yes load_avg_1m=…
 ratio is replay_schemas_per_s / django_schemas_per_s. Everything else goes to stderr.
 """
 
@@ -98,6 +99,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="only the AddField migration (default: AddField, then AddIndex)",
     )
     parser.add_argument(
+        "--column",
+        choices=["default", "nullable"],
+        default="default",
+        help="the new column: a CharField with default '' (NOT NULL, what the issue measured; "
+        "the default) or a nullable CharField without a default",
+    )
+    parser.add_argument(
         "--provision-jobs",
         type=int,
         default=3,
@@ -128,11 +136,18 @@ def database_exists(name: str) -> bool:
     return row is not None
 
 
-def migration_sources(with_index: bool) -> dict[str, str]:
+FIELDS = {
+    # What the issue measured on main: a CharField with a default on Channel. PostgreSQL adds a
+    # column with a constant default without rewriting the table, but (15 here) each such
+    # ADD COLUMN costs time that grows with the catalog (docs/benchmarks.md, issue 10).
+    "default": "models.CharField(max_length=40, blank=True, default='')",
+    "nullable": "models.CharField(max_length=40, blank=True, null=True)",
+}
+
+
+def migration_sources(column: str, with_index: bool) -> dict[str, str]:
     from tests.extra_migrations import leaf_migration, migration_source
 
-    # What the issue measured on main: a CharField with a default on Channel. PostgreSQL adds a
-    # column with a constant default without rewriting the table.
     sources = {
         COLUMN_MIGRATION: migration_source(
             app_label=APP,
@@ -140,7 +155,7 @@ def migration_sources(with_index: bool) -> dict[str, str]:
             operations=(
                 "        migrations.AddField(\n"
                 f"            model_name='channel', name={COLUMN!r},\n"
-                "            field=models.CharField(max_length=40, blank=True, default=''),\n"
+                f"            field={FIELDS[column]},\n"
                 "        ),"
             ),
         )
@@ -406,7 +421,7 @@ def run(args: argparse.Namespace, bench_url: str, result_out: TextIO) -> None:
     reset_fleet(bench_url, schemas)
 
     with_index = not args.no_index
-    sources = migration_sources(with_index)
+    sources = migration_sources(args.column, with_index)
     operations = "AddField+AddIndex" if with_index else "AddField"
     # Spread over the fleet (names sort in provisioning order).
     step = len(accounts) / args.sample
@@ -472,6 +487,7 @@ def run(args: argparse.Namespace, bench_url: str, result_out: TextIO) -> None:
         f"schemas={len(schemas)}",
         f"migrations={len(sources)}",
         f"operations={operations}",
+        f"column={args.column}",
         f"jobs={args.jobs}",
         f"replay_s={replay_s:.2f}",
         f"replay_schemas={replayed_count}",
