@@ -7,8 +7,8 @@ Issue 10's target: one new column on 10,000 account schemas in under a minute. T
 provisions N accounts (`tenancy.services.provision_account`: real Account rows, real schemas;
 in P forked processes, untimed), then adds two migrations to channels_app at run time
 (tests/extra_migrations.py, as a deploy would bring them): an AddField (a CharField with a
-default, on Channel; `--column nullable`: null=True, no default) and an AddIndex on that column, two migrations, one after the other
-(`--no-index`: the AddField alone). Then, timed:
+default, on Channel; `--column nullable`: null=True, no default) and an AddIndex on that
+column, two migrations, one after the other (`--no-index`: the AddField alone). Then, timed:
 
 1. Django's migrate on a sample of S schemas (default 20, spread over the fleet), the path
    `migrate_accounts` falls back to (`--no-replay`, or a migration it cannot replay): Django's
