@@ -41,6 +41,7 @@ import io
 import multiprocessing
 import os
 import re
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -110,6 +111,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         default=3,
         help="processes provisioning the accounts, untimed (default 3)",
+    )
+    parser.add_argument(
+        "--clone-beyond",
+        type=int,
+        default=0,
+        metavar="K",
+        help="once K accounts exist, create the rest as clones of a provisioned schema (its "
+        "pg_dump, tables with their columns inline, and its migration rows), with real account "
+        "rows; 0, the default, provisions them all",
     )
     parser.add_argument(
         "--database",
@@ -191,10 +201,90 @@ def _provision_chunk(names: list[str]) -> int:
     return len(names)
 
 
-def ensure_accounts(count: int, processes: int) -> None:
-    """`count` accounts, provisioned (the missing ones) in `processes` forked processes."""
-    from django.db import connections
-    from tqdm import tqdm
+def _clone_chunk(job: tuple[list[str], str, str]) -> int:
+    """Runs in a forked process: each account's row (as provision_account saves it) and its
+    schema from the template's DDL, one transaction each."""
+    from django.db import connection, transaction
+
+    from tenancy.context import public_schema, tenant_model
+
+    names, template, ddl = job
+    for done, name in enumerate(names, start=1):
+        with transaction.atomic(), public_schema():
+            account = tenant_model()(name=name, settings={})
+            account.full_clean(exclude=["schema_name"])
+            account.save()
+            with connection.cursor() as cursor:
+                cursor.execute(ddl.replace(template, account.schema_name))
+                cursor.execute(
+                    sql.SQL(
+                        "INSERT INTO {}.django_migrations (app, name, applied) "
+                        "SELECT app, name, now() FROM {}.django_migrations ORDER BY id"
+                    )
+                    .format(sql.Identifier(account.schema_name), sql.Identifier(template))
+                    .as_string(cursor.connection)
+                )
+        if done % PROVISION_RECONNECT_EVERY == 0:
+            connection.close()
+    connection.close()
+    return len(names)
+
+
+def clone_ddl(bench_url: str, template: str) -> str:
+    """The template schema's DDL as pg_dump writes it: every table with its columns inline
+    (no ALTER TABLE ... ADD COLUMN, whose DEFAULT costs a scan of pg_index on PostgreSQL 15),
+    then its constraints and indexes under their own names; every name schema-qualified."""
+    command = ["pg_dump", "--schema-only", "--no-owner", "--no-privileges", "-n", template]
+    # The server's own client from PATH, with arguments of ours.
+    dump = subprocess.run(  # noqa: S603
+        [*command, bench_url], check=True, capture_output=True, text=True
+    ).stdout
+    skipped = ("--", "\\", "SET ", "SELECT pg_catalog.set_config")
+    text = "\n".join(line for line in dump.splitlines() if not line.startswith(skipped))
+    statements = [statement.strip() for statement in text.split(";\n") if statement.strip()]
+    return _as_django_wrote(bench_url, template, statements)
+
+
+def _as_django_wrote(bench_url: str, template: str, statements: list[str]) -> str:
+    """pg_dump's text of an index or constraint does not always parse back to the same
+    expression (`x IN ('a', 'b')` on a varchar comes back with its casts moved): those few are
+    found by a trial clone, rolled back, and created with the statement Django's migrations
+    used (provisioning's DDL) instead."""
+    from tenancy.provisioning import account_schema_ddl
+    from tests.extra_migrations import schema_fingerprint
+
+    trial = "fleet_clone_trial"
+    differing: list[tuple[str, str, str]] = []
+    with psycopg.connect(bench_url) as conn:
+        conn.execute(";\n".join(statements).replace(template, trial))
+        ours, theirs = schema_fingerprint(conn, template), schema_fingerprint(conn, trial)
+        conn.rollback()
+    for kind in ("indexes", "constraints"):
+        for key in ours[kind]:
+            if ours[kind][key] != theirs[kind].get(key):
+                differing.append((kind, *key))
+    if not differing:
+        return ";\n".join(statements)
+    django = account_schema_ddl().statements
+    fixes = [f'SET LOCAL search_path = "{template}"']
+    for kind, table, name in differing:
+        creating = re.compile(rf'(CREATE (UNIQUE )?INDEX|ADD CONSTRAINT) "{re.escape(name)}"')
+        found = [statement for statement in django if creating.search(statement)]
+        if not found:
+            raise BenchmarkError(f"no statement of Django's creates {name}")
+        if kind == "indexes":
+            fixes.append(f'DROP INDEX "{name}"')
+        else:
+            fixes.append(f'ALTER TABLE "{table}" DROP CONSTRAINT "{name}"')
+        fixes.append(found[-1].rstrip().rstrip(";"))
+    fixes.append("SET LOCAL search_path = public")
+    log(f"clone DDL: {', '.join(name for _, _, name in differing)} as Django's DDL has them")
+    return ";\n".join([*statements, *fixes])
+
+
+def ensure_accounts(count: int, processes: int, bench_url: str, clone_beyond: int) -> None:
+    """`count` accounts, provisioned (the missing ones) in `processes` forked processes; with
+    clone_beyond, those past the first clone_beyond are cloned from the first provisioned."""
 
     from accounts.models import Account
     from tenancy.provisioning import account_schema_ddl
@@ -212,21 +302,63 @@ def ensure_accounts(count: int, processes: int) -> None:
     if not wanted:
         log(f"{count} accounts already there")
         return
-    log(f"{len(names)} accounts there; provisioning {len(wanted)} in {processes} processes")
+    provisioned = wanted
+    cloned: list[str] = []
+    if clone_beyond:
+        split = max(0, clone_beyond - len(names))
+        provisioned, cloned = wanted[:split], wanted[split:]
     account_schema_ddl()  # captured once here, inherited by the forked processes
+    if provisioned:
+        log(
+            f"{len(names)} accounts there; provisioning {len(provisioned)} in {processes} processes"
+        )
+        _in_processes(_provision_chunk, provisioned, processes, "provisioning")
+    if cloned:
+        template = (
+            Account.objects.filter(name__startswith=NAME_PREFIX)
+            .order_by("name")
+            .values_list("schema_name", flat=True)[0]
+        )
+        ddl = clone_ddl(bench_url, template)
+        log(f"cloning {len(cloned)} accounts' schemas from {template}, in {processes} processes")
+        _in_processes(
+            _clone_chunk,
+            [(names, template, ddl) for names in _chunks(cloned)],
+            processes,
+            "cloning",
+        )
+        from tests.extra_migrations import schema_fingerprint
+
+        clone = Account.objects.get(name=cloned[-1]).schema_name
+        with psycopg.connect(bench_url) as conn:
+            if schema_fingerprint(conn, clone) != schema_fingerprint(conn, template):
+                raise BenchmarkError(f"the clone {clone} differs from {template}")
+        log(f"a clone's fingerprint equals its template's ({clone})")
+    if Account.objects.count() != count:
+        raise BenchmarkError(f"expected {count} accounts, found {Account.objects.count()}")
+
+
+def _chunks(items: list[str], size: int = 50) -> list[list[str]]:
+    return [items[start : start + size] for start in range(0, len(items), size)]
+
+
+def _in_processes(work: Any, items: list[Any], processes: int, desc: str) -> None:
+    """work(chunk) -> how many done, over chunks of items, in forked processes, with a bar."""
+    from django.db import connections
+    from tqdm import tqdm
+
+    chunks = _chunks(items) if items and isinstance(items[0], str) else items
+    total = sum(len(chunk) if isinstance(chunk, list) else len(chunk[0]) for chunk in chunks)
     connections.close_all()  # each child opens its own
-    chunks = [wanted[start : start + 50] for start in range(0, len(wanted), 50)]
     started = time.perf_counter()
     with (
         multiprocessing.get_context("fork").Pool(processes) as pool,
-        tqdm(total=len(wanted), desc="provisioning", unit="account", file=sys.stderr) as bar,
+        tqdm(total=total, desc=desc, unit="account", file=sys.stderr) as bar,
     ):
-        for done in pool.imap_unordered(_provision_chunk, chunks):
+        for done in pool.imap_unordered(work, chunks):
             bar.update(done)
     elapsed = time.perf_counter() - started
-    log(f"provisioned {len(wanted)} accounts in {elapsed:.0f} s ({len(wanted) / elapsed:.0f}/s)")
-    if Account.objects.count() != count:
-        raise BenchmarkError(f"expected {count} accounts, found {Account.objects.count()}")
+    log(f"{desc}: {total} accounts in {elapsed:.0f} s ({total / elapsed:.1f}/s)")
 
 
 def reset_fleet(bench_url: str, schemas: list[str]) -> None:
@@ -414,11 +546,13 @@ def run(args: argparse.Namespace, bench_url: str, result_out: TextIO) -> None:
     call_command("migrate_schemas", shared=True, interactive=False, verbosity=0)
     back_to_public()
 
+    # A kept database: first undo the previous run, so that a clone's template is as provisioned.
+    reset_fleet(bench_url, list(Account.objects.values_list("schema_name", flat=True)))
     with no_tqdm_monitor():
-        ensure_accounts(args.schemas, args.provision_jobs)
+        ensure_accounts(args.schemas, args.provision_jobs, bench_url, args.clone_beyond)
     accounts = list(Account.objects.order_by("name"))
     schemas = [account.schema_name for account in accounts]
-    reset_fleet(bench_url, schemas)
+    cloned = max(0, len(schemas) - args.clone_beyond) if args.clone_beyond else 0
 
     with_index = not args.no_index
     sources = migration_sources(args.column, with_index)
@@ -456,14 +590,15 @@ def run(args: argparse.Namespace, bench_url: str, result_out: TextIO) -> None:
         with psycopg.connect(bench_url) as conn:
             by_replay = catalog(conn, replayed)
             by_django = catalog(conn, sample[0].schema_name)
-            # And the tests' fingerprint (sequences, identity, deferrability too).
-            if schema_fingerprint(conn, replayed) != schema_fingerprint(
-                conn, sample[0].schema_name
-            ):
-                raise BenchmarkError(
-                    f"{replayed} (replayed) and {sample[0].schema_name} (Django) differ "
-                    "in tests.extra_migrations.schema_fingerprint"
-                )
+            # And the tests' fingerprint (sequences, identity, deferrability too), for a cloned
+            # schema as well when there are clones (the last one is).
+            by_django_fingerprint = schema_fingerprint(conn, sample[0].schema_name)
+            for schema in {replayed, schemas[-1]} - sample_schemas:
+                if schema_fingerprint(conn, schema) != by_django_fingerprint:
+                    raise BenchmarkError(
+                        f"{schema} (replayed) and {sample[0].schema_name} (Django) differ "
+                        "in tests.extra_migrations.schema_fingerprint"
+                    )
         if by_replay != by_django:
             differences = {
                 key: (
@@ -497,6 +632,7 @@ def run(args: argparse.Namespace, bench_url: str, result_out: TextIO) -> None:
         f"django_schemas_per_s={django_rate:.2f}",
         f"ratio={replay_rate / django_rate:.0f}",
         f"noop_s={noop_s:.2f}",
+        f"cloned={cloned}",
         "catalog_equal=yes",
         f"load_avg_1m={load_start:.2f}/{load_before:.2f}/{load_after:.2f}",
     ]
