@@ -1,14 +1,20 @@
 """Benchmark: one new column (and an index on it) on every account schema, replayed as SQL.
 
     .venv/bin/python benchmarks/migrations.py [--schemas N] [--sample S] [--jobs J] [--no-index]
-        [--column default|nullable] [--provision-jobs P] [--database NAME] [--keep]
+        [--column default|nullable] [--provision-jobs P] [--clone-beyond K] [--database NAME]
+        [--keep]
 
 Issue 10's target: one new column on 10,000 account schemas in under a minute. The benchmark
-provisions N accounts (`tenancy.services.provision_account`: real Account rows, real schemas;
-in P forked processes, untimed), then adds two migrations to channels_app at run time
-(tests/extra_migrations.py, as a deploy would bring them): an AddField (a CharField with a
-default, on Channel; `--column nullable`: null=True, no default) and an AddIndex on that
-column, two migrations, one after the other (`--no-index`: the AddField alone). Then, timed:
+makes a fleet of N accounts, untimed: the first K (default 500) through
+`tenancy.services.provision_account` in P forked processes, the rest with their real Account
+row and a schema cloned from a provisioned one (checked equal). Provisioning replays 20
+`ADD COLUMN ... DEFAULT`s, each of which costs PostgreSQL 15 a pass over every index
+expression in the database, so it slows down as the fleet grows (docs/benchmarks.md).
+
+Then it adds two migrations to channels_app at run time (tests/extra_migrations.py, as a deploy
+would bring them): an AddField (a CharField with a default, on Channel; `--column nullable`:
+null=True, no default) and an AddIndex on that column, two migrations, one after the other
+(`--no-index`: the AddField alone). Then, timed:
 
 1. Django's migrate on a sample of S schemas (default 20, spread over the fleet), the path
    `migrate_accounts` falls back to (`--no-replay`, or a migration it cannot replay): Django's
@@ -115,11 +121,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--clone-beyond",
         type=int,
-        default=0,
+        default=500,
         metavar="K",
         help="once K accounts exist, create the rest as clones of a provisioned schema (its "
         "pg_dump, tables with their columns inline, and its migration rows), with real account "
-        "rows; 0, the default, provisions them all",
+        "rows (default 500; 0 provisions them all, which takes hours at 10,000: see "
+        "docs/benchmarks.md)",
     )
     parser.add_argument(
         "--database",
