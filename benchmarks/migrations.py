@@ -37,8 +37,11 @@ previous run, are first removed from every schema (untimed).
 stdout gets exactly one line:
     schemas=… migrations=… operations=… column=… jobs=… replay_s=… replay_schemas=…
     replay_schemas_per_s=… django_sample=… django_s=… django_schemas_per_s=… ratio=… noop_s=…
-    catalog_equal=yes load_avg_1m=…
-ratio is replay_schemas_per_s / django_schemas_per_s. Everything else goes to stderr.
+    cloned=… catalog_equal=yes load_avg_1m=A/B/C
+replay_s is the whole command (finding the lagging schemas, the plan and capture, the replay);
+ratio is replay_schemas_per_s / django_schemas_per_s; cloned counts the cloned schemas;
+load_avg_1m is the 1-minute load average at the start, before the timed part and after the
+replay. Everything else goes to stderr.
 """
 
 import argparse
