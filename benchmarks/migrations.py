@@ -331,12 +331,8 @@ def ensure_accounts(count: int, processes: int, bench_url: str, clone_beyond: in
         )
         ddl = clone_ddl(bench_url, template)
         log(f"cloning {len(cloned)} accounts' schemas from {template}, in {processes} processes")
-        _in_processes(
-            _clone_chunk,
-            [(names, template, ddl) for names in _chunks(cloned)],
-            processes,
-            "cloning",
-        )
+        jobs = [(chunk, template, ddl) for chunk in _chunks(cloned)]
+        _in_processes(_clone_chunk, jobs, processes, "cloning")
         from tests.extra_migrations import schema_fingerprint
 
         clone = Account.objects.get(name=cloned[-1]).schema_name
