@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import import_module, invalidate_caches
 from pathlib import Path
+from typing import Any
 
 from django.apps import apps
 from django.conf import settings
@@ -80,3 +81,98 @@ def migration_source(*, app_label: str, depends_on: str, operations: str) -> str
         f"{operations}\n"
         "    ]\n"
     )
+
+
+# --- what a schema is made of, to compare two schemas --------------------------------------------
+
+_COLUMNS = """
+SELECT c.relname, a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull,
+       pg_get_expr(d.adbin, d.adrelid), a.attidentity, a.attgenerated
+FROM pg_attribute a
+JOIN pg_class c ON c.oid = a.attrelid
+JOIN pg_namespace n ON n.oid = c.relnamespace
+LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+WHERE n.nspname = %s AND c.relkind IN ('r', 'p', 'v', 'm') AND a.attnum > 0
+  AND NOT a.attisdropped
+"""
+_INDEXES = """
+SELECT t.relname, i.relname, pg_get_indexdef(i.oid)
+FROM pg_index x
+JOIN pg_class i ON i.oid = x.indexrelid
+JOIN pg_class t ON t.oid = x.indrelid
+JOIN pg_namespace n ON n.oid = i.relnamespace
+WHERE n.nspname = %s
+"""
+_CONSTRAINTS = """
+SELECT t.relname, con.conname, con.contype, pg_get_constraintdef(con.oid),
+       con.condeferrable, con.condeferred
+FROM pg_constraint con
+JOIN pg_class t ON t.oid = con.conrelid
+JOIN pg_namespace n ON n.oid = con.connamespace
+WHERE n.nspname = %s
+"""
+_SEQUENCES = """
+SELECT c.relname, s.seqtypid::regtype::text, s.seqincrement, s.seqmin, s.seqmax
+FROM pg_sequence s
+JOIN pg_class c ON c.oid = s.seqrelid
+JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = %s
+"""
+
+
+def schema_fingerprint(conn_or_cursor: Any, schema: str) -> dict[str, Any]:
+    """What a schema is made of, read from the catalogs, with the schema's own name replaced by
+    `<schema>` so that two schemas built alike compare equal:
+
+    - columns: {table: {column: (type, not null, default, identity, generated)}}
+    - indexes: {(table, index): definition}
+    - constraints: {(table, constraint): (type, definition, deferrable, deferred)}
+    - sequences: {sequence: (type, increment, min, max)}
+    - migrations: sorted [(app, name)] of its django_migrations ([] without the table)
+
+    `conn_or_cursor` is anything with `cursor()` (a Django or psycopg connection) or a cursor
+    (Django's or psycopg's)."""
+    if hasattr(conn_or_cursor, "execute") and hasattr(conn_or_cursor, "fetchall"):
+        return _fingerprint(conn_or_cursor, schema)
+    with conn_or_cursor.cursor() as cursor:
+        return _fingerprint(cursor, schema)
+
+
+def _fingerprint(cursor: Any, schema: str) -> dict[str, Any]:
+    def normal(text: Any) -> Any:
+        if not isinstance(text, str):
+            return text
+        quoted = '"' + schema.replace('"', '""') + '"'
+        return text.replace(quoted + ".", "<schema>.").replace(schema + ".", "<schema>.")
+
+    def rows(query: str) -> list[tuple[Any, ...]]:
+        cursor.execute(query, [schema])
+        return list(cursor.fetchall())
+
+    columns: dict[str, dict[str, tuple[Any, ...]]] = {}
+    for table, column, type_, not_null, default, identity, generated in rows(_COLUMNS):
+        columns.setdefault(table, {})[column] = (
+            type_,
+            not_null,
+            normal(default),
+            identity,
+            generated,
+        )
+    indexes = {(table, index): normal(definition) for table, index, definition in rows(_INDEXES)}
+    constraints = {
+        (table, name): (kind, normal(definition), deferrable, deferred)
+        for table, name, kind, definition, deferrable, deferred in rows(_CONSTRAINTS)
+    }
+    sequences = {name: tuple(rest) for name, *rest in rows(_SEQUENCES)}
+    migrations: list[tuple[str, str]] = []
+    if "django_migrations" in columns:
+        quoted = '"' + schema.replace('"', '""') + '"'
+        cursor.execute(f"SELECT app, name FROM {quoted}.django_migrations ORDER BY app, name")
+        migrations = [(app, name) for app, name in cursor.fetchall()]
+    return {
+        "columns": columns,
+        "indexes": indexes,
+        "constraints": constraints,
+        "sequences": sequences,
+        "migrations": migrations,
+    }
