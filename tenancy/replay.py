@@ -17,10 +17,13 @@ to Django's migrate for those schemas, and `plan_replay` says why:
 - shared-app migrations are recorded only: in an account schema the tenancy router makes every
   one of their operations a no-op, so there is nothing to run, just the row to record (this is
   what keeps a new public-app migration from costing a migrate per account);
-- the SQL is captured in the group's first schema, so that operations that look at the live
-  schema (AlterField dropping a constraint by its introspected name, say) see a real one. The
-  schemas of a group were built by the same SQL, so names agree; where one does not, its
-  statement fails, that schema is rolled back and reported, and the others go on.
+- the SQL is captured by applying the group's migrations for real in its first schema, in a
+  transaction that is rolled back, recording each statement the schema editor runs: operations
+  that look at the live schema (AlterField dropping a constraint by its introspected name, say)
+  see it as migrate would, after the group's earlier migrations. The schemas of a group were
+  built by the same SQL, so names agree; where one does not, its statement fails, that schema is
+  rolled back and reported, and the others go on. If the capture fails in a schema (its data
+  breaks a new constraint, its table is locked) the next one is tried.
 
 A lock held on a schema's table makes its replay wait at most `lock_timeout`: it is retried
 after the rest of the fleet rather than stalling it.
@@ -37,6 +40,7 @@ from typing import Any
 
 import psycopg
 from django.conf import settings
+from django.db import transaction
 from django.db.migrations.executor import MigrationExecutor
 from django.db.migrations.migration import Migration as DjangoMigration
 from psycopg import sql
@@ -102,15 +106,24 @@ def group_lagging(states: Iterable[SchemaState]) -> dict[tuple[Migration, ...], 
     return groups
 
 
-def plan_replay(states: Iterable[SchemaState]) -> list[ReplayGroup]:
-    """How each group of lagging schemas is migrated: its captured SQL, or why it cannot be."""
+def plan_replay(states: Iterable[SchemaState], *, lock_timeout_ms: int = 2000) -> list[ReplayGroup]:
+    """How each group of lagging schemas is migrated: its captured SQL, or why it cannot be.
+    `lock_timeout_ms` bounds the capture's wait for a lock in the schema it runs in."""
     plans = []
     for missing, schemas in group_lagging(states).items():
-        plans.append(_plan_group(missing, tuple(schemas)))
+        plans.append(_plan_group(missing, tuple(schemas), lock_timeout_ms))
     return plans
 
 
-def _plan_group(missing: tuple[Migration, ...], schemas: tuple[str, ...]) -> ReplayGroup:
+# How many schemas of a group the capture is tried in before the group falls back to Django's
+# migrate: a schema whose statement fails (its data breaks a new constraint) or whose table is
+# locked is skipped for the next, and is then reported by its own replay.
+CAPTURE_ATTEMPTS = 3
+
+
+def _plan_group(
+    missing: tuple[Migration, ...], schemas: tuple[str, ...], lock_timeout_ms: int = 2000
+) -> ReplayGroup:
     executor = MigrationExecutor(connection)
     loader = executor.loader
     graph = loader.graph
@@ -139,8 +152,20 @@ def _plan_group(missing: tuple[Migration, ...], schemas: tuple[str, ...]) -> Rep
     account_migrations = [m for m in migrations if m.app_label in labels]
     if not account_migrations:
         return ReplayGroup(missing, schemas, ())
-    statements = _capture(executor, applied, account_migrations, schemas[0])
-    return ReplayGroup(missing, schemas, tuple(statements))
+    failures = []
+    for schema in schemas[:CAPTURE_ATTEMPTS]:
+        try:
+            statements = _capture(executor, applied, account_migrations, schema, lock_timeout_ms)
+        except Exception as exc:
+            failures.append(f"in {schema}: {type(exc).__name__}: {_message(exc)}")
+            continue
+        return ReplayGroup(missing, schemas, tuple(statements))
+    return ReplayGroup(
+        missing,
+        schemas,
+        None,
+        "capturing the SQL failed " + "; ".join(failures),
+    )
 
 
 def _unsafe_reason(migrations: Sequence[DjangoMigration], labels: set[str]) -> str:
@@ -164,26 +189,53 @@ def _capture(
     applied: list[Migration],
     migrations: list[DjangoMigration],
     schema: str,
+    lock_timeout_ms: int,
 ) -> list[str]:
-    """The SQL of `migrations` applied after `applied`, collected (not run) with the search path
-    on `schema`, so that whatever the schema editor introspects is a real schema of the group."""
+    """The SQL Django's migrate runs for `migrations` applied after `applied` in `schema`: they
+    are applied there for real, as migrate would, in a transaction that is rolled back, and
+    every statement the schema editor executes is recorded.
+
+    Collecting the SQL without running it (`sqlmigrate`, collect_sql) is not enough: what the
+    schema editor introspects (the name of a constraint to drop, say) would be read from the
+    schema as it was before the group's first migration, so an AlterField undoing what an
+    earlier pending migration added would find nothing to drop and silently drop nothing."""
     previous = connection.tenant
     connection.set_schema(schema)
+    statements: list[str] = []
     try:
         state = executor.loader.graph.make_state(
             nodes=applied, at_end=True, real_apps=executor.loader.unmigrated_apps
         )
-        statements: list[str] = []
-        for migration in migrations:
-            with connection.schema_editor(collect_sql=True, atomic=migration.atomic) as editor:
-                state = migration.apply(state, editor, collect_sql=True)
-            # Comment lines ("-- Add field x to y") are what sqlmigrate prints between statements.
-            statements.extend(
-                statement for statement in editor.collected_sql if not _is_comment(statement)
-            )
-        return statements
+        with transaction.atomic(using=connection.alias):
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT set_config('lock_timeout', %s, true)", [f"{int(lock_timeout_ms)}ms"]
+                )
+            for migration in migrations:
+                # Not atomic itself: inside this transaction, and a failing deferred statement
+                # must not leave an atomic block of the editor's own open.
+                with connection.schema_editor(atomic=False) as editor:
+                    _record_statements(editor, statements)
+                    state = migration.apply(state, editor)
+            transaction.set_rollback(True, using=connection.alias)
+        return [statement for statement in statements if not _is_comment(statement)]
     finally:
         connection.set_tenant(previous)
+
+
+def _record_statements(editor: Any, statements: list[str]) -> None:
+    """Make the schema editor append each statement it executes to `statements`, its parameters
+    merged in as PostgreSQL's schema editor merges them (and as collect_sql records them)."""
+    execute = editor.execute
+
+    def recording(sql: Any, params: Any = ()) -> Any:
+        text = str(sql)
+        statements.append(
+            text if params is None else editor.connection.ops.compose_sql(text, params)
+        )
+        return execute(sql, params)
+
+    editor.execute = recording
 
 
 def _is_comment(statement: str) -> bool:
@@ -249,7 +301,7 @@ def _rollback(conn: psycopg.Connection[Any]) -> None:
         conn.execute("ROLLBACK")
 
 
-def _message(exc: psycopg.Error) -> str:
+def _message(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
 

@@ -180,7 +180,7 @@ class Command(BaseCommand):
                 for state in lagging_states
             ]
         else:
-            groups = plan_replay(lagging_states)
+            groups = plan_replay(lagging_states, lock_timeout_ms=options["lock_timeout"])
         if dry_run:
             self._print_plan(groups, len(accounts), up_to_date, failures)
             return
