@@ -340,6 +340,8 @@ def _find_failing_statement(
 class ReplayResult:
     migrated: list[str] = field(default_factory=list)
     failed: list[SchemaOutcome] = field(default_factory=list)
+    # Schemas found with a table locked at least once and put back in the queue, in order.
+    retried: list[str] = field(default_factory=list)
 
 
 def replay(
@@ -403,6 +405,8 @@ def _replay_pass(
                         result.migrated.append(schema)
                     elif outcome.locked and not final:
                         locked.append(item)
+                        if schema not in result.retried:
+                            result.retried.append(schema)
                         continue
                     else:
                         result.failed.append(outcome)
