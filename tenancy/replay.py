@@ -80,6 +80,7 @@ class SchemaOutcome:
     locked: bool = False
     statement: str = ""  # the statement that failed, if one did
     error: str = ""
+    already: bool = False  # found migrated by another run (or a killed one's backend)
 
     def describe(self) -> str:
         if self.locked:
@@ -261,6 +262,41 @@ def _preamble(schema: str, lock_timeout_ms: int) -> sql.Composed:
     )
 
 
+# SQLSTATEs the guard raises: every pending migration is already recorded (another run did it),
+# or some are (the schema changed since the plan).
+ALREADY_APPLIED = "PLR01"
+CHANGED_SINCE_PLAN = "PLR02"
+
+
+def _guard_sql(missing: Sequence[Migration]) -> sql.Composed:
+    """Serialise replays of one schema and stop one that would apply its migrations twice.
+
+    A run killed while a schema's script was in flight leaves a backend that still runs it to
+    its COMMIT (the whole script was sent); a run resumed at once, or two runs at a time, would
+    then replay the same DDL again and fail on "already exists", or record the rows twice. The
+    replay takes the schema's django_migrations lock first (self-conflicting, so the second
+    waits, bounded by lock_timeout, and is retried), then checks that its migrations are still
+    missing."""
+    keys = sql.SQL(", ").join(
+        sql.SQL("({}, {})").format(sql.Literal(app), sql.Literal(name)) for app, name in missing
+    )
+    return sql.SQL(
+        "LOCK TABLE django_migrations IN SHARE ROW EXCLUSIVE MODE;\n"
+        "DO $palaver$ DECLARE found integer; BEGIN "
+        "SELECT count(DISTINCT (app, name)) INTO found FROM django_migrations "
+        "WHERE (app, name) IN ({keys}); "
+        "IF found = {total} THEN RAISE EXCEPTION 'its migrations were applied meanwhile' "
+        "USING ERRCODE = {already}; "
+        "ELSIF found > 0 THEN RAISE EXCEPTION 'some of its migrations were applied meanwhile' "
+        "USING ERRCODE = {changed}; END IF; END $palaver$"
+    ).format(
+        keys=keys,
+        total=sql.Literal(len(missing)),
+        already=sql.Literal(ALREADY_APPLIED),
+        changed=sql.Literal(CHANGED_SINCE_PLAN),
+    )
+
+
 def replay_script(group: ReplayGroup, schema: str, lock_timeout_ms: int) -> sql.Composed:
     """Everything one schema's replay sends, in one transaction and one round trip."""
     assert group.statements is not None
@@ -270,6 +306,7 @@ def replay_script(group: ReplayGroup, schema: str, lock_timeout_ms: int) -> sql.
         [
             sql.SQL("BEGIN"),
             _preamble(schema, lock_timeout_ms),
+            _guard_sql(group.missing),
             *body,
             _record_sql(group.missing),
             sql.SQL("COMMIT"),
@@ -288,6 +325,12 @@ def replay_in_schema(
         _rollback(conn)
         if exc.sqlstate == LOCK_NOT_AVAILABLE:
             return SchemaOutcome(schema, ok=False, locked=True, error=_message(exc))
+        if exc.sqlstate == ALREADY_APPLIED:
+            return SchemaOutcome(schema, ok=True, already=True)
+        if exc.sqlstate == CHANGED_SINCE_PLAN:
+            return SchemaOutcome(
+                schema, ok=False, error=f"{_message(exc)}: run again to migrate it"
+            )
         return _find_failing_statement(conn, group, schema, lock_timeout_ms, exc)
     if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
         # The script did not reach its COMMIT: nothing of it may count as applied.
@@ -342,6 +385,8 @@ class ReplayResult:
     failed: list[SchemaOutcome] = field(default_factory=list)
     # Schemas found with a table locked at least once and put back in the queue, in order.
     retried: list[str] = field(default_factory=list)
+    # Schemas found migrated by another run when their turn came: nothing done to them.
+    already: list[str] = field(default_factory=list)
 
 
 def replay(
@@ -401,7 +446,9 @@ def _replay_pass(
                 group, schema = item
                 outcome = replay_in_schema(conn, group, schema, lock_timeout_ms)
                 with lock:
-                    if outcome.ok:
+                    if outcome.already:
+                        result.already.append(schema)
+                    elif outcome.ok:
                         result.migrated.append(schema)
                     elif outcome.locked and not final:
                         locked.append(item)

@@ -296,6 +296,11 @@ class Command(BaseCommand):
                 f"Locked tables made {plural(len(result.retried), 'schema')} wait; tried again "
                 f"after the rest: {_some(result.retried)}."
             )
+        if result.already:
+            self.stdout.write(
+                f"{plural(len(result.already), 'schema')} had been migrated meanwhile by another "
+                f"run, left as they were: {_some(result.already)}."
+            )
         self.stdout.write(
             f"Replayed the pending migrations' SQL in {plural(len(result.migrated), 'schema')} "
             f"in {elapsed:.1f} s ({len(result.migrated) / elapsed if elapsed else 0:.0f} "
