@@ -4,11 +4,16 @@ time (tests.extra_migrations) to many account schemas by replaying its captured 
 catalogs (columns, indexes, constraints, sequences, migration rows)."""
 
 import io
+import os
+import signal
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import psycopg
 import pytest
@@ -19,15 +24,19 @@ from django.db import connection
 from django_tenants.utils import quote_schema_name
 
 from accounts.models import Account
-from config.database import connection_params
+from channels_app.models import Channel
+from config.database import connection_params, database_url
+from tenancy.context import switch
 from tenancy.migration_state import schema_states
 from tenancy.services import provision_account
 from tests.extra_migrations import (
+    child_environment,
     extra_migrations,
     leaf_migration,
     migration_source,
     schema_fingerprint,
 )
+from tests.factories import ChannelFactory
 
 ROOT = Path(__file__).resolve().parent.parent
 CHANNELS_LEAF = leaf_migration("channels_app")
@@ -104,6 +113,16 @@ CHECKED = migration_source(
             constraint=models.CheckConstraint(
                 condition=~models.Q(name="#forbidden"), name="channel_name_allowed"
             ),
+        ),""",
+)
+LLMS_LEAF = leaf_migration("llms")
+# A shared (public) app's migration: an account schema only records it.
+SHARED = migration_source(
+    app_label="llms",
+    depends_on=LLMS_LEAF,
+    operations="""
+        migrations.AddField(
+            model_name="llm", name="fleet_note", field=models.TextField(blank=True, default="")
         ),""",
 )
 PYTHON = f"""from django.db import migrations, models
@@ -267,3 +286,207 @@ def test_replay_builds_each_schema_exactly_as_django_migrate(
         assert all(up_to_date(accounts).values())
         stdout, _ = run()
         assert "Checked 21 account schemas: 0 migrated, 21 up to date, 0 failed" in stdout
+
+
+# --- what cannot be replayed, and what needs no replay -------------------------------------------
+
+
+def test_a_run_python_migration_falls_back_to_django_migrate(clean_schemas: None) -> None:
+    accounts = fleet(3)
+    with switch(accounts[1]):
+        channel = cast(Channel, ChannelFactory())
+    with extra_migrations("channels_app", {"0901_fleet_python": PYTHON}):
+        stdout, _ = run(dry_run=True)
+        reason = (
+            "channels_app.0901_fleet_python runs RunPython, whose effect is not SQL that can be "
+            "captured once"
+        )
+        assert (
+            "Group 1: 3 schemas missing channels_app.0901_fleet_python: Django's migrate, "
+            f"because {reason}." in stdout
+        )
+
+        stdout, stderr = run(jobs=2)
+
+        assert (
+            "3 schemas missing channels_app.0901_fleet_python get Django's migrate instead of a "
+            f"replay: {reason}: " + ", ".join(a.schema_name for a in accounts) in stdout
+        )
+        assert "Migrating" in stderr and "Replaying" not in stderr
+        assert "Checked 3 account schemas: 3 migrated, 0 up to date, 0 failed" in stdout
+        assert all(up_to_date(accounts).values())
+        for account in accounts:
+            assert "label" in columns(account.schema_name)
+            assert rows_of(account.schema_name, "channels_app", "0901_fleet_python") == 1
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"SELECT label FROM {quote_schema_name(accounts[1].schema_name)}"
+                ".channels_app_channel WHERE id = %s",
+                [channel.pk],
+            )
+            assert cursor.fetchone() == ("labelled",)  # the RunPython ran
+
+
+def test_a_shared_app_migration_is_only_recorded_in_account_schemas(clean_schemas: None) -> None:
+    accounts = fleet(20)
+    before = {a.schema_name: fingerprint(a.schema_name) for a in accounts}
+    with extra_migrations("llms", {"0901_fleet_shared": SHARED}):
+        assert not any(up_to_date(accounts).values())  # every schema lags by it
+        stdout, _ = run(dry_run=True)
+        assert "Group 1: 20 schemas missing llms.0901_fleet_shared: replayed as SQL." in stdout
+        assert "SQL: none (shared-app migrations: only recorded)" in stdout
+
+        started = time.monotonic()
+        stdout, stderr = run(jobs=2)
+        elapsed = time.monotonic() - started
+
+        assert "Replayed the pending migrations' SQL in 20 schemas" in stdout
+        assert "Checked 20 account schemas: 20 migrated, 0 up to date, 0 failed" in stdout
+        assert "Migrating" not in stderr  # no per-schema migrate
+        assert elapsed < 10, elapsed  # Django's migrate takes about 0.5 s per schema
+        assert all(up_to_date(accounts).values())
+        for account in accounts:
+            after = fingerprint(account.schema_name)
+            assert after["migrations"] == sorted(
+                [*before[account.schema_name]["migrations"], ("llms", "0901_fleet_shared")]
+            )
+            # Nothing else changed: the public table's column is not the account's business.
+            assert {**after, "migrations": []} == {
+                **before[account.schema_name],
+                "migrations": [],
+            }
+
+
+# --- failures, locks, interruptions --------------------------------------------------------------
+
+
+def test_a_failing_statement_leaves_its_schema_as_it_was_and_the_others_migrated(
+    clean_schemas: None,
+) -> None:
+    # The first by name: the one the capture would run in first.
+    bad, *good = fleet(6)
+    with switch(bad):
+        forbidden = cast(Channel, ChannelFactory(name="#forbidden"))
+    before = fingerprint(bad.schema_name)
+    with extra_migrations("channels_app", {"0901_fleet_checked": CHECKED}):
+        message, stdout, stderr = run_failing(jobs=2)
+
+        assert "1 account schema(s) failed to migrate" in message
+        assert f"FAILED {bad.name} ({bad.schema_name}): " in stderr
+        assert 'check constraint "channel_name_allowed"' in stderr
+        assert 'in statement: ALTER TABLE "channels_app_channel" ADD CONSTRAINT' in stderr
+        assert "Checked 6 account schemas: 5 migrated, 0 up to date, 1 failed" in stdout
+        # The failed schema is exactly as it was: no column, no migration row.
+        assert fingerprint(bad.schema_name) == before
+        assert "label" not in columns(bad.schema_name)
+        assert rows_of(bad.schema_name, "channels_app", "0901_fleet_checked") == 0
+        expected = fingerprint(good[0].schema_name)
+        assert "label" in expected["columns"]["channels_app_channel"]
+        assert all(up_to_date(good).values())
+
+        # Fixed, run again: it is migrated, like the others.
+        with switch(bad):
+            Channel.objects.filter(pk=forbidden.pk).update(name="#allowed")
+        stdout, _ = run()
+        assert "Checked 6 account schemas: 1 migrated, 5 up to date, 0 failed" in stdout
+        assert differences(fingerprint(bad.schema_name), expected) == []
+
+
+def test_a_locked_table_is_retried_after_the_others(clean_schemas: None) -> None:
+    accounts = fleet(6)
+    busy = accounts[2]
+    with extra_migrations("channels_app", {"0901_fleet_checked": CHECKED}):
+        with table_locked(busy.schema_name) as release:
+            timer = release_later(release, 1.5)
+            stdout, _ = run(jobs=2, lock_timeout=200, lock_retries=10)
+            timer.join()
+        assert "Checked 6 account schemas: 6 migrated, 0 up to date, 0 failed" in stdout
+        assert f"tried again after the rest: {busy.schema_name}." in stdout
+        assert all(up_to_date(accounts).values())
+        expected = fingerprint(accounts[0].schema_name)
+        assert differences(fingerprint(busy.schema_name), expected) == []
+
+
+def test_a_table_locked_for_good_is_reported_and_the_others_migrated(
+    clean_schemas: None,
+) -> None:
+    accounts = fleet(4)
+    busy = accounts[0]  # the first: the capture too must get past it
+    before = fingerprint(busy.schema_name)
+    with extra_migrations("channels_app", {"0901_fleet_checked": CHECKED}):
+        with table_locked(busy.schema_name):
+            message, stdout, stderr = run_failing(jobs=2, lock_timeout=100, lock_retries=1)
+        # (Read once the lock is gone: the catalog functions would wait for it too.)
+        assert fingerprint(busy.schema_name) == before
+        assert "1 account schema(s) failed" in message
+        assert (
+            f"FAILED {busy.name} ({busy.schema_name}): a table stayed locked (lock_timeout)"
+            in stderr
+        )
+        assert "Checked 4 account schemas: 3 migrated, 0 up to date, 1 failed" in stdout
+        assert up_to_date(accounts) == {
+            a.schema_name: a.schema_name != busy.schema_name for a in accounts
+        }
+        stdout, _ = run()
+        assert "Checked 4 account schemas: 1 migrated, 3 up to date, 0 failed" in stdout
+
+
+def waiting_for_lock(schema: str, table: str = "channels_app_channel") -> bool:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE NOT granted AND relation = %s::regclass)",
+            [f"{quote_schema_name(schema)}.{table}"],
+        )
+        (waiting,) = cursor.fetchone()
+    return bool(waiting)
+
+
+def test_an_interrupted_run_resumed_migrates_every_schema_exactly_once(
+    clean_schemas: None,
+) -> None:
+    accounts = fleet(8)
+    stuck = accounts[4]
+    with extra_migrations("channels_app", {"0901_fleet_checked": CHECKED}):
+        env = {
+            **os.environ,
+            **child_environment(),
+            "DATABASE_URL": database_url(settings.DATABASES["default"]),
+        }
+        with table_locked(stuck.schema_name) as release:
+            # One worker, in name order: it migrates the first four, then waits on the lock.
+            child = subprocess.Popen(
+                [sys.executable, "manage.py", "migrate_accounts", "--skip-public", "--jobs", "1",
+                 "--lock-timeout", "60000"],
+                cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            )  # fmt: skip
+            try:
+                deadline = time.monotonic() + 60
+                while not waiting_for_lock(stuck.schema_name):
+                    assert child.poll() is None, child.communicate()[0]
+                    assert time.monotonic() < deadline, "the child never reached the lock"
+                    time.sleep(0.1)
+                state = up_to_date(accounts)
+                assert [state[a.schema_name] for a in accounts] == [True] * 4 + [False] * 4
+            finally:
+                child.send_signal(signal.SIGKILL)
+                child.communicate(timeout=30)
+            assert child.returncode == -signal.SIGKILL
+            # Resumed at once, while the lock is still held, and it goes away meanwhile.
+            timer = release_later(release, 2.0)
+            stdout, stderr = run(jobs=2, lock_timeout=200, lock_retries=10)
+            timer.join()
+        assert "Checked 8 account schemas: 4 migrated, 4 up to date, 0 failed" in stdout, (
+            stdout + stderr
+        )
+        # The killed run's backend still committed the stuck schema once the lock went away:
+        # the resumed run waited for it and left that schema alone.
+        assert (
+            f"1 schema had been migrated meanwhile by another run, left as they were: "
+            f"{stuck.schema_name}." in stdout
+        )
+        expected = fingerprint(accounts[0].schema_name)
+        for account in accounts:
+            assert rows_of(account.schema_name, "channels_app", "0901_fleet_checked") == 1
+            assert differences(fingerprint(account.schema_name), expected) == [], account
+        stdout, _ = run()
+        assert "Checked 8 account schemas: 0 migrated, 8 up to date, 0 failed" in stdout
