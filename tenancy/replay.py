@@ -35,7 +35,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from threading import Lock
+from threading import Event, Lock
 from typing import Any
 
 import psycopg
@@ -435,10 +435,13 @@ def _replay_pass(
     lock = Lock()
     locked: list[tuple[ReplayGroup, str]] = []
     work = iter(queue)
+    # Set when the main thread is interrupted (Ctrl-C): each worker finishes the schema in hand
+    # (atomic either way) and takes no other, instead of draining the queue.
+    stop = Event()
 
     def worker() -> None:
         with psycopg.connect(**params, autocommit=True) as conn:
-            while True:
+            while not stop.is_set():
                 with lock:
                     item = next(work, None)
                 if item is None:
@@ -460,7 +463,13 @@ def _replay_pass(
                 on_done(outcome)
 
     workers = max(1, min(jobs, len(queue)))
-    with ThreadPoolExecutor(max_workers=workers) as pool:
+    pool = ThreadPoolExecutor(max_workers=workers)
+    try:
         for future in [pool.submit(worker) for _ in range(workers)]:
             future.result()
+    except BaseException:
+        stop.set()
+        raise
+    finally:
+        pool.shutdown(wait=True)
     return locked

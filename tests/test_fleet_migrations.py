@@ -490,3 +490,39 @@ def test_an_interrupted_run_resumed_migrates_every_schema_exactly_once(
             assert differences(fingerprint(account.schema_name), expected) == [], account
         stdout, _ = run()
         assert "Checked 8 account schemas: 0 migrated, 8 up to date, 0 failed" in stdout
+
+
+def test_an_interrupted_run_stops_taking_schemas(clean_schemas: None) -> None:
+    """Ctrl-C: the schema in hand is finished or rolled back, no other is started."""
+    accounts = fleet(6)
+    stuck = accounts[2]
+    with extra_migrations("channels_app", {"0901_fleet_checked": CHECKED}):
+        env = {
+            **os.environ,
+            **child_environment(),
+            "DATABASE_URL": database_url(settings.DATABASES["default"]),
+        }
+        with table_locked(stuck.schema_name):
+            child = subprocess.Popen(
+                [sys.executable, "manage.py", "migrate_accounts", "--skip-public", "--jobs", "1",
+                 "--lock-timeout", "1500", "--lock-retries", "0"],
+                cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            )  # fmt: skip
+            try:
+                deadline = time.monotonic() + 60
+                while not waiting_for_lock(stuck.schema_name):
+                    assert child.poll() is None, child.communicate()[0]
+                    assert time.monotonic() < deadline, "the child never reached the lock"
+                    time.sleep(0.05)
+                child.send_signal(signal.SIGINT)
+                output, _ = child.communicate(timeout=30)
+            finally:
+                if child.poll() is None:
+                    child.kill()
+                    child.communicate()
+        assert child.returncode != 0, output
+        state = up_to_date(accounts)
+        # The first two done, the stuck one rolled back at its lock_timeout, the rest untouched.
+        assert [state[a.schema_name] for a in accounts] == [True, True] + [False] * 4, output
+        stdout, _ = run()
+        assert "Checked 6 account schemas: 4 migrated, 2 up to date, 0 failed" in stdout
