@@ -17,10 +17,13 @@ to Django's migrate for those schemas, and `plan_replay` says why:
 - shared-app migrations are recorded only: in an account schema the tenancy router makes every
   one of their operations a no-op, so there is nothing to run, just the row to record (this is
   what keeps a new public-app migration from costing a migrate per account);
-- the SQL is captured in the group's first schema, so that operations that look at the live
-  schema (AlterField dropping a constraint by its introspected name, say) see a real one. The
-  schemas of a group were built by the same SQL, so names agree; where one does not, its
-  statement fails, that schema is rolled back and reported, and the others go on.
+- the SQL is captured by applying the group's migrations for real in its first schema, in a
+  transaction that is rolled back, recording each statement the schema editor runs: operations
+  that look at the live schema (AlterField dropping a constraint by its introspected name, say)
+  see it as migrate would, after the group's earlier migrations. The schemas of a group were
+  built by the same SQL, so names agree; where one does not, its statement fails, that schema is
+  rolled back and reported, and the others go on. If the capture fails in a schema (its data
+  breaks a new constraint, its table is locked) the next one is tried.
 
 A lock held on a schema's table makes its replay wait at most `lock_timeout`: it is retried
 after the rest of the fleet rather than stalling it.
@@ -32,11 +35,12 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from threading import Lock
+from threading import Event, Lock
 from typing import Any
 
 import psycopg
 from django.conf import settings
+from django.db import transaction
 from django.db.migrations.executor import MigrationExecutor
 from django.db.migrations.migration import Migration as DjangoMigration
 from psycopg import sql
@@ -76,6 +80,7 @@ class SchemaOutcome:
     locked: bool = False
     statement: str = ""  # the statement that failed, if one did
     error: str = ""
+    already: bool = False  # found migrated by another run (or a killed one's backend)
 
     def describe(self) -> str:
         if self.locked:
@@ -102,15 +107,24 @@ def group_lagging(states: Iterable[SchemaState]) -> dict[tuple[Migration, ...], 
     return groups
 
 
-def plan_replay(states: Iterable[SchemaState]) -> list[ReplayGroup]:
-    """How each group of lagging schemas is migrated: its captured SQL, or why it cannot be."""
+def plan_replay(states: Iterable[SchemaState], *, lock_timeout_ms: int = 2000) -> list[ReplayGroup]:
+    """How each group of lagging schemas is migrated: its captured SQL, or why it cannot be.
+    `lock_timeout_ms` bounds the capture's wait for a lock in the schema it runs in."""
     plans = []
     for missing, schemas in group_lagging(states).items():
-        plans.append(_plan_group(missing, tuple(schemas)))
+        plans.append(_plan_group(missing, tuple(schemas), lock_timeout_ms))
     return plans
 
 
-def _plan_group(missing: tuple[Migration, ...], schemas: tuple[str, ...]) -> ReplayGroup:
+# How many schemas of a group the capture is tried in before the group falls back to Django's
+# migrate: a schema whose statement fails (its data breaks a new constraint) or whose table is
+# locked is skipped for the next, and is then reported by its own replay.
+CAPTURE_ATTEMPTS = 3
+
+
+def _plan_group(
+    missing: tuple[Migration, ...], schemas: tuple[str, ...], lock_timeout_ms: int = 2000
+) -> ReplayGroup:
     executor = MigrationExecutor(connection)
     loader = executor.loader
     graph = loader.graph
@@ -139,8 +153,20 @@ def _plan_group(missing: tuple[Migration, ...], schemas: tuple[str, ...]) -> Rep
     account_migrations = [m for m in migrations if m.app_label in labels]
     if not account_migrations:
         return ReplayGroup(missing, schemas, ())
-    statements = _capture(executor, applied, account_migrations, schemas[0])
-    return ReplayGroup(missing, schemas, tuple(statements))
+    failures = []
+    for schema in schemas[:CAPTURE_ATTEMPTS]:
+        try:
+            statements = _capture(executor, applied, account_migrations, schema, lock_timeout_ms)
+        except Exception as exc:
+            failures.append(f"in {schema}: {type(exc).__name__}: {_message(exc)}")
+            continue
+        return ReplayGroup(missing, schemas, tuple(statements))
+    return ReplayGroup(
+        missing,
+        schemas,
+        None,
+        "capturing the SQL failed " + "; ".join(failures),
+    )
 
 
 def _unsafe_reason(migrations: Sequence[DjangoMigration], labels: set[str]) -> str:
@@ -164,26 +190,53 @@ def _capture(
     applied: list[Migration],
     migrations: list[DjangoMigration],
     schema: str,
+    lock_timeout_ms: int,
 ) -> list[str]:
-    """The SQL of `migrations` applied after `applied`, collected (not run) with the search path
-    on `schema`, so that whatever the schema editor introspects is a real schema of the group."""
+    """The SQL Django's migrate runs for `migrations` applied after `applied` in `schema`: they
+    are applied there for real, as migrate would, in a transaction that is rolled back, and
+    every statement the schema editor executes is recorded.
+
+    Collecting the SQL without running it (`sqlmigrate`, collect_sql) is not enough: what the
+    schema editor introspects (the name of a constraint to drop, say) would be read from the
+    schema as it was before the group's first migration, so an AlterField undoing what an
+    earlier pending migration added would find nothing to drop and silently drop nothing."""
     previous = connection.tenant
     connection.set_schema(schema)
+    statements: list[str] = []
     try:
         state = executor.loader.graph.make_state(
             nodes=applied, at_end=True, real_apps=executor.loader.unmigrated_apps
         )
-        statements: list[str] = []
-        for migration in migrations:
-            with connection.schema_editor(collect_sql=True, atomic=migration.atomic) as editor:
-                state = migration.apply(state, editor, collect_sql=True)
-            # Comment lines ("-- Add field x to y") are what sqlmigrate prints between statements.
-            statements.extend(
-                statement for statement in editor.collected_sql if not _is_comment(statement)
-            )
-        return statements
+        with transaction.atomic(using=connection.alias):
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT set_config('lock_timeout', %s, true)", [f"{int(lock_timeout_ms)}ms"]
+                )
+            for migration in migrations:
+                # Not atomic itself: inside this transaction, and a failing deferred statement
+                # must not leave an atomic block of the editor's own open.
+                with connection.schema_editor(atomic=False) as editor:
+                    _record_statements(editor, statements)
+                    state = migration.apply(state, editor)
+            transaction.set_rollback(True, using=connection.alias)
+        return [statement for statement in statements if not _is_comment(statement)]
     finally:
         connection.set_tenant(previous)
+
+
+def _record_statements(editor: Any, statements: list[str]) -> None:
+    """Make the schema editor append each statement it executes to `statements`, its parameters
+    merged in as PostgreSQL's schema editor merges them (and as collect_sql records them)."""
+    execute = editor.execute
+
+    def recording(sql: Any, params: Any = ()) -> Any:
+        text = str(sql)
+        statements.append(
+            text if params is None else editor.connection.ops.compose_sql(text, params)
+        )
+        return execute(sql, params)
+
+    editor.execute = recording
 
 
 def _is_comment(statement: str) -> bool:
@@ -209,6 +262,41 @@ def _preamble(schema: str, lock_timeout_ms: int) -> sql.Composed:
     )
 
 
+# SQLSTATEs the guard raises: every pending migration is already recorded (another run did it),
+# or some are (the schema changed since the plan).
+ALREADY_APPLIED = "PLR01"
+CHANGED_SINCE_PLAN = "PLR02"
+
+
+def _guard_sql(missing: Sequence[Migration]) -> sql.Composed:
+    """Serialise replays of one schema and stop one that would apply its migrations twice.
+
+    A run killed while a schema's script was in flight leaves a backend that still runs it to
+    its COMMIT (the whole script was sent); a run resumed at once, or two runs at a time, would
+    then replay the same DDL again and fail on "already exists", or record the rows twice. The
+    replay takes the schema's django_migrations lock first (self-conflicting, so the second
+    waits, bounded by lock_timeout, and is retried), then checks that its migrations are still
+    missing."""
+    keys = sql.SQL(", ").join(
+        sql.SQL("({}, {})").format(sql.Literal(app), sql.Literal(name)) for app, name in missing
+    )
+    return sql.SQL(
+        "LOCK TABLE django_migrations IN SHARE ROW EXCLUSIVE MODE;\n"
+        "DO $palaver$ DECLARE found integer; BEGIN "
+        "SELECT count(DISTINCT (app, name)) INTO found FROM django_migrations "
+        "WHERE (app, name) IN ({keys}); "
+        "IF found = {total} THEN RAISE EXCEPTION 'its migrations were applied meanwhile' "
+        "USING ERRCODE = {already}; "
+        "ELSIF found > 0 THEN RAISE EXCEPTION 'some of its migrations were applied meanwhile' "
+        "USING ERRCODE = {changed}; END IF; END $palaver$"
+    ).format(
+        keys=keys,
+        total=sql.Literal(len(missing)),
+        already=sql.Literal(ALREADY_APPLIED),
+        changed=sql.Literal(CHANGED_SINCE_PLAN),
+    )
+
+
 def replay_script(group: ReplayGroup, schema: str, lock_timeout_ms: int) -> sql.Composed:
     """Everything one schema's replay sends, in one transaction and one round trip."""
     assert group.statements is not None
@@ -218,6 +306,7 @@ def replay_script(group: ReplayGroup, schema: str, lock_timeout_ms: int) -> sql.
         [
             sql.SQL("BEGIN"),
             _preamble(schema, lock_timeout_ms),
+            _guard_sql(group.missing),
             *body,
             _record_sql(group.missing),
             sql.SQL("COMMIT"),
@@ -236,6 +325,12 @@ def replay_in_schema(
         _rollback(conn)
         if exc.sqlstate == LOCK_NOT_AVAILABLE:
             return SchemaOutcome(schema, ok=False, locked=True, error=_message(exc))
+        if exc.sqlstate == ALREADY_APPLIED:
+            return SchemaOutcome(schema, ok=True, already=True)
+        if exc.sqlstate == CHANGED_SINCE_PLAN:
+            return SchemaOutcome(
+                schema, ok=False, error=f"{_message(exc)}: run again to migrate it"
+            )
         return _find_failing_statement(conn, group, schema, lock_timeout_ms, exc)
     if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
         # The script did not reach its COMMIT: nothing of it may count as applied.
@@ -249,7 +344,7 @@ def _rollback(conn: psycopg.Connection[Any]) -> None:
         conn.execute("ROLLBACK")
 
 
-def _message(exc: psycopg.Error) -> str:
+def _message(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
 
@@ -288,6 +383,10 @@ def _find_failing_statement(
 class ReplayResult:
     migrated: list[str] = field(default_factory=list)
     failed: list[SchemaOutcome] = field(default_factory=list)
+    # Schemas found with a table locked at least once and put back in the queue, in order.
+    retried: list[str] = field(default_factory=list)
+    # Schemas found migrated by another run when their turn came: nothing done to them.
+    already: list[str] = field(default_factory=list)
 
 
 def replay(
@@ -336,10 +435,13 @@ def _replay_pass(
     lock = Lock()
     locked: list[tuple[ReplayGroup, str]] = []
     work = iter(queue)
+    # Set when the main thread is interrupted (Ctrl-C): each worker finishes the schema in hand
+    # (atomic either way) and takes no other, instead of draining the queue.
+    stop = Event()
 
     def worker() -> None:
         with psycopg.connect(**params, autocommit=True) as conn:
-            while True:
+            while not stop.is_set():
                 with lock:
                     item = next(work, None)
                 if item is None:
@@ -347,17 +449,27 @@ def _replay_pass(
                 group, schema = item
                 outcome = replay_in_schema(conn, group, schema, lock_timeout_ms)
                 with lock:
-                    if outcome.ok:
+                    if outcome.already:
+                        result.already.append(schema)
+                    elif outcome.ok:
                         result.migrated.append(schema)
                     elif outcome.locked and not final:
                         locked.append(item)
+                        if schema not in result.retried:
+                            result.retried.append(schema)
                         continue
                     else:
                         result.failed.append(outcome)
                 on_done(outcome)
 
     workers = max(1, min(jobs, len(queue)))
-    with ThreadPoolExecutor(max_workers=workers) as pool:
+    pool = ThreadPoolExecutor(max_workers=workers)
+    try:
         for future in [pool.submit(worker) for _ in range(workers)]:
             future.result()
+    except BaseException:
+        stop.set()
+        raise
+    finally:
+        pool.shutdown(wait=True)
     return locked

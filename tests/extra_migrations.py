@@ -8,6 +8,7 @@ migrations' names must sort after the app's last one and name it (or another new
 dependency: `leaf_migration("channels_app")` gives it.
 """
 
+import json
 import shutil
 import sys
 import tempfile
@@ -20,14 +21,14 @@ from typing import Any
 
 from django.apps import apps
 from django.conf import settings
-from django.db import connection
 from django.db.migrations.loader import MigrationLoader
 from django.test.utils import override_settings
 
 
 def leaf_migration(app_label: str) -> str:
     """The name of the app's latest migration on disk."""
-    loader = MigrationLoader(connection, ignore_no_migrations=True, load=True)
+    # No connection: the graph on disk, without reading what the database has applied.
+    loader = MigrationLoader(None, ignore_no_migrations=True, load=True)
     leaves = loader.graph.leaf_nodes(app_label)
     if len(leaves) != 1:
         raise RuntimeError(f"{app_label} has {len(leaves)} leaf migrations: {leaves}")
@@ -175,4 +176,22 @@ def _fingerprint(cursor: Any, schema: str) -> dict[str, Any]:
         "constraints": constraints,
         "sequences": sequences,
         "migrations": migrations,
+    }
+
+
+def child_environment() -> dict[str, str]:
+    """Environment variables that give a child process (`manage.py ...` with
+    DJANGO_SETTINGS_MODULE=tests.settings_extra_migrations) the migrations added by the
+    enclosing `extra_migrations` blocks."""
+    modules = {
+        app: module
+        for app, module in getattr(settings, "MIGRATION_MODULES", {}).items()
+        if module.startswith("palaver_extra_migrations_")
+    }
+    paths = sorted(
+        {str(Path(sys.modules[module].__path__[0]).parent) for module in modules.values()}
+    )
+    return {
+        "DJANGO_SETTINGS_MODULE": "tests.settings_extra_migrations",
+        "PALAVER_EXTRA_MIGRATIONS": json.dumps({"paths": paths, "modules": modules}),
     }

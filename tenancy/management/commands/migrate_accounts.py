@@ -14,6 +14,7 @@ import argparse
 import multiprocessing
 import os
 import time
+from collections.abc import Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -74,6 +75,12 @@ def _discard_connection() -> None:
     if broken.connection is not None:
         broken.connection.close()
     del connections[DEFAULT_DB_ALIAS]
+
+
+def _some(schemas: Sequence[str], limit: int = 10) -> str:
+    """The first `limit` schema names, and how many more."""
+    shown = ", ".join(schemas[:limit])
+    return shown + (f" and {len(schemas) - limit} more" if len(schemas) > limit else "")
 
 
 @dataclass(frozen=True)
@@ -180,7 +187,7 @@ class Command(BaseCommand):
                 for state in lagging_states
             ]
         else:
-            groups = plan_replay(lagging_states)
+            groups = plan_replay(lagging_states, lock_timeout_ms=options["lock_timeout"])
         if dry_run:
             self._print_plan(groups, len(accounts), up_to_date, failures)
             return
@@ -264,7 +271,7 @@ class Command(BaseCommand):
                 self.stdout.write(
                     f"{plural(len(group.schemas), 'schema')} missing "
                     f"{group.describe_migrations()} get Django's migrate instead of a replay: "
-                    f"{group.fallback_reason}."
+                    f"{group.fallback_reason}: {_some(group.schemas)}."
                 )
         if not total:
             return []
@@ -284,6 +291,16 @@ class Command(BaseCommand):
                 on_done=done,
             )
         elapsed = time.monotonic() - started
+        if result.retried:
+            self.stdout.write(
+                f"Locked tables made {plural(len(result.retried), 'schema')} wait; tried again "
+                f"after the rest: {_some(result.retried)}."
+            )
+        if result.already:
+            self.stdout.write(
+                f"{plural(len(result.already), 'schema')} had been migrated meanwhile by another "
+                f"run, left as they were: {_some(result.already)}."
+            )
         self.stdout.write(
             f"Replayed the pending migrations' SQL in {plural(len(result.migrated), 'schema')} "
             f"in {elapsed:.1f} s ({len(result.migrated) / elapsed if elapsed else 0:.0f} "
