@@ -10,11 +10,12 @@ slow down as accounts accumulate.
 
 from dataclasses import dataclass
 from functools import cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.db import transaction
 from django.db.migrations.executor import MigrationExecutor
+from django.db.migrations.migration import Migration
 from django.db.migrations.recorder import MigrationRecorder
 from django_tenants.utils import get_public_schema_name, quote_schema_name, schema_exists
 
@@ -70,11 +71,63 @@ def account_schema_ddl() -> AccountSchemaDDL:
         with connection.schema_editor(collect_sql=True, atomic=False) as editor:
             editor.create_model(MigrationRecorder.Migration)
             recorder_sql = list(editor.collected_sql)
-        statements = recorder_sql + executor.loader.collect_sql(plan)  # type: ignore[attr-defined]
+        statements = recorder_sql + _collect_sql(executor, plan)
         migrations = tuple((m.app_label, m.name) for m, _ in plan)
     finally:
         connection.set_tenant(previous)
     return AccountSchemaDDL(statements=tuple(statements), migrations=migrations)
+
+
+def _collect_sql(executor: MigrationExecutor, plan: list[tuple[Migration, bool]]) -> list[str]:
+    """The plan's SQL, as `sqlmigrate` collects it (MigrationLoader.collect_sql), with one fold:
+    a column added to a table this same DDL creates gets no temporary DEFAULT.
+
+    Django adds a NOT NULL column with a Python default as `ADD COLUMN c ... DEFAULT v NOT NULL`
+    then `DROP DEFAULT`, so the rows already there get v. A new account's tables have no rows,
+    so the DEFAULT does nothing here, and it is costly: PostgreSQL checks every expression
+    index of the whole database for uses of the table's row type on each such ADD COLUMN, a
+    cost that grows with the number of account schemas (docs/benchmarks.md, issue 10). The
+    schema comes out the same (the DROP DEFAULT still runs, the column is NOT NULL); only
+    pg_attribute's missing-value bookkeeping, which no query sees, differs. Database defaults
+    (db_default) are part of the column and are kept."""
+    statements: list[str] = []
+    state = None
+    created: set[str] = set()
+    for migration, _backwards in plan:
+        with connection.schema_editor(collect_sql=True, atomic=migration.atomic) as editor:
+            _fold_defaults_of_new_tables(editor, created)
+            if state is None:
+                state = executor.loader.project_state(
+                    (migration.app_label, migration.name), at_end=False
+                )
+            state = migration.apply(state, editor, collect_sql=True)
+        statements.extend(editor.collected_sql)
+    return statements
+
+
+def _fold_defaults_of_new_tables(editor: Any, created: set[str]) -> None:
+    create_model = editor.create_model
+    add_field = editor.add_field
+    column_sql = editor.column_sql
+
+    def creating(model: Any) -> None:
+        created.add(model._meta.db_table)
+        create_model(model)
+
+    def adding(model: Any, field: Any) -> None:
+        if model._meta.db_table not in created:
+            add_field(model, field)
+            return
+        editor.column_sql = lambda m, f, include_default=False: column_sql(
+            m, f, include_default=False
+        )
+        try:
+            add_field(model, field)
+        finally:
+            editor.column_sql = column_sql
+
+    editor.create_model = creating
+    editor.add_field = adding
 
 
 def create_schema(account: "Account") -> None:
