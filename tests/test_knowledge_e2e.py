@@ -11,16 +11,15 @@ with the passage's link, which is short and leads to the document, scrolled to t
 
 import json
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import cast
 
 import httpx
-import pytest
 from django.conf import settings
 
 from accounts.models import User
 from agents.models import Agent, Task
-from channels_app.models import Channel, ChannelUser
+from channels_app.models import Channel
 from knowledge.models import Chunk, Document, KnowledgeBase
 from knowledge.services import index_document_now
 from tenancy import switch
@@ -30,10 +29,10 @@ from tests.gateway_support import GatewayThread, messages, wait_until
 from tests.helpers import loopback_provider
 from tests.ircd import BotFactory, InspIRCd, unique_channel
 from tests.llm_servers import LLMServer, Reply, ToolCallScript
+from tests.test_agents_e2e import on_irc, worker
 from tests.test_chat_e2e import AsgiServer, add_server, asgi_server
-from tests.workers import threads_worker
 
-__all__ = ["asgi_server"]  # a fixture, imported for pytest
+__all__ = ["asgi_server", "worker"]  # fixtures, imported for pytest
 
 RELEASE_POLICY = """# Release policy
 
@@ -56,18 +55,6 @@ OFFICE = """# Office notes
 
 The coffee machine on the third floor is descaled every Monday. The kitchen closes at 18:00.
 """
-
-
-@pytest.fixture
-def worker(clean_schemas: None) -> Iterator[None]:
-    """One worker for both queues, on a threads pool as the agents' worker runs."""
-    with threads_worker(4, queues=("celery", "agents")):
-        yield
-
-
-def on_irc(user: User, channel_id: int, nick: str) -> bool:
-    with switch(user):
-        return ChannelUser.objects.filter(channel_id=channel_id, nick__iexact=nick).exists()
 
 
 def test_an_agent_answers_from_its_knowledge_base_with_a_citation_on_irc(
