@@ -8,9 +8,14 @@ from channels_app.selectors.search import MAX_QUERY_LENGTH
 from channels_app.selectors.settings import (
     MAX_RETENTION_DAYS,
     MIN_RETENTION_DAYS,
+    THEMES,
+    TIME_FORMATS,
     clean_highlight_words,
     highlight_words,
+    link_previews,
     retention_days,
+    theme,
+    time_format,
 )
 from channels_app.validators import validate_nick
 from core import net_policy
@@ -155,6 +160,22 @@ class ChatSettingsForm(forms.Form):
         ),
     )
 
+    time_format = forms.ChoiceField(
+        label="Times of day",
+        choices=list(TIME_FORMATS.items()),
+        required=False,  # left out of a POST: unchanged
+        help_text="How times are shown in the chat, search and notifications.",
+    )
+    theme = forms.ChoiceField(label="Theme", choices=list(THEMES.items()), required=False)
+    link_previews = forms.BooleanField(
+        label="Link previews",
+        required=False,
+        help_text=(
+            "Show the title, description and image of links posted in your channels. Palaver "
+            "fetches them and serves the images itself, so no one learns your address."
+        ),
+    )
+
     @classmethod
     def for_account(cls, account: Account, data: Any = None) -> "ChatSettingsForm":
         days = retention_days(account)
@@ -163,6 +184,9 @@ class ChatSettingsForm(forms.Form):
             initial={
                 "highlight_words": "\n".join(highlight_words(account)),
                 "history_retention_days": days,
+                "time_format": time_format(account),
+                "theme": theme(account),
+                "link_previews": link_previews(account),
             },
         )
 

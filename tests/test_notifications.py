@@ -15,7 +15,13 @@ from accounts.models import Account, User
 from channels_app.events import GATEWAY_COMMANDS, open_command, redis_client
 from channels_app.forms import ChatSettingsForm
 from channels_app.models import Channel, Message, Notification, Server
-from channels_app.selectors.settings import highlight_words, retention_days
+from channels_app.selectors.settings import (
+    highlight_words,
+    link_previews,
+    retention_days,
+    theme,
+    time_format,
+)
 from channels_app.services.settings import save_chat_settings
 from tenancy import switch
 from tests.conftest import signed_in_client
@@ -198,6 +204,33 @@ def test_settings_page_saves_words_and_retention(alice: User, alice_client: Clie
     assert account.settings["history_retention_days"] is None
     assert retention_days(account) is None
     assert highlight_words(account) == []
+
+
+def test_display_settings_are_saved_and_read_back(alice: User, alice_client: Client) -> None:
+    url = reverse("history:chat_settings")
+    account = Account.objects.get(pk=alice.account.pk)
+    assert (time_format(account), theme(account), link_previews(account)) == ("24h", "auto", True)
+    data = {"highlight_words": "", "history_retention_days": "", "time_format": "12h"}
+    response = alice_client.post(url, {**data, "theme": "contrast"})  # previews unticked
+    assert response.status_code == 302
+    account.refresh_from_db()
+    assert (time_format(account), theme(account), link_previews(account)) == (
+        "12h",
+        "contrast",
+        False,
+    )
+    response = alice_client.post(url, {**data, "theme": "neon", "link_previews": "on"})
+    assert response.status_code == 400
+    assert "theme" in response.context["form"].errors
+    account.refresh_from_db()
+    assert theme(account) == "contrast" and link_previews(account) is False
+    for junk in [{"time_format": "13h", "theme": 1, "link_previews": "yes"}, {}]:
+        account.settings = junk
+        assert (time_format(account), theme(account), link_previews(account)) == (
+            "24h",
+            "auto",
+            True,
+        )
 
 
 @pytest.mark.parametrize(

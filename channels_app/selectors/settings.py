@@ -4,6 +4,10 @@
   the gateway matches them case-insensitively.
 - "history_retention_days": int | None. Lines older than this many days are deleted
   (channels_app.tasks.prune_history, hourly); None keeps history forever.
+- "time_format": "24h" or "12h". How every time of day is shown (chat, search, notifications).
+- "link_previews": bool. Whether links in lines get a preview (title, description, image)
+  fetched by a worker; on unless switched off.
+- "theme": "auto" (follows the device), "light", "dark" or "contrast" (high contrast).
 
 Readers go through `highlight_words(account)` and `retention_days(account)`, which never trust
 what is stored (the JSON can be edited in the admin); writers through
@@ -22,6 +26,19 @@ logger = logging.getLogger(__name__)
 
 HIGHLIGHT_WORDS_KEY = "highlight_words"
 RETENTION_DAYS_KEY = "history_retention_days"
+TIME_FORMAT_KEY = "time_format"
+LINK_PREVIEWS_KEY = "link_previews"
+THEME_KEY = "theme"
+
+TIME_FORMATS = {"24h": "24-hour (14:05)", "12h": "12-hour (2:05 pm)"}
+DEFAULT_TIME_FORMAT = "24h"
+THEMES = {
+    "auto": "Follow the device",
+    "light": "Light",
+    "dark": "Dark",
+    "contrast": "High contrast",
+}
+DEFAULT_THEME = "auto"
 
 MAX_HIGHLIGHT_WORDS = 50
 MAX_HIGHLIGHT_WORD_LENGTH = 100
@@ -50,6 +67,30 @@ def retention_days(account: Account) -> int | None:
     if not MIN_RETENTION_DAYS <= stored <= MAX_RETENTION_DAYS:
         return None
     return stored
+
+
+def time_format(account: Account) -> str:
+    """ "24h" or "12h": how the account's times of day are shown."""
+    stored = (account.settings or {}).get(TIME_FORMAT_KEY)
+    return stored if stored in TIME_FORMATS else DEFAULT_TIME_FORMAT
+
+
+def link_previews(account: Account) -> bool:
+    """Whether links posted in the account's channels get previews (on unless switched off)."""
+    stored = (account.settings or {}).get(LINK_PREVIEWS_KEY)
+    return stored if isinstance(stored, bool) else True
+
+
+def theme(account: Account) -> str:
+    """One of THEMES' keys."""
+    stored = (account.settings or {}).get(THEME_KEY)
+    return stored if stored in THEMES else DEFAULT_THEME
+
+
+def validate_choice(value: Any, choices: dict[str, str], what: str) -> str:
+    if value not in choices:
+        raise ValidationError(f"Choose a {what}: {', '.join(choices)}.")
+    return str(value)
 
 
 def clean_highlight_words(words: Any) -> list[str]:

@@ -8,6 +8,7 @@ from django.shortcuts import redirect, render
 
 from accounts.models import User
 from channels_app.forms import ChatSettingsForm
+from channels_app.selectors.settings import THEMES, theme
 from channels_app.services.settings import save_chat_settings
 
 
@@ -30,6 +31,12 @@ def chat_settings(request: HttpRequest) -> HttpResponse:
                 account=account,
                 highlight_words=form.cleaned_data["highlight_words"],
                 history_retention_days=form.cleaned_data["history_retention_days"],
+                time_format=form.cleaned_data["time_format"] or None,
+                theme=form.cleaned_data["theme"] or None,
+                # A checkbox is absent when off: only a form that showed it may switch it off.
+                link_previews=form.cleaned_data["link_previews"]
+                if "time_format" in request.POST
+                else None,
             )
         except ValidationError as exc:
             form.add_error(None, exc)
@@ -39,6 +46,10 @@ def chat_settings(request: HttpRequest) -> HttpResponse:
     return render(
         request,
         "channels_app/settings_chat.html",
-        {"form": form, "can_edit": user.is_account_admin},
+        {
+            "form": form,
+            "can_edit": user.is_account_admin,
+            "theme_label": THEMES[theme(account)],
+        },
         status=400 if form.is_bound and form.errors else 200,
     )
