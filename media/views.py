@@ -27,7 +27,7 @@ from core.uploads import upload_refusal
 from core.views import confirm_delete
 from media import selectors, uploads
 from media.models import LinkPreview, Upload
-from media.services.uploads import UploadRefused, delete_upload, upload_and_send
+from media.services.uploads import TooLarge, UploadRefused, delete_upload, upload_and_send
 
 # The image of a preview: pixels Pillow wrote (media.previews.thumbnail), still never a page.
 IMAGE_CSP = "default-src 'none'; sandbox"
@@ -79,10 +79,10 @@ def upload(request: HttpRequest, channel_id: int) -> HttpResponse:
     channel = get_object_or_404(Channel, pk=channel_id)
     if request.method != "POST":
         return HttpResponseNotAllowed(["POST"])
+    file = request.FILES.get("file")  # reads the body: the upload handler may refuse it
     refusal = upload_refusal(request)
     if refusal:
         return _upload_error(refusal, 413)
-    file = request.FILES.get("file")
     if file is None:
         return _upload_error("No file arrived; nothing was sent.")
     user = _user(request)
@@ -90,6 +90,8 @@ def upload(request: HttpRequest, channel_id: int) -> HttpResponse:
         sent = upload_and_send(
             account_id=user.account_id, channel=channel, file=file, uploaded_by=user.email
         )
+    except TooLarge as exc:
+        return _upload_error(str(exc), 413)
     except UploadRefused as exc:
         return _upload_error(str(exc))
     except Exception as exc:

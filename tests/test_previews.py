@@ -8,6 +8,7 @@ import io
 import json
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -123,7 +124,7 @@ def test_a_link_to_an_image_is_its_own_preview_and_a_fake_image_is_none(
         bare = refresh_preview(url=f"{site}/bare")
         assert bare.status == LinkPreview.Status.FAILED
         # A failure is kept, briefly.
-        assert bare.expires_at < timezone.now() + timezone.timedelta(minutes=11)
+        assert bare.expires_at < timezone.now() + timedelta(minutes=11)
 
 
 @override_settings(OUTBOUND_ALLOWED_NETWORKS=[])
@@ -239,11 +240,11 @@ def queue_previews_without_worker(user: User, lines: list[LineLinks]) -> list[st
 
     sent: list[Any] = []
     original = tasks.fetch_previews.delay
-    tasks.fetch_previews.delay = lambda *args: sent.append(args)  # type: ignore[method-assign]
+    tasks.fetch_previews.delay = lambda *args: sent.append(args)
     try:
         return queue_previews(account_id=user.account_id, lines=lines)
     finally:
-        tasks.fetch_previews.delay = original  # type: ignore[method-assign]
+        tasks.fetch_previews.delay = original
 
 
 # --- the chat's views ------------------------------------------------------------------------
@@ -261,7 +262,7 @@ def _kept(url: str, **fields: Any) -> LinkPreview:
         "image_width": 10,
         "image_height": 10,
         "fetched_at": timezone.now(),
-        "expires_at": timezone.now() + timezone.timedelta(hours=1),
+        "expires_at": timezone.now() + timedelta(hours=1),
     }
     return LinkPreview.objects.create(url=url, **{**defaults, **fields})
 

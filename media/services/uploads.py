@@ -26,6 +26,10 @@ class UploadRefused(Exception):
     """The file was not kept; the message says why, for the chat's input."""
 
 
+class TooLarge(UploadRefused):
+    """The file is larger than LIMIT_UPLOAD_BYTES."""
+
+
 @dataclass(frozen=True)
 class Sent:
     upload: Upload
@@ -53,7 +57,7 @@ def upload_and_send(
         raise UploadRefused("Files can be sent to a channel or a conversation, not here.")
     size = file.size or 0
     if size > settings.LIMIT_UPLOAD_BYTES:
-        raise UploadRefused(
+        raise TooLarge(
             f"That file is larger than the limit of {settings.LIMIT_UPLOAD_BYTES:,} bytes "
             "(LIMIT_UPLOAD_BYTES)."
         )
