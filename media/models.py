@@ -31,7 +31,8 @@ class LinkPreview(models.Model):
     # Why a failed fetch failed, for the operator (never shown in the chat).
     error = models.CharField(max_length=300, blank=True)
     fetched_at = models.DateTimeField()
-    expires_at = models.DateTimeField()
+    # Indexed: the fetch task deletes previews long expired (media.services.previews).
+    expires_at = models.DateTimeField(db_index=True)
 
     class Meta:
         constraints = [

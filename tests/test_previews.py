@@ -306,3 +306,15 @@ def test_the_image_is_served_from_palaver_never_redirected(
     assert bob_client.get(url).status_code == 404  # another account's preview
     assert client.get(url).status_code == 302  # signed out: to sign in, not to the image
     assert "example.org" not in client.get(url)["Location"]
+
+
+def test_previews_long_expired_are_forgotten_by_the_next_fetch(alice: User, site: str) -> None:
+    from media.services.previews import fetch_and_announce
+
+    with switch(alice):
+        old = _kept("https://old.example/", expires_at=timezone.now() - timedelta(days=2))
+        recent = _kept("https://recent.example/", expires_at=timezone.now() - timedelta(hours=1))
+        fetch_and_announce(account_id=alice.account_id, urls=[f"{site}/page"], lines=[])
+        kept = set(LinkPreview.objects.values_list("url", flat=True))
+    assert kept == {recent.url, f"{site}/page"}
+    assert old.url not in kept

@@ -133,11 +133,21 @@ def refresh_preview(*, url: str) -> LinkPreview:
     return preview
 
 
+def forget_stale() -> int:
+    """Delete the previews expired for a day or more: a link not posted again since is not
+    worth its row (and its image). Run by each fetch, so an account's table stays the size of
+    its recent links without a periodic job over every schema."""
+    cutoff = timezone.now() - timedelta(days=1)
+    deleted, _ = LinkPreview.objects.filter(expires_at__lt=cutoff).delete()
+    return deleted
+
+
 def fetch_and_announce(
     *, account_id: uuid.UUID | str, urls: list[str], lines: list[LineLinks]
 ) -> int:
     """The task's work: fetch each link (again only if no fresh preview appeared meanwhile),
     then announce the lines that have one. Returns how many lines were announced."""
+    forget_stale()
     fresh = _fresh(urls)
     ready = {url for url, status in fresh.items() if status == LinkPreview.Status.OK}
     for url in urls:

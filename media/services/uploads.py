@@ -5,6 +5,7 @@ import contextlib
 import logging
 import uuid
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -12,14 +13,20 @@ from django.core.files.uploadedfile import UploadedFile
 from django.db import transaction
 from django.db.models import Count, Sum
 
-from channels_app.models import Channel
 from channels_app.services.chat import send_input
 from channels_app.slash_commands import CommandError
 from core.limits import check_limit, lock_account
 from media import uploads
 from media.models import Upload
 
+if TYPE_CHECKING:
+    from channels_app.models import Channel
+
 logger = logging.getLogger(__name__)
+# The buffers a file can be sent to (Channel.Kind: not a server's own buffer). By value: this
+# module writes uploads, and the chat's models are written by channels_app's services alone
+# (tests/test_architecture.py), so it does not import them.
+SENDABLE_KINDS = ("channel", "query")
 
 
 class UploadRefused(Exception):
@@ -49,11 +56,11 @@ def _check_limits(size: int) -> None:
 
 
 def upload_and_send(
-    *, account_id: uuid.UUID | str, channel: Channel, file: UploadedFile, uploaded_by: str
+    *, account_id: uuid.UUID | str, channel: "Channel", file: UploadedFile, uploaded_by: str
 ) -> Sent:
     """Keep `file` and say its link in `channel`, as if typed. Raises UploadRefused (a limit,
     or the line could not be sent: then nothing is kept)."""
-    if channel.kind not in (Channel.Kind.CHANNEL, Channel.Kind.QUERY):
+    if channel.kind not in SENDABLE_KINDS:
         raise UploadRefused("Files can be sent to a channel or a conversation, not here.")
     size = file.size or 0
     if size > settings.LIMIT_UPLOAD_BYTES:
