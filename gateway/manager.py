@@ -386,10 +386,10 @@ class Gateway:
 
     def hook_wanted(self, account_id: uuid.UUID, batch: list[events.LiveEvent]) -> bool:
         """Whether a committed batch of the account's lines goes to the message hook's task
-        (the store asks, on its announcing thread). Its one listener, agents' triggers, acts
-        only on a line that names an enabled agent of the account (`nick: ...`, or the nick
-        anywhere), so a batch naming none costs the workers nothing. A listener that needs
-        every line would widen this."""
+        (the store asks, on its announcing thread). Agents' triggers act only on a line that
+        names an enabled agent of the account (`nick: ...`, or the nick anywhere), link
+        previews only on a line with a link, so any other batch costs the workers nothing. A
+        listener that needs every line would widen this."""
         if self._previews_wanted(account_id, batch):
             return True
         nicks = self._trigger_nicks.get(account_id)

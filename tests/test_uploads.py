@@ -254,3 +254,21 @@ def test_body_limit_follows_the_largest_file_limit() -> None:
     assert file_limit("/chat/12/upload/") == (settings.LIMIT_UPLOAD_BYTES, "LIMIT_UPLOAD_BYTES")
     assert file_limit("/knowledge/1/documents/new/")[1] == "LIMIT_DOCUMENT_BYTES"
     assert max_body_bytes() > settings.LIMIT_UPLOAD_BYTES
+
+
+def test_deleting_an_account_deletes_its_files(
+    alice: User,
+    alice_client: Client,
+    client: Client,
+    storage_dir: Path,
+    commands: list[Any],
+    django_capture_on_commit_callbacks: Any,
+) -> None:
+    from tenancy.services import delete_account
+
+    url = _upload(alice_client, _channel(alice), "notes.txt", b"words").json()["url"]
+    assert client.get(_path(url)).status_code == 200
+    with django_capture_on_commit_callbacks(execute=True):
+        delete_account(account=alice.account)
+    assert client.get(_path(url)).status_code == 404
+    assert not any(p.is_file() for p in storage_dir.rglob("*"))

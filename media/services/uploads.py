@@ -18,8 +18,10 @@ from channels_app.slash_commands import CommandError
 from core.limits import check_limit, lock_account
 from media import uploads
 from media.models import Upload
+from tenancy import switch
 
 if TYPE_CHECKING:
+    from accounts.models import Account
     from channels_app.models import Channel
 
 logger = logging.getLogger(__name__)
@@ -113,5 +115,24 @@ def delete_upload(*, upload: Upload) -> None:
             uploads.storage().delete(name)
         except Exception:
             logger.exception("could not delete the uploaded file %s", name)
+
+    transaction.on_commit(remove)
+
+
+def delete_files_of_account(*, account: "Account", **_: object) -> None:
+    """The account is being deleted (tenancy.services.account_deleting, its schema still
+    there): its files go once the deletion commits, so their links answer 404."""
+    with switch(account):
+        names = [u.storage_name for u in Upload.objects.only("token", "name")]
+    if not names:
+        return
+
+    def remove() -> None:
+        storage = uploads.storage()
+        for name in names:
+            try:
+                storage.delete(name)
+            except Exception:
+                logger.exception("could not delete the uploaded file %s", name)
 
     transaction.on_commit(remove)
