@@ -18,7 +18,7 @@ from django.http import (
 from django.http.response import HttpResponseBase
 from django.shortcuts import get_object_or_404, render
 from django.urls import reverse
-from django.views.decorators.http import require_GET
+from django.views.decorators.http import require_GET, require_safe
 
 from accounts.models import User
 from channels_app.models import Channel
@@ -133,7 +133,7 @@ def upload_delete(request: HttpRequest, pk: int) -> HttpResponse:
     )
 
 
-@require_GET
+@require_safe  # HEAD too: link checkers and other clients' previews ask with it
 def serve_upload(request: HttpRequest, token: str, name: str) -> HttpResponseBase:
     """An uploaded file, for anyone with its link (media.uploads says why this is safe)."""
     if not uploads.TOKEN_RE.match(token) or uploads.safe_name(name) != name:

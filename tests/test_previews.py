@@ -318,3 +318,21 @@ def test_previews_long_expired_are_forgotten_by_the_next_fetch(alice: User, site
         kept = set(LinkPreview.objects.values_list("url", flat=True))
     assert kept == {recent.url, f"{site}/page"}
     assert old.url not in kept
+
+
+def test_previews_of_a_page_of_lines_cost_the_same_few_queries(
+    alice: User, alice_client: Client, django_assert_max_num_queries: Any
+) -> None:
+    with switch(alice):
+        channel = _channel(alice)
+        ids = [
+            _say(channel, f"https://example.org/{n} and https://example.org/x") for n in range(100)
+        ]
+        for n in range(100):
+            _kept(f"https://example.org/{n}")
+    url = reverse("media:line_previews") + "?ids=" + ",".join(map(str, ids))
+    alice_client.get(url)  # the session's first use
+    # The session and user, the account's switch, the lines, the previews.
+    with django_assert_max_num_queries(6):
+        html = alice_client.get(url).content.decode()
+    assert html.count('class="link-previews"') == 100

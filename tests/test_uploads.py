@@ -89,6 +89,9 @@ def test_an_html_file_is_a_download_never_a_page(
     assert served["X-Content-Type-Options"] == "nosniff"
     assert served["Content-Security-Policy"].startswith("sandbox")
     assert b"".join(served.streaming_content) == b"<script>alert(1)</script>"  # type: ignore[attr-defined]
+    head = client.head(_path(url))
+    assert head.status_code == 200 and head["Content-Disposition"].startswith("attachment")
+    assert client.post(_path(url)).status_code == 405
 
 
 @pytest.mark.parametrize(

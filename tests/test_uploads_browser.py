@@ -25,6 +25,7 @@ from tests.previews_support import png
 from tests.test_browser import screenshot
 from tests.test_chat_e2e import (
     DESKTOP,
+    PHONE,
     AsgiServer,
     add_server,
     alice,
@@ -151,5 +152,16 @@ def test_drop_paste_and_attach_send_links_to_the_irc_channel(
         page.get_by_role("button", name="Delete").click()
         expect(page.locator(".uploads-table tbody tr")).to_have_count(2)
         assert _get(web, urlsplit(url).path)[0] == 404
+
+        # On a phone, in the dark theme: the page and the chat's Attach button still fit.
+        page.set_viewport_size(PHONE)
+        page.emulate_media(color_scheme="dark")
+        page.reload()
+        screenshot(page, "uploads-phone-dark.png")
+        assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+        page.goto(web.url + reverse("chat:channel", args=[channel_id]))
+        expect(page.locator("#chat-attach")).to_be_in_viewport()
+        expect(page.locator("#chat-input button[type=submit]")).to_be_in_viewport()
+        screenshot(page, "chat-attach-phone-dark.png")
     finally:
         context.close()

@@ -27,7 +27,24 @@
   attach.type = "button";
   attach.className = "button secondary chat-attach";
   attach.id = "chat-attach";
-  attach.textContent = "Attach";
+  // A paperclip, with the word beside it where there is room (media.css hides it on a phone).
+  const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
+  svg.setAttribute("viewBox", "0 0 24 24");
+  svg.setAttribute("width", "18");
+  svg.setAttribute("height", "18");
+  svg.setAttribute("aria-hidden", "true");
+  svg.setAttribute("class", "icon");
+  const clip = document.createElementNS("http://www.w3.org/2000/svg", "path");
+  clip.setAttribute("d", "M16.5 6.5v10a4.5 4.5 0 0 1-9 0V5a3 3 0 0 1 6 0v10.5a1.5 1.5 0 0 1-3 0V6.5");
+  clip.setAttribute("fill", "none");
+  clip.setAttribute("stroke", "currentColor");
+  clip.setAttribute("stroke-width", "2");
+  clip.setAttribute("stroke-linecap", "round");
+  svg.append(clip);
+  const word = document.createElement("span");
+  word.className = "chat-attach-label";
+  word.textContent = "Attach";
+  attach.append(svg, word);
   attach.title = "Send a file (or drop or paste one)";
   attach.setAttribute("aria-label", "Attach a file");
   const status = document.createElement("span");
