@@ -2,6 +2,7 @@
 (its hook filter lets the line through), a real Celery worker (the hook's task, then the fetch
 through the address policy from a site on loopback), the web under uvicorn, and Chromium."""
 
+import time
 from collections.abc import Callable
 
 import pytest
@@ -38,11 +39,14 @@ def test_a_links_preview_arrives_live_under_its_line(
     page.goto(asgi_server.url + reverse("chat:channel", args=[channel_id]))
     expect(page.locator("#chat-lines .line-join", has_text="carol")).to_have_count(1)
 
+    said_at = time.monotonic()
     carol.say(channel, f"the handbook: {site}/page")
     line = page.locator("#chat-lines .line-message", has_text="the handbook")
     expect(line).to_have_count(1)
     preview = line.locator(".link-preview")
     expect(preview).to_have_count(1, timeout=20_000)  # no reload: the `preview` event brought it
+    # For a reader of `pytest -s`: IRC line to preview shown (hook task, fetch, event, fragment).
+    print(f"preview shown {time.monotonic() - said_at:.2f} s after the line was said")
     expect(preview.locator(".link-preview-title")).to_have_text("The Palaver handbook")
     expect(preview.locator(".link-preview-site")).to_have_text("Palaver docs")
     expect(preview).to_have_attribute("href", f"{site}/page")

@@ -38,6 +38,8 @@ from tests.test_chat_e2e import (
 __all__ = ["alice", "chromium"]
 
 LIMIT = 4000
+# The three files the test sends take ~130 bytes: a fourth of 3,990 passes the account's total.
+TOTAL = 4100
 
 
 @pytest.fixture
@@ -48,6 +50,7 @@ def web(clean_schemas: None, tmp_path: Path) -> Iterator[AsgiServer]:
     env = uvicorn_env(redis_url) | {
         "UPLOADS_DIR": str(tmp_path / "uploads"),
         "LIMIT_UPLOAD_BYTES": str(LIMIT),
+        "LIMIT_UPLOADS_TOTAL_BYTES": str(TOTAL),
     }
     with override_settings(REDIS_URL=redis_url), serving(env, tmp_path) as server:
         yield server
@@ -132,6 +135,11 @@ def test_drop_paste_and_attach_send_links_to_the_irc_channel(
         page.locator("#chat-file").set_input_files(str(image))
         carol.wait_for(rf"PRIVMSG {channel} :\S+/u/\S+/photo\.png", timeout=15)
         expect(page.locator("#chat-error")).to_be_empty()
+
+        # Past the account's total: the server refuses, the input says why.
+        page.evaluate(DROP, ["more.txt", "y" * 3990, "text/plain"])
+        expect(page.locator("#chat-error")).to_contain_text("more.txt was not sent")
+        expect(page.locator("#chat-error")).to_contain_text("LIMIT_UPLOADS_TOTAL_BYTES")
 
         # Too large: refused before sending, the reason in the input's error box.
         page.evaluate(DROP, ["big.txt", "x" * (LIMIT + 1), "text/plain"])
