@@ -6,6 +6,7 @@ a 404 whatever the method. `serve_upload` is the one view for people without an 
 
 from typing import cast
 
+from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.http import (
     FileResponse,
@@ -106,8 +107,6 @@ def upload(request: HttpRequest, channel_id: int) -> HttpResponse:
 @login_required
 @require_GET
 def upload_list(request: HttpRequest) -> HttpResponse:
-    from django.conf import settings
-
     return render(
         request,
         "media/upload_list.html",

@@ -334,5 +334,8 @@ def test_previews_of_a_page_of_lines_cost_the_same_few_queries(
     alice_client.get(url)  # the session's first use
     # The session and user, the account's switch, the lines, the previews.
     with django_assert_max_num_queries(6):
+        started = time.perf_counter()
         html = alice_client.get(url).content.decode()
+        # For a reader of `pytest -s` (docs/benchmarks.md, "Link previews").
+        print(f"previews of 100 lines: {(time.perf_counter() - started) * 1000:.1f} ms")
     assert html.count('class="link-previews"') == 100
