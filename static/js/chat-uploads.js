@@ -97,7 +97,10 @@
       });
       let answer = {};
       try { answer = await response.json(); } catch { answer = {}; }
-      if (!response.ok) {
+      if (response.redirected || response.status === 403) {
+        // Sent to the sign-in page: the session ended.
+        showError(`${file.name} was not sent: your session has ended; reload the page to sign in again.`);
+      } else if (response.status !== 201) {
         showError(`${file.name} was not sent: ${answer.error || `the server answered ${response.status}.`}`);
       }
     } catch {
