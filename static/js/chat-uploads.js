@@ -11,7 +11,9 @@
   if (!form || !input || !form.dataset.uploadUrl) return;
   const uploadUrl = form.dataset.uploadUrl;
   const maxBytes = Number(form.dataset.uploadMaxBytes) || 0;
-  const dropZone = form.closest(".chat-main") || form;
+  // The whole chat: a file dropped on the lines or a sidebar is meant for this buffer too, and
+  // must not make the browser leave the page to show it.
+  const dropZone = document.getElementById("chat") || form;
 
   const csrfToken = () => (form.elements.csrfmiddlewaretoken
     ? form.elements.csrfmiddlewaretoken.value
