@@ -12,6 +12,8 @@ Redis pub/sub, JSON payloads:
   {"type": "server_state", "server_id": ..., "state": "connecting" | "connected" |
    "disconnected", "error": str, "next_retry": ISO-8601 | null, "nick": str}
   {"type": "notification", "id": <Notification.id>, "message_id": ..., "kind": ...}
+  {"type": "preview", "message_id": ..., "channel_id": ...}   a link of that line has a preview
+    now (media.services.previews): the chat fetches it
   {"type": "read", "channel_id": ..., "up_to": <Message.id>}   the web: a browser of the account
     marked the channel read up to that line (POST /chat/<id>/read/), so its other open tabs
     update their unread counts
@@ -167,13 +169,25 @@ class ReadEvent:
     up_to: int
 
 
-LiveEvent = MessageEvent | ChannelEvent | ServerStateEvent | NotificationEvent | ReadEvent
+@dataclass(frozen=True, slots=True)
+class PreviewEvent:
+    """A link in the line `message_id` has a preview (fetched by a worker, or already cached)."""
+
+    type: ClassVar[Literal["preview"]] = "preview"
+    message_id: int
+    channel_id: int
+
+
+LiveEvent = (
+    MessageEvent | ChannelEvent | ServerStateEvent | NotificationEvent | ReadEvent | PreviewEvent
+)
 LIVE_EVENT_CLASSES: tuple[type[LiveEvent], ...] = (
     MessageEvent,
     ChannelEvent,
     ServerStateEvent,
     NotificationEvent,
     ReadEvent,
+    PreviewEvent,
 )
 # What the SSE stream forwards to browsers (channels_app.sse).
 EVENT_TYPES: frozenset[str] = frozenset(cls.type for cls in LIVE_EVENT_CLASSES)

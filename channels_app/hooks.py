@@ -3,11 +3,13 @@
 The gateway never calls them itself: after a batch commits it enqueues one Celery task per
 account of the batch (channels_app.tasks.message_stored) carrying the account and the batch's
 new Message ids of that account, ascending; a worker runs the task in the account's schema and
-calls every listener there, once per batch. Agents subscribe here.
+calls every listener there, once per batch. Agents' triggers and link previews
+(media.listeners) subscribe here.
 
 The gateway enqueues the task only for a batch with a line that names an enabled agent of the
-account (gateway.manager.Gateway.hook_wanted): agents' triggers are the one listener, and act on
-nothing else. A listener that needs every line must widen that filter.
+account, or with a web link when the account has link previews on
+(gateway.manager.Gateway.hook_wanted): the listeners act on nothing else. A listener that
+needs other lines must widen that filter.
 
 Register listeners when Django starts (an AppConfig.ready or a module it imports), so that every
 process knows them: the gateway enqueues nothing while no listener is registered in its own

@@ -114,6 +114,9 @@ TENANT_APPS = [
     "channels_app",
     "knowledge",
     "agents",
+    # Link previews and uploaded files: both belong to one account, so they live (and go) with
+    # its schema; a public upload link needs no lookup outside it (media/uploads.py).
+    "media",
 ]
 INSTALLED_APPS = SHARED_APPS + [app for app in TENANT_APPS if app not in SHARED_APPS]
 
@@ -309,9 +312,26 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = BASE_DIR / "var" / "staticfiles"
+# Files people upload into the chat (media/uploads.py) go to the "uploads" storage: by default
+# the disk under UPLOADS_DIR; UPLOADS_STORAGE_BACKEND names another Django storage class (an
+# object store through django-storages, say), configured by its own settings.
+UPLOADS_DIR: str = setting("UPLOADS_DIR", default=str(BASE_DIR / "var" / "uploads"))
+_uploads_backend: str = setting(
+    "UPLOADS_STORAGE_BACKEND", default="django.core.files.storage.FileSystemStorage"
+)
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    "uploads": {
+        "BACKEND": _uploads_backend,
+        "OPTIONS": (
+            # Never MEDIA_URL: a file is served only by media.views.serve_upload, with the
+            # headers that keep it from running as a page of this origin.
+            {"location": UPLOADS_DIR, "base_url": None}
+            if _uploads_backend.endswith("FileSystemStorage")
+            else {}
+        ),
+    },
 }
 WHITENOISE_USE_FINDERS = True
 
@@ -346,6 +366,27 @@ AGENT_DB_CONNECTIONS: int = setting("AGENT_DB_CONNECTIONS", cast=int, default=10
 CELERY_TASK_TENANT_CACHE_SECONDS: int = setting(
     "CELERY_TASK_TENANT_CACHE_SECONDS", cast=int, default=60
 )
+# --- link previews (media/previews.py) -----------------------------------------------------------
+# One page (and, apart, its image) must arrive within this time and size; what does not gets
+# no preview. A preview is kept this long, a failure for LINK_PREVIEW_FAILURE_SECONDS.
+LINK_PREVIEW_TIMEOUT_SECONDS: float = setting(
+    "LINK_PREVIEW_TIMEOUT_SECONDS", cast=float, default=8.0
+)
+LINK_PREVIEW_MAX_PAGE_BYTES: int = setting(
+    "LINK_PREVIEW_MAX_PAGE_BYTES", cast=int, default=512 * 1024
+)
+LINK_PREVIEW_MAX_IMAGE_BYTES: int = setting(
+    "LINK_PREVIEW_MAX_IMAGE_BYTES", cast=int, default=3 * 1024 * 1024
+)
+LINK_PREVIEW_CACHE_SECONDS: int = setting(
+    "LINK_PREVIEW_CACHE_SECONDS", cast=int, default=24 * 60 * 60
+)
+LINK_PREVIEW_FAILURE_SECONDS: int = setting(
+    "LINK_PREVIEW_FAILURE_SECONDS", cast=int, default=10 * 60
+)
+# Where the links to uploaded files point (PUBLIC_URL unless set): another host name of this
+# deployment keeps what people upload off the origin that holds their sessions.
+UPLOADS_PUBLIC_URL: str = (setting("UPLOADS_PUBLIC_URL", default="") or PUBLIC_URL).rstrip("/")
 # --- knowledge: embeddings (knowledge/vectors.py) ---------------------------------------------
 # Passages sent in one /embeddings request while a document is indexed.
 KNOWLEDGE_EMBEDDING_BATCH_SIZE: int = setting(
@@ -373,6 +414,17 @@ LIMIT_DOCUMENTS_TOTAL_BYTES: int = setting(
 # Passages one document may make (about 1,200 characters each): past it, indexing fails and says
 # so, rather than one document crowding out the account's others.
 LIMIT_CHUNKS_PER_DOCUMENT: int = setting("LIMIT_CHUNKS_PER_DOCUMENT", cast=int, default=5000)
+# Files uploaded into the chat (media/uploads.py): one file's size, and all of an account's.
+LIMIT_UPLOAD_BYTES: int = setting("LIMIT_UPLOAD_BYTES", cast=int, default=10 * 1024 * 1024)
+LIMIT_UPLOADS_TOTAL_BYTES: int = setting(
+    "LIMIT_UPLOADS_TOTAL_BYTES", cast=int, default=200 * 1024 * 1024
+)
+LIMIT_UPLOADS_PER_ACCOUNT: int = setting("LIMIT_UPLOADS_PER_ACCOUNT", cast=int, default=1000)
+# Links a worker fetches a preview for, per account and minute (links already cached do not
+# count); past it, a link goes without a preview.
+LIMIT_LINK_PREVIEWS_PER_MINUTE: int = setting(
+    "LIMIT_LINK_PREVIEWS_PER_MINUTE", cast=int, default=30
+)
 LIMIT_SSE_STREAMS_PER_USER: int = setting("LIMIT_SSE_STREAMS_PER_USER", cast=int, default=10)
 # How a web process listens for live events (channels_app/live_fanout.py): "channels", one
 # SUBSCRIBE per account with a stream open here, or "pattern", one PSUBSCRIBE to all accounts

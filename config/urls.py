@@ -14,6 +14,8 @@ urlpatterns = [
     # The short link agents cite a passage by (knowledge.links): no trailing slash, it is short.
     path("k/<int:document_id>/<int:ordinal>", knowledge_views.passage_link, name="passage_link"),
     path("", include("llms.urls")),
+    # Link previews and uploads (chat/previews/, chat/<id>/upload/, uploads/, u/<token>/<name>).
+    path("", include("media.urls")),
     path("", include("channels_app.history_urls")),
     path("admin/", admin.site.urls),
 ]

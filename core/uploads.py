@@ -1,5 +1,6 @@
 """Request bodies and uploaded files are held in memory, never on disk, and an upload is stopped
-the moment it passes LIMIT_DOCUMENT_BYTES (documents are the only uploads).
+the moment it passes its limit: LIMIT_DOCUMENT_BYTES, or the setting registered for the path it
+was sent to (`register_path_limit`: chat uploads have LIMIT_UPLOAD_BYTES).
 
 Two layers, because under ASGI Django reads the whole body before any upload handler runs, into
 a temporary file that goes to disk past FILE_UPLOAD_MAX_MEMORY_SIZE:
@@ -10,6 +11,7 @@ a temporary file that goes to disk past FILE_UPLOAD_MAX_MEMORY_SIZE:
   upload (StopUpload) as soon as the file bytes pass the limit, leaving a message for the form.
 """
 
+import re
 from io import BytesIO
 from typing import Any
 
@@ -24,10 +26,33 @@ REFUSAL_ATTRIBUTE = "palaver_upload_refusal"
 ENVELOPE_BYTES = 64 * 1024
 
 
+# (path pattern, setting): a file sent to a matching path has that setting's limit.
+_PATH_LIMITS: list[tuple[re.Pattern[str], str]] = []
+
+
+def register_path_limit(pattern: str, setting: str) -> None:
+    """Files sent to paths matching `pattern` may reach the limit named by `setting` (an app
+    registers its own when Django starts)."""
+    entry = (re.compile(pattern), setting)
+    if entry not in _PATH_LIMITS:
+        _PATH_LIMITS.append(entry)
+
+
+def file_limit(path: str) -> tuple[int, str]:
+    """(bytes, setting name) a file sent to `path` may reach."""
+    for pattern, setting in _PATH_LIMITS:
+        if pattern.match(path):
+            return int(getattr(settings, setting)), setting
+    return settings.LIMIT_DOCUMENT_BYTES, "LIMIT_DOCUMENT_BYTES"
+
+
 def max_body_bytes() -> int:
-    """The most of a request body worth keeping: a file at the limit, the form's other fields
-    at Django's limit for them, and the envelope."""
-    return settings.LIMIT_DOCUMENT_BYTES + settings.DATA_UPLOAD_MAX_MEMORY_SIZE + ENVELOPE_BYTES
+    """The most of a request body worth keeping: a file at the largest limit, the form's other
+    fields at Django's limit for them, and the envelope."""
+    largest = max(
+        [settings.LIMIT_DOCUMENT_BYTES, *(int(getattr(settings, s)) for _, s in _PATH_LIMITS)]
+    )
+    return largest + settings.DATA_UPLOAD_MAX_MEMORY_SIZE + ENVELOPE_BYTES
 
 
 def upload_refusal(request: HttpRequest) -> str | None:
@@ -36,14 +61,14 @@ def upload_refusal(request: HttpRequest) -> str | None:
     return refusal if isinstance(refusal, str) else None
 
 
-def too_large_message() -> str:
-    limit = settings.LIMIT_DOCUMENT_BYTES
-    return f"That file is larger than the limit of {limit:,} bytes (LIMIT_DOCUMENT_BYTES)."
+def too_large_message(path: str = "") -> str:
+    limit, setting = file_limit(path)
+    return f"That file is larger than the limit of {limit:,} bytes ({setting})."
 
 
 class LimitedMemoryUploadHandler(FileUploadHandler):
     """Every uploaded file in memory; the upload stops once the request's file bytes pass
-    LIMIT_DOCUMENT_BYTES."""
+    the limit for its path (file_limit)."""
 
     def __init__(self, request: HttpRequest | None = None) -> None:
         super().__init__(request)
@@ -56,10 +81,11 @@ class LimitedMemoryUploadHandler(FileUploadHandler):
 
     def receive_data_chunk(self, raw_data: bytes, start: int) -> None:
         self.received += len(raw_data)
-        if self.received > settings.LIMIT_DOCUMENT_BYTES:
+        path = self.request.path if self.request is not None else ""
+        if self.received > file_limit(path)[0]:
             self.file = BytesIO()
             if self.request is not None:
-                setattr(self.request, REFUSAL_ATTRIBUTE, too_large_message())
+                setattr(self.request, REFUSAL_ATTRIBUTE, too_large_message(path))
             # Read (and drop) the rest, so the browser is shown the form's error.
             raise StopUpload(connection_reset=False)
         self.file.write(raw_data)

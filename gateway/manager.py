@@ -9,6 +9,7 @@ everything every RESYNC_SECONDS in case a command was missed.
 import asyncio
 import contextlib
 import logging
+import re
 import ssl
 import uuid
 from collections.abc import Callable, Mapping
@@ -22,6 +23,7 @@ from accounts.models import Account
 from agents.models import Agent
 from channels_app import events
 from channels_app.models import Channel, Server
+from channels_app.selectors.settings import link_previews
 from gateway.agents import (
     AgentConnection,
     agent_connection_key,
@@ -36,6 +38,8 @@ from tenancy import switch
 logger = logging.getLogger(__name__)
 
 RESYNC_SECONDS = 60.0
+# What makes a line worth the link-preview listener (it finds the links itself).
+_LINK_HINT = re.compile(r"https?://", re.IGNORECASE)
 # The Celery task a private message to an agent's own nick starts (by name: the agents app
 # defines it), and its arguments: agent id, server id, sender's nick, text.
 QUERY_TASK = "agents.query_received"
@@ -382,15 +386,25 @@ class Gateway:
 
     def hook_wanted(self, account_id: uuid.UUID, batch: list[events.LiveEvent]) -> bool:
         """Whether a committed batch of the account's lines goes to the message hook's task
-        (the store asks, on its announcing thread). Its one listener, agents' triggers, acts
-        only on a line that names an enabled agent of the account (`nick: ...`, or the nick
-        anywhere), so a batch naming none costs the workers nothing. A listener that needs
-        every line would widen this."""
+        (the store asks, on its announcing thread). Agents' triggers act only on a line that
+        names an enabled agent of the account (`nick: ...`, or the nick anywhere), link
+        previews only on a line with a link, so any other batch costs the workers nothing. A
+        listener that needs every line would widen this."""
+        if self._previews_wanted(account_id, batch):
+            return True
         nicks = self._trigger_nicks.get(account_id)
         if not nicks:
             return False
         texts = (casefold(e.text) for e in batch if isinstance(e, events.MessageEvent))
         return any(nick in text for text in texts for nick in nicks)
+
+    def _previews_wanted(self, account_id: uuid.UUID, batch: list[events.LiveEvent]) -> bool:
+        """A batch with a web link, of an account that has link previews on, goes to the hook
+        too (media.listeners.preview_links reads its links; the bound on fetches is there)."""
+        account = self.accounts.get(account_id)
+        if account is None or not link_previews(account):
+            return False
+        return any(isinstance(e, events.MessageEvent) and _LINK_HINT.search(e.text) for e in batch)
 
     def _set_account(self, account: Account) -> None:
         self.accounts[account.pk] = account

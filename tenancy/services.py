@@ -1,12 +1,18 @@
 from typing import TYPE_CHECKING, Any
 
 from django.db import transaction
+from django.dispatch import Signal
 
 from tenancy import provisioning
 from tenancy.context import public_schema, tenant_model
 
 if TYPE_CHECKING:  # see tenancy/context.py: tenancy never imports accounts at run time
     from accounts.models import Account
+
+# Sent with `account=` inside delete_account's transaction, while the schema still exists: what
+# an account keeps outside its schema and public rows (uploaded files in a storage) is found
+# then, and removed once the deletion commits.
+account_deleting = Signal()
 
 
 @transaction.atomic
@@ -23,6 +29,7 @@ def provision_account(*, name: str, settings: dict[str, Any] | None = None) -> "
 @transaction.atomic
 def delete_account(*, account: "Account") -> None:
     """Drop the account's schema and every public row that belongs to it."""
+    account_deleting.send(sender=type(account), account=account)
     with public_schema():
         provisioning.drop_schema(account)
         account.delete()

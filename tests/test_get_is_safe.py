@@ -14,6 +14,7 @@ from django.utils.http import urlsafe_base64_encode
 
 from accounts.models import User
 from channels_app.models import Message, Notification
+from media.models import LinkPreview, Upload
 from tenancy import switch
 from tests.helpers import populate
 
@@ -38,9 +39,11 @@ POST_ONLY = {
     "chat:read",
     "history:notification_read",
     "history:notification_read_all",
+    "media:upload",
 }
 # Not a page: the live stream (tests/test_sse.py) and the operators' admin.
-ELSEWHERE = {"chat:events"}
+# media:serve_upload is public and reads no database at all (tests/test_uploads.py).
+ELSEWHERE = {"chat:events", "media:serve_upload"}
 
 
 def _names(patterns: list[Any], namespace: str = "") -> set[str]:
@@ -64,6 +67,13 @@ def test_no_get_writes_anything_but_the_session(alice: User, alice_client: Clien
             channel=channel, sender="carol", text="alice: ping", server_time="2026-11-23T12:00Z"
         )
         Notification.objects.create(message=message, kind=Notification.Kind.HIGHLIGHT)
+        preview = LinkPreview.objects.create(
+            url="https://example.org/", status="ok", title="t", image=b"x", image_type="image/png",
+            fetched_at="2026-11-23T12:00Z", expires_at="2026-11-24T12:00Z",
+        )  # fmt: skip
+        upload = Upload.objects.create(
+            token="t" * 22, name="a.txt", content_type="text/plain", size=1
+        )
     gets = {
         "dashboard": reverse("dashboard"),
         "accounts:sign_up": reverse("accounts:sign_up"),
@@ -118,6 +128,10 @@ def test_no_get_writes_anything_but_the_session(alice: User, alice_client: Clien
         "history:notifications": reverse("history:notifications"),
         "history:notification_badge": reverse("history:notification_badge"),
         "history:chat_settings": reverse("history:chat_settings"),
+        "media:line_previews": reverse("media:line_previews") + f"?ids={message.pk}",
+        "media:preview_image": reverse("media:preview_image", args=[preview.pk]),
+        "media:upload_list": reverse("media:upload_list"),
+        "media:upload_delete": reverse("media:upload_delete", args=[upload.pk]),
     }
     # Every view of the project is looked at here: a new one must be added to one list.
     assert _names(get_resolver().url_patterns) - set(gets) - POST_ONLY - ELSEWHERE == set()

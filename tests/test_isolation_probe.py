@@ -47,6 +47,7 @@ from core import crypto
 from knowledge.models import Chunk, Document
 from knowledge.services import index_document_now
 from llms.tools import KNOWLEDGE_BASE_TOOLS
+from media.models import Upload
 from tenancy import switch
 from tests.http_probe import (
     REDIRECTS,
@@ -71,6 +72,10 @@ EXCLUDED_ROUTES: dict[str, str] = {
     # Coming with password reset (issue 6, item 6).
     "accounts:password_reset_confirm": "reached only through the link in the reset email, "
     "which carries a one-time token; the password reset tests follow it",
+    "media:preview_image": "named only in the previews fragment chat-previews.js asks for with "
+    "line ids; tests/test_previews.py checks another account and a visitor get nothing",
+    "media:serve_upload": "public by design (the IRC channel's people have no account), on "
+    "UPLOADS_PUBLIC_URL's origin, found by a 128-bit token; tests/test_uploads.py covers it",
 }
 # What the second account may get for a URL or form that names the first account's objects.
 REFUSED = frozenset({403, 404, 405})
@@ -259,6 +264,15 @@ def insert_history(account: Account, mark: str) -> None:
             created_by=f"{mark}",
         )
         pause_schedule(schedule=paused)
+        # A file dropped into the chat (its row: the file itself is served by token alone, and
+        # its page and delete form are what the probe replays).
+        Upload.objects.create(
+            token=secrets.token_urlsafe(16),
+            name=f"{mark}.txt",
+            content_type="text/plain",
+            size=10,
+            channel_name=channel.name,
+        )
         # The documents indexed, as a worker would: the knowledge base's search finds passages,
         # and links to them (the document's anchors, the short links agents cite).
         for document_id in Document.objects.values_list("pk", flat=True):

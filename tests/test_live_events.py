@@ -47,6 +47,9 @@ def test_each_event_type_has_the_json_the_browser_reads() -> None:
     assert wire(events.ReadEvent(channel_id=3, up_to=7)) == {
         "type": "read", "channel_id": 3, "up_to": 7,
     }  # fmt: skip
+    assert wire(events.PreviewEvent(message_id=7, channel_id=3)) == {
+        "type": "preview", "message_id": 7, "channel_id": 3,
+    }  # fmt: skip
 
 
 def test_the_fields_chat_js_reads_are_on_the_wire() -> None:
@@ -61,6 +64,7 @@ def test_the_fields_chat_js_reads_are_on_the_wire() -> None:
                                 nick="n"),
         events.NotificationEvent(id=1, message_id=1, kind="private"),
         events.ReadEvent(channel_id=1, up_to=1),
+        events.PreviewEvent(message_id=1, channel_id=1),
     ]  # fmt: skip
     sent = {field for sample in samples for field in wire(sample)}
     assert read <= sent, f"chat.js reads fields no event sends: {read - sent}"
@@ -70,7 +74,9 @@ def test_the_fields_chat_js_reads_are_on_the_wire() -> None:
 
 def test_the_stream_forwards_exactly_the_typed_events() -> None:
     assert sse.EVENT_TYPES is events.EVENT_TYPES
-    assert {"message", "channel", "server_state", "notification", "read"} == events.EVENT_TYPES
+    assert {
+        "message", "channel", "server_state", "notification", "read", "preview"
+    } == events.EVENT_TYPES  # fmt: skip
 
 
 def test_a_replayed_row_is_the_same_event_as_the_stored_line() -> None:

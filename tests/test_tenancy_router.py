@@ -22,7 +22,9 @@ HOW_TO_ACTIVATE = (
 
 
 def test_every_account_app_has_models_to_check() -> None:
-    assert {m._meta.app_label for m in ACCOUNT_MODELS} == {"channels_app", "knowledge", "agents"}
+    assert {m._meta.app_label for m in ACCOUNT_MODELS} == {
+        "channels_app", "knowledge", "agents", "media"
+    }  # fmt: skip
 
 
 @pytest.mark.parametrize("model", ACCOUNT_MODELS, ids=lambda m: m._meta.label)

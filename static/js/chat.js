@@ -448,6 +448,10 @@
       refreshSidebar();
       document.body.dispatchEvent(new CustomEvent("notifications-changed", { bubbles: true }));
     });
+    // A line's link preview is ready: chat-previews.js fetches and shows it.
+    source.addEventListener("preview", (event) => {
+      document.dispatchEvent(new CustomEvent("palaver:preview", { detail: JSON.parse(event.data) }));
+    });
     source.addEventListener("resync", () => { source.close(); location.reload(); });
     source.addEventListener("signed_out", () => { source.close(); location.reload(); });
     window.addEventListener("pagehide", () => source.close());
