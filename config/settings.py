@@ -29,6 +29,37 @@ _db["ENGINE"] = "django_tenants.postgresql_backend"
 _db["CONN_MAX_AGE"] = setting("DATABASE_CONN_MAX_AGE", cast=int, default=0)
 _db["CONN_HEALTH_CHECKS"] = True
 _db.setdefault("OPTIONS", {})["connect_timeout"] = 5
+# A pool of connections the process's requests take turns on (Django's psycopg pool). Under
+# ASGI every request runs its sync code on a thread made for it, and Django keeps a connection
+# per thread: DATABASE_CONN_MAX_AGE cannot carry one from a request to the next, so without a
+# pool each request connects anew (~2.3 ms of the web's time, docs/benchmarks.md "Issue 11:
+# pages"). config/asgi.py turns it on for the web; Celery's forked workers and the gateway keep
+# their own connections. Each connection handed back is put back on the public schema and
+# recycled after DATABASE_RECYCLE_AFTER_SCHEMAS account schemas (tenancy/db_memory.py).
+DATABASE_POOL: bool = setting("DATABASE_POOL", cast=bool, default=False)
+DATABASE_POOL_MAX_SIZE: int = setting("DATABASE_POOL_MAX_SIZE", cast=int, default=8)
+
+
+def _reset_pooled_connection(raw_connection: Any) -> None:
+    """The pool's `reset`, run on each connection handed back (imported late: the settings
+    load before the apps)."""
+    from tenancy.db_memory import reset_pooled_connection
+
+    reset_pooled_connection(raw_connection)
+
+
+if DATABASE_POOL:
+    if _db["CONN_MAX_AGE"]:
+        raise ImproperlyConfigured("DATABASE_POOL needs DATABASE_CONN_MAX_AGE=0 (Django's rule)")
+    if DATABASE_POOL_MAX_SIZE < 1:
+        raise ImproperlyConfigured("DATABASE_POOL_MAX_SIZE must be at least 1")
+    _db["OPTIONS"]["pool"] = {
+        "min_size": 1,
+        "max_size": DATABASE_POOL_MAX_SIZE,
+        # A request waits this long for a free connection, then fails (a 500), not forever.
+        "timeout": 10,
+        "reset": _reset_pooled_connection,
+    }
 _db["TEST"] = {"NAME": setting("TEST_DATABASE_NAME", default="test_palaver")}
 DATABASES = {"default": _db}
 DATABASE_ROUTERS = [
