@@ -29,6 +29,13 @@ _db["ENGINE"] = "django_tenants.postgresql_backend"
 _db["CONN_MAX_AGE"] = setting("DATABASE_CONN_MAX_AGE", cast=int, default=0)
 _db["CONN_HEALTH_CHECKS"] = True
 _db.setdefault("OPTIONS", {})["connect_timeout"] = 5
+# PostgreSQL's JIT compiles any query whose estimate passes jit_above_cost, whatever it really
+# costs: the chat sidebar's unread counts in an account of 1,000,000 lines ran 4 ms and
+# compiled 16 ms (docs/benchmarks.md, "Issue 11: pages"). The web's queries are short; off
+# unless DATABASE_JIT=true.
+if not setting("DATABASE_JIT", cast=bool, default=False):
+    _pg_options = str(_db["OPTIONS"].get("options") or "")
+    _db["OPTIONS"]["options"] = f"{_pg_options} -c jit=off".strip()
 # A pool of connections the process's requests take turns on (Django's psycopg pool). Under
 # ASGI every request runs its sync code on a thread made for it, and Django keeps a connection
 # per thread: DATABASE_CONN_MAX_AGE cannot carry one from a request to the next, so without a
@@ -155,7 +162,8 @@ MIDDLEWARE = [
     "accounts.middleware.SessionMetadataMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
-    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # Django's, with the session's user loaded with the session row (one query, not two).
+    "accounts.middleware.AuthenticationMiddleware",
     "tenancy.middleware.AccountSchemaMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",

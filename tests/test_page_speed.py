@@ -17,6 +17,7 @@ from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
+from django.utils import timezone
 
 from accounts.models import User
 from channels_app.models import Channel, Message, Notification, Server
@@ -158,8 +159,6 @@ def busy_alice(alice: User) -> tuple[User, dict[str, int]]:
     """Alice with a server, three channels, 100 lines and five highlights."""
     from datetime import timedelta
 
-    from django.utils import timezone
-
     with switch(alice):
         server = Server.objects.create(name="Libera", host="irc.example.org", nick="alice")
         channels = [Channel.objects.create(server=server, name=n) for n in ("#a", "#b", "#c")]
@@ -186,3 +185,75 @@ def _count_queries(client: Client, path: str) -> int:
         response = client.get(path)
     assert response.status_code == 200, f"{path}: {response.status_code}"
     return len(queries.captured_queries)
+
+
+# What each main page costs, signed in, locked in: a new query on one of them is a choice to
+# make in review, not an accident. The first two are the session (with its user and account,
+# accounts.session_store) and the account's search_path; the SETs are counted as queries.
+PAGE_QUERIES = {
+    "dashboard": ("/", 6),
+    "servers": ("/servers/", 4),
+    "server": ("/servers/{server}/", 5),
+    "chat": ("/chat/{channel}/", 11),
+    "search": ("/search/?q=line", 12),
+    "notifications": ("/notifications/", 5),
+    "settings": ("/settings/chat/", 2),
+    "agents": ("/agents/", 5),
+    "knowledge": ("/knowledge/", 4),
+}
+
+
+@pytest.mark.parametrize("page", list(PAGE_QUERIES))
+def test_queries_per_page(page: str, busy_alice: tuple[User, dict[str, int]]) -> None:
+    user, ids = busy_alice
+    template, expected = PAGE_QUERIES[page]
+    client = signed_in_client(user)
+    path = template.format(**ids)
+    assert _count_queries(client, path) == expected
+    # No query per row: more servers, channels, lines and highlights cost the same.
+    with switch(user):
+        for n in range(3):
+            server = Server.objects.create(name=f"More {n}", host="irc.example.org", nick="al")
+            channel = Channel.objects.create(server=server, name=f"#more{n}")
+            message = Message.objects.create(
+                channel=channel, sender="bob", text="alice: line", server_time=timezone.now()
+            )
+            Notification.objects.create(message=message, kind=Notification.Kind.HIGHLIGHT)
+    cast(Any, connection).set_schema_to_public()
+    assert _count_queries(client, path) == expected
+
+
+# --- the session and its user in one query ------------------------------------------------------
+
+
+def test_session_row_brings_its_user(alice: User) -> None:
+    """The user comes with the session row (accounts.session_store): no query of its own."""
+    client = signed_in_client(alice)
+    with CaptureQueriesContext(connection) as queries:
+        response = client.get(reverse("history:chat_settings"))
+    assert response.status_code == 200
+    assert response.wsgi_request.user == alice
+    sqls = [q["sql"] for q in queries.captured_queries]
+    assert any('FROM "accounts_session"' in sql and '"accounts_user"' in sql for sql in sqls)
+    assert not any(
+        sql.lstrip().startswith("SELECT") and 'FROM "accounts_user"' in sql for sql in sqls
+    )
+
+
+def test_session_of_a_deactivated_user_is_signed_out(alice: User) -> None:
+    """The user taken from the session row still passes the backend's checks."""
+    client = signed_in_client(alice)
+    alice.is_active = False
+    alice.save(update_fields=["is_active"])
+    response = client.get(reverse("dashboard"))
+    assert response.status_code == 302
+    assert reverse("accounts:sign_in") in response["Location"]
+
+
+def test_password_changed_elsewhere_signs_the_session_out(alice: User) -> None:
+    """Django's session hash check still runs on the user taken from the session row."""
+    client = signed_in_client(alice)
+    alice.set_password("another long passphrase 42")
+    alice.save(update_fields=["password"])
+    response = client.get(reverse("dashboard"))
+    assert response.status_code == 302
