@@ -10,7 +10,7 @@ first (the chat page's page size), five highlights (notifications), a knowledge 
 --keep the database stays, and --reuse starts from it (only sessions are made anew).
 
 The web is one uvicorn worker (`config.asgi:application`, DEBUG off) with the settings of
-benchmarks/pages_settings.py: the project's, plus the bare view /bench/bare/ (a view returning
+benchmarks/_pages_settings.py: the project's, plus the bare view /bench/bare/ (a view returning
 two bytes, through the whole middleware stack, unauthenticated), which only those settings
 route. Its Redis is a redis-server of the benchmark's own (as benchmarks/sse_streams.py does).
 
@@ -214,8 +214,10 @@ def web_server(args: argparse.Namespace, bench_url: str, redis_url: str) -> Iter
         "DATABASE_URL": bench_url,
         "REDIS_URL": redis_url,
         "DEBUG": "false",
-        "DJANGO_SETTINGS_MODULE": "benchmarks.pages_settings",
-        "PYTHONPATH": args.project,
+        "DJANGO_SETTINGS_MODULE": "benchmarks._pages_settings",
+        # The project first; this checkout after it, for benchmarks/_pages_settings.py when
+        # --project is an older tree without it (benchmarks/ is a namespace package).
+        "PYTHONPATH": os.pathsep.join([args.project, str(PROJECT_DIR)]),
     }
     command = [sys.executable, "-m", "uvicorn", "config.asgi:application", "--lifespan", "off"]
     command += ["--host", "127.0.0.1", "--port", str(port), "--no-access-log"]

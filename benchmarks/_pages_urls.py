@@ -1,4 +1,4 @@
-"""The project's URLs plus /bench/bare/, for benchmarks/pages_settings.py only."""
+"""The project's URLs plus /bench/bare/, for benchmarks/_pages_settings.py only."""
 
 from django.http import HttpRequest, HttpResponse
 from django.urls import include, path
