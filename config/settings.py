@@ -56,8 +56,10 @@ def _reset_pooled_connection(raw_connection: Any) -> None:
 
 
 if DATABASE_POOL:
-    if _db["CONN_MAX_AGE"]:
-        raise ImproperlyConfigured("DATABASE_POOL needs DATABASE_CONN_MAX_AGE=0 (Django's rule)")
+    # Django refuses a pool with persistent connections. DATABASE_CONN_MAX_AGE is for the
+    # processes without a pool (Celery's workers): under the pool it is ignored, so that a
+    # deployment that set it for its workers still starts its web.
+    _db["CONN_MAX_AGE"] = 0
     if DATABASE_POOL_MAX_SIZE < 1:
         raise ImproperlyConfigured("DATABASE_POOL_MAX_SIZE must be at least 1")
     _db["OPTIONS"]["pool"] = {

@@ -4,6 +4,10 @@ main pages keep the number of queries they make (figures in docs/benchmarks.md, 
 pages")."""
 
 import http.client
+import json
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -257,3 +261,41 @@ def test_password_changed_elsewhere_signs_the_session_out(alice: User) -> None:
     alice.save(update_fields=["password"])
     response = client.get(reverse("dashboard"))
     assert response.status_code == 302
+
+
+# --- the pool's settings ------------------------------------------------------------------------
+
+
+def _settings_in_child(**env: str) -> "subprocess.CompletedProcess[str]":
+    code = (
+        "import django, json; django.setup(); from django.conf import settings; "
+        "db = settings.DATABASES['default']; "
+        "print(json.dumps({'age': db['CONN_MAX_AGE'], "
+        "'pool': (db['OPTIONS'].get('pool') or {}).get('max_size'), "
+        "'options': db['OPTIONS'].get('options')}))"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=Path(__file__).resolve().parent.parent,
+        env={**os.environ, "DJANGO_SETTINGS_MODULE": "config.settings", **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_pool_settings() -> None:
+    """The pool ignores DATABASE_CONN_MAX_AGE (set for Celery's workers, refused by Django
+    with a pool) instead of failing the web's start; a pool of 0 connections is an error; JIT
+    is off unless asked for."""
+    pooled = _settings_in_child(
+        DATABASE_POOL="true", DATABASE_POOL_MAX_SIZE="3", DATABASE_CONN_MAX_AGE="60"
+    )
+    assert pooled.returncode == 0, pooled.stderr
+    assert json.loads(pooled.stdout) == {"age": 0, "pool": 3, "options": "-c jit=off"}
+    plain = _settings_in_child(DATABASE_POOL="false", DATABASE_CONN_MAX_AGE="60", DATABASE_JIT="1")
+    assert plain.returncode == 0, plain.stderr
+    assert json.loads(plain.stdout) == {"age": 60, "pool": None, "options": None}
+    empty = _settings_in_child(DATABASE_POOL="true", DATABASE_POOL_MAX_SIZE="0")
+    assert empty.returncode != 0
+    assert "DATABASE_POOL_MAX_SIZE" in empty.stderr
