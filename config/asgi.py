@@ -4,6 +4,9 @@ import os
 import django
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+# The web's requests take turns on a pool of database connections (config/settings.py,
+# DATABASE_POOL): under ASGI nothing else carries a connection from one request to the next.
+os.environ.setdefault("DATABASE_POOL", "true")
 django.setup(set_prefix=False)
 
 # Like get_asgi_application(), with request bodies kept in memory and bounded (core.uploads).

@@ -29,6 +29,46 @@ _db["ENGINE"] = "django_tenants.postgresql_backend"
 _db["CONN_MAX_AGE"] = setting("DATABASE_CONN_MAX_AGE", cast=int, default=0)
 _db["CONN_HEALTH_CHECKS"] = True
 _db.setdefault("OPTIONS", {})["connect_timeout"] = 5
+# PostgreSQL's JIT compiles any query whose estimate passes jit_above_cost, whatever it really
+# costs: the chat sidebar's unread counts in an account of 1,000,000 lines ran 4 ms and
+# compiled 16 ms (docs/benchmarks.md, "Issue 11: pages"). The web's queries are short; off
+# unless DATABASE_JIT=true.
+if not setting("DATABASE_JIT", cast=bool, default=False):
+    _pg_options = str(_db["OPTIONS"].get("options") or "")
+    _db["OPTIONS"]["options"] = f"{_pg_options} -c jit=off".strip()
+# A pool of connections the process's requests take turns on (Django's psycopg pool). Under
+# ASGI every request runs its sync code on a thread made for it, and Django keeps a connection
+# per thread: DATABASE_CONN_MAX_AGE cannot carry one from a request to the next, so without a
+# pool each request connects anew (~2.3 ms of the web's time, docs/benchmarks.md "Issue 11:
+# pages"). config/asgi.py turns it on for the web; Celery's forked workers and the gateway keep
+# their own connections. Each connection handed back is put back on the public schema and
+# recycled after DATABASE_RECYCLE_AFTER_SCHEMAS account schemas (tenancy/db_memory.py).
+DATABASE_POOL: bool = setting("DATABASE_POOL", cast=bool, default=False)
+DATABASE_POOL_MAX_SIZE: int = setting("DATABASE_POOL_MAX_SIZE", cast=int, default=8)
+
+
+def _reset_pooled_connection(raw_connection: Any) -> None:
+    """The pool's `reset`, run on each connection handed back (imported late: the settings
+    load before the apps)."""
+    from tenancy.db_memory import reset_pooled_connection
+
+    reset_pooled_connection(raw_connection)
+
+
+if DATABASE_POOL:
+    # Django refuses a pool with persistent connections. DATABASE_CONN_MAX_AGE is for the
+    # processes without a pool (Celery's workers): under the pool it is ignored, so that a
+    # deployment that set it for its workers still starts its web.
+    _db["CONN_MAX_AGE"] = 0
+    if DATABASE_POOL_MAX_SIZE < 1:
+        raise ImproperlyConfigured("DATABASE_POOL_MAX_SIZE must be at least 1")
+    _db["OPTIONS"]["pool"] = {
+        "min_size": 1,
+        "max_size": DATABASE_POOL_MAX_SIZE,
+        # A request waits this long for a free connection, then fails (a 500), not forever.
+        "timeout": 10,
+        "reset": _reset_pooled_connection,
+    }
 _db["TEST"] = {"NAME": setting("TEST_DATABASE_NAME", default="test_palaver")}
 DATABASES = {"default": _db}
 DATABASE_ROUTERS = [
@@ -127,7 +167,8 @@ MIDDLEWARE = [
     "accounts.middleware.SessionMetadataMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
-    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # Django's, with the session's user loaded with the session row (one query, not two).
+    "accounts.middleware.AuthenticationMiddleware",
     "tenancy.middleware.AccountSchemaMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",

@@ -93,7 +93,9 @@ class ToolSetting:
             return text
         if self.kind == "timezone":
             text = str(value).strip()
-            if text not in zoneinfo.available_timezones():
+            from llms.selectors import known_timezones
+
+            if text not in known_timezones():
                 raise ValueError(f"“{text}” is not a known time zone (e.g. Europe/Paris)")
             return text
         if self.kind == "domains":

@@ -52,9 +52,15 @@ class _State:
     checked_at: float = float("-inf")
     # The server cannot tell (PostgreSQL < 14, or no privilege to read the view).
     memory_unreadable: bool = False
+    # A wrapper's own record: the state of the connection it held last.
+    last: "_State | None" = None
 
 
-_states: "weakref.WeakKeyDictionary[BaseDatabaseWrapper, _State]" = weakref.WeakKeyDictionary()
+# Keyed by the DB-API connection a state was counted on, or, before a wrapper opens one, by the
+# wrapper (what it noted then is carried over to the connection it opens). A pooled connection
+# keeps its count while it waits in the pool and moves from wrapper to wrapper (DATABASE_POOL):
+# the count belongs to the backend, whichever thread holds it.
+_states: "weakref.WeakKeyDictionary[Any, _State]" = weakref.WeakKeyDictionary()
 # Recycles since the process started, by reason ("schemas", "memory"): read by benchmarks and
 # tests; the log says the same thing line by line.
 recycles: dict[str, int] = {"schemas": 0, "memory": 0}
@@ -70,19 +76,31 @@ def _wrapper(connection: BaseDatabaseWrapper) -> BaseDatabaseWrapper:
 
 
 def _state(connection: BaseDatabaseWrapper) -> _State:
-    """This wrapper's state, started afresh when the connection under it is not the one the
-    state was counted on (Django closed it: CONN_MAX_AGE, an error, a test teardown)."""
-    state = _states.get(connection)
+    """The state of the database connection this wrapper holds now: started afresh for a
+    connection not seen before (Django opened a new one: CONN_MAX_AGE, an error, a test
+    teardown), kept for one seen before (taken from the pool again)."""
+    own = _states.get(connection)
+    if own is None:
+        own = _states[connection] = _State()
     raw = connection.connection
-    if state is None:
-        state = _states[connection] = _State()
-    elif state.raw is not None and (raw is None or state.raw() is not raw):
-        # A fresh backend is small: its first memory check can wait for the usual interval.
-        state = _states[connection] = _State(
-            checked_at=state.checked_at, memory_unreadable=state.memory_unreadable
-        )
-    if raw is not None and state.raw is None:
-        state.raw = weakref.ref(raw)
+    if raw is None:
+        return own
+    state = own.last
+    if state is None or state.raw is None or state.raw() is not raw:
+        state = _states.get(raw)
+        if state is None:
+            # A fresh backend is small: its first memory check can wait for the usual
+            # interval from the last one this wrapper made.
+            before = own.last or own
+            state = _states[raw] = _State(
+                raw=weakref.ref(raw),
+                checked_at=before.checked_at,
+                memory_unreadable=before.memory_unreadable,
+            )
+        own.last = state
+    if own.schemas:
+        state.schemas.update(own.schemas)
+        own.schemas.clear()
     return state
 
 
@@ -165,9 +183,74 @@ def maybe_recycle(connection: BaseDatabaseWrapper) -> str | None:
         len(state.schemas),
         reason,
     )
+    if connection.pool:  # type: ignore[attr-defined]
+        # Handed back, a pooled connection would live on in the pool: end its backend first.
+        connection.connection.close()
     connection.close()
     recycles[reason] += 1
     return reason
+
+
+def _raw_backend_memory(raw: Any, state: _State) -> int | None:
+    """backend_memory for a pooled connection outside any wrapper (autocommit, so a refused
+    read leaves it idle)."""
+    import psycopg
+
+    if raw.info.server_version < MEMORY_VIEW_SERVER_VERSION:
+        state.memory_unreadable = True
+        return None
+    try:
+        row = raw.execute(MEMORY_QUERY).fetchone()
+    except psycopg.Error as exc:
+        if exc.sqlstate not in UNREADABLE_SQLSTATES:
+            raise
+        logger.warning(
+            "cannot read pg_backend_memory_contexts (grant pg_read_all_stats to the database "
+            "user); connections are recycled by schema count only",
+            exc_info=True,
+        )
+        state.memory_unreadable = True
+        return None
+    return int(row[0]) if row and row[0] is not None else None
+
+
+def reset_pooled_connection(raw: Any) -> None:
+    """The pool's `reset` (settings.DATABASE_POOL), run on every connection handed back: it
+    goes back on the public schema, so that no account's search_path waits in the pool for
+    the next request (django-tenants sets the path again before a borrower's first query
+    anyway: this is the second lock), and a connection past either limit is retired (the pool
+    replaces it). Runs on the pool's own thread, never in a request's time."""
+    from django_tenants.utils import get_public_schema_name
+    from psycopg import sql
+
+    state = _states.get(raw)
+    reason = None
+    after_schemas: int = settings.DATABASE_RECYCLE_AFTER_SCHEMAS
+    after_bytes: int = settings.DATABASE_RECYCLE_AFTER_BYTES
+    if state is not None and after_schemas and len(state.schemas) >= after_schemas:
+        reason = "schemas"
+    elif state is not None and after_bytes and not state.memory_unreadable:
+        now = time.monotonic()
+        if now - state.checked_at >= settings.DATABASE_MEMORY_CHECK_SECONDS:
+            state.checked_at = now
+            used = _raw_backend_memory(raw, state)
+            if used is not None and used >= after_bytes:
+                reason = "memory"
+    if reason is not None:
+        logger.info(
+            "recycling pooled database connection: %d schemas touched (%s limit passed)",
+            len(state.schemas) if state else 0,
+            reason,
+        )
+        recycles[reason] += 1
+        # Expired, the pool closes it quietly and opens another; a closed one it would also
+        # replace, with a warning.
+        if hasattr(raw, "_expire_at"):
+            raw._expire_at = 0.0
+        else:
+            raw.close()
+        return
+    raw.execute(sql.SQL("SET search_path = {}").format(sql.Identifier(get_public_schema_name())))
 
 
 def recycle_connections(**_signal_kwargs: Any) -> None:
