@@ -216,6 +216,8 @@ class IrcConnection:
         self.state = "disconnected"
         self.last_error = ""
         self._me: tuple[str, str, str] = ("", "", "")  # nick, casemapping, folded nick
+        # "user@host" of our prefix as the server relays our lines; None until seen.
+        self.own_user_host: str | None = None
         self._highlight: tuple[Sequence[str] | None, str, re.Pattern[str] | None] = (None, "", None)
         # Lines sent for agents whose echo is still to come: (deadline, folded target, text,
         # agent nick). Made on the first such line.
@@ -390,6 +392,7 @@ class IrcConnection:
         self._read_bucket = None
         self._read_credit = 0
         self._backfill = None  # made at registration when the server offers chathistory
+        self.own_user_host = None
 
     def _chathistory_limit(self) -> int:
         """The server's most messages per CHATHISTORY request (ISUPPORT); 0 for no maximum."""
@@ -487,9 +490,7 @@ class IrcConnection:
         protocol.format_line(command, target, "")  # the target must be one parameter
         prefix = f"[{agent}] " if agent else ""
         tags = {AGENT_TAG: agent} if agent else {}
-        # Room for ":nick!user@host PRIVMSG target :" as the server relays it, and CTCP framing.
-        overhead = len(f":{self.nick}!{'x' * 10}@{'x' * 63} {command} {target} :".encode()) + 10
-        for piece in protocol.split_message(text, overhead + len(prefix.encode())):
+        for piece in self._split_for_send(command, target, text, kind, prefix):
             chunk = prefix + piece
             body = protocol.ctcp("ACTION", chunk) if kind == "action" else chunk
             store: Callable[[], None] | None = None
@@ -502,6 +503,37 @@ class IrcConnection:
                 # The echo is what gets stored: it is marked when it comes back.
                 store = functools.partial(self._expect_agent_echo, target, chunk, agent)
             self._send_paced(command, target, body, after=store)
+
+    def _split_for_send(
+        self, command: str, target: str, text: str, kind: str, prefix: str = ""
+    ) -> list[str]:
+        """`text` in pieces that each fit one line of 512 bytes as the server relays it to the
+        others: ":nick!user@host COMMAND target :", the /me wrapper, `prefix` (an agent's
+        "[name] ", repeated on every piece) and CRLF counted; balanced, cut at spaces."""
+        overhead = protocol.message_overhead(
+            nick=self.nick,
+            user_host=self.own_user_host,
+            command=command,
+            target=target,
+            action=kind == "action",
+        )
+        return protocol.split_message(text, overhead + len(prefix.encode()))
+
+    def _learn_user_host(self, line: IrcLine) -> None:
+        """Our "user@host" as others see it, from a line of ours the server relays (our JOIN,
+        an echo): the prefix counted when splitting long lines (_split_for_send)."""
+        if line.user_host and self._is_me(line.nick):
+            self.own_user_host = line.user_host
+
+    def _on_396(self, line: IrcLine) -> None:
+        """RPL_VISIBLEHOST: the server changed our host (a cloak): the prefix others see."""
+        if len(line.params) >= 2 and self.own_user_host is not None:
+            user = self.own_user_host.partition("@")[0]
+            self.own_user_host = f"{user}@{line.params[1]}"
+
+    def _on_chghost(self, line: IrcLine) -> None:
+        if len(line.params) >= 2 and self._is_me(line.nick):
+            self.own_user_host = f"{line.params[0]}@{line.params[1]}"
 
     def _expect_agent_echo(self, target: str, text: str, agent: str) -> None:
         if self._agent_lines is None:
@@ -780,6 +812,7 @@ class IrcConnection:
         channel = line.params[0]
         folded = self._fold(channel)
         if self._is_me(line.nick):
+            self._learn_user_host(line)
             if folded not in self.joined and len(self.joined) >= self.limits.channels:
                 # A server can put us in channels we never asked for, without end.
                 self._refuse(
