@@ -1,6 +1,8 @@
+from dataclasses import dataclass
 from typing import Any
 
 from django import forms
+from django.conf import settings
 
 from accounts.models import Account
 from channels_app.models import Channel, Server
@@ -17,18 +19,77 @@ from channels_app.selectors.settings import (
     theme,
     time_format,
 )
-from channels_app.validators import validate_nick
+from channels_app.validators import validate_channel_name, validate_nick
 from core import net_policy
 from core.forms import SecretFieldsMixin
 
 
+@dataclass(frozen=True)
+class Network:
+    """A well-known network: the "Add a server" form fills in its address."""
+
+    label: str
+    host: str
+    port: int
+
+
+# TLS on 6697 on all three (Libera.Chat's and OFTC's connection guides; EFnet's round robin
+# servers listen for TLS on 6697 and 9999).
+NETWORKS: dict[str, Network] = {
+    "libera": Network("Libera.Chat", "irc.libera.chat", 6697),
+    "oftc": Network("OFTC", "irc.oftc.net", 6697),
+    "efnet": Network("EFnet", "irc.efnet.org", 6697),
+}
+CUSTOM_NETWORK = "custom"
+
+
+def split_channel_names(raw: str) -> list[str]:
+    """Channel names typed as "#a #b, #c": validated, duplicates (ignoring case) dropped.
+    Raises ValidationError naming the first bad one."""
+    names: list[str] = []
+    seen: set[str] = set()
+    for name in raw.replace(",", " ").split():
+        try:
+            validate_channel_name(name)
+        except forms.ValidationError:
+            raise forms.ValidationError(
+                f"“{name[:60]}” is not a channel name: a channel starts with #, &, + or ! and "
+                "has no spaces, commas or colons.",
+                code="invalid_channel",
+            ) from None
+        if name.lower() not in seen:
+            seen.add(name.lower())
+            names.append(name)
+    return names
+
+
 class ServerForm(SecretFieldsMixin):
+    """A server, and when adding one, everything to connect in one step: a network preset (or a
+    custom address), the nick, and the channels to join."""
+
     secret_fields = ("password", "sasl_password")
 
+    network = forms.ChoiceField(
+        label="Network",
+        choices=[
+            *((key, f"{n.label} ({n.host})") for key, n in NETWORKS.items()),
+            (CUSTOM_NETWORK, "Custom: another server"),
+        ],
+        initial="libera",
+        # Left out of a POST (a script's), it is a custom server.
+        required=False,
+        help_text="A known network fills in the address, port and TLS for you.",
+    )
     alt_nicks = forms.CharField(
         label="Alternative nicks",
         required=False,
         help_text="Separated by spaces or commas; tried in order when your nick is taken.",
+    )
+    channels = forms.CharField(
+        label="Channels to join",
+        required=False,
+        widget=forms.TextInput(attrs={"placeholder": "#python #palaver", "spellcheck": "false"}),
+        help_text="Separated by spaces or commas. Joined as soon as you are connected.",
     )
 
     class Meta:
@@ -50,8 +111,20 @@ class ServerForm(SecretFieldsMixin):
         super().__init__(*args, **kwargs)
         if self.instance.pk and not self.is_bound:
             self.initial["alt_nicks"] = " ".join(self.instance.alt_nicks)
+        if self.instance.pk:
+            # Editing: the address is the server's; its channels are managed on its page.
+            del self.fields["network"]
+            del self.fields["channels"]
+        else:
+            # With a known network, the name, address and port come from it.
+            for name in ("name", "host", "port"):
+                self.fields[name].required = False
+            self.fields["name"].help_text = "Your label for it; the network's name if blank."
+            self.fields["host"].help_text = "For a custom server only, e.g. irc.example.org."
+            self.fields["port"].help_text = "6697 for TLS on most networks."
         self.order_fields(
             [
+                "network",
                 "name",
                 "host",
                 "port",
@@ -59,6 +132,7 @@ class ServerForm(SecretFieldsMixin):
                 "tls_verify",
                 "nick",
                 "alt_nicks",
+                "channels",
                 "username",
                 "realname",
                 "password",
@@ -82,8 +156,57 @@ class ServerForm(SecretFieldsMixin):
             raise forms.ValidationError("Ten alternative nicks at most.")
         return nicks
 
+    def _network(self) -> Network | None:
+        """The preset chosen (None for a custom server, and when editing)."""
+        return NETWORKS.get(self.cleaned_data.get("network") or "")
+
+    def clean_channels(self) -> list[str]:
+        names = split_channel_names(self.cleaned_data.get("channels") or "")
+        limit = settings.LIMIT_CHANNELS_PER_SERVER
+        if len(names) > limit:
+            raise forms.ValidationError(f"{limit} channels per server at most.")
+        return names
+
+    def clean_name(self) -> str:
+        name = str(self.cleaned_data.get("name") or "").strip()
+        if not name and "network" in self.fields:
+            network = self._network()
+            name = network.label if network else str(self.data.get("host", "")).strip()[:100]
+            if not name:
+                return name  # the custom host's own error says what is missing
+        if not name:
+            raise forms.ValidationError("Give the server a name.", code="required")
+        if Server.objects.filter(name__iexact=name).exclude(pk=self.instance.pk).exists():
+            raise forms.ValidationError(
+                f"You already have a server named “{name}”: give this one another name.",
+                code="duplicate_name",
+            )
+        return name
+
+    def clean_port(self) -> int | None:
+        network = self._network() if "network" in self.fields else None
+        if network is not None:
+            return network.port
+        port = self.cleaned_data.get("port")
+        return 6697 if port is None else int(port)
+
     def clean_host(self) -> str:
-        host = str(self.cleaned_data["host"]).strip().lower()
+        raw = str(self.cleaned_data.get("host") or "").strip().lower()
+        if "network" in self.fields:
+            network = self._network()
+            if network is not None:
+                if raw and raw != network.host:
+                    raise forms.ValidationError(
+                        f"{network.label} is at {network.host}: choose “Custom” as the network "
+                        "to connect to another address.",
+                        code="preset_host",
+                    )
+                return network.host
+            if not raw:
+                raise forms.ValidationError(
+                    "A custom server needs its address, e.g. irc.example.org.", code="required"
+                )
+        host = raw
         try:
             # The port plays no part in the address policy.
             net_policy.resolve(host, 6667)
@@ -100,6 +223,9 @@ class ServerForm(SecretFieldsMixin):
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean() or {}
+        if "network" in self.fields and self._network() is not None:
+            cleaned["tls"] = True  # the presets are TLS addresses
+            cleaned["tls_verify"] = True
         if cleaned.get("sasl_username") and not (
             cleaned.get("sasl_password") or self.instance.sasl_password
         ):

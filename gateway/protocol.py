@@ -44,6 +44,11 @@ from irc.message import Tag
 MAX_LINE_BYTES = 8191 + 512
 
 
+# The tag the web puts on a raw line (a /whois) to name the buffer it was typed in, where the
+# answer is shown. Gateway-internal: the gateway sends a raw line's command and parameters only.
+REPLY_BUFFER_TAG = "palaver/buffer"
+
+
 class ParseError(ValueError):
     """A line that is not IRC. The gateway logs it and carries on with the next one."""
 
