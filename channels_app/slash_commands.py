@@ -250,11 +250,11 @@ def _whois(ctx: _Context, args: str) -> Plan:
 
 def _list(ctx: _Context, args: str) -> Plan:
     """/list [filter]: the network's channels, on a page of their own (with Join buttons)."""
+    # The page asks for the list as it opens (fetch=1): the command itself sends nothing.
     search = args.strip()
     url = reverse("channels:channel_list", args=[ctx.server_id])
-    if search:
-        url += "?" + urlencode({"q": search})
-    return Plan(commands=[ctx.raw("LIST")], open_page=url)
+    params = {"fetch": "1", **({"q": search} if search else {})}
+    return Plan(open_page=f"{url}?{urlencode(params)}")
 
 
 def _away(ctx: _Context, args: str) -> Plan:

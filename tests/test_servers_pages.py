@@ -262,6 +262,27 @@ def test_asking_for_the_list_publishes_list_and_shows_receiving(
     assert (command["op"], command["line"], command["server_id"]) == ("raw", "LIST", server.pk)
     page = alice_client.get(reverse("channels:channel_list", args=[server.pk])).content.decode()
     assert "Receiving the list" in page
+    # From htmx (the page opened by /list in the chat): the results part comes back.
+    fragment = alice_client.post(
+        reverse("channels:channel_list_refresh", args=[server.pk]), HTTP_HX_REQUEST="true"
+    )
+    assert fragment.status_code == 200
+    assert 'id="list-results"' in fragment.content.decode()
+    assert "<html" not in fragment.content.decode()
+
+
+def test_list_typed_in_the_chat_opens_the_page_that_asks_for_it(
+    alice: User, alice_client: Client, r: redis.Redis
+) -> None:
+    server, channel, _ = _server_with_buffer(alice)
+    r.delete(channel_list_key(alice.account_id, server.pk))
+    response = alice_client.post(reverse("chat:send", args=[channel.pk]), {"text": "/list py"})
+    assert response.status_code == 204
+    url = response["HX-Redirect"]
+    assert url == reverse("channels:channel_list", args=[server.pk]) + "?fetch=1&q=py"
+    page = alice_client.get(url).content.decode()
+    assert "hx-post" in page and reverse("channels:channel_list_refresh", args=[server.pk]) in page
+    assert "Asking Libera for its channels" in page
 
 
 def test_every_new_url_is_404_for_another_account(

@@ -224,12 +224,7 @@ def _offset(request: HttpRequest) -> int:
     return min(int(raw), 1_000_000) if raw.isdigit() else 0
 
 
-@login_required
-def channel_list(request: HttpRequest, pk: int) -> HttpResponse:
-    """The channels the network lists (/list), searchable by name and topic, with Join
-    buttons. The list is asked for by a POST (refresh) or by /list in the chat; while it
-    arrives, the results part of the page polls itself (htmx)."""
-    server = get_object_or_404(Server.objects.only("pk", "name"), pk=pk)
+def _list_context(request: HttpRequest, server: Server) -> dict[str, object]:
     query = request.GET.get("q", "")[:MAX_LIST_QUERY]
     offset = _offset(request)
     listing = channel_listing(request.user.account_id, server.pk, query=query, offset=offset)  # type: ignore[union-attr]
@@ -239,7 +234,7 @@ def channel_list(request: HttpRequest, pk: int) -> HttpResponse:
             "name", flat=True
         )
     }
-    context = {
+    return {
         "server": server,
         "listing": listing,
         "query": query,
@@ -250,7 +245,18 @@ def channel_list(request: HttpRequest, pk: int) -> HttpResponse:
         "previous_offset": max(0, offset - LIST_PAGE_SIZE) if offset else None,
         "joined": joined,
         "poll_seconds": 1,
+        # /list typed in the chat: the page asks for the list as it opens (a POST, by htmx).
+        "fetch": request.GET.get("fetch") == "1" and listing.state != "receiving",
     }
+
+
+@login_required
+def channel_list(request: HttpRequest, pk: int) -> HttpResponse:
+    """The channels the network lists (/list), searchable by name and topic, with Join
+    buttons. The list is asked for by a POST (the "Get the list" button, or htmx as the page
+    opens from /list in the chat); while it arrives, the results part polls itself (htmx)."""
+    server = get_object_or_404(Server.objects.only("pk", "name"), pk=pk)
+    context = _list_context(request, server)
     template = (
         "channels_app/_channel_list_results.html"
         if request.headers.get("HX-Request") and request.headers.get("HX-Target") == "list-results"
@@ -262,15 +268,22 @@ def channel_list(request: HttpRequest, pk: int) -> HttpResponse:
 @login_required
 @require_POST
 def channel_list_refresh(request: HttpRequest, pk: int) -> HttpResponse:
-    server = get_object_or_404(Server.objects.only("pk"), pk=pk)
+    """Ask for the list again. From htmx, the results part comes back (now receiving)."""
+    server = get_object_or_404(Server.objects.only("pk", "name"), pk=pk)
+    error = ""
     try:
         services.request_channel_list(account_id=_account_id(request), server=server)
     except CommandError as exc:
-        messages.error(request, str(exc))
+        error = str(exc)
     except Exception as exc:
         if not _is_redis_error(exc):
             raise
-        messages.error(request, "Could not reach the IRC gateway; the list was not asked for.")
+        error = "Could not reach the IRC gateway; the list was not asked for."
+    if request.headers.get("HX-Request"):
+        context = _list_context(request, server) | {"fetch": False, "error": error}
+        return render(request, "channels_app/_channel_list_results.html", context)
+    if error:
+        messages.error(request, error)
     return redirect(reverse("channels:channel_list", args=[server.pk]))
 
 
