@@ -3,6 +3,7 @@ the live connection state and last error, the server buffer kept off them, and t
 (reading what the gateway leaves in Redis). Each new URL answers 404 to another account."""
 
 import json
+import re
 from typing import Any
 
 import pytest
@@ -173,6 +174,10 @@ def test_live_state_and_last_error(alice: User, alice_client: Client, r: redis.R
     publish("connected")
     fragment = alice_client.get(state_url).content.decode()
     assert "Connected as alice_" in fragment and 'hx-swap-oob="true"' in fragment
+    # The poll's next URL carries a digest: unchanged, it answers 204 and nothing is swapped.
+    next_url = re.search(r'hx-get="([^"]+)"', fragment)
+    assert next_url is not None and "?seen=" in next_url[1]
+    assert alice_client.get(next_url[1].replace("&amp;", "&")).status_code == 204
     publish("disconnected", "connection refused")
     r.set(
         events.server_error_key(alice.account_id, server.pk),

@@ -1,3 +1,4 @@
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -7,6 +8,7 @@ from django.core.exceptions import ValidationError
 from django.db.models import Count, Q, QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.template.loader import render_to_string
 from django.urls import reverse
 from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_POST
@@ -52,6 +54,32 @@ def _buffers(server: Server) -> QuerySet[Channel]:
     return server.channels.exclude(kind=Channel.Kind.SERVER)
 
 
+def _states(
+    request: HttpRequest, rows: list[ServerRow], *, poll_url: str, detail: bool
+) -> tuple[str, str]:
+    """The state cells as the poll swaps them in (hx-swap-oob), and the poll's next URL: it
+    carries a digest of what is shown, so that an unchanged state answers 204 and nothing is
+    swapped (a screen reader hears the status region only when it changes)."""
+    cells = render_to_string(
+        "channels_app/_server_states.html", {"rows": rows, "detail": detail}, request=request
+    )
+    digest = hashlib.blake2b(cells.encode(), digest_size=8).hexdigest()
+    return cells, f"{poll_url}?seen={digest}"
+
+
+def _states_response(
+    request: HttpRequest, rows: list[ServerRow], poll_url: str, *, detail: bool
+) -> HttpResponse:
+    cells, next_url = _states(request, rows, poll_url=poll_url, detail=detail)
+    if next_url == request.get_full_path():
+        return HttpResponse(status=204)  # unchanged: htmx swaps nothing
+    poll = render_to_string(
+        "channels_app/_server_state_poll.html",
+        {"url": next_url, "poll_seconds": STATE_POLL_SECONDS, "oob": True},
+    )
+    return HttpResponse(cells + poll)
+
+
 @login_required
 def server_list(request: HttpRequest) -> HttpResponse:
     servers = list(
@@ -59,10 +87,16 @@ def server_list(request: HttpRequest) -> HttpResponse:
             channel_count=Count("channels", filter=Q(channels__kind=Channel.Kind.CHANNEL))
         )
     )
+    rows = _rows(request, servers)
+    poll_url = reverse("channels:server_states")
     return render(
         request,
         "channels_app/server_list.html",
-        {"rows": _rows(request, servers), "poll_seconds": STATE_POLL_SECONDS},
+        {
+            "rows": rows,
+            "poll_url": _states(request, rows, poll_url=poll_url, detail=False)[1],
+            "poll_seconds": STATE_POLL_SECONDS,
+        },
     )
 
 
@@ -70,30 +104,33 @@ def server_list(request: HttpRequest) -> HttpResponse:
 def server_states(request: HttpRequest) -> HttpResponse:
     """Every server's state cell, for the list page's poll."""
     servers = list(Server.objects.only("pk"))
-    return render(request, "channels_app/_server_states.html", {"rows": _rows(request, servers)})
+    return _states_response(
+        request, _rows(request, servers), reverse("channels:server_states"), detail=False
+    )
 
 
 @login_required
 def server_state(request: HttpRequest, pk: int) -> HttpResponse:
     """One server's state and last error, for its page's poll."""
     server = get_object_or_404(Server.objects.only("pk"), pk=pk)
-    return render(
-        request,
-        "channels_app/_server_states.html",
-        {"rows": _rows(request, [server]), "detail": True},
+    return _states_response(
+        request, _rows(request, [server]), reverse("channels:server_state", args=[pk]), detail=True
     )
 
 
 @login_required
 def server_detail(request: HttpRequest, pk: int) -> HttpResponse:
     server = get_object_or_404(Server, pk=pk)
+    rows = _rows(request, [server])
+    poll_url = reverse("channels:server_state", args=[pk])
     return render(
         request,
         "channels_app/server_detail.html",
         {
             "server": server,
             "channels": _buffers(server),
-            "status": _rows(request, [server])[0].status,
+            "status": rows[0].status,
+            "poll_url": _states(request, rows, poll_url=poll_url, detail=True)[1],
             "poll_seconds": STATE_POLL_SECONDS,
         },
     )
