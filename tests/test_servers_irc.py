@@ -1,10 +1,16 @@
 """Items of issue 11 the gateway carries, against a real InspIRCd on loopback: long lines split
 to fit the 512 bytes others receive, /list gathered for the web page, /whois in one block."""
 
+import json
 from collections.abc import Callable
+from typing import Any
+
+import redis
+from django.conf import settings as django_settings
 
 from accounts.models import User
-from tests.gateway_support import wait_until
+from gateway.lists import channel_list_key
+from tests.gateway_support import messages, wait_until
 from tests.ircd import IrcBot, IrcServer, unique_channel
 from tests.test_gateway import add_server, alice  # noqa: F401 (fixture)
 
@@ -61,3 +67,86 @@ def test_long_lines_arrive_whole_and_in_order(
                 # What carol received is the whole line, within 512 bytes with its prefix.
                 body = line.raw.split(" ", 1)[1] if line.raw.startswith("@") else line.raw
                 assert len(body.encode()) + 2 <= 512
+
+
+def _raw(gateway: object, user: User, server_id: int, line: str) -> None:
+    payload = {
+        "account_id": str(user.account.pk),
+        "server_id": server_id,
+        "op": "raw",
+        "line": line,
+    }
+    gateway.call(gateway.gateway.handle_command(payload))  # type: ignore[attr-defined]
+
+
+def test_list_is_gathered_bounded_and_kept_for_the_page(
+    alice: User,  # noqa: F811
+    inspircd: IrcServer,
+    irc_bot: Callable[..., IrcBot],
+    run_gateway: Callable,
+    settings: Any,
+) -> None:
+    settings.GATEWAY_LIST_MAX_CHANNELS = 4
+    server_id = add_server(alice, inspircd)
+    carol, dana, erin = irc_bot.many(inspircd, ["carol", "dana", "erin"])  # type: ignore[attr-defined]
+    names = [unique_channel("#l") for _ in range(8)]
+    for index, name in enumerate(names):
+        carol.join(name)
+        if index < 3:
+            dana.join(name)  # the three biggest, then one of the others
+        if index < 2:
+            erin.join(name)
+    gateway = run_gateway()
+    wait_until(lambda: gateway.connection(alice, server_id).registered, what="registered")
+    client = redis.Redis.from_url(django_settings.REDIS_URL)
+    key = channel_list_key(alice.account_id, server_id)
+    client.delete(key)
+    _raw(gateway, alice, server_id, "LIST")
+
+    def published() -> dict[str, Any] | None:
+        raw = client.get(key)
+        payload = json.loads(raw) if raw else None
+        return payload if payload and payload["done"] else None
+
+    payload = wait_until(published, timeout=15, what="the list in Redis")
+    assert payload["seen"] == 8 and payload["truncated"] is True
+    channels = payload["channels"]
+    assert len(channels) == 4  # the biggest kept, biggest first
+    assert [c[1] for c in channels] == [3, 3, 2, 1]
+    assert {c[0] for c in channels[:3]} == set(names[:3])
+    assert 0 < client.ttl(key) <= settings.GATEWAY_LIST_TTL_SECONDS
+    assert gateway.connection(alice, server_id)._channel_list is None  # nothing held after
+
+
+def test_whois_is_one_readable_block_where_it_was_typed(
+    alice: User,  # noqa: F811
+    inspircd: IrcServer,
+    irc_bot: Callable[..., IrcBot],
+    run_gateway: Callable,
+) -> None:
+    channel = unique_channel()
+    server_id = add_server(alice, inspircd, channels=(channel,))
+    carol = irc_bot(inspircd, "carol")
+    carol.join(channel)
+    carol.send_raw("AWAY :gone fishing")
+    gateway = run_gateway()
+    carol.wait_for(r":alice_p!\S+ JOIN", timeout=15)
+    _raw(gateway, alice, server_id, f"@palaver/buffer={channel} WHOIS carol")
+    # The tag is the gateway's: the server never sees it.
+    block = wait_until(
+        lambda: (
+            [m.text for m in messages(alice, kind="system", channel__name=channel)]
+            if any("carol is connected to" in m.text for m in messages(alice, kind="system"))
+            else None
+        ),
+        what="the whois block",
+    )
+    assert block[0].startswith("carol is ") and "(Palaver test bot)" in block[0]
+    assert any(t == f"carol is in {channel}" for t in block), block
+    assert any(t == "carol is away: gone fishing" for t in block), block
+    assert any(t.startswith("carol has been idle ") and "signed on" in t for t in block), block
+    stored = messages(alice, kind="system", channel__name=channel)
+    assert all(m.tags.get("palaver/whois") == "carol" for m in stored)
+    # An unknown nick, from the server buffer's /quote: said there.
+    _raw(gateway, alice, server_id, "WHOIS nobody_here")
+    wait_until(lambda: messages(alice, text="nobody_here: no such nick."), what="no such nick")
