@@ -108,18 +108,20 @@ def channel_listing(
         rows = payload.get("channels") or []
         at = payload.get("at")
         needle = query.strip().lower()[:MAX_LIST_QUERY]
-        found = [
-            ListedChannel(str(name), int(users), str(topic))
-            for name, users, topic in rows
-            if not needle or needle in str(name).lower() or needle in str(topic).lower()
-        ]
+        if needle:
+            # Rows are [name, users, topic] as the gateway wrote them; one lower() per row.
+            rows = [row for row in rows if needle in f"{row[0]}\n{row[2]}".lower()]
+        start = max(0, offset)
         return ChannelListing(
             state="done" if payload.get("done") else "receiving",
             seen=int(payload.get("seen") or 0),
             truncated=bool(payload.get("truncated")),
             at=parse_datetime(at) if isinstance(at, str) else None,
-            matching=len(found),
-            channels=tuple(found[max(0, offset) : max(0, offset) + LIST_PAGE_SIZE]),
+            matching=len(rows),
+            channels=tuple(
+                ListedChannel(str(name), int(users), str(topic))
+                for name, users, topic in rows[start : start + LIST_PAGE_SIZE]
+            ),
         )
     except (ValueError, TypeError, AttributeError):
         return ChannelListing(state="none")
