@@ -219,12 +219,15 @@ def format_line(command: str, *params: str, tags: dict[str, str] | None = None) 
     """One line of IRC, UTF-8, ending in CRLF. The last parameter gets its ":" when it needs one
     (empty, contains a space, starts with ":"). Raises ValueError for anything that cannot be one
     line: CR, LF or NUL anywhere (so text a user typed can never inject a second command), an
-    empty or spaced middle parameter, a malformed command or tag name. The length is not checked:
-    split long text with split_message first."""
+    empty or spaced middle parameter, a malformed command or tag name, tags past their own
+    budget (tags_fit). The length of the rest is not checked: split long text with
+    split_message first."""
     if not _COMMAND.fullmatch(command):
         raise ValueError(f"not an IRC command: {command!r}")
     parts: list[str] = []
     if tags:
+        if not tags_fit(tags):
+            raise ValueError(f"tags longer than the {MAX_CLIENT_TAG_BYTES} bytes a client may send")
         items = []
         for key, value in tags.items():
             if not _is_tag_key(key):

@@ -291,6 +291,9 @@ def test_tags_have_their_own_budget() -> None:
     assert tags_fit({"+draft/reply": "x" * 4000})
     assert not tags_fit({"+draft/reply": "x" * 4090})
     assert not tags_fit({"+a": ";" * 2100})  # escaped: "\\:" is two bytes each
+    assert format_line("TAGMSG", "#x", tags={"+draft/react": "👍"}).startswith(b"@+draft/react=")
+    with pytest.raises(ValueError, match="4094"):
+        format_line("PRIVMSG", "#x", "hi", tags={"+draft/reply": "x" * 4090})
 
 
 def test_casefold() -> None:

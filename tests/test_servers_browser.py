@@ -9,13 +9,14 @@ from typing import Any
 
 import pytest
 from django.urls import reverse
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Browser, Page, expect
 
 from accounts.models import User
 from channels_app.models import Channel, Server
 from tenancy import switch
 from tests.gateway_support import wait_until
 from tests.ircd import BotFactory, InspIRCd, IrcBot, unique_channel
+from tests.test_browser import DESKTOP, PHONE, browser, screenshot, sign_up  # noqa: F401
 from tests.test_chat_e2e import (  # noqa: F401 (fixtures)
     AsgiServer,
     alice,
@@ -74,6 +75,7 @@ def test_nick_menu_and_whois(
          "Kick", "Ban"]
     )  # fmt: skip
     expect(menu.get_by_role("menuitem").first).to_be_focused()
+    screenshot(page, "nick-menu-desktop.png")
     menu.get_by_role("menuitem", name="Who is this? (whois)").click()
     expect(menu).to_be_hidden()
     block = page.locator("#chat-lines .line-system")
@@ -152,6 +154,10 @@ def test_list_typed_in_the_chat_opens_a_searchable_list_that_joins(
     )
     expect(results).to_contain_text("All about snakes and python")
     expect(results.get_by_role("row", name=re.compile(re.escape(rust)))).to_be_visible()
+    screenshot(page, "servers-list-desktop.png")
+    page.set_viewport_size(PHONE)
+    screenshot(page, "servers-list-phone.png")
+    page.set_viewport_size(DESKTOP)
 
     page.get_by_label("Search names and topics").fill("SNAKES")
     page.get_by_role("button", name="Search", exact=True).click()
@@ -187,6 +193,9 @@ def test_the_server_page_follows_the_connection_live(
     expect(page.locator(f"#server-last-error-{server_id}")).to_have_text("None")
     # The channels card lists the channel, never the server buffer.
     expect(page.locator(".rows li")).to_have_count(1)
+    page.set_viewport_size(PHONE)
+    screenshot(page, "servers-detail-phone.png")
+    page.set_viewport_size(DESKTOP)
 
     inspircd.stop(graceful=False)
     expect(state).to_contain_text(re.compile(r"Error: |Connecting"), timeout=10_000)
@@ -196,3 +205,43 @@ def test_the_server_page_follows_the_connection_live(
 
     page.goto(asgi_server.url + reverse("channels:server_list"))
     expect(page.locator(f"#server-state-{server_id}")).to_have_text("Connected as alice_p")
+
+
+@pytest.mark.browser
+def test_connect_in_one_step_in_the_browser(
+    live_server: Any,
+    clean_schemas: None,
+    browser: Browser,  # noqa: F811
+) -> None:
+    base = live_server.url
+    context = browser.new_context(viewport=PHONE)
+    context.set_default_timeout(10_000)
+    page = context.new_page()
+    sign_up(page, base, account_name="Erin's place", email="erin@example.org")
+    page.goto(base + reverse("channels:server_create"))
+    network = page.get_by_label("Network")
+    expect(network).to_have_value("libera")
+    # A preset hides the address; TLS is on; Custom shows them.
+    for label in ("Host", "Port"):
+        expect(page.get_by_label(label, exact=True)).to_be_hidden()
+    network.select_option("custom")
+    expect(page.get_by_label("Host", exact=True)).to_be_visible()
+    expect(page.get_by_label("TLS", exact=True)).to_be_checked()
+    page.get_by_label("Host", exact=True).fill("irc.example.org")
+    network.select_option("oftc")  # the typed address is not sent for a preset
+    expect(page.get_by_label("Name", exact=True)).to_have_attribute("placeholder", "OFTC")
+    page.get_by_label("Nick", exact=True).fill("erin_p")
+    page.get_by_label("Channels to join").fill("#debian #oftc oops")
+    screenshot(page, "servers-connect-phone.png")
+    page.get_by_role("button", name="Add server").click()
+    field = page.locator(".field.has-error", has=page.get_by_label("Channels to join"))
+    expect(field.get_by_role("alert")).to_contain_text("“oops” is not a channel name")
+    page.get_by_label("Channels to join").fill("#debian #oftc")
+    page.get_by_role("button", name="Add server").click()
+    expect(page).to_have_url(re.compile(re.escape(base) + r"/servers/\d+/$"))
+    expect(page.get_by_role("heading", level=1)).to_have_text("OFTC")
+    expect(page.locator(".facts")).to_contain_text("irc.oftc.net port 6697")
+    expect(page.locator(".facts")).to_contain_text("TLS")
+    expect(page.locator(".rows li")).to_have_text([re.compile("#debian"), re.compile("#oftc")])
+    expect(page.locator("[id^=server-state-]")).to_have_text("Not connected")
+    context.close()

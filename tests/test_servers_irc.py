@@ -9,7 +9,9 @@ import redis
 from django.conf import settings as django_settings
 
 from accounts.models import User
+from gateway.connection import describe_whois
 from gateway.lists import channel_list_key
+from gateway.protocol import parse_line
 from tests.gateway_support import messages, wait_until
 from tests.ircd import IrcBot, IrcServer, unique_channel
 from tests.test_gateway import add_server, alice  # noqa: F401 (fixture)
@@ -150,3 +152,30 @@ def test_whois_is_one_readable_block_where_it_was_typed(
     # An unknown nick, from the server buffer's /quote: said there.
     _raw(gateway, alice, server_id, "WHOIS nobody_here")
     wait_until(lambda: messages(alice, text="nobody_here: no such nick."), what="no such nick")
+
+
+def test_whois_replies_read_as_sentences() -> None:
+    def said(raw: str) -> str:
+        return describe_whois(parse_line(raw))
+
+    me = ":irc.example.org {} alice_p bob"
+    assert said(me.format("311") + " ~b host.example * :Bob Real") == (
+        "bob is ~b@host.example (Bob Real)"
+    )
+    assert said(me.format("312") + " irc.example.org :A server") == (
+        "bob is connected to irc.example.org (A server)"
+    )
+    assert said(me.format("319") + " :@#ops +#chat #x ") == "bob is in @#ops +#chat #x"
+    assert said(me.format("330") + " bobacct :is logged in as") == "bob is logged in as bobacct"
+    assert said(me.format("301") + " :lunch") == "bob is away: lunch"
+    assert said(me.format("317") + " 3725 1764547200 :seconds idle, signon time") == (
+        "bob has been idle 1 h 2 min, signed on 2025-12-01 00:00 UTC"
+    )
+    assert said(me.format("317") + " 42 x :seconds idle") == "bob has been idle 42 s"
+    assert said(me.format("313") + " :is an IRC operator") == "bob is an IRC operator"
+    assert said(me.format("671") + " :is using a secure connection") == (
+        "bob is using a secure connection"
+    )
+    assert said(me.format("338") + " 203.0.113.9 :is actually using host") == (
+        "bob 203.0.113.9 is actually using host"
+    )
