@@ -78,7 +78,10 @@ class ServerForm(SecretFieldsMixin):
         initial="libera",
         # Left out of a POST (a script's), it is a custom server.
         required=False,
-        help_text="A known network fills in the address, port and TLS for you.",
+        help_text=(
+            "A known network fills in the address, port and TLS for you (unless you type an "
+            "address)."
+        ),
     )
     alt_nicks = forms.CharField(
         label="Alternative nicks",
@@ -116,12 +119,11 @@ class ServerForm(SecretFieldsMixin):
             del self.fields["network"]
             del self.fields["channels"]
         else:
-            # With a known network, the name, address and port come from it.
-            for name in ("name", "host", "port"):
-                self.fields[name].required = False
             self.fields["name"].help_text = "Your label for it; the network's name if blank."
-            self.fields["host"].help_text = "For a custom server only, e.g. irc.example.org."
-            self.fields["port"].help_text = "6697 for TLS on most networks."
+            self.fields["host"].help_text = "For another server: e.g. irc.example.org."
+            self.fields["host"].error_messages["required"] = (
+                "A custom server needs its address, e.g. irc.example.org."
+            )
         self.order_fields(
             [
                 "network",
@@ -156,9 +158,37 @@ class ServerForm(SecretFieldsMixin):
             raise forms.ValidationError("Ten alternative nicks at most.")
         return nicks
 
-    def _network(self) -> Network | None:
-        """The preset chosen (None for a custom server, and when editing)."""
-        return NETWORKS.get(self.cleaned_data.get("network") or "")
+    def full_clean(self) -> None:
+        """Validated with the network's values filled in (_filled_data); shown again as typed,
+        so that a preset's address never reappears in the Host field as if typed."""
+        if not self.is_bound or self.instance.pk:
+            super().full_clean()
+            return
+        typed = self.data
+        self.data = self._filled_data()
+        try:
+            super().full_clean()
+        finally:
+            self.data = typed
+
+    def _filled_data(self) -> Any:
+        """A known network without an address typed: its address, port and TLS, and its name
+        when none is given, as if typed (so the fields stay required, and a posted address,
+        typed by someone who chose no preset or by a script, is what is used)."""
+        data = self.data.copy()  # type: ignore[attr-defined]  # a QueryDict or a dict
+        field = self.add_prefix
+        network = NETWORKS.get(str(data.get(field("network")) or ""))
+        host = str(data.get(field("host")) or "").strip()
+        if network is not None and not host:
+            data[field("host")] = host = network.host
+            data[field("port")] = str(network.port)
+            data[field("tls")] = "on"
+            data[field("tls_verify")] = "on"
+        if not str(data.get(field("name")) or "").strip() and host:
+            data[field("name")] = network.label if network and host == network.host else host
+        if not str(data.get(field("port")) or "").strip():
+            data[field("port")] = "6697"
+        return data
 
     def clean_channels(self) -> list[str]:
         names = split_channel_names(self.cleaned_data.get("channels") or "")
@@ -169,13 +199,6 @@ class ServerForm(SecretFieldsMixin):
 
     def clean_name(self) -> str:
         name = str(self.cleaned_data.get("name") or "").strip()
-        if not name and "network" in self.fields:
-            network = self._network()
-            name = network.label if network else str(self.data.get("host", "")).strip()[:100]
-            if not name:
-                return name  # the custom host's own error says what is missing
-        if not name:
-            raise forms.ValidationError("Give the server a name.", code="required")
         if Server.objects.filter(name__iexact=name).exclude(pk=self.instance.pk).exists():
             raise forms.ValidationError(
                 f"You already have a server named “{name}”: give this one another name.",
@@ -183,30 +206,8 @@ class ServerForm(SecretFieldsMixin):
             )
         return name
 
-    def clean_port(self) -> int | None:
-        network = self._network() if "network" in self.fields else None
-        if network is not None:
-            return network.port
-        port = self.cleaned_data.get("port")
-        return 6697 if port is None else int(port)
-
     def clean_host(self) -> str:
-        raw = str(self.cleaned_data.get("host") or "").strip().lower()
-        if "network" in self.fields:
-            network = self._network()
-            if network is not None:
-                if raw and raw != network.host:
-                    raise forms.ValidationError(
-                        f"{network.label} is at {network.host}: choose “Custom” as the network "
-                        "to connect to another address.",
-                        code="preset_host",
-                    )
-                return network.host
-            if not raw:
-                raise forms.ValidationError(
-                    "A custom server needs its address, e.g. irc.example.org.", code="required"
-                )
-        host = raw
+        host = str(self.cleaned_data["host"]).strip().lower()
         try:
             # The port plays no part in the address policy.
             net_policy.resolve(host, 6667)
@@ -223,9 +224,6 @@ class ServerForm(SecretFieldsMixin):
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean() or {}
-        if "network" in self.fields and self._network() is not None:
-            cleaned["tls"] = True  # the presets are TLS addresses
-            cleaned["tls_verify"] = True
         if cleaned.get("sasl_username") and not (
             cleaned.get("sasl_password") or self.instance.sasl_password
         ):

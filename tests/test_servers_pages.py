@@ -72,6 +72,27 @@ def test_a_preset_connects_in_one_step(
     assert response["Location"] == reverse("channels:server_detail", args=[server.pk])
 
 
+def test_a_typed_address_wins_over_the_preset(alice: User, alice_client: Client) -> None:
+    """Without JS the preset select keeps its first value: an address typed is what counts."""
+    response = alice_client.post(
+        reverse("channels:server_create"),
+        {"network": "libera", "host": "irc.example.org", "port": "6697", "tls": "on", "nick": "al"},
+    )
+    assert response.status_code == 302, errors_of(response)
+    with switch(alice):
+        server = Server.objects.get()
+    assert (server.name, server.host) == ("irc.example.org", "irc.example.org")
+
+
+def test_an_error_shows_what_was_typed_not_the_preset(alice_client: Client) -> None:
+    response = alice_client.post(
+        reverse("channels:server_create"), {**ONE_STEP, "host": "", "channels": "oops"}
+    )
+    assert response.status_code == 400
+    form = response.context["form"]
+    assert form["host"].value() in ("", None) and form["name"].value() in ("", None)
+
+
 def test_a_custom_server(alice: User, alice_client: Client) -> None:
     response = alice_client.post(
         reverse("channels:server_create"),
@@ -90,7 +111,7 @@ def test_a_custom_server(alice: User, alice_client: Client) -> None:
     ("data", "field", "message"),
     [
         ({"network": "custom"}, "host", "A custom server needs its address"),
-        ({"host": "irc.evil.example"}, "host", "choose “Custom”"),
+        ({"network": "custom", "host": "irc..example"}, "host", "Enter a host name"),
         ({"channels": "#ok python"}, "channels", "“python” is not a channel name"),
         ({"channels": "#ok #a:b"}, "channels", "“#a:b” is not a channel name"),
         ({"nick": ""}, "nick", "This field is required."),
