@@ -16,6 +16,7 @@
       var field = fieldOf(id);
       if (!field || field.classList.contains("has-error")) return;
       field.hidden = !isCustom;
+      field.style.display = isCustom ? "" : "none"; // .field's own display beats [hidden]
       // Not sent either: a hidden custom address must not contradict the network chosen.
       document.getElementById(id).disabled = !isCustom;
     });
