@@ -600,10 +600,7 @@ class IrcConnection:
             self._begin_whois(line.params[-1], line.tags.get(REPLY_BUFFER_TAG, ""))
 
     def _publish_list(self, payload: "str | lists.ChannelList") -> None:
-        c = self.config
-        asyncio.get_running_loop().run_in_executor(
-            None, lists.store, c.account_id, c.server_id, payload
-        )
+        lists.publish(self.config.account_id, self.config.server_id, payload)
 
     def _on_321(self, line: IrcLine) -> None:
         """RPL_LISTSTART (optional): a LIST we did not see sent (a /quote) starts here too."""

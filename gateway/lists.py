@@ -14,6 +14,7 @@ import json
 import logging
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -82,16 +83,19 @@ class ChannelList:
         )
 
 
-_client: Any = None
+_clients: dict[str, Any] = {}
 
 
 def _redis() -> Any:
-    global _client
-    if _client is None:
+    """One client (and connection pool) per Redis URL, made on first use: the threads that
+    store lists share it."""
+    url = settings.REDIS_URL
+    client = _clients.get(url)
+    if client is None:
         import redis
 
-        _client = redis.Redis.from_url(settings.REDIS_URL)
-    return _client
+        client = _clients.setdefault(url, redis.Redis.from_url(url))
+    return client
 
 
 def store(account_id: uuid.UUID, server_id: int, payload: "str | ChannelList") -> None:
@@ -105,3 +109,14 @@ def store(account_id: uuid.UUID, server_id: int, payload: "str | ChannelList") -
         )
     except Exception:
         logger.warning("could not store the channel list of server %s", server_id, exc_info=True)
+
+
+# One thread, first in first out: a list's progress, written before its end, must never land
+# after it (on a pool, the 10,000-channel encode of the end can finish first, and the progress
+# would then hide the list until its TTL).
+_writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="channel-lists")
+
+
+def publish(account_id: uuid.UUID, server_id: int, payload: "str | ChannelList") -> None:
+    """Store the list (or its progress) for the page, in order, off the event loop."""
+    _writer.submit(store, account_id, server_id, payload)

@@ -110,7 +110,10 @@ def test_list_is_gathered_bounded_and_kept_for_the_page(
         payload = json.loads(raw) if raw else None
         return payload if payload and payload["done"] else None
 
-    payload = wait_until(published, timeout=15, what="the list in Redis")
+    try:
+        payload = wait_until(published, timeout=30, what="the list in Redis")
+    except AssertionError:
+        raise AssertionError(f"not published whole; Redis holds {client.get(key)!r}") from None
     assert payload["seen"] == 8 and payload["truncated"] is True
     channels = payload["channels"]
     assert len(channels) == 4  # the biggest kept, biggest first
