@@ -579,6 +579,7 @@ class IrcConnection:
         if len(line.params) >= 2 and self.own_user_host is not None:
             user = self.own_user_host.partition("@")[0]
             self.own_user_host = f"{user}@{line.params[1]}"
+        self._on_numeric(line)  # and said in the server buffer, as before
 
     def _on_chghost(self, line: IrcLine) -> None:
         if len(line.params) >= 2 and self._is_me(line.nick):
@@ -649,8 +650,10 @@ class IrcConnection:
         nick = line.params[1]
         folded = self._fold(nick)
         if self._whois is None or folded not in self._whois:
-            self._begin_whois(nick, "")  # a /quote WHOIS: shown in the server buffer
-        assert self._whois is not None
+            # Not an answer to a WHOIS we sent (a 301 comes when we message someone away):
+            # shown as any other numeric.
+            self._on_numeric(line)
+            return
         buffer, facts = self._whois[folded]
         if line.command == "318":
             del self._whois[folded]

@@ -152,9 +152,18 @@ def test_whois_is_one_readable_block_where_it_was_typed(
     assert any(t.startswith("carol has been idle ") and "signed on" in t for t in block), block
     stored = messages(alice, kind="system", channel__name=channel)
     assert all(m.tags.get("palaver/whois") == "carol" for m in stored)
+    # A 301 that answers no WHOIS (we messaged someone away) is shown as before.
+    _send(gateway, alice, server_id, target="carol", text="are you there?")
+    wait_until(
+        lambda: any("gone fishing" in t for t in _server_buffer(alice)), what="the away reply"
+    )
     # An unknown nick, from the server buffer's /quote: said there.
     _raw(gateway, alice, server_id, "WHOIS nobody_here")
     wait_until(lambda: messages(alice, text="nobody_here: no such nick."), what="no such nick")
+
+
+def _server_buffer(user: User) -> list[str]:
+    return [m.text for m in messages(user, channel__kind="server")]
 
 
 def test_whois_replies_read_as_sentences() -> None:
