@@ -75,6 +75,12 @@ def server_state_key(account_id: uuid.UUID | str, server_id: int) -> str:
     return f"{_PREFIX}:server-state:{account_id}:{server_id}"
 
 
+def server_error_key(account_id: uuid.UUID | str, server_id: int) -> str:
+    """The last error of a connection ({"error": str, "at": ISO-8601}), kept after the next
+    state (which clears `error`) so the server pages can still say what went wrong."""
+    return f"{_PREFIX}:server-error:{account_id}:{server_id}"
+
+
 def redis_client() -> Any:
     import redis
 

@@ -1,6 +1,8 @@
+from dataclasses import dataclass
 from typing import Any
 
 from django import forms
+from django.conf import settings
 
 from accounts.models import Account
 from channels_app.models import Channel, Server
@@ -17,18 +19,80 @@ from channels_app.selectors.settings import (
     theme,
     time_format,
 )
-from channels_app.validators import validate_nick
+from channels_app.validators import validate_channel_name, validate_nick
 from core import net_policy
 from core.forms import SecretFieldsMixin
 
 
+@dataclass(frozen=True)
+class Network:
+    """A well-known network: the "Add a server" form fills in its address."""
+
+    label: str
+    host: str
+    port: int
+
+
+# TLS on 6697 on all three (Libera.Chat's and OFTC's connection guides; EFnet's round robin
+# servers listen for TLS on 6697 and 9999).
+NETWORKS: dict[str, Network] = {
+    "libera": Network("Libera.Chat", "irc.libera.chat", 6697),
+    "oftc": Network("OFTC", "irc.oftc.net", 6697),
+    "efnet": Network("EFnet", "irc.efnet.org", 6697),
+}
+CUSTOM_NETWORK = "custom"
+
+
+def split_channel_names(raw: str) -> list[str]:
+    """Channel names typed as "#a #b, #c": validated, duplicates (ignoring case) dropped.
+    Raises ValidationError naming the first bad one."""
+    names: list[str] = []
+    seen: set[str] = set()
+    for name in raw.replace(",", " ").split():
+        try:
+            validate_channel_name(name)
+        except forms.ValidationError:
+            raise forms.ValidationError(
+                f"“{name[:60]}” is not a channel name: a channel starts with #, &, + or ! and "
+                "has no spaces, commas or colons.",
+                code="invalid_channel",
+            ) from None
+        if name.lower() not in seen:
+            seen.add(name.lower())
+            names.append(name)
+    return names
+
+
 class ServerForm(SecretFieldsMixin):
+    """A server, and when adding one, everything to connect in one step: a network preset (or a
+    custom address), the nick, and the channels to join."""
+
     secret_fields = ("password", "sasl_password")
 
+    network = forms.ChoiceField(
+        label="Network",
+        choices=[
+            *((key, f"{n.label} ({n.host})") for key, n in NETWORKS.items()),
+            (CUSTOM_NETWORK, "Custom: another server"),
+        ],
+        initial="libera",
+        # Left out of a POST (a script's), it is a custom server.
+        required=False,
+        help_text=(
+            "A known network fills in the address, port and TLS for you (unless you type an "
+            "address)."
+        ),
+    )
     alt_nicks = forms.CharField(
         label="Alternative nicks",
         required=False,
         help_text="Separated by spaces or commas; tried in order when your nick is taken.",
+    )
+    channels = forms.CharField(
+        label="Channels to join",
+        required=False,
+        widget=forms.TextInput(attrs={"placeholder": "#python #palaver", "spellcheck": "false"}),
+        help_text="Separated by spaces or commas. Joined as soon as you are connected.",
     )
 
     class Meta:
@@ -50,8 +114,19 @@ class ServerForm(SecretFieldsMixin):
         super().__init__(*args, **kwargs)
         if self.instance.pk and not self.is_bound:
             self.initial["alt_nicks"] = " ".join(self.instance.alt_nicks)
+        if self.instance.pk:
+            # Editing: the address is the server's; its channels are managed on its page.
+            del self.fields["network"]
+            del self.fields["channels"]
+        else:
+            self.fields["name"].help_text = "Your label for it; the network's name if blank."
+            self.fields["host"].help_text = "For another server: e.g. irc.example.org."
+            self.fields["host"].error_messages["required"] = (
+                "A custom server needs its address, e.g. irc.example.org."
+            )
         self.order_fields(
             [
+                "network",
                 "name",
                 "host",
                 "port",
@@ -59,6 +134,7 @@ class ServerForm(SecretFieldsMixin):
                 "tls_verify",
                 "nick",
                 "alt_nicks",
+                "channels",
                 "username",
                 "realname",
                 "password",
@@ -81,6 +157,54 @@ class ServerForm(SecretFieldsMixin):
         if len(nicks) > 10:
             raise forms.ValidationError("Ten alternative nicks at most.")
         return nicks
+
+    def full_clean(self) -> None:
+        """Validated with the network's values filled in (_filled_data); shown again as typed,
+        so that a preset's address never reappears in the Host field as if typed."""
+        if not self.is_bound or self.instance.pk:
+            super().full_clean()
+            return
+        typed = self.data
+        self.data = self._filled_data()
+        try:
+            super().full_clean()
+        finally:
+            self.data = typed
+
+    def _filled_data(self) -> Any:
+        """A known network without an address typed: its address, port and TLS, and its name
+        when none is given, as if typed (so the fields stay required, and a posted address,
+        typed by someone who chose no preset or by a script, is what is used)."""
+        data = self.data.copy()  # type: ignore[attr-defined]  # a QueryDict or a dict
+        field = self.add_prefix
+        network = NETWORKS.get(str(data.get(field("network")) or ""))
+        host = str(data.get(field("host")) or "").strip()
+        if network is not None and not host:
+            data[field("host")] = host = network.host
+            data[field("port")] = str(network.port)
+            data[field("tls")] = "on"
+            data[field("tls_verify")] = "on"
+        if not str(data.get(field("name")) or "").strip() and host:
+            data[field("name")] = network.label if network and host == network.host else host
+        if not str(data.get(field("port")) or "").strip():
+            data[field("port")] = "6697"
+        return data
+
+    def clean_channels(self) -> list[str]:
+        names = split_channel_names(self.cleaned_data.get("channels") or "")
+        limit = settings.LIMIT_CHANNELS_PER_SERVER
+        if len(names) > limit:
+            raise forms.ValidationError(f"{limit} channels per server at most.")
+        return names
+
+    def clean_name(self) -> str:
+        name = str(self.cleaned_data.get("name") or "").strip()
+        if Server.objects.filter(name__iexact=name).exclude(pk=self.instance.pk).exists():
+            raise forms.ValidationError(
+                f"You already have a server named “{name}”: give this one another name.",
+                code="duplicate_name",
+            )
+        return name
 
     def clean_host(self) -> str:
         host = str(self.cleaned_data["host"]).strip().lower()

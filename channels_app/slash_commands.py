@@ -12,12 +12,15 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
+from urllib.parse import urlencode
 
 from django.core.exceptions import ValidationError
+from django.urls import reverse
 
 from channels_app.events import RawCommand, SendCommand
 from channels_app.models import Channel
 from channels_app.validators import validate_channel_name, validate_nick
+from gateway.protocol import REPLY_BUFFER_TAG, format_line
 
 MAX_INPUT = 5000
 MAX_PASTE_LINES = 20
@@ -34,6 +37,7 @@ USAGE = {
     "nick": "/nick newnick",
     "topic": "/topic [#channel] [new topic] (or -delete)",
     "whois": "/whois nick",
+    "list": "/list [filter]",
     "away": "/away [reason]",
     "back": "/back",
     "kick": "/kick nick [reason]",
@@ -56,6 +60,7 @@ class Plan:
     open_query: str = ""  # open (creating if needed) the conversation with this nick
     close_buffer: bool = False  # delete the current conversation
     ask: str = ""  # "agent question": a run of one of the account's agents, answering here
+    open_page: str = ""  # a page to show after sending (/list: the channel list)
 
 
 # --- /ask -----------------------------------------------------------------------------------------
@@ -235,7 +240,21 @@ def _whois(ctx: _Context, args: str) -> Plan:
     parts = _require(args, "whois").split()
     if len(parts) != 1:
         raise CommandError(f"One nick at a time. Usage: {USAGE['whois']}")
-    return Plan(commands=[ctx.raw(f"WHOIS {_nick(parts[0], USAGE['whois'])}")])
+    nick = _nick(parts[0], USAGE["whois"])
+    # The gateway shows the answer in this buffer: the tag names it (the gateway never sends
+    # tags of a raw line on).
+    tags = {REPLY_BUFFER_TAG: ctx.channel.name} if ctx.channel.kind != Channel.Kind.SERVER else {}
+    line = format_line("WHOIS", nick, tags=tags).decode().rstrip("\r\n")
+    return Plan(commands=[ctx.raw(line)])
+
+
+def _list(ctx: _Context, args: str) -> Plan:
+    """/list [filter]: the network's channels, on a page of their own (with Join buttons)."""
+    # The page asks for the list as it opens (fetch=1): the command itself sends nothing.
+    search = args.strip()
+    url = reverse("channels:channel_list", args=[ctx.server_id])
+    params = {"fetch": "1", **({"q": search} if search else {})}
+    return Plan(open_page=f"{url}?{urlencode(params)}")
 
 
 def _away(ctx: _Context, args: str) -> Plan:
@@ -311,6 +330,7 @@ COMMANDS: dict[str, Callable[[_Context, str], Plan]] = {
     "nick": _nick_command,
     "topic": _topic,
     "whois": _whois,
+    "list": _list,
     "away": _away,
     "back": _back,
     "kick": _kick,

@@ -331,6 +331,10 @@ GATEWAY_RECONNECT_MAX_SECONDS: float = setting(
 GATEWAY_CHATHISTORY_MAX_LINES: int = setting(
     "GATEWAY_CHATHISTORY_MAX_LINES", cast=int, default=5000
 )
+# /list: the channels of a network kept for its page (the biggest ones when a network lists more:
+# Libera.Chat lists 50,000+), and how long the list stays readable there (gateway/lists.py).
+GATEWAY_LIST_MAX_CHANNELS: int = setting("GATEWAY_LIST_MAX_CHANNELS", cast=int, default=10_000)
+GATEWAY_LIST_TTL_SECONDS: int = setting("GATEWAY_LIST_TTL_SECONDS", cast=int, default=3600)
 # How often one kind of refusal is said in a server buffer (a flood is reported, not echoed).
 GATEWAY_REFUSAL_NOTICE_SECONDS: float = setting(
     "GATEWAY_REFUSAL_NOTICE_SECONDS", cast=float, default=60.0

@@ -25,7 +25,7 @@ from django.conf import settings
 
 from channels_app.events import ServerStateEvent
 from core import net_policy
-from gateway import chathistory, protocol
+from gateway import chathistory, lists, protocol
 from gateway.protocol import IrcLine, ParseError
 from gateway.redaction import hide_secrets
 from gateway.storage import SERVER_BUFFER, Joined, Line, Members, Record, Topic, highlight_pattern
@@ -66,6 +66,48 @@ VERSION = "Palaver (hosted IRC client)"
 AGENT_TAG = "palaver/agent"
 # How long a line sent for an agent waits for its echo to be marked as the agent's.
 AGENT_ECHO_SECONDS = 60.0
+
+
+REPLY_BUFFER_TAG = protocol.REPLY_BUFFER_TAG
+# Marks the lines of one /whois answer, with the nick as its value.
+WHOIS_TAG = "palaver/whois"
+MAX_PENDING_WHOIS = 20
+MAX_WHOIS_FACTS = 30
+
+
+def _duration(seconds: int) -> str:
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            parts.append(f"{seconds // size} {unit}")
+            seconds %= size
+    return " ".join(parts[:2]) or f"{seconds} s"
+
+
+def describe_whois(line: IrcLine) -> str:
+    """One WHOIS reply as a sentence: "alice is ~a@example.org (Alice Liddell)"."""
+    p = line.params
+    nick = p[1]
+    code = line.command
+    if code == "311" and len(p) >= 6:
+        return f"{nick} is {p[2]}@{p[3]} ({p[5]})"
+    if code == "312" and len(p) >= 4:
+        return f"{nick} is connected to {p[2]} ({p[3]})"
+    if code == "319" and len(p) >= 3:
+        return f"{nick} is in {p[2].strip()}"
+    if code == "330" and len(p) >= 3:
+        return f"{nick} is logged in as {p[2]}"
+    if code == "301" and len(p) >= 3:
+        return f"{nick} is away: {p[2]}"
+    if code == "317" and len(p) >= 4 and p[2].isdigit():
+        text = f"{nick} has been idle {_duration(int(p[2]))}"
+        if p[3].isdigit():
+            signon = datetime.fromtimestamp(int(p[3]), UTC).strftime("%Y-%m-%d %H:%M UTC")
+            text += f", signed on {signon}"
+        return text
+    # 313 (operator), 338 (actual host), 671 (secure connection), 378, 379, 276, 335 and the
+    # others: the server's own words, after the nick.
+    return f"{nick} " + " ".join(p[2:]).strip()
 
 
 class RecordSink(Protocol):
@@ -216,10 +258,16 @@ class IrcConnection:
         self.state = "disconnected"
         self.last_error = ""
         self._me: tuple[str, str, str] = ("", "", "")  # nick, casemapping, folded nick
+        # "user@host" of our prefix as the server relays our lines; None until seen.
+        self.own_user_host: str | None = None
         self._highlight: tuple[Sequence[str] | None, str, re.Pattern[str] | None] = (None, "", None)
         # Lines sent for agents whose echo is still to come: (deadline, folded target, text,
         # agent nick). Made on the first such line.
         self._agent_lines: collections.deque[tuple[float, str, str, str]] | None = None
+        # A /list being received, and the /whois replies being gathered: folded nick ->
+        # (buffer to show it in, sentences so far). Made when first needed.
+        self._channel_list: lists.ChannelList | None = None
+        self._whois: dict[str, tuple[str, list[str]]] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -390,6 +438,9 @@ class IrcConnection:
         self._read_bucket = None
         self._read_credit = 0
         self._backfill = None  # made at registration when the server offers chathistory
+        self.own_user_host = None
+        self._channel_list = None
+        self._whois = None
 
     def _chathistory_limit(self) -> int:
         """The server's most messages per CHATHISTORY request (ISUPPORT); 0 for no maximum."""
@@ -425,6 +476,7 @@ class IrcConnection:
         never carry a second command."""
         self._require_registered()
         line = protocol.parse_line(text)
+        self._before_raw(line)
         self._send_paced(line.command, *line.params)
 
     def _send_paced(
@@ -487,9 +539,7 @@ class IrcConnection:
         protocol.format_line(command, target, "")  # the target must be one parameter
         prefix = f"[{agent}] " if agent else ""
         tags = {AGENT_TAG: agent} if agent else {}
-        # Room for ":nick!user@host PRIVMSG target :" as the server relays it, and CTCP framing.
-        overhead = len(f":{self.nick}!{'x' * 10}@{'x' * 63} {command} {target} :".encode()) + 10
-        for piece in protocol.split_message(text, overhead + len(prefix.encode())):
+        for piece in self._split_for_send(command, target, text, kind, prefix):
             chunk = prefix + piece
             body = protocol.ctcp("ACTION", chunk) if kind == "action" else chunk
             store: Callable[[], None] | None = None
@@ -502,6 +552,128 @@ class IrcConnection:
                 # The echo is what gets stored: it is marked when it comes back.
                 store = functools.partial(self._expect_agent_echo, target, chunk, agent)
             self._send_paced(command, target, body, after=store)
+
+    def _split_for_send(
+        self, command: str, target: str, text: str, kind: str, prefix: str = ""
+    ) -> list[str]:
+        """`text` in pieces that each fit one line of 512 bytes as the server relays it to the
+        others: ":nick!user@host COMMAND target :", the /me wrapper, `prefix` (an agent's
+        "[name] ", repeated on every piece) and CRLF counted; balanced, cut at spaces."""
+        overhead = protocol.message_overhead(
+            nick=self.nick,
+            user_host=self.own_user_host,
+            command=command,
+            target=target,
+            action=kind == "action",
+        )
+        return protocol.split_message(text, overhead + len(prefix.encode()))
+
+    def _learn_user_host(self, line: IrcLine) -> None:
+        """Our "user@host" as others see it, from a line of ours the server relays (our JOIN,
+        an echo): the prefix counted when splitting long lines (_split_for_send)."""
+        if line.user_host and self._is_me(line.nick):
+            self.own_user_host = line.user_host
+
+    def _on_396(self, line: IrcLine) -> None:
+        """RPL_VISIBLEHOST: the server changed our host (a cloak): the prefix others see."""
+        if len(line.params) >= 2 and self.own_user_host is not None:
+            user = self.own_user_host.partition("@")[0]
+            self.own_user_host = f"{user}@{line.params[1]}"
+        self._on_numeric(line)  # and said in the server buffer, as before
+
+    def _on_chghost(self, line: IrcLine) -> None:
+        if len(line.params) >= 2 and self._is_me(line.nick):
+            self.own_user_host = f"{line.params[0]}@{line.params[1]}"
+
+    # -- /list and /whois: replies gathered for the web (gateway/lists.py) ---------------------
+
+    def _before_raw(self, line: IrcLine) -> None:
+        """A LIST or WHOIS from the web: get ready to gather its replies. The web names the
+        buffer a /whois was typed in with the REPLY_BUFFER_TAG tag (never sent: send_raw sends
+        the command and its parameters only)."""
+        if line.command == "LIST":
+            self._channel_list = lists.ChannelList(
+                mask=line.params[0] if line.params else "",
+                max_channels=settings.GATEWAY_LIST_MAX_CHANNELS,
+            )
+            self._publish_list(self._channel_list.progress())
+        elif line.command == "WHOIS" and line.params:
+            self._begin_whois(line.params[-1], line.tags.get(REPLY_BUFFER_TAG, ""))
+
+    def _publish_list(self, payload: "str | lists.ChannelList") -> None:
+        lists.publish(self.config.account_id, self.config.server_id, payload)
+
+    def _on_321(self, line: IrcLine) -> None:
+        """RPL_LISTSTART (optional): a LIST we did not see sent (a /quote) starts here too."""
+        if self._channel_list is None:
+            self._channel_list = lists.ChannelList(max_channels=settings.GATEWAY_LIST_MAX_CHANNELS)
+
+    def _on_322(self, line: IrcLine) -> None:
+        """RPL_LIST: "<me> <channel> <users> :<topic>"."""
+        if len(line.params) < 3:
+            return
+        if self._channel_list is None:
+            self._on_321(line)
+        gathered = self._channel_list
+        assert gathered is not None
+        if gathered.closed:
+            return  # timed out and published: the rest of a list that never ends
+        users = line.params[2]
+        gathered.add(
+            line.params[1],
+            int(users) if users.isdigit() else 0,
+            line.params[3] if len(line.params) > 3 else "",
+        )
+        if gathered.expired:
+            gathered.closed = True
+            self._publish_list(gathered)
+        elif gathered.due():
+            self._publish_list(gathered.progress())
+
+    def _on_323(self, line: IrcLine) -> None:
+        """RPL_LISTEND: the list is whole; published, and no longer held here."""
+        gathered, self._channel_list = self._channel_list, None
+        if gathered is not None and not gathered.closed:
+            self._publish_list(gathered)
+
+    def _begin_whois(self, nick: str, buffer: str) -> None:
+        if self._whois is None:
+            self._whois = {}
+        if len(self._whois) >= MAX_PENDING_WHOIS:
+            self._whois.pop(next(iter(self._whois)))  # the oldest never ended
+        self._whois[self._fold(nick)] = (buffer, [])
+
+    def _whois_reply(self, line: IrcLine) -> None:
+        """A WHOIS reply (311 ... 318): a readable sentence kept until 318 ends the block."""
+        if len(line.params) < 2:
+            return
+        nick = line.params[1]
+        folded = self._fold(nick)
+        if self._whois is None or folded not in self._whois:
+            # Not an answer to a WHOIS we sent (a 301 comes when we message someone away):
+            # shown as any other numeric.
+            self._on_numeric(line)
+            return
+        buffer, facts = self._whois[folded]
+        if line.command == "318":
+            del self._whois[folded]
+            self._show_whois(buffer, nick, facts or [f"{nick}: no such nick."])
+        elif len(facts) < MAX_WHOIS_FACTS:
+            facts.append(describe_whois(line))
+
+    _on_311 = _on_312 = _on_313 = _on_317 = _on_318 = _on_319 = _whois_reply
+    _on_301 = _on_276 = _on_320 = _on_330 = _on_335 = _on_338 = _whois_reply
+    _on_378 = _on_379 = _on_671 = _whois_reply
+
+    def _show_whois(self, buffer: str, nick: str, facts: list[str]) -> None:
+        """One block of lines in the buffer the /whois was typed in (else the server buffer),
+        each tagged with the nick so the page can tell the block's lines."""
+        tags = {WHOIS_TAG: nick}
+        for fact in facts:
+            if buffer:
+                self._store_line(buffer=buffer, kind="system", sender="", text=fact, tags=tags)
+            else:
+                self._server_line("system", fact, tags=tags)
 
     def _expect_agent_echo(self, target: str, text: str, agent: str) -> None:
         if self._agent_lines is None:
@@ -780,6 +952,7 @@ class IrcConnection:
         channel = line.params[0]
         folded = self._fold(channel)
         if self._is_me(line.nick):
+            self._learn_user_host(line)
             if folded not in self.joined and len(self.joined) >= self.limits.channels:
                 # A server can put us in channels we never asked for, without end.
                 self._refuse(

@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from django.db.models import Prefetch
@@ -438,6 +439,15 @@ class Gateway:
             try:
                 pipe = self._redis.pipeline(transaction=False)
                 pipe.set(events.server_state_key(account_id, event.server_id), encoded, ex=86400)
+                if event.error:
+                    last_error = events.encode(
+                        {"error": event.error, "at": datetime.now(UTC).isoformat()}
+                    )
+                    pipe.set(
+                        events.server_error_key(account_id, event.server_id),
+                        last_error,
+                        ex=7 * 86400,
+                    )
                 pipe.publish(events.events_channel(account_id), encoded)
                 await pipe.execute()
             except Exception:

@@ -44,6 +44,11 @@ from irc.message import Tag
 MAX_LINE_BYTES = 8191 + 512
 
 
+# The tag the web puts on a raw line (a /whois) to name the buffer it was typed in, where the
+# answer is shown. Gateway-internal: the gateway sends a raw line's command and parameters only.
+REPLY_BUFFER_TAG = "palaver/buffer"
+
+
 class ParseError(ValueError):
     """A line that is not IRC. The gateway logs it and carries on with the next one."""
 
@@ -214,12 +219,15 @@ def format_line(command: str, *params: str, tags: dict[str, str] | None = None) 
     """One line of IRC, UTF-8, ending in CRLF. The last parameter gets its ":" when it needs one
     (empty, contains a space, starts with ":"). Raises ValueError for anything that cannot be one
     line: CR, LF or NUL anywhere (so text a user typed can never inject a second command), an
-    empty or spaced middle parameter, a malformed command or tag name. The length is not checked:
-    split long text with split_message first."""
+    empty or spaced middle parameter, a malformed command or tag name, tags past their own
+    budget (tags_fit). The length of the rest is not checked: split long text with
+    split_message first."""
     if not _COMMAND.fullmatch(command):
         raise ValueError(f"not an IRC command: {command!r}")
     parts: list[str] = []
     if tags:
+        if not tags_fit(tags):
+            raise ValueError(f"tags longer than the {MAX_CLIENT_TAG_BYTES} bytes a client may send")
         items = []
         for key, value in tags.items():
             if not _is_tag_key(key):
@@ -253,12 +261,17 @@ _LONGEST_COLOUR_CODE = 14  # \x04RRGGBB,RRGGBB
 
 def split_message(text: str, overhead: int, limit: int = 512) -> list[str]:
     """Split `text` into chunks of at most `limit - overhead` UTF-8 bytes each, cut on character
-    boundaries, after the last space when a chunk has one (the space stays at the end of the
-    chunk before), and never inside a colour code. "".join(chunks) == text; [] for "".
+    boundaries, at a space when there is one (the space stays at the end of the chunk before),
+    and never inside a colour code. "".join(chunks) == text; [] for "".
+
+    The chunks are balanced: each cut aims at an equal share of what is left (the fewest chunks
+    the budget allows), so a line just over the limit becomes two halves, never a full line and
+    a lone word. A word longer than the budget (a URL, text without spaces) is cut mid-word, at
+    the share.
 
     `overhead` is everything else on the line as the server relays it to others, e.g.
-    len(b":nick!user@host PRIVMSG #channel :\\r\\n"). The text must be one line: split on
-    newlines first. Raises ValueError when a character cannot fit at all."""
+    len(b":nick!user@host PRIVMSG #channel :\\r\\n") (see message_overhead). The text must be
+    one line: split on newlines first. Raises ValueError when a character cannot fit at all."""
     budget = limit - overhead
     if budget <= 0:
         raise ValueError(f"no room for text: limit {limit}, overhead {overhead}")
@@ -266,25 +279,79 @@ def split_message(text: str, overhead: int, limit: int = 512) -> list[str]:
     chunks: list[str] = []
     start = 0
     while len(data) - start > budget:
-        end = start + budget
-        while end > start and data[end] & 0xC0 == 0x80:  # a UTF-8 continuation byte
-            end -= 1
-        if end == start:
-            raise ValueError(f"a character does not fit in {budget} bytes")
-        space = data.rfind(b" ", start + 1, end)
-        if space != -1:
-            end = space + 1
-        else:
-            code = max(data.rfind(b"\x03", start + 1, end), data.rfind(b"\x04", start + 1, end))
-            if code != -1 and end - code < _LONGEST_COLOUR_CODE:
-                match = _COLOUR_CODE.match(data, code)
-                if match is not None and match.end() > end:
-                    end = code
+        left = len(data) - start
+        pieces = -(-left // budget)  # the fewest chunks what is left needs
+        share = -(-left // pieces)
+        end = _cut(data, start, budget, share)
         chunks.append(data[start:end].decode("utf-8"))
         start = end
     if start < len(data):
         chunks.append(data[start:].decode("utf-8"))
     return chunks
+
+
+def _char_start(data: bytes, index: int, floor: int) -> int:
+    """`index`, moved back to the start of the UTF-8 character it falls in (not below floor)."""
+    while index > floor and data[index] & 0xC0 == 0x80:  # a continuation byte
+        index -= 1
+    return index
+
+
+def _cut(data: bytes, start: int, budget: int, share: int) -> int:
+    """Where the chunk starting at `start` ends: at the space nearest to start + share within
+    [start + share / 2, start + budget], else mid-word at the share (on a character boundary,
+    outside a colour code)."""
+    hard_end = start + budget
+    aim = start + share
+    low = start + max(1, share // 2)
+    # The space nearest the aim, before or after it (the cut is after the space).
+    before = data.rfind(b" ", low, min(aim, hard_end))
+    after = data.find(b" ", aim, hard_end)
+    candidates = [i for i in (before, after) if i != -1]
+    if candidates:
+        return min(candidates, key=lambda i: abs(i + 1 - aim)) + 1
+    end = _char_start(data, min(aim, hard_end), start)
+    if end == start:
+        end = _char_start(data, hard_end, start)
+        if end == start:
+            raise ValueError(f"a character does not fit in {budget} bytes")
+    code = max(data.rfind(b"\x03", start + 1, end), data.rfind(b"\x04", start + 1, end))
+    if code != -1 and end - code < _LONGEST_COLOUR_CODE:
+        match = _COLOUR_CODE.match(data, code)
+        if match is not None and match.end() > end:
+            end = code
+    return end
+
+
+# Worst cases for the parts of our own prefix we may not know yet (RFC 2812's USERLEN with the
+# "~" of an unverified ident, and the usual HOSTLEN).
+DEFAULT_USERLEN = 10
+DEFAULT_HOSTLEN = 63
+# IRCv3 message-tags: the tag data a client may send (without the "@" and the space after it).
+MAX_CLIENT_TAG_BYTES = 4094
+
+
+def message_overhead(
+    *, nick: str, user_host: str | None, command: str, target: str, action: bool = False
+) -> int:
+    """The bytes of a PRIVMSG or NOTICE that are not its text, as the server relays it to the
+    others: ":nick!user@host COMMAND target :" and CRLF, plus "\\x01ACTION " and "\\x01" for
+    /me. Tags are not counted: they have their own budget (tags_fit). An unknown user@host
+    counts as the longest it can be (a server cloaking us later makes it shorter, not longer)."""
+    if user_host is None:
+        user_host = "~" + "x" * DEFAULT_USERLEN + "@" + "x" * DEFAULT_HOSTLEN
+    prefix = f":{nick}!{user_host} {command} {target} :"
+    wrapper = len(f"{CTCP_DELIMITER}ACTION {CTCP_DELIMITER}") if action else 0
+    return len(prefix.encode("utf-8")) + 2 + wrapper
+
+
+def tags_fit(tags: dict[str, str]) -> bool:
+    """Whether tags a client sends fit the message-tags spec's 4094 bytes of tag data (escaped
+    values, ";" between tags; the text of the message has its own 512 bytes)."""
+    if not tags:
+        return True
+    items = [f"{k}={_escape_tag_value(v)}" if v else k for k, v in tags.items()]
+    return len(";".join(items).encode("utf-8")) <= MAX_CLIENT_TAG_BYTES
 
 
 # --- CTCP ------------------------------------------------------------------------------------

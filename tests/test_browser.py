@@ -96,6 +96,9 @@ def test_two_people_sign_up_and_see_only_their_own_servers(
     # --- A adds a server; a bad host first: field error, typed values kept, secret not echoed ---
     page.get_by_role("link", name="Add a server").click()
     expect(page).to_have_url(base + reverse("channels:server_create"))
+    # A known network hides the address fields; "Custom" shows them.
+    expect(page.get_by_label("Host", exact=True)).to_be_hidden()
+    page.get_by_label("Network").select_option("custom")
     page.get_by_label("Name", exact=True).fill("Libera")
     page.get_by_label("Host", exact=True).fill("irc..libera chat")
     page.get_by_label("Nick", exact=True).fill("alice_p")

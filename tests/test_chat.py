@@ -551,8 +551,10 @@ def test_every_command_publishes_the_right_gateway_command(
         ("/topic Welcome: be kind", [raw("TOPIC #palaver :Welcome: be kind")]),
         ("/topic #django Django talk", [raw("TOPIC #django :Django talk")]),
         ("/topic -delete", [raw("TOPIC #palaver :")]),
-        ("/whois bob", [raw("WHOIS bob")]),
-        ("/WHOIS bob", [raw("WHOIS bob")]),
+        # The buffer it was typed in rides along as a tag the gateway never sends on.
+        ("/whois bob", [raw("@palaver/buffer=#palaver WHOIS bob")]),
+        ("/WHOIS bob", [raw("@palaver/buffer=#palaver WHOIS bob")]),
+        ("/list", []),  # opens the list page, which asks for the list (tests/test_servers_*)
         ("/away lunch, back at 2", [raw("AWAY :lunch, back at 2")]),
         ("/away", [raw("AWAY :Away")]),
         ("/back", [raw("AWAY")]),

@@ -416,6 +416,7 @@ def test_chat_in_the_browser(
     # --- sign up, add the server, add a channel, all through the forms ---
     sign_up(page, base, account_name="Dana's place", email="dana@example.org")
     page.goto(base + reverse("channels:server_create"))
+    page.get_by_label("Network").select_option("custom")
     page.get_by_label("Name", exact=True).fill("Loopback")
     page.get_by_label("Host", exact=True).fill("127.0.0.1")
     page.get_by_label("Port", exact=True).fill(str(inspircd.port))

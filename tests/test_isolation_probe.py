@@ -76,6 +76,8 @@ EXCLUDED_ROUTES: dict[str, str] = {
     "line ids; tests/test_previews.py checks another account and a visitor get nothing",
     "media:serve_upload": "public by design (the IRC channel's people have no account), on "
     "UPLOADS_PUBLIC_URL's origin, found by a 128-bit token; tests/test_uploads.py covers it",
+    "channels:channel_list_join": "its forms appear only once the gateway has left a /list "
+    "reply in Redis; tests/test_servers_pages.py checks another account gets 404 on it",
 }
 # What the second account may get for a URL or form that names the first account's objects.
 REFUSED = frozenset({403, 404, 405})

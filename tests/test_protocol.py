@@ -16,6 +16,7 @@ from gateway.protocol import (
     ctcp,
     decode,
     format_line,
+    message_overhead,
     parse_ctcp,
     parse_isupport,
     parse_line,
@@ -23,6 +24,7 @@ from gateway.protocol import (
     parse_server_time,
     split_message,
     split_names_entry,
+    tags_fit,
 )
 
 # No example database: it would be written into the checkout.
@@ -231,14 +233,67 @@ def test_format_line_refuses_what_is_not_one_line(
 def test_split_message_prefers_spaces_and_keeps_colour_codes_whole() -> None:
     assert split_message("", 0) == []
     assert split_message("short", 100) == ["short"]
-    assert split_message("aaaa bbbb cccc", 0, limit=10) == ["aaaa bbbb ", "cccc"]
-    assert split_message("aaaaaaaaaaaaaa", 0, limit=10) == ["aaaaaaaaaa", "aaaa"]
-    assert split_message("ééééé", 0, limit=5) == ["éé", "éé", "é"]
+    # Balanced: the cut nearest the middle, not a full chunk and a lone word.
+    assert split_message("aaaa bbbb cccc", 0, limit=10) == ["aaaa ", "bbbb cccc"]
+    assert split_message("aaaaaaaaaaaaaa", 0, limit=10) == ["aaaaaaa", "aaaaaaa"]
+    assert split_message("ééééé", 0, limit=5) == ["éé", "é", "éé"]
     assert split_message("abcdefg\x0304,12red", 0, limit=10) == ["abcdefg", "\x0304,12red"]
     with pytest.raises(ValueError):
         split_message("😀", 0, limit=3)
     with pytest.raises(ValueError):
         split_message("x", 512)
+
+
+def test_split_message_never_leaves_a_lone_fragment() -> None:
+    words = "lorem ipsum dolor sit amet " * 20  # 540 bytes
+    chunks = split_message(words, 100)  # 412 bytes of room: two chunks
+    assert len(chunks) == 2
+    assert "".join(chunks) == words
+    sizes = [len(c.encode()) for c in chunks]
+    assert max(sizes) - min(sizes) <= 30, sizes  # halves, not 412 + 128
+    assert all(c.endswith(" ") for c in chunks[:-1])  # cut at word boundaries
+
+
+def test_split_message_multibyte_and_words_without_spaces() -> None:
+    for text in ("日本語のテキスト" * 60, "😀" * 300, "ü" * 700, "x" * 1500, "é" + "a" * 1000):
+        chunks = split_message(text, 60)
+        assert "".join(chunks) == text
+        sizes = [len(c.encode()) for c in chunks]
+        assert all(0 < size <= 452 for size in sizes), sizes
+        assert min(sizes) >= max(sizes) // 2, sizes  # balanced, no tiny tail
+        for chunk in chunks:
+            chunk.encode("utf-8")  # whole characters only: a split one would not round-trip
+    # A long URL inside text: the words around it are cut at spaces.
+    url = "https://example.org/" + "a" * 600
+    chunks = split_message(f"see {url} and more", 60)
+    assert "".join(chunks) == f"see {url} and more"
+    assert all(len(c.encode()) <= 452 for c in chunks)
+
+
+def test_message_overhead_counts_prefix_command_target_crlf_and_action() -> None:
+    plain = message_overhead(nick="bob", user_host="~b@h.example", command="PRIVMSG", target="#x")
+    assert plain == len(b":bob!~b@h.example PRIVMSG #x :\r\n")
+    action = message_overhead(
+        nick="bob", user_host="~b@h.example", command="PRIVMSG", target="#x", action=True
+    )
+    assert action == plain + len(b"\x01ACTION \x01")
+    unknown = message_overhead(nick="bob", user_host=None, command="NOTICE", target="#x")
+    assert unknown == len(b":bob!") + 11 + 1 + 63 + len(b" NOTICE #x :\r\n")
+    # The line as relayed is exactly 512 bytes at most.
+    text = "word " * 200
+    for chunk in split_message(text, plain):
+        relayed = b":bob!~b@h.example " + format_line("PRIVMSG", "#x", chunk)
+        assert len(relayed) <= 512
+
+
+def test_tags_have_their_own_budget() -> None:
+    assert tags_fit({})
+    assert tags_fit({"+draft/reply": "x" * 4000})
+    assert not tags_fit({"+draft/reply": "x" * 4090})
+    assert not tags_fit({"+a": ";" * 2100})  # escaped: "\\:" is two bytes each
+    assert format_line("TAGMSG", "#x", tags={"+draft/react": "👍"}).startswith(b"@+draft/react=")
+    with pytest.raises(ValueError, match="4094"):
+        format_line("PRIVMSG", "#x", "hi", tags={"+draft/reply": "x" * 4090})
 
 
 def test_casefold() -> None:

@@ -23,6 +23,7 @@ from channels_app.slash_commands import CommandError
 class Outcome:
     open_channel: Channel | None = None  # the buffer to show next
     closed: bool = False  # the current buffer is gone
+    open_page: str = ""  # a page to show (/list)
 
 
 @transaction.atomic
@@ -103,4 +104,4 @@ def send_input(*, account_id: uuid.UUID | str, channel: Channel, text: str) -> O
     if plan.close_buffer:
         delete_channel(account_id=account_id, channel=channel)
         return Outcome(closed=True)
-    return Outcome(open_channel=opened)
+    return Outcome(open_channel=opened, open_page=plan.open_page)

@@ -1,11 +1,13 @@
 """Writes to an account's IRC servers and channels (the buffers). Each tells the gateway after
 commit, so it connects, joins or parts within a second."""
 
+import json
 import uuid
 
 from django.db import transaction
 
-from channels_app.events import ServersChanged, tell_gateway_on_commit
+from channels_app import events
+from channels_app.events import RawCommand, ServersChanged, tell_gateway_on_commit
 from channels_app.models import Channel, Server
 from core.forms import apply_secret_changes
 from core.limits import check_limit, lock_account
@@ -34,6 +36,34 @@ def save_server(
     server.full_clean()
     server.save()
     _tell_gateway(account_id)
+    return server
+
+
+@transaction.atomic
+def connect_server(
+    *,
+    account_id: uuid.UUID | str,
+    server: Server,
+    alt_nicks: list[str],
+    secrets: dict[str, str],
+    channels: list[str],
+) -> Server:
+    """Add a server with the channels to join, in one transaction: the gateway, told after
+    commit, reads them together, connects and joins them in one go."""
+    server = save_server(account_id=account_id, server=server, alt_nicks=alt_nicks, secrets=secrets)
+    check_limit(
+        used=0,
+        adding=len(channels),
+        setting="LIMIT_CHANNELS_PER_SERVER",
+        what="channels and conversations per server",
+    )
+    rows = [
+        Channel(server=server, kind=Channel.Kind.CHANNEL, name=name, autojoin=True)
+        for name in channels
+    ]
+    for row in rows:
+        row.full_clean()
+    Channel.objects.bulk_create(rows)
     return server
 
 
@@ -75,3 +105,34 @@ def delete_channel(*, account_id: uuid.UUID | str, channel: Channel) -> None:
     Channel.objects.select_for_update().filter(pk=channel.pk).first()  # see delete_server
     channel.delete()
     _tell_gateway(account_id)
+
+
+def request_channel_list(*, account_id: uuid.UUID | str, server: Server) -> None:
+    """Ask the gateway for the network's channel list (LIST). The page shows "receiving" at
+    once: the key is set here, and replaced by the gateway's progress and then the list
+    (gateway/lists.py); when the server is not connected it expires in two minutes."""
+    from channels_app.services.chat import take_send_allowance
+    from gateway.lists import channel_list_key
+
+    take_send_allowance(account_id=str(account_id), lines=1)
+    client = events.redis_client()
+    client.set(
+        channel_list_key(account_id, server.pk),
+        json.dumps({"done": False, "seen": 0, "channels": []}),
+        ex=120,
+    )
+    events.publish_command(
+        RawCommand(account_id=str(account_id), server_id=server.pk, line="LIST"), client=client
+    )
+
+
+@transaction.atomic
+def join_listed_channel(*, account_id: uuid.UUID | str, server: Server, name: str) -> Channel:
+    """A Join button of the /list page: the channel is added to the server's list to join
+    (or set to join again, when it is there already); the gateway joins it after commit."""
+    channel = Channel.objects.filter(server=server, name__iexact=name).first()
+    if channel is None:
+        channel = Channel(server=server, kind=Channel.Kind.CHANNEL, name=name, autojoin=True)
+    elif channel.kind == Channel.Kind.CHANNEL:
+        channel.autojoin = True
+    return save_channel(account_id=account_id, channel=channel, secrets={})

@@ -248,6 +248,8 @@ def send(request: HttpRequest, channel_id: int) -> HttpResponse:
     response = HttpResponse(status=204)
     if outcome.open_channel is not None and outcome.open_channel.pk != channel.pk:
         response["HX-Redirect"] = reverse("chat:channel", args=[outcome.open_channel.pk])
+    elif outcome.open_page:
+        response["HX-Redirect"] = outcome.open_page
     elif outcome.closed:
         request.session.pop(LAST_CHANNEL_KEY, None)
         response["HX-Redirect"] = reverse("chat:index")
