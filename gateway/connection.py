@@ -66,6 +66,10 @@ VERSION = "Palaver (hosted IRC client)"
 AGENT_TAG = "palaver/agent"
 # How long a line sent for an agent waits for its echo to be marked as the agent's.
 AGENT_ECHO_SECONDS = 60.0
+# How long after a line was sent an error numeric naming its target or command is taken to be
+# the server's answer to it (the browser shows it next to the line); how many are remembered.
+SEND_ERROR_SECONDS = 10.0
+RECENT_SENDS = 32
 
 
 class RecordSink(Protocol):
@@ -220,6 +224,13 @@ class IrcConnection:
         # Lines sent for agents whose echo is still to come: (deadline, folded target, text,
         # agent nick). Made on the first such line.
         self._agent_lines: collections.deque[tuple[float, str, str, str]] | None = None
+        # The browser's id of a line the user sent, for telling the page why it was refused:
+        # lines still in the outbox (cid -> how many), and those on the wire lately
+        # (deadline, cid, command, folded names the server's error may quote). The manager
+        # sets `on_send_error`; made on the first such line.
+        self.on_send_error: Callable[[str, str], None] | None = None
+        self._waiting: dict[str, int] | None = None
+        self._recent_sends: collections.deque[tuple[float, str, str, frozenset[str]]] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -420,12 +431,64 @@ class IrcConnection:
             raise ConnectionLost("not connected")
         self._writer.write(protocol.format_line(command, *params))
 
-    def send_raw(self, text: str) -> None:
+    def send_raw(self, text: str, *, cid: str = "") -> None:
         """/quote: the user's own line. parse_line refuses LF and NUL, format_line CR, so it can
         never carry a second command."""
         self._require_registered()
         line = protocol.parse_line(text)
-        self._send_paced(line.command, *line.params)
+        self._send_paced(
+            line.command, *line.params, after=self._track(cid, line.command, line.params)
+        )
+
+    def _track(
+        self, cid: str, command: str, params: Sequence[str], then: Callable[[], None] | None = None
+    ) -> Callable[[], None] | None:
+        """What runs once a line the browser knows as `cid` is on the wire: it is remembered
+        for SEND_ERROR_SECONDS, so that an error numeric naming its target or command is told
+        to the page (`send_error_for`)."""
+        if not cid or self.on_send_error is None:
+            return then
+        if self._waiting is None:
+            self._waiting = {}
+        self._waiting[cid] = self._waiting.get(cid, 0) + 1
+        names = frozenset(
+            self._fold(name) for param in params[:2] for name in param.split(",") if name
+        )
+
+        def sent() -> None:
+            waiting = self._waiting
+            if waiting is not None and cid in waiting:
+                waiting[cid] -= 1
+                if waiting[cid] <= 0:
+                    del waiting[cid]
+            if self._recent_sends is None:
+                self._recent_sends = collections.deque(maxlen=RECENT_SENDS)
+            deadline = time.monotonic() + SEND_ERROR_SECONDS
+            self._recent_sends.append((deadline, cid, command.upper(), names))
+            if then is not None:
+                then()
+
+        return sent
+
+    def send_error_for(self, code: str, params: Sequence[str]) -> bool:
+        """An error numeric (4xx/5xx) that names the target or command of a line sent lately
+        is that line's refusal: the page that sent it is told (newest send first). True when
+        one matched."""
+        recent = self._recent_sends
+        if not recent or self.on_send_error is None or len(params) < 3:
+            return False
+        now = time.monotonic()
+        while recent and recent[0][0] < now:
+            recent.popleft()
+        named = params[1]
+        folded = self._fold(named)
+        for entry in reversed(recent):
+            _, cid, command, names = entry
+            if folded in names or named.upper() == command:
+                recent.remove(entry)
+                self.on_send_error(cid, f"{named}: {params[-1]}" if named else params[-1])
+                return True
+        return False
 
     def _send_paced(
         self, command: str, *params: str, after: Callable[[], None] | None = None
@@ -466,6 +529,11 @@ class IrcConnection:
         if self._outbox:
             self._server_line("system", f"Not sent (disconnected): {len(self._outbox)} lines.")
             self._outbox.clear()
+        if self._waiting:
+            for cid in self._waiting:
+                if self.on_send_error is not None:
+                    self.on_send_error(cid, "Not sent: the connection to the server was lost.")
+            self._waiting.clear()
 
     def _require_registered(self) -> None:
         # Nothing the user sends reaches the socket before the welcome (001): before it, a line
@@ -473,7 +541,9 @@ class IrcConnection:
         if not self.registered:
             raise ConnectionLost("not connected to the server yet (still registering)")
 
-    def say(self, target: str, text: str, kind: str = "message", *, agent: str = "") -> None:
+    def say(
+        self, target: str, text: str, kind: str = "message", *, agent: str = "", cid: str = ""
+    ) -> None:
         """Send a message, split to fit; stored now unless the server echoes it back.
 
         With `agent`, the words are that agent's, said through this connection (its presence
@@ -501,7 +571,9 @@ class IrcConnection:
             elif agent:
                 # The echo is what gets stored: it is marked when it comes back.
                 store = functools.partial(self._expect_agent_echo, target, chunk, agent)
-            self._send_paced(command, target, body, after=store)
+            self._send_paced(
+                command, target, body, after=self._track(cid, command, [target], store)
+            )
 
     def _expect_agent_echo(self, target: str, text: str, agent: str) -> None:
         if self._agent_lines is None:
@@ -732,6 +804,9 @@ class IrcConnection:
             if self._backfill is not None:
                 self._backfill.on_refused(code)
         else:
+            if code[:1] in "45":
+                # Also told to the page that sent the line it refuses, next to that line.
+                self.send_error_for(code, params)
             # Whois replies, errors, and the rest: readable in the server buffer.
             shown = " ".join(params[1:]) if len(params) > 1 else text
             self._server_line("system", shown, sender=line.source or "")

@@ -237,13 +237,27 @@
   });
 
   // --- what you send appears at once, until the server's copy arrives --------------------------
-  function addPending(text) {
-    if (!list || !form) return;
+  // Each input sent carries an id (cid) of this page's making; the gateway names it in a
+  // send_error event when a line of it could not be sent or the server refused it, and the
+  // reason is shown here, next to the line, with a Retry.
+  const sentInputs = new Map(); // cid -> the text sent, for a Retry
+  const newCid = () => `c${Date.now().toString(36)}${Math.random().toString(36).slice(2, 8)}`;
+
+  function clockText(date) {
+    const minutes = String(date.getMinutes()).padStart(2, "0");
+    if (data.timeFormat === "12h") {
+      return `${date.getHours() % 12 || 12}:${minutes} ${date.getHours() < 12 ? "AM" : "PM"}`;
+    }
+    return `${String(date.getHours()).padStart(2, "0")}:${minutes}`;
+  }
+
+  function addPending(text, cid, command = false) {
+    if (!list || !form) return null;
     const li = document.createElement("li");
-    li.className = "line line-message line-pending";
+    li.className = `line ${command ? "line-command" : "line-message"} line-pending`;
+    if (cid) li.dataset.cid = cid;
     const time = document.createElement("time");
-    const now = new Date();
-    time.textContent = `${String(now.getHours()).padStart(2, "0")}:${String(now.getMinutes()).padStart(2, "0")}`;
+    time.textContent = clockText(new Date());
     const sender = document.createElement("span");
     sender.className = "sender";
     const nick = document.createElement("span");
@@ -254,14 +268,70 @@
     body.className = "text";
     body.textContent = text;
     li.append(time, sender, body);
+    const empty = document.getElementById("chat-empty");
+    if (empty) empty.remove();
     list.append(li);
     scrollToBottom();
-    setTimeout(() => { if (li.isConnected) li.classList.add("line-unconfirmed"); }, 20000);
+    if (command) {
+      // A command has no line of its own to wait for: it shows while the server may refuse it.
+      setTimeout(() => { if (li.isConnected && !li.classList.contains("line-failed")) li.remove(); }, 8000);
+    } else {
+      setTimeout(() => {
+        if (li.isConnected && !li.classList.contains("line-failed")) {
+          li.classList.add("line-unconfirmed");
+          failLine(li, "No word from the server yet: it may not have been sent.", false);
+        }
+      }, 20000);
+    }
+    return li;
   }
 
   function confirmPending() {
-    const pending = list && list.querySelector(".line-pending");
+    const pending = list && list.querySelector(".line-pending.line-message:not(.line-failed)");
     if (pending) pending.remove();
+  }
+
+  // The reason next to the line, a Retry (sends the same input again) and a Dismiss.
+  function failLine(li, reason, announce = true) {
+    li.classList.add("line-failed");
+    let note = li.querySelector(".line-error");
+    if (!note) {
+      note = document.createElement("span");
+      note.className = "line-error";
+      const why = document.createElement("span");
+      why.className = "line-error-reason";
+      if (announce) why.setAttribute("role", "alert");
+      const retry = document.createElement("button");
+      retry.type = "button";
+      retry.className = "button small line-retry";
+      retry.textContent = "Retry";
+      retry.addEventListener("click", () => {
+        const text = sentInputs.get(li.dataset.cid) ?? li.querySelector(".text").textContent;
+        list.querySelectorAll(`[data-cid="${CSS.escape(li.dataset.cid || "")}"]`).forEach((n) => n.remove());
+        li.remove();
+        sendText(text);
+        if (input) input.focus();
+      });
+      const dismiss = document.createElement("button");
+      dismiss.type = "button";
+      dismiss.className = "button secondary small line-dismiss";
+      dismiss.textContent = "Dismiss";
+      dismiss.addEventListener("click", () => { li.remove(); if (input) input.focus(); });
+      note.append(why, retry, dismiss);
+      li.append(note);
+    }
+    note.querySelector(".line-error-reason").textContent = reason;
+  }
+
+  function showSendError(payload) {
+    const cid = String(payload.cid || "");
+    if (!cid || !sentInputs.has(cid) || !list) return;
+    const lines = list.querySelectorAll(`.line-pending[data-cid="${CSS.escape(cid)}"]`);
+    let li = lines[lines.length - 1];
+    if (!li) li = addPending(sentInputs.get(cid), cid, true);
+    if (!li) return;
+    failLine(li, String(payload.reason || "Not sent."));
+    scrollToBottom();
   }
 
   // --- sidebar: counts, states, refreshes ------------------------------------------------------
@@ -443,6 +513,7 @@
       else if (!sidebarLink(payload.channel_id)) refreshSidebar();
     });
     source.addEventListener("server_state", (event) => showServerState(JSON.parse(event.data)));
+    source.addEventListener("send_error", (event) => showSendError(JSON.parse(event.data)));
     // This account read a channel in some tab: its unread and highlight counts changed.
     source.addEventListener("read", () => {
       refreshSidebar();
@@ -548,33 +619,62 @@
     errorBox.replaceChildren(...parseFragment(html));
   }
 
-  async function submit() {
-    const text = input.value;
-    if (!text.trim()) return;
+  // Opening a channel being joined: once it is in the sidebar (the gateway stored the join).
+  function openWhenJoined(name) {
+    const wanted = name.toLowerCase();
+    const find = () => Array.from(document.querySelectorAll(`.chat-server[data-server-id="${serverId}"] a[data-channel-id]`))
+      .find((a) => (a.dataset.name || "").toLowerCase() === wanted);
+    const deadline = Date.now() + 15000;
+    const check = () => {
+      const link = find();
+      if (link) { location.assign(link.href); return; }
+      if (Date.now() < deadline) { refreshSidebar(); setTimeout(check, 500); }
+    };
+    check();
+  }
+
+  async function sendText(text) {
+    if (!text.trim()) return false;
+    const cid = newCid();
     const body = new FormData(form);
+    body.set("text", text);
+    body.set("cid", cid);
     let response;
     try {
       response = await post(form.action, body);
     } catch {
       errorBox.textContent = "Could not reach Palaver; nothing was sent.";
-      return;
+      return false;
     }
     if (response.status === 204) {
       errorBox.replaceChildren();
-      rememberInput(text);
-      setInput("");
+      sentInputs.set(cid, text);
+      if (sentInputs.size > 50) sentInputs.delete(sentInputs.keys().next().value);
       const redirect = response.headers.get("HX-Redirect");
-      if (redirect) { location.assign(redirect); return; }
+      if (redirect) { location.assign(redirect); return true; }
       const lines = text.split(/\r\n|\r|\n/).filter((l) => l.trim());
       const isCommand = lines.length === 1 && lines[0].startsWith("/") && !lines[0].startsWith("//");
-      if (!isCommand && live) lines.forEach((l) => addPending(l.startsWith("//") ? l.slice(1) : l));
-      return;
+      if (isCommand) addPending(lines[0], cid, true);
+      else if (live) lines.forEach((l) => addPending(l.startsWith("//") ? l.slice(1) : l, cid));
+      const join = response.headers.get("X-Join");
+      if (join) openWhenJoined(join);
+      return true;
     }
     if (response.status === 403) {
       errorBox.textContent = "Your session has ended; reload the page to sign in again.";
-      return;
+      return false;
     }
     showError(await response.text());
+    return false;
+  }
+
+  async function submit() {
+    const text = input.value;
+    if (!text.trim()) return;
+    if (await sendText(text)) {
+      rememberInput(text);
+      if (input.value === text) setInput("");
+    }
   }
 
   if (form && input) {
@@ -606,13 +706,29 @@
     });
   }
 
+  // --- runs of joins, parts and quits: one summary line, the lines on demand -------------------
+  if (list) list.addEventListener("click", (event) => {
+    const toggle = event.target.closest(".run-toggle");
+    if (!toggle) return;
+    const open = toggle.getAttribute("aria-expanded") !== "true";
+    toggle.setAttribute("aria-expanded", String(open));
+    list.querySelectorAll(`.in-run[data-run="${CSS.escape(toggle.dataset.run)}"]`).forEach((li) => { li.hidden = !open; });
+    toggle.textContent = open ? "hide" : `show ${list.querySelectorAll(`.in-run[data-run="${CSS.escape(toggle.dataset.run)}"]`).length} lines`;
+  });
+
   // --- start -----------------------------------------------------------------------------------
   const target = data.targetId && document.getElementById(`m${Number(data.targetId)}`);
+  const unreadDivider = document.getElementById("chat-unread");
   if (target) {
     target.classList.add("line-target");
     target.scrollIntoView({ block: "center" });
   } else {
     scrollToBottom();
+    // More unread than fits: the first of them at the top, not the last at the bottom.
+    if (unreadDivider) {
+      const top = unreadDivider.getBoundingClientRect().top - list.getBoundingClientRect().top;
+      if (top < 0) list.scrollTop += top - 8;
+    }
   }
   watchOlder();
   setUpNotifyButton();
