@@ -639,27 +639,36 @@
     const body = new FormData(form);
     body.set("text", text);
     body.set("cid", cid);
+    // Shown (and its cid known) before the POST: the gateway's send_error can arrive on the
+    // stream before the POST's answer does.
+    sentInputs.set(cid, text);
+    if (sentInputs.size > 50) sentInputs.delete(sentInputs.keys().next().value);
+    const lines = text.split(/\r\n|\r|\n/).filter((l) => l.trim());
+    const isCommand = lines.length === 1 && lines[0].startsWith("/") && !lines[0].startsWith("//");
+    let pending = [];
+    if (isCommand) pending = [addPending(lines[0], cid, true)];
+    else if (live) pending = lines.map((l) => addPending(l.startsWith("//") ? l.slice(1) : l, cid));
+    const unsent = () => {
+      sentInputs.delete(cid);
+      pending.forEach((li) => { if (li) li.remove(); });
+    };
     let response;
     try {
       response = await post(form.action, body);
     } catch {
+      unsent();
       errorBox.textContent = "Could not reach Palaver; nothing was sent.";
       return false;
     }
     if (response.status === 204) {
       errorBox.replaceChildren();
-      sentInputs.set(cid, text);
-      if (sentInputs.size > 50) sentInputs.delete(sentInputs.keys().next().value);
       const redirect = response.headers.get("HX-Redirect");
       if (redirect) { location.assign(redirect); return true; }
-      const lines = text.split(/\r\n|\r|\n/).filter((l) => l.trim());
-      const isCommand = lines.length === 1 && lines[0].startsWith("/") && !lines[0].startsWith("//");
-      if (isCommand) addPending(lines[0], cid, true);
-      else if (live) lines.forEach((l) => addPending(l.startsWith("//") ? l.slice(1) : l, cid));
       const join = response.headers.get("X-Join");
       if (join) openWhenJoined(join);
       return true;
     }
+    unsent();
     if (response.status === 403) {
       errorBox.textContent = "Your session has ended; reload the page to sign in again.";
       return false;
