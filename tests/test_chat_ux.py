@@ -424,8 +424,8 @@ def test_part_close_and_join_change_the_sidebar(
         Channel.objects.create(server_id=server_id, name=second, autojoin=True)
         ids = {c.name: c.pk for c in Channel.objects.all()}
     run_gateway()
-    for name in (first, second):
-        wait_until(lambda name=name: on_irc(alice, ids[name], "alice_p"), what=f"{name} joined")
+    wait_until(lambda: on_irc(alice, ids[first], "alice_p"), what=f"{first} joined")
+    wait_until(lambda: on_irc(alice, ids[second], "alice_p"), what=f"{second} joined")
     page = _open(chromium, asgi_server, alice, ids[first])
     sidebar = page.locator("#chat-sidebar")
     expect(sidebar.locator(f"a[data-name='{first}']")).to_have_count(1)

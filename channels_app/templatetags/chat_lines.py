@@ -14,7 +14,7 @@ or a date with it, in the signed-in account's time format (selectors.settings.ti
 """
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, tzinfo
 from typing import Any
 
 from django import template
@@ -53,9 +53,7 @@ _MONTHS = [
 # --- times of day --------------------------------------------------------------------------------
 
 
-def clock_text(moment: datetime, time_format: str, *, seconds: bool = False) -> str:
-    """The time of day of an aware `moment` in the current time zone: "14:05" or "2:05 PM"."""
-    local = timezone.localtime(moment)
+def _clock(local: datetime, time_format: str, *, seconds: bool = False) -> str:
     tail = f":{local.second:02d}" if seconds else ""
     if time_format == "12h":
         hour = local.hour % 12 or 12
@@ -63,12 +61,15 @@ def clock_text(moment: datetime, time_format: str, *, seconds: bool = False) -> 
     return f"{local.hour:02d}:{local.minute:02d}{tail}"
 
 
+def clock_text(moment: datetime, time_format: str, *, seconds: bool = False) -> str:
+    """The time of day of an aware `moment` in the current time zone: "14:05" or "2:05 PM"."""
+    return _clock(timezone.localtime(moment), time_format, seconds=seconds)
+
+
 def day_clock_text(moment: datetime, time_format: str) -> str:
     """ "30 Nov 2026, 14:05" (or "…, 2:05 PM")."""
     local = timezone.localtime(moment)
-    return f"{local.day} {_MONTHS[local.month - 1][:3]} {local.year}, " + clock_text(
-        local, time_format
-    )
+    return f"{local.day} {_MONTHS[local.month - 1][:3]} {local.year}, " + _clock(local, time_format)
 
 
 def request_time_format(context: template.Context | dict[str, Any]) -> str:
@@ -125,14 +126,13 @@ def _badge(line: Line) -> str:
     )
 
 
-def _time(moment: datetime, time_format: str) -> str:
-    local = timezone.localtime(moment)
-    title = f"{local.day} {_MONTHS[local.month - 1]} {local.year}, " + clock_text(
+def _time(moment: datetime, time_format: str, zone: tzinfo) -> str:
+    local = moment.astimezone(zone)
+    title = f"{local.day} {_MONTHS[local.month - 1]} {local.year}, " + _clock(
         local, time_format, seconds=True
     )
     return (
-        f'<time datetime="{local.isoformat()}" title="{title}">'
-        f"{clock_text(local, time_format)}</time>"
+        f'<time datetime="{local.isoformat()}" title="{title}">{_clock(local, time_format)}</time>'
     )
 
 
@@ -186,7 +186,7 @@ def _body(line: Line) -> str:
     return f'<span class="sender">{arrow}</span><span class="text">{text}</span>'
 
 
-def render_line(line: Line, time_format: str, *, run: str = "") -> str:
+def render_line(line: Line, time_format: str, zone: tzinfo, *, run: str = "") -> str:
     m = line.message
     classes = f"line line-{m.kind}"
     if getattr(m, "highlighted", False):
@@ -201,7 +201,7 @@ def render_line(line: Line, time_format: str, *, run: str = "") -> str:
         extra = f' data-run="{run}" hidden'
     return (
         f'<li class="{classes}" id="m{m.pk}" data-id="{m.pk}" data-day="{line.day.isoformat()}"'
-        f' data-sender="{escape(m.sender)}"{extra}>{_time(m.server_time, time_format)}'
+        f' data-sender="{escape(m.sender)}"{extra}>{_time(m.server_time, time_format, zone)}'
         f"{_body(line)}</li>\n"
     )
 
@@ -222,18 +222,18 @@ def run_summary(run: Sequence[Line]) -> str:
     return "; ".join(parts)
 
 
-def _render_run(run: list[Line], time_format: str) -> str:
+def _render_run(run: list[Line], time_format: str, zone: tzinfo) -> str:
     first = run[0].message
     run_id = f"run-{first.pk}"
     head = (
         f'<li class="line line-run" id="{run_id}" data-day="{run[0].day.isoformat()}">'
-        f"{_time(first.server_time, time_format)}"
+        f"{_time(first.server_time, time_format, zone)}"
         f'<span class="sender">⇄</span><span class="text">'
         f'<span class="run-summary">{run_summary(run)}</span> '
         f'<button type="button" class="run-toggle" aria-expanded="false" '
         f'data-run="{run_id}">show {len(run)} lines</button></span></li>\n'
     )
-    return head + "".join(render_line(line, time_format, run=run_id) for line in run)
+    return head + "".join(render_line(line, time_format, zone, run=run_id) for line in run)
 
 
 def _day(line: Line) -> str:
@@ -254,6 +254,7 @@ def render_lines(
     after `unread_after` (the read marker; None: no divider), runs of joins/parts/quits
     folded. `older_url`: (page url, fragment url) of the "Load older lines" link above."""
     out: list[str] = []
+    zone = timezone.get_current_timezone()  # once: localtime() per line was a third of it
     if older_url is not None:
         page, fragment = older_url
         out.append(
@@ -277,9 +278,9 @@ def render_lines(
 
     def flush() -> None:
         if len(run) >= MIN_RUN:
-            out.append(_render_run(run, time_format))
+            out.append(_render_run(run, time_format, zone))
         else:
-            out.extend(render_line(line, time_format) for line in run)
+            out.extend(render_line(line, time_format, zone) for line in run)
         run.clear()
 
     for n, line in enumerate(lines):
@@ -295,7 +296,7 @@ def render_lines(
             run.append(line)
             continue
         flush()
-        out.append(render_line(line, time_format))
+        out.append(render_line(line, time_format, zone))
     flush()
     return mark_safe("".join(out))  # noqa: S308 - every text above is escaped
 

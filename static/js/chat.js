@@ -243,8 +243,9 @@
   const sentInputs = new Map(); // cid -> the text sent, for a Retry
   const newCid = () => `c${Date.now().toString(36)}${Math.random().toString(36).slice(2, 8)}`;
 
-  function clockText(date) {
-    const minutes = String(date.getMinutes()).padStart(2, "0");
+  function clockText(date, withSeconds = false) {
+    let minutes = String(date.getMinutes()).padStart(2, "0");
+    if (withSeconds) minutes += `:${String(date.getSeconds()).padStart(2, "0")}`;
     if (data.timeFormat === "12h") {
       return `${date.getHours() % 12 || 12}:${minutes} ${date.getHours() < 12 ? "AM" : "PM"}`;
     }
@@ -369,7 +370,7 @@
       if (payload.error) text += `: ${payload.error}`;
       if (payload.next_retry) {
         const when = new Date(payload.next_retry);
-        if (!Number.isNaN(when.getTime())) text += ` · retrying at ${when.toLocaleTimeString()}`;
+        if (!Number.isNaN(when.getTime())) text += ` · retrying at ${clockText(when, true)}`;
       }
       return text;
     }
