@@ -44,6 +44,9 @@ WANTED_CAPS = frozenset(
         "userhost-in-names",
         "cap-notify",
         "batch",
+        # The browser's id of a line (its cid) goes out as the line's label: the server's
+        # error for it comes back with the same label, however many lines went to that target.
+        "labeled-response",
         chathistory.CAP,
     }
 )
@@ -116,7 +119,8 @@ class ConnectionLost(Exception):
 
 
 # A line the user sends: command, parameters, and what to do once it is on the wire.
-Outgoing = tuple[str, tuple[str, ...], Callable[[], None] | None]
+# command, parameters, what runs once it is on the wire, its tags (a label)
+Outgoing = tuple[str, tuple[str, ...], Callable[[], None] | None, dict[str, str] | None]
 
 
 class SendQueueFull(ValueError):
@@ -229,6 +233,8 @@ class IrcConnection:
         # (deadline, cid, command, folded names the server's error may quote). The manager
         # sets `on_send_error`; made on the first such line.
         self.on_send_error: Callable[[str, str], None] | None = None
+        # labeled-response batches open now: reference -> label.
+        self._label_batches: dict[str, str] | None = None
         self._waiting: dict[str, int] | None = None
         self._recent_sends: collections.deque[tuple[float, str, str, frozenset[str]]] | None = None
 
@@ -384,6 +390,7 @@ class IrcConnection:
 
     def _reset_session_state(self) -> None:
         self.nick = self.config.nick
+        self._label_batches = None
         self._nick_attempt = 0
         self.caps = set()
         self.isupport = {}
@@ -426,10 +433,10 @@ class IrcConnection:
 
     # -- sending -----------------------------------------------------------------------------
 
-    def _send(self, command: str, *params: str) -> None:
+    def _send(self, command: str, *params: str, tags: dict[str, str] | None = None) -> None:
         if self._writer is None:
             raise ConnectionLost("not connected")
-        self._writer.write(protocol.format_line(command, *params))
+        self._writer.write(protocol.format_line(command, *params, tags=tags))
 
     def send_raw(self, text: str, *, cid: str = "") -> None:
         """/quote: the user's own line. parse_line refuses LF and NUL, format_line CR, so it can
@@ -437,7 +444,10 @@ class IrcConnection:
         self._require_registered()
         line = protocol.parse_line(text)
         self._send_paced(
-            line.command, *line.params, after=self._track(cid, line.command, line.params)
+            line.command,
+            *line.params,
+            after=self._track(cid, line.command, line.params),
+            tags=self._label(cid),
         )
 
     def _track(
@@ -470,10 +480,20 @@ class IrcConnection:
 
         return sent
 
-    def send_error_for(self, code: str, params: Sequence[str]) -> bool:
-        """An error numeric (4xx/5xx) that names the target or command of a line sent lately
-        is that line's refusal: the page that sent it is told (newest send first). True when
-        one matched."""
+    def _label(self, cid: str) -> dict[str, str] | None:
+        """The label tag for a line the browser knows as `cid`, where the server answers labels
+        (IRCv3 labeled-response)."""
+        if cid and self.on_send_error is not None and "labeled-response" in self.caps:
+            return {"label": cid}
+        return None
+
+    def send_error_for(
+        self, code: str, params: Sequence[str], tags: dict[str, str] | None = None
+    ) -> bool:
+        """An error numeric (4xx/5xx) in answer to a line the browser sent is told to that
+        page: by the line's label (labeled-response: the tag on the reply, or on the
+        labeled-response batch holding it), else, from a server without labels, by naming the
+        target or command of a line sent lately (newest first). True when one matched."""
         recent = self._recent_sends
         if not recent or self.on_send_error is None or len(params) < 3:
             return False
@@ -481,17 +501,32 @@ class IrcConnection:
         while recent and recent[0][0] < now:
             recent.popleft()
         named = params[1]
+        reason = f"{named}: {params[-1]}" if named else params[-1]
+        tags = tags or {}
+        label = tags.get("label") or (self._label_batches or {}).get(tags.get("batch", ""))
+        if label or "labeled-response" in self.caps:
+            # A server that labels: only a label says whose error it is.
+            for entry in recent:
+                if entry[1] == label:
+                    recent.remove(entry)
+                    self.on_send_error(entry[1], reason)
+                    return True
+            return False
         folded = self._fold(named)
         for entry in reversed(recent):
             _, cid, command, names = entry
             if folded in names or named.upper() == command:
                 recent.remove(entry)
-                self.on_send_error(cid, f"{named}: {params[-1]}" if named else params[-1])
+                self.on_send_error(cid, reason)
                 return True
         return False
 
     def _send_paced(
-        self, command: str, *params: str, after: Callable[[], None] | None = None
+        self,
+        command: str,
+        *params: str,
+        after: Callable[[], None] | None = None,
+        tags: dict[str, str] | None = None,
     ) -> None:
         """Send what the user typed through the flood protection: a burst at once, then one
         line per interval, in order; `after` runs once the line is on the wire."""
@@ -502,7 +537,7 @@ class IrcConnection:
             raise SendQueueFull(
                 f"{len(self._outbox)} lines are already waiting to be sent to this server"
             )
-        self._outbox.append((command, params, after))
+        self._outbox.append((command, params, after, tags))
         if self._pump_task is None or self._pump_task.done():
             self._pump_task = asyncio.get_running_loop().create_task(
                 self._pump(self._outbox, self._send_bucket)
@@ -513,9 +548,9 @@ class IrcConnection:
             await bucket.acquire()
             if not outbox:
                 return  # the session ended meanwhile
-            command, params, after = outbox.popleft()
+            command, params, after, tags = outbox.popleft()
             try:
-                self._send(command, *params)
+                self._send(command, *params, tags=tags)
             except ConnectionLost:
                 return  # the session's end drops the rest
             if after is not None:
@@ -572,7 +607,11 @@ class IrcConnection:
                 # The echo is what gets stored: it is marked when it comes back.
                 store = functools.partial(self._expect_agent_echo, target, chunk, agent)
             self._send_paced(
-                command, target, body, after=self._track(cid, command, [target], store)
+                command,
+                target,
+                body,
+                after=self._track(cid, command, [target], store),
+                tags=self._label(cid),
             )
 
     def _expect_agent_echo(self, target: str, text: str, agent: str) -> None:
@@ -676,6 +715,16 @@ class IrcConnection:
     def _on_batch(self, line: IrcLine) -> None:
         if self._backfill is not None:
             self._backfill.on_batch(line)
+        ref = line.params[0] if line.params else ""
+        if ref.startswith("+") and line.params[1:2] == ["labeled-response"]:
+            label = line.tags.get("label", "")
+            if label and self._recent_sends:  # only while a labeled line of ours is answered
+                if self._label_batches is None:
+                    self._label_batches = {}
+                if len(self._label_batches) < RECENT_SENDS:
+                    self._label_batches[ref[1:]] = label
+        elif ref.startswith("-") and self._label_batches:
+            self._label_batches.pop(ref[1:], None)
 
     def _on_fail(self, line: IrcLine) -> None:
         if self._backfill is not None:
@@ -806,7 +855,7 @@ class IrcConnection:
         else:
             if code[:1] in "45":
                 # Also told to the page that sent the line it refuses, next to that line.
-                self.send_error_for(code, params)
+                self.send_error_for(code, params, line.tags)
             # Whois replies, errors, and the rest: readable in the server buffer.
             shown = " ".join(params[1:]) if len(params) > 1 else text
             self._server_line("system", shown, sender=line.source or "")

@@ -419,7 +419,12 @@ def test_a_refusal_is_told_to_the_page_that_sent_the_line(
     def handle(**fields: Any) -> None:
         gateway.call(gateway.gateway.handle_command({**command, **fields}))
 
+    # InspIRCd labels its answers (labeled-response): the error is the labeled line's even
+    # with a later line to the same target on its heels (naming the target alone would blame
+    # the newest, ok-0).
+    assert "labeled-response" in gateway.connection(alice, server_id).caps
     handle(op="raw", line=f"TOPIC {channel} :mine now", cid="topic-1")
+    handle(op="send", target=channel, text="said right after", cid="ok-0")
     handle(op="send", target="nobody_here", text="hello?", cid="msg-2")
     handle(op="raw", line="FROBNICATE x", cid="cmd-3")
     handle(op="raw", line=f"TOPIC {channel} :no cid")  # refused too, but no page waits
@@ -469,4 +474,25 @@ def test_a_line_sent_before_registration_is_told_to_the_page(
     (event,) = _send_errors(pubsub, 1)
     assert event["cid"] == "early-1"
     assert "not connected" in event["reason"]
+    pubsub.close()
+
+
+def test_without_labels_an_error_goes_to_the_line_that_named_its_target(
+    alice: User, miniircd: IrcServer, run_gateway: Callable
+) -> None:
+    """A server without labeled-response (miniircd): the error numeric naming a line's target
+    or command within SEND_ERROR_SECONDS is that line's."""
+    server_id = add_server(alice, miniircd)
+    pubsub = redis.Redis.from_url(settings.REDIS_URL).pubsub()
+    pubsub.subscribe(events.events_channel(alice.account.pk))
+    gateway = run_gateway()
+    wait_until(lambda: gateway.connection(alice, server_id).state == "connected")
+    assert "labeled-response" not in gateway.connection(alice, server_id).caps
+    assert gateway.gateway is not None
+    command = {"account_id": str(alice.account.pk), "server_id": server_id}
+    gateway.call(gateway.gateway.handle_command(
+        {**command, "op": "send", "target": "nobody_here", "text": "hi", "cid": "nick-1"}
+    ))  # fmt: skip
+    (event,) = _send_errors(pubsub, 1)
+    assert event["cid"] == "nick-1" and event["reason"].startswith("nobody_here: ")
     pubsub.close()
