@@ -288,7 +288,10 @@
   }
 
   function confirmPending() {
-    const pending = list && list.querySelector(".line-pending.line-message:not(.line-failed)");
+    // The oldest line still waiting, or one given up on ("no word yet") that arrived late.
+    const pending = list && list.querySelector(
+      ".line-pending.line-message:not(.line-failed), .line-pending.line-message.line-unconfirmed",
+    );
     if (pending) pending.remove();
   }
 
@@ -331,6 +334,7 @@
     let li = lines[lines.length - 1];
     if (!li) li = addPending(sentInputs.get(cid), cid, true);
     if (!li) return;
+    li.classList.remove("line-unconfirmed"); // a reason now: not to be taken for the echo
     failLine(li, String(payload.reason || "Not sent."));
     scrollToBottom();
   }
