@@ -457,3 +457,49 @@ def test_part_close_and_join_change_the_sidebar(
     expect(sidebar.locator(f"a[data-name='{third}'][aria-current='page']")).to_have_count(1)
     carol.join(third)
     expect(page.locator("#chat-member-list [data-nick='carol']")).to_have_count(1)
+
+
+def _axe(page: Page, *selectors: str) -> list[str]:
+    """axe-core's serious and critical violations inside `selectors` (this file's parts of the
+    page; nick colours are the palette's, checked with whole pages by the accessibility
+    tests)."""
+    from axe_playwright_python.base import AXE_SCRIPT
+
+    if not page.evaluate("typeof window.axe !== 'undefined'"):
+        page.evaluate(AXE_SCRIPT)
+    result = page.evaluate(
+        """([include, tags]) => axe.run({include: include.map((s) => [s]), exclude: [[".nick"]]}, {
+            runOnly: {type: "tag", values: tags}, resultTypes: ["violations"]})""",
+        [list(selectors), ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa", "best-practice"]],
+    )
+    return [
+        f"{v['id']}: {node['target']} {node.get('failureSummary', '')}"
+        for v in result["violations"]
+        if v["impact"] in ("serious", "critical")
+        for node in v["nodes"]
+    ]
+
+
+@pytest.mark.browser
+def test_the_switcher_help_sheet_runs_and_divider_pass_axe(
+    erin: User, erin_page: Page, asgi_server: AsgiServer, five_buffers: list[Channel]
+) -> None:
+    with switch(erin):
+        channel = five_buffers[1]
+        _say(channel, 3, sender="alice", kind="join")
+        _say(channel, 4, sender="bob", kind="join")
+    page = erin_page
+    page.goto(_url(asgi_server.url, channel))
+    expect(page.locator("#chat-unread")).to_have_count(1)
+    expect(page.locator(".line-run")).to_have_count(1)
+    assert _axe(page, "#chat-lines", "#chat-sidebar") == []
+    page.keyboard.press("Control+k")
+    expect(page.locator("#chat-switcher")).to_be_visible()
+    assert _axe(page, "#chat-switcher") == []
+    page.keyboard.type("zzz")
+    expect(page.locator("#chat-switcher-none")).to_be_visible()
+    assert _axe(page, "#chat-switcher") == []
+    page.keyboard.press("Escape")
+    page.keyboard.press("Alt+Slash")
+    expect(page.locator("#chat-keys-help")).to_be_visible()
+    assert _axe(page, "#chat-keys-help") == []

@@ -17,6 +17,7 @@
   const switcher = document.getElementById("chat-switcher");
   const query = document.getElementById("chat-switcher-input");
   const options = document.getElementById("chat-switcher-list");
+  const none = document.getElementById("chat-switcher-none");
 
   // --- buffers, as the sidebar lists them ----------------------------------------------------
   const buffers = () => Array.from(document.querySelectorAll("#chat-sidebar a[data-channel-id]"));
@@ -98,12 +99,8 @@
       li.addEventListener("mousedown", (event) => { event.preventDefault(); go(match.a); });
       return li;
     }));
-    if (!matches.length) {
-      const li = document.createElement("li");
-      li.className = "switcher-none muted";
-      li.textContent = "No buffer by that name.";
-      options.append(li);
-    }
+    // Said outside the listbox (a listbox holds options only), and announced.
+    if (none) none.hidden = matches.length > 0;
     markActive();
   }
 
