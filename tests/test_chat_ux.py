@@ -503,3 +503,46 @@ def test_the_switcher_help_sheet_runs_and_divider_pass_axe(
     page.keyboard.press("Alt+Slash")
     expect(page.locator("#chat-keys-help")).to_be_visible()
     assert _axe(page, "#chat-keys-help") == []
+
+
+@pytest.mark.browser
+def test_joins_arriving_live_fold_into_the_run_above(
+    erin: User, erin_page: Page, asgi_server: AsgiServer
+) -> None:
+    from channels_app import events
+
+    server = _server(erin)
+    with switch(erin):
+        channel = Channel.objects.create(server=server, name="#live")
+        _say(channel, 0)
+        _say(channel, 1, sender="alice", kind="join")
+    page = erin_page
+    page.goto(_url(asgi_server.url, channel))
+    expect(page.locator("#chat-lines .line-join", has_text="alice")).to_be_visible()
+    expect(page.locator(".chat-live-status")).to_have_count(0)
+
+    def arrive(n: int, sender: str, kind: str) -> None:
+        with switch(erin):
+            said = _say(channel, n, sender=sender, kind=kind)
+        event = events.MessageEvent.of(said, server_id=server.pk, highlight=False)
+        events.redis_client().publish(
+            events.events_channel(erin.account_id), events.encode_event(event)
+        )
+
+    arrive(2, "bob", "join")
+    run = page.locator("#chat-lines .line-run")
+    expect(run).to_have_count(1)
+    expect(run.locator(".run-summary")).to_have_text("alice, bob joined")
+    expect(page.locator("#chat-lines .in-run")).to_have_count(2)
+    # Opened, then a quit arrives: the run grows and stays open.
+    run.locator(".run-toggle").click()
+    arrive(3, "carol", "quit")
+    expect(run.locator(".run-summary")).to_have_text("alice, bob joined; carol quit")
+    expect(page.locator("#chat-lines .in-run")).to_have_count(3)
+    expect(page.locator("#chat-lines .in-run").nth(2)).to_be_visible()
+    expect(run.locator(".run-toggle")).to_have_attribute("aria-expanded", "true")
+    # A message ends the run; the next join starts no run on its own.
+    arrive(4, "dave", "message")
+    arrive(5, "erin2", "join")
+    expect(page.locator("#chat-lines .line-join", has_text="erin2")).to_be_visible()
+    expect(page.locator("#chat-lines .line-run")).to_have_count(1)

@@ -133,6 +133,74 @@
     });
   }
 
+  // --- joins, parts and quits arriving live fold like the rendered ones ------------------------
+  // (channels_app/templatetags/chat_lines.py folds a page's runs; a live line may extend the run
+  // above it, so the run at the bottom is rebuilt from its lines.)
+  const RUN_KINDS = ["join", "part", "quit"];
+  const RUN_VERBS = { join: "joined", part: "left", quit: "quit" };
+  const runKind = (li) => RUN_KINDS.find((k) => li.classList.contains(`line-${k}`));
+
+  function foldTail() {
+    if (!list) return;
+    const group = [];
+    let head = null;
+    for (let li = list.lastElementChild; li; li = li.previousElementSibling) {
+      if (li.classList.contains("line-pending")) continue;
+      if (li.classList.contains("line-run")) { head = li; continue; }
+      if (!runKind(li) || !li.dataset.id) break;
+      group.unshift(li);
+    }
+    if (group.length < 2) return;
+    const open = head && head.querySelector(".run-toggle").getAttribute("aria-expanded") === "true";
+    const runId = `run-${group[0].dataset.id}`;
+    const byKind = new Map();
+    group.forEach((li) => {
+      const kind = runKind(li);
+      const nick = li.querySelector(".text .nick");
+      if (!byKind.has(kind)) byKind.set(kind, new Map());
+      const names = byKind.get(kind);
+      if (nick && !names.has(nick.textContent.toLowerCase())) names.set(nick.textContent.toLowerCase(), nick);
+    });
+    const summary = document.createElement("span");
+    summary.className = "run-summary";
+    let firstPart = true;
+    byKind.forEach((names, kind) => {
+      if (!firstPart) summary.append("; ");
+      firstPart = false;
+      const shown = Array.from(names.values());
+      shown.slice(0, 6).forEach((nick, n) => {
+        if (n) summary.append(", ");
+        summary.append(nick.cloneNode(true));
+      });
+      if (shown.length > 6) summary.append(` and ${shown.length - 6} others`);
+      summary.append(` ${RUN_VERBS[kind]}`);
+    });
+    const toggle = document.createElement("button");
+    toggle.type = "button";
+    toggle.className = "run-toggle";
+    toggle.dataset.run = runId;
+    toggle.setAttribute("aria-expanded", String(Boolean(open)));
+    toggle.textContent = open ? "hide" : `show ${group.length} lines`;
+    const li = document.createElement("li");
+    li.className = "line line-run";
+    li.id = runId;
+    li.dataset.day = group[0].dataset.day || "";
+    const sender = document.createElement("span");
+    sender.className = "sender";
+    sender.textContent = "⇄";
+    const text = document.createElement("span");
+    text.className = "text";
+    text.append(summary, " ", toggle);
+    li.append(group[0].querySelector("time").cloneNode(true), sender, text);
+    if (head) head.remove();
+    group[0].before(li);
+    group.forEach((line) => {
+      line.classList.add("in-run");
+      line.dataset.run = runId;
+      line.hidden = !open;
+    });
+  }
+
   // --- scrollback: older pages by keyset, when the top comes into view ---------------------------
   let loadingOlder = false;
   async function loadOlder(link) {
@@ -198,6 +266,7 @@
           const firstPending = list.querySelector(".line-pending");
           nodes.forEach((node) => list.insertBefore(node, firstPending));
           dedupeDays();
+          foldTail();
           if (document.hidden) {
             unseenWhileHidden += nodes.filter((n) => n.classList.contains("line")).length;
             document.title = `(${unseenWhileHidden}) ${baseTitle}`;
