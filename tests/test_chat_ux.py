@@ -546,3 +546,36 @@ def test_joins_arriving_live_fold_into_the_run_above(
     arrive(5, "erin2", "join")
     expect(page.locator("#chat-lines .line-join", has_text="erin2")).to_be_visible()
     expect(page.locator("#chat-lines .line-run")).to_have_count(1)
+
+
+@pytest.mark.browser
+def test_lines_arriving_while_the_tab_is_hidden_get_the_divider(
+    erin: User, erin_page: Page, asgi_server: AsgiServer
+) -> None:
+    from channels_app import events
+
+    server = _server(erin)
+    with switch(erin):
+        channel = Channel.objects.create(server=server, name="#away")
+        _say(channel, 0)
+    page = erin_page
+    page.goto(_url(asgi_server.url, channel))
+    expect(page.locator(".chat-live-status")).to_have_count(0)
+    expect(page.locator("#chat-unread")).to_have_count(0)
+    # The tab is left (another tab in front).
+    page.evaluate(
+        """() => {
+            Object.defineProperty(document, "hidden", {configurable: true, get: () => true});
+            document.dispatchEvent(new Event("visibilitychange"));
+        }"""
+    )
+    with switch(erin):
+        said = [_say(channel, n) for n in (1, 2)]
+    for message in said:
+        event = events.MessageEvent.of(message, server_id=server.pk, highlight=False)
+        events.redis_client().publish(
+            events.events_channel(erin.account_id), events.encode_event(event)
+        )
+    expect(page.locator(f"#m{said[1].pk}")).to_have_count(1)
+    expect(page.locator("#chat-unread + li")).to_have_attribute("data-id", str(said[0].pk))
+    expect(page.locator("#chat-unread")).to_have_count(1)

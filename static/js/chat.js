@@ -267,6 +267,7 @@
           nodes.forEach((node) => list.insertBefore(node, firstPending));
           dedupeDays();
           foldTail();
+          if (document.hidden) markUnseen(nodes);
           if (document.hidden) {
             unseenWhileHidden += nodes.filter((n) => n.classList.contains("line")).length;
             document.title = `(${unseenWhileHidden}) ${baseTitle}`;
@@ -297,7 +298,27 @@
     }).catch(() => {});
   }, 400);
 
+  // Lines that arrive while the tab is hidden get the "new messages" divider above the first
+  // of them, as a page opened later would; it moves on the next time the tab is left.
+  function markUnseen(nodes) {
+    if (document.getElementById("chat-unread")) return;
+    const first = nodes.find((n) => n.classList.contains("line") && !n.classList.contains("line-self")
+      && ["message", "action", "notice"].some((k) => n.classList.contains(`line-${k}`)));
+    if (!first || !first.isConnected) return;
+    const divider = document.createElement("li");
+    divider.className = "unread-divider";
+    divider.id = "chat-unread";
+    const label = document.createElement("span");
+    label.textContent = "New messages";
+    divider.append(label);
+    first.before(divider);
+  }
+
   document.addEventListener("visibilitychange", () => {
+    if (document.hidden) {
+      const old = document.getElementById("chat-unread");
+      if (old) old.remove();
+    }
     if (!document.hidden) {
       unseenWhileHidden = 0;
       document.title = baseTitle;
