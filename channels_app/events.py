@@ -17,6 +17,10 @@ Redis pub/sub, JSON payloads:
   {"type": "read", "channel_id": ..., "up_to": <Message.id>}   the web: a browser of the account
     marked the channel read up to that line (POST /chat/<id>/read/), so its other open tabs
     update their unread counts
+  {"type": "send_error", "server_id": ..., "cid": str, "reason": str}   the gateway: what a
+    browser sent (its `cid`, carried by SendCommand/RawCommand) was not sent, or the server
+    refused it (an error numeric naming its target or command soon after); the page shows the
+    reason next to the line, with a Retry
   Message events carry the Message.id as their SSE event id: ids only grow within an account
   (one gateway writes an account's lines), so a browser resumes with Last-Event-ID.
   EVENT_TYPES (what the SSE stream forwards) is derived from these classes.
@@ -24,8 +28,9 @@ Redis pub/sub, JSON payloads:
 - `GATEWAY_COMMANDS`: what the web asks the gateway to do; one dataclass per op
   (SendCommand, RawCommand, ServersChanged, SettingsChanged), `parse_command` the way back.
   {"op": "servers_changed", "account_id": ...}             added / edited / deleted a server
-  {"op": "send", "account_id", "server_id", "target", "text", "kind": "message"|"action"|"notice"}
-  {"op": "raw", "account_id", "server_id", "line"}          /quote and the other commands
+  {"op": "send", "account_id", "server_id", "target", "text", "kind": "message"|"action"|"notice",
+   "cid": the browser's id for the line, or ""}
+  {"op": "raw", "account_id", "server_id", "line", "cid"}   /quote and the other commands
   {"op": "settings_changed", "account_id": ...}            highlight words changed
 
   Commands travel sealed (publish_command / open_command): Fernet with the deployment's
@@ -41,6 +46,7 @@ Redis pub/sub, JSON payloads:
 import dataclasses
 import json
 import logging
+import re
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -184,8 +190,24 @@ class PreviewEvent:
     channel_id: int
 
 
+@dataclass(frozen=True, slots=True)
+class SendErrorEvent:
+    """What a browser sent (`cid`) was not sent, or the server refused it: `reason` says why."""
+
+    type: ClassVar[Literal["send_error"]] = "send_error"
+    server_id: int
+    cid: str
+    reason: str
+
+
 LiveEvent = (
-    MessageEvent | ChannelEvent | ServerStateEvent | NotificationEvent | ReadEvent | PreviewEvent
+    MessageEvent
+    | ChannelEvent
+    | ServerStateEvent
+    | NotificationEvent
+    | ReadEvent
+    | PreviewEvent
+    | SendErrorEvent
 )
 LIVE_EVENT_CLASSES: tuple[type[LiveEvent], ...] = (
     MessageEvent,
@@ -194,6 +216,7 @@ LIVE_EVENT_CLASSES: tuple[type[LiveEvent], ...] = (
     NotificationEvent,
     ReadEvent,
     PreviewEvent,
+    SendErrorEvent,
 )
 # What the SSE stream forwards to browsers (channels_app.sse).
 EVENT_TYPES: frozenset[str] = frozenset(cls.type for cls in LIVE_EVENT_CLASSES)
@@ -236,6 +259,7 @@ class SendCommand:
     target: str
     text: str
     kind: Literal["message", "action", "notice"] = "message"
+    cid: str = ""  # the browser's id for what it sent (send_error events name it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,6 +284,7 @@ class RawCommand:
     account_id: str
     server_id: int
     line: str
+    cid: str = ""  # as SendCommand.cid
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,10 +305,20 @@ class SettingsChanged:
 
 GatewayCommand = SendCommand | AgentSay | RawCommand | ServersChanged | SettingsChanged
 _SEND_KINDS = ("message", "action", "notice")
+_CID = re.compile(r"[A-Za-z0-9_-]{1,40}")
+
+
+def clean_cid(value: object) -> str:
+    """A browser's line id as it may travel: short, letters, digits, - and _; else ""."""
+    text = str(value or "")
+    return text if _CID.fullmatch(text) else ""
 
 
 def command_payload(command: GatewayCommand) -> dict[str, Any]:
-    return {"op": command.op, **dataclasses.asdict(command)}
+    payload = {"op": command.op, **dataclasses.asdict(command)}
+    if payload.get("cid") == "":
+        del payload["cid"]  # only an input from a page carries one
+    return payload
 
 
 def parse_command(payload: Mapping[str, Any]) -> GatewayCommand | None:
@@ -316,9 +351,15 @@ def parse_command(payload: Mapping[str, Any]) -> GatewayCommand | None:
                 target=str(payload["target"]),
                 text=str(payload["text"]),
                 kind=kind,  # type: ignore[arg-type]  # checked against _SEND_KINDS above
+                cid=clean_cid(payload.get("cid")),
             )
         if op == RawCommand.op:
-            return RawCommand(account_id=account_id, server_id=server_id, line=str(payload["line"]))
+            return RawCommand(
+                account_id=account_id,
+                server_id=server_id,
+                line=str(payload["line"]),
+                cid=clean_cid(payload.get("cid")),
+            )
     except (KeyError, TypeError, ValueError):
         return None
     return None

@@ -61,6 +61,10 @@ class Plan:
     close_buffer: bool = False  # delete the current conversation
     ask: str = ""  # "agent question": a run of one of the account's agents, answering here
     open_page: str = ""  # a page to show after sending (/list: the channel list)
+    # Channels being left (/part, /close): off the sidebar and autojoin at once.
+    leave: Sequence[str] = field(default_factory=list)
+    # Channels being joined (/join): the page opens the first once the gateway has it.
+    join: Sequence[str] = field(default_factory=list)
 
 
 # --- /ask -----------------------------------------------------------------------------------------
@@ -178,7 +182,7 @@ def _join(ctx: _Context, args: str) -> Plan:
         if key.startswith(":"):
             raise CommandError("A channel key cannot start with “:”.")
         line += f" {key}"
-    return Plan(commands=[ctx.raw(line)])
+    return Plan(commands=[ctx.raw(line)], join=names)
 
 
 def _part(ctx: _Context, args: str) -> Plan:
@@ -188,7 +192,7 @@ def _part(ctx: _Context, args: str) -> Plan:
         channel, reason = _channel(first, USAGE["part"]), rest.strip()
     else:
         channel, reason = ctx.here_channel("/part"), args
-    return Plan(commands=[ctx.raw(f"PART {channel}{_trailing(reason)}")])
+    return Plan(commands=[ctx.raw(f"PART {channel}{_trailing(reason)}")], leave=[channel])
 
 
 def _msg(ctx: _Context, args: str) -> Plan:
@@ -302,7 +306,7 @@ def _close(ctx: _Context, args: str) -> Plan:
     if args.strip():
         raise CommandError(f"/close takes no arguments. Usage: {USAGE['close']}")
     if ctx.channel.kind == Channel.Kind.CHANNEL:
-        return Plan(commands=[ctx.raw(f"PART {ctx.channel.name}")])
+        return Plan(commands=[ctx.raw(f"PART {ctx.channel.name}")], leave=[ctx.channel.name])
     if ctx.channel.kind == Channel.Kind.QUERY:
         return Plan(close_buffer=True)
     raise CommandError("The server buffer stays while the server does: remove the server instead.")

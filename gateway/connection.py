@@ -44,6 +44,9 @@ WANTED_CAPS = frozenset(
         "userhost-in-names",
         "cap-notify",
         "batch",
+        # The browser's id of a line (its cid) goes out as the line's label: the server's
+        # error for it comes back with the same label, however many lines went to that target.
+        "labeled-response",
         chathistory.CAP,
     }
 )
@@ -66,6 +69,10 @@ VERSION = "Palaver (hosted IRC client)"
 AGENT_TAG = "palaver/agent"
 # How long a line sent for an agent waits for its echo to be marked as the agent's.
 AGENT_ECHO_SECONDS = 60.0
+# How long after a line was sent an error numeric naming its target or command is taken to be
+# the server's answer to it (the browser shows it next to the line); how many are remembered.
+SEND_ERROR_SECONDS = 10.0
+RECENT_SENDS = 32
 
 
 REPLY_BUFFER_TAG = protocol.REPLY_BUFFER_TAG
@@ -154,7 +161,8 @@ class ConnectionLost(Exception):
 
 
 # A line the user sends: command, parameters, and what to do once it is on the wire.
-Outgoing = tuple[str, tuple[str, ...], Callable[[], None] | None]
+# command, parameters, what runs once it is on the wire, its tags (a label)
+Outgoing = tuple[str, tuple[str, ...], Callable[[], None] | None, dict[str, str] | None]
 
 
 class SendQueueFull(ValueError):
@@ -268,6 +276,15 @@ class IrcConnection:
         # (buffer to show it in, sentences so far). Made when first needed.
         self._channel_list: lists.ChannelList | None = None
         self._whois: dict[str, tuple[str, list[str]]] | None = None
+        # The browser's id of a line the user sent, for telling the page why it was refused:
+        # lines still in the outbox (cid -> how many), and those on the wire lately
+        # (deadline, cid, command, folded names the server's error may quote). The manager
+        # sets `on_send_error`; made on the first such line.
+        self.on_send_error: Callable[[str, str], None] | None = None
+        # labeled-response batches open now: reference -> label.
+        self._label_batches: dict[str, str] | None = None
+        self._waiting: dict[str, int] | None = None
+        self._recent_sends: collections.deque[tuple[float, str, str, frozenset[str]]] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -421,6 +438,7 @@ class IrcConnection:
 
     def _reset_session_state(self) -> None:
         self.nick = self.config.nick
+        self._label_batches = None
         self._nick_attempt = 0
         self.caps = set()
         self.isupport = {}
@@ -466,21 +484,101 @@ class IrcConnection:
 
     # -- sending -----------------------------------------------------------------------------
 
-    def _send(self, command: str, *params: str) -> None:
+    def _send(self, command: str, *params: str, tags: dict[str, str] | None = None) -> None:
         if self._writer is None:
             raise ConnectionLost("not connected")
-        self._writer.write(protocol.format_line(command, *params))
+        self._writer.write(protocol.format_line(command, *params, tags=tags))
 
-    def send_raw(self, text: str) -> None:
+    def send_raw(self, text: str, *, cid: str = "") -> None:
         """/quote: the user's own line. parse_line refuses LF and NUL, format_line CR, so it can
         never carry a second command."""
         self._require_registered()
         line = protocol.parse_line(text)
         self._before_raw(line)
-        self._send_paced(line.command, *line.params)
+        self._send_paced(
+            line.command,
+            *line.params,
+            after=self._track(cid, line.command, line.params),
+            tags=self._label(cid),
+        )
+
+    def _track(
+        self, cid: str, command: str, params: Sequence[str], then: Callable[[], None] | None = None
+    ) -> Callable[[], None] | None:
+        """What runs once a line the browser knows as `cid` is on the wire: it is remembered
+        for SEND_ERROR_SECONDS, so that an error numeric naming its target or command is told
+        to the page (`send_error_for`)."""
+        if not cid or self.on_send_error is None:
+            return then
+        if self._waiting is None:
+            self._waiting = {}
+        self._waiting[cid] = self._waiting.get(cid, 0) + 1
+        names = frozenset(
+            self._fold(name) for param in params[:2] for name in param.split(",") if name
+        )
+
+        def sent() -> None:
+            waiting = self._waiting
+            if waiting is not None and cid in waiting:
+                waiting[cid] -= 1
+                if waiting[cid] <= 0:
+                    del waiting[cid]
+            if self._recent_sends is None:
+                self._recent_sends = collections.deque(maxlen=RECENT_SENDS)
+            deadline = time.monotonic() + SEND_ERROR_SECONDS
+            self._recent_sends.append((deadline, cid, command.upper(), names))
+            if then is not None:
+                then()
+
+        return sent
+
+    def _label(self, cid: str) -> dict[str, str] | None:
+        """The label tag for a line the browser knows as `cid`, where the server answers labels
+        (IRCv3 labeled-response)."""
+        if cid and self.on_send_error is not None and "labeled-response" in self.caps:
+            return {"label": cid}
+        return None
+
+    def send_error_for(
+        self, code: str, params: Sequence[str], tags: dict[str, str] | None = None
+    ) -> bool:
+        """An error numeric (4xx/5xx) in answer to a line the browser sent is told to that
+        page: by the line's label (labeled-response: the tag on the reply, or on the
+        labeled-response batch holding it), else, from a server without labels, by naming the
+        target or command of a line sent lately (newest first). True when one matched."""
+        recent = self._recent_sends
+        if not recent or self.on_send_error is None or len(params) < 3:
+            return False
+        now = time.monotonic()
+        while recent and recent[0][0] < now:
+            recent.popleft()
+        named = params[1]
+        reason = f"{named}: {params[-1]}" if named else params[-1]
+        tags = tags or {}
+        label = tags.get("label") or (self._label_batches or {}).get(tags.get("batch", ""))
+        if label or "labeled-response" in self.caps:
+            # A server that labels: only a label says whose error it is.
+            for entry in recent:
+                if entry[1] == label:
+                    recent.remove(entry)
+                    self.on_send_error(entry[1], reason)
+                    return True
+            return False
+        folded = self._fold(named)
+        for entry in reversed(recent):
+            _, cid, command, names = entry
+            if folded in names or named.upper() == command:
+                recent.remove(entry)
+                self.on_send_error(cid, reason)
+                return True
+        return False
 
     def _send_paced(
-        self, command: str, *params: str, after: Callable[[], None] | None = None
+        self,
+        command: str,
+        *params: str,
+        after: Callable[[], None] | None = None,
+        tags: dict[str, str] | None = None,
     ) -> None:
         """Send what the user typed through the flood protection: a burst at once, then one
         line per interval, in order; `after` runs once the line is on the wire."""
@@ -491,7 +589,7 @@ class IrcConnection:
             raise SendQueueFull(
                 f"{len(self._outbox)} lines are already waiting to be sent to this server"
             )
-        self._outbox.append((command, params, after))
+        self._outbox.append((command, params, after, tags))
         if self._pump_task is None or self._pump_task.done():
             self._pump_task = asyncio.get_running_loop().create_task(
                 self._pump(self._outbox, self._send_bucket)
@@ -502,9 +600,9 @@ class IrcConnection:
             await bucket.acquire()
             if not outbox:
                 return  # the session ended meanwhile
-            command, params, after = outbox.popleft()
+            command, params, after, tags = outbox.popleft()
             try:
-                self._send(command, *params)
+                self._send(command, *params, tags=tags)
             except ConnectionLost:
                 return  # the session's end drops the rest
             if after is not None:
@@ -518,6 +616,11 @@ class IrcConnection:
         if self._outbox:
             self._server_line("system", f"Not sent (disconnected): {len(self._outbox)} lines.")
             self._outbox.clear()
+        if self._waiting:
+            for cid in self._waiting:
+                if self.on_send_error is not None:
+                    self.on_send_error(cid, "Not sent: the connection to the server was lost.")
+            self._waiting.clear()
 
     def _require_registered(self) -> None:
         # Nothing the user sends reaches the socket before the welcome (001): before it, a line
@@ -525,7 +628,9 @@ class IrcConnection:
         if not self.registered:
             raise ConnectionLost("not connected to the server yet (still registering)")
 
-    def say(self, target: str, text: str, kind: str = "message", *, agent: str = "") -> None:
+    def say(
+        self, target: str, text: str, kind: str = "message", *, agent: str = "", cid: str = ""
+    ) -> None:
         """Send a message, split to fit; stored now unless the server echoes it back.
 
         With `agent`, the words are that agent's, said through this connection (its presence
@@ -551,7 +656,13 @@ class IrcConnection:
             elif agent:
                 # The echo is what gets stored: it is marked when it comes back.
                 store = functools.partial(self._expect_agent_echo, target, chunk, agent)
-            self._send_paced(command, target, body, after=store)
+            self._send_paced(
+                command,
+                target,
+                body,
+                after=self._track(cid, command, [target], store),
+                tags=self._label(cid),
+            )
 
     def _split_for_send(
         self, command: str, target: str, text: str, kind: str, prefix: str = ""
@@ -776,6 +887,16 @@ class IrcConnection:
     def _on_batch(self, line: IrcLine) -> None:
         if self._backfill is not None:
             self._backfill.on_batch(line)
+        ref = line.params[0] if line.params else ""
+        if ref.startswith("+") and line.params[1:2] == ["labeled-response"]:
+            label = line.tags.get("label", "")
+            if label and self._recent_sends:  # only while a labeled line of ours is answered
+                if self._label_batches is None:
+                    self._label_batches = {}
+                if len(self._label_batches) < RECENT_SENDS:
+                    self._label_batches[ref[1:]] = label
+        elif ref.startswith("-") and self._label_batches:
+            self._label_batches.pop(ref[1:], None)
 
     def _on_fail(self, line: IrcLine) -> None:
         if self._backfill is not None:
@@ -904,6 +1025,9 @@ class IrcConnection:
             if self._backfill is not None:
                 self._backfill.on_refused(code)
         else:
+            if code[:1] in "45":
+                # Also told to the page that sent the line it refuses, next to that line.
+                self.send_error_for(code, params, line.tags)
             # Whois replies, errors, and the rest: readable in the server buffer.
             shown = " ".join(params[1:]) if len(params) > 1 else text
             self._server_line("system", shown, sender=line.source or "")

@@ -8,6 +8,7 @@ everything every RESYNC_SECONDS in case a command was missed.
 
 import asyncio
 import contextlib
+import functools
 import logging
 import re
 import ssl
@@ -208,7 +209,10 @@ class Gateway:
         self._stopping = False
         self.ready = asyncio.Event()
         self._subscribed = asyncio.Event()
-        self._states: asyncio.Queue[tuple[uuid.UUID, events.ServerStateEvent]] = asyncio.Queue()
+        # Server states, and send errors for the pages (events.SendErrorEvent), to publish.
+        self._states: asyncio.Queue[
+            tuple[uuid.UUID, events.ServerStateEvent | events.SendErrorEvent]
+        ] = asyncio.Queue()
 
     # -- running -----------------------------------------------------------------------------
 
@@ -424,10 +428,20 @@ class Gateway:
             highlight_words=lambda: self._highlight_words.get(account_id, ()),
             tls_context=self.tls_context,
         )
+        conn.on_send_error = functools.partial(self._send_error, account_id, config.server_id)
         self.connections[(account_id, config.server_id)] = conn
         conn.start()
 
-    def _report_state(self, account_id: uuid.UUID, event: events.ServerStateEvent) -> None:
+    def _send_error(self, account_id: uuid.UUID, server_id: int, cid: str, reason: str) -> None:
+        """Tell the page that sent `cid` why it was not sent (through the states' publisher,
+        which keeps the order and one Redis connection)."""
+        if cid:
+            event = events.SendErrorEvent(server_id=server_id, cid=cid, reason=reason)
+            self._states.put_nowait((account_id, event))
+
+    def _report_state(
+        self, account_id: uuid.UUID, event: events.ServerStateEvent | events.SendErrorEvent
+    ) -> None:
         # One publisher drains a queue: a task per state change overflowed Redis' connection
         # pool when thousands of connections changed state at once, and lost the events.
         self._states.put_nowait((account_id, event))
@@ -438,16 +452,18 @@ class Gateway:
             encoded = events.encode_event(event)
             try:
                 pipe = self._redis.pipeline(transaction=False)
-                pipe.set(events.server_state_key(account_id, event.server_id), encoded, ex=86400)
-                if event.error:
-                    last_error = events.encode(
-                        {"error": event.error, "at": datetime.now(UTC).isoformat()}
-                    )
-                    pipe.set(
-                        events.server_error_key(account_id, event.server_id),
-                        last_error,
-                        ex=7 * 86400,
-                    )
+                if isinstance(event, events.ServerStateEvent):
+                    key = events.server_state_key(account_id, event.server_id)
+                    pipe.set(key, encoded, ex=86400)
+                    if event.error:
+                        last_error = events.encode(
+                            {"error": event.error, "at": datetime.now(UTC).isoformat()}
+                        )
+                        pipe.set(
+                            events.server_error_key(account_id, event.server_id),
+                            last_error,
+                            ex=7 * 86400,
+                        )
                 pipe.publish(events.events_channel(account_id), encoded)
                 await pipe.execute()
             except Exception:
@@ -512,6 +528,11 @@ class Gateway:
             server_id = command.server_id
             conn = self.connections.get((account_id, server_id))
             if conn is None:
+                if await self._read_config(server_exists, account_id, server_id):
+                    self._send_error(
+                        account_id, server_id, command.cid,
+                        "Not sent: this server is not connected (is it enabled?).",
+                    )  # fmt: skip
                 return
             # What we hold in memory may be stale (a deletion whose notice was lost): the row
             # must exist in the account's schema now.
@@ -521,11 +542,12 @@ class Gateway:
                 return
             try:
                 if isinstance(command, events.SendCommand):
-                    conn.say(command.target, command.text, kind=command.kind)
+                    conn.say(command.target, command.text, kind=command.kind, cid=command.cid)
                 else:
-                    conn.send_raw(command.line)
+                    conn.send_raw(command.line, cid=command.cid)
             except (ConnectionLost, ParseError, ValueError, KeyError) as exc:
                 conn._server_line("system", f"Not sent: {exc}")
+                self._send_error(account_id, server_id, command.cid, f"Not sent: {exc}")
 
     async def _agent_say(self, account_id: uuid.UUID, command: events.AgentSay) -> None:
         """An agent's line: through its own connection, or through the user's (marked as the

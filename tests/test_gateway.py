@@ -385,3 +385,114 @@ def test_settings_reach_the_gateway_while_its_writer_is_busy_and_highlight(
         notified = list(Notification.objects.values_list("message__text", "kind"))
     assert notified == [("deploy done", "highlight")]
     assert stored[0].text == "deploy done"
+
+
+def _send_errors(pubsub: Any, want: int, timeout: float = 10) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and len(found) < want:
+        message = pubsub.get_message(timeout=0.2)
+        if message and message["type"] == "message":
+            event = json.loads(message["data"])
+            if event["type"] == "send_error":
+                found.append(event)
+    return found
+
+
+def test_a_refusal_is_told_to_the_page_that_sent_the_line(
+    alice: User, inspircd: IrcServer, irc_bot: Callable[..., IrcBot], run_gateway: Callable
+) -> None:
+    """An error numeric naming the target (or the command) of a line sent with a cid is
+    published as a send_error event with that cid; lines without a cid, and errors naming
+    something else, are not; a line the gateway cannot send is told too."""
+    channel = unique_channel()
+    server_id = add_server(alice, inspircd, channels=(channel,))
+    carol = irc_bot(inspircd, "carol")
+    carol.join(channel)  # +t: alice may not set the topic
+    pubsub = redis.Redis.from_url(settings.REDIS_URL).pubsub()
+    pubsub.subscribe(events.events_channel(alice.account.pk))
+    gateway = run_gateway()
+    carol.wait_for(r":alice_p!\S+ JOIN", timeout=15)
+    assert gateway.gateway is not None
+    command = {"account_id": str(alice.account.pk), "server_id": server_id}
+
+    def handle(**fields: Any) -> None:
+        gateway.call(gateway.gateway.handle_command({**command, **fields}))
+
+    # InspIRCd labels its answers (labeled-response): the error is the labeled line's even
+    # with a later line to the same target on its heels (naming the target alone would blame
+    # the newest, ok-0).
+    assert "labeled-response" in gateway.connection(alice, server_id).caps
+    handle(op="raw", line=f"TOPIC {channel} :mine now", cid="topic-1")
+    handle(op="send", target=channel, text="said right after", cid="ok-0")
+    handle(op="send", target="nobody_here", text="hello?", cid="msg-2")
+    handle(op="raw", line="FROBNICATE x", cid="cmd-3")
+    handle(op="raw", line=f"TOPIC {channel} :no cid")  # refused too, but no page waits
+    handle(op="send", target=channel, text="this one is fine", cid="ok-4")
+    carol.wait_for(r"PRIVMSG \S+ :this one is fine")
+    got = {e["cid"]: e for e in _send_errors(pubsub, 3)}
+    assert set(got) == {"topic-1", "msg-2", "cmd-3"}
+    assert got["topic-1"]["reason"].startswith(f"{channel}: ")
+    assert "op" in got["topic-1"]["reason"]
+    assert got["msg-2"]["reason"].startswith("nobody_here: ")
+    assert got["cmd-3"]["reason"].startswith("FROBNICATE: ")
+    assert all(e["server_id"] == server_id for e in got.values())
+    assert _send_errors(pubsub, 1, timeout=1) == []  # nothing for ok-4, nothing without a cid
+    # Still said in the server buffer, as before.
+    wait_until(lambda: messages(alice, channel__kind="server", text__contains="FROBNICATE"))
+
+    # A server id that is not the account's: nothing is said (not even that it is unknown).
+    gateway.call(gateway.gateway.handle_command(
+        {**command, "server_id": server_id + 1000, "op": "send", "target": channel,
+         "text": "x", "cid": "gone-5"}
+    ))  # fmt: skip
+    assert _send_errors(pubsub, 1, timeout=1) == []  # not this account's server: silent
+    pubsub.close()
+
+
+def test_a_line_sent_before_registration_is_told_to_the_page(
+    alice: User, run_gateway: Callable
+) -> None:
+    from tests.ircd import free_port
+
+    with switch(alice):
+        server = save_server(
+            account_id=alice.account_id,
+            server=Server(name="Down", host="127.0.0.1", port=free_port(), tls=False, nick="a"),
+            alt_nicks=[],
+            secrets={},
+        )
+    pubsub = redis.Redis.from_url(settings.REDIS_URL).pubsub()
+    pubsub.subscribe(events.events_channel(alice.account.pk))
+    gateway = run_gateway()
+    assert gateway.gateway is not None
+    wait_until(lambda: gateway.connection(alice, server.pk) is not None)
+    gateway.call(gateway.gateway.handle_command(
+        {"account_id": str(alice.account.pk), "server_id": server.pk, "op": "send",
+         "target": "#x", "text": "hello", "cid": "early-1"}
+    ))  # fmt: skip
+    (event,) = _send_errors(pubsub, 1)
+    assert event["cid"] == "early-1"
+    assert "not connected" in event["reason"]
+    pubsub.close()
+
+
+def test_without_labels_an_error_goes_to_the_line_that_named_its_target(
+    alice: User, miniircd: IrcServer, run_gateway: Callable
+) -> None:
+    """A server without labeled-response (miniircd): the error numeric naming a line's target
+    or command within SEND_ERROR_SECONDS is that line's."""
+    server_id = add_server(alice, miniircd)
+    pubsub = redis.Redis.from_url(settings.REDIS_URL).pubsub()
+    pubsub.subscribe(events.events_channel(alice.account.pk))
+    gateway = run_gateway()
+    wait_until(lambda: gateway.connection(alice, server_id).state == "connected")
+    assert "labeled-response" not in gateway.connection(alice, server_id).caps
+    assert gateway.gateway is not None
+    command = {"account_id": str(alice.account.pk), "server_id": server_id}
+    gateway.call(gateway.gateway.handle_command(
+        {**command, "op": "send", "target": "nobody_here", "text": "hi", "cid": "nick-1"}
+    ))  # fmt: skip
+    (event,) = _send_errors(pubsub, 1)
+    assert event["cid"] == "nick-1" and event["reason"].startswith("nobody_here: ")
+    pubsub.close()

@@ -65,6 +65,7 @@ def test_the_fields_chat_js_reads_are_on_the_wire() -> None:
         events.NotificationEvent(id=1, message_id=1, kind="private"),
         events.ReadEvent(channel_id=1, up_to=1),
         events.PreviewEvent(message_id=1, channel_id=1),
+        events.SendErrorEvent(server_id=1, cid="c1", reason="#c: You're not channel operator"),
     ]  # fmt: skip
     sent = {field for sample in samples for field in wire(sample)}
     assert read <= sent, f"chat.js reads fields no event sends: {read - sent}"
@@ -75,8 +76,14 @@ def test_the_fields_chat_js_reads_are_on_the_wire() -> None:
 def test_the_stream_forwards_exactly_the_typed_events() -> None:
     assert sse.EVENT_TYPES is events.EVENT_TYPES
     assert {
-        "message", "channel", "server_state", "notification", "read", "preview"
-    } == events.EVENT_TYPES  # fmt: skip
+        "message",
+        "channel",
+        "server_state",
+        "notification",
+        "read",
+        "preview",
+        "send_error",
+    } == events.EVENT_TYPES
 
 
 def test_a_replayed_row_is_the_same_event_as_the_stored_line() -> None:
@@ -96,6 +103,9 @@ def test_a_replayed_row_is_the_same_event_as_the_stored_line() -> None:
           "kind": "action"}),
         (events.RawCommand(account_id=ACCOUNT, server_id=4, line="JOIN #c"),
          {"op": "raw", "account_id": ACCOUNT, "server_id": 4, "line": "JOIN #c"}),
+        (events.RawCommand(account_id=ACCOUNT, server_id=4, line="TOPIC #c :x", cid="c1-x_"),
+         {"op": "raw", "account_id": ACCOUNT, "server_id": 4, "line": "TOPIC #c :x",
+          "cid": "c1-x_"}),
         (events.ServersChanged(account_id=ACCOUNT),
          {"op": "servers_changed", "account_id": ACCOUNT}),
         (events.SettingsChanged(account_id=ACCOUNT),
@@ -131,3 +141,13 @@ def test_a_send_without_a_kind_is_a_message() -> None:
         {"op": "send", "account_id": ACCOUNT, "server_id": 1, "target": "#c", "text": "x"}
     )
     assert command == events.SendCommand(account_id=ACCOUNT, server_id=1, target="#c", text="x")
+
+
+@pytest.mark.parametrize("cid", ["", "a b", "x" * 41, "<img>", "c\n1", None])
+def test_a_command_with_a_malformed_cid_parses_without_one(cid: object) -> None:
+    """The cid goes back to the browser in a send_error event: only a short token passes."""
+    payload = {"op": "send", "account_id": ACCOUNT, "server_id": 4, "target": "#c",
+               "text": "hi", "cid": cid}  # fmt: skip
+    command = events.parse_command(payload)
+    assert isinstance(command, events.SendCommand)
+    assert command.cid == ""

@@ -12,7 +12,17 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
 
-from django.db.models import Count, Exists, F, IntegerField, OuterRef, QuerySet, Subquery, Value
+from django.db.models import (
+    Count,
+    Exists,
+    F,
+    IntegerField,
+    OuterRef,
+    Q,
+    QuerySet,
+    Subquery,
+    Value,
+)
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
@@ -352,11 +362,24 @@ def buffers_with_counts() -> QuerySet[Channel]:
     ).order_by("name")
 
 
-def sidebar(account_id: uuid.UUID) -> list[ServerEntry]:
+def listed_buffers() -> QuerySet[Channel]:
+    """The buffers the sidebar lists: every conversation and server buffer, and the channels
+    we sit in. A channel left with /part or /close (autojoin off: the gateway stores that when
+    the server confirms the PART, the web when it is asked) stays on the server's page and in
+    the search, not here."""
+    return Channel.objects.exclude(kind=Channel.Kind.CHANNEL, autojoin=False)
+
+
+def sidebar(account_id: uuid.UUID, *, open_channel_id: int | None = None) -> list[ServerEntry]:
+    """Servers with their listed buffers (and the open one, even when left: it is on screen)."""
     servers = list(Server.objects.order_by("name"))
     states = server_states(account_id, [s.pk for s in servers])
     entries = {s.pk: ServerEntry(server=s, state=states.get(s.pk, NOT_CONNECTED)) for s in servers}
-    for channel in buffers_with_counts():
+    shown = Q(kind=Channel.Kind.CHANNEL, autojoin=False)
+    buffers = buffers_with_counts().exclude(
+        shown & ~Q(pk=open_channel_id) if open_channel_id else shown
+    )
+    for channel in buffers:
         entry = entries.get(channel.server_id)
         if entry is None:
             continue

@@ -2,7 +2,9 @@
 channels_app.slash_commands makes) and how far they have read."""
 
 import contextlib
+import dataclasses
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -13,7 +15,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from channels_app import slash_commands
-from channels_app.events import ReadEvent, publish_command, publish_event_on_commit
+from channels_app.events import ReadEvent, clean_cid, publish_command, publish_event_on_commit
 from channels_app.models import Channel, Notification
 from channels_app.services.servers import delete_channel, save_channel
 from channels_app.slash_commands import CommandError
@@ -22,7 +24,8 @@ from channels_app.slash_commands import CommandError
 @dataclass(frozen=True)
 class Outcome:
     open_channel: Channel | None = None  # the buffer to show next
-    closed: bool = False  # the current buffer is gone
+    closed: bool = False  # the current buffer is gone (or left)
+    join: tuple[str, ...] = ()  # channels asked to join: the page opens the first one
     open_page: str = ""  # a page to show (/list)
 
 
@@ -81,9 +84,13 @@ def take_send_allowance(*, account_id: str, lines: int) -> None:
         )
 
 
-def send_input(*, account_id: uuid.UUID | str, channel: Channel, text: str) -> Outcome:
+def send_input(
+    *, account_id: uuid.UUID | str, channel: Channel, text: str, cid: str = ""
+) -> Outcome:
     """Carry out what was typed into `channel`'s input. Raises CommandError, and sends and
     changes nothing, when it cannot be done; a Redis error when the gateway cannot be told.
+    `cid` is the browser's id for this input: the gateway names it in a send_error event when
+    a line of it is not sent or the server refuses it.
 
     Not one transaction: /query's buffer is created (and committed) before its first line goes
     to the gateway, as the gateway stores the echo of that line in it."""
@@ -99,9 +106,29 @@ def send_input(*, account_id: uuid.UUID | str, channel: Channel, text: str) -> O
     opened: Channel | None = None
     if plan.open_query:
         opened = open_query(account_id=account_id, channel=channel, nick=plan.open_query)
+    cid = clean_cid(cid)
     for command in plan.commands:
-        publish_command(command)
+        publish_command(dataclasses.replace(command, cid=cid) if cid else command)
     if plan.close_buffer:
         delete_channel(account_id=account_id, channel=channel)
         return Outcome(closed=True)
-    return Outcome(open_channel=opened, open_page=plan.open_page)
+    left = leave_channels(server_id=channel.server_id, names=plan.leave)
+    if channel.pk in left:
+        return Outcome(closed=True)
+    return Outcome(open_channel=opened, join=tuple(plan.join), open_page=plan.open_page)
+
+
+def leave_channels(*, server_id: int, names: Sequence[str]) -> set[int]:
+    """The channels named are being left: off the sidebar and autojoin now, before the server
+    confirms (the gateway stores the same when the PART comes back). The gateway is not told:
+    the PART itself is on its way, and a changed autojoin would make it part a second time.
+    Returns the ids of the channels changed."""
+    if not names:
+        return set()
+    query = Q()
+    for name in names:
+        query |= Q(name__iexact=name)
+    rows = Channel.objects.filter(query, server_id=server_id, kind=Channel.Kind.CHANNEL)
+    ids = set(rows.values_list("pk", flat=True))
+    Channel.objects.filter(pk__in=ids).update(autojoin=False)
+    return ids

@@ -79,10 +79,21 @@ def _own_nick_for(request: HttpRequest, channel: Channel) -> str:
     return state.nick or channel.server.nick
 
 
+def _time_format(request: HttpRequest) -> str:
+    """The account's "24h" or "12h" (selectors.settings.time_format), once per request."""
+    from channels_app.templatetags.chat_lines import request_time_format
+
+    return request_time_format({"request": request})
+
+
 def _sidebar_context(request: HttpRequest, open_channel: Channel | None) -> dict[str, Any]:
     return {
-        "servers": selectors.sidebar(request.user.account_id),  # type: ignore[union-attr]
+        "servers": selectors.sidebar(
+            request.user.account_id,  # type: ignore[union-attr]
+            open_channel_id=open_channel.pk if open_channel else None,
+        ),
         "open_channel_id": open_channel.pk if open_channel else None,
+        "time_format": _time_format(request),
     }
 
 
@@ -91,9 +102,10 @@ def index(request: HttpRequest) -> HttpResponse:
     """Back to the buffer last open, else the first one; a page that says what to do when
     there is none yet."""
     last = request.session.get(LAST_CHANNEL_KEY)
-    channel = Channel.objects.filter(pk=last).first() if isinstance(last, int) else None
+    listed = selectors.listed_buffers()
+    channel = listed.filter(pk=last).first() if isinstance(last, int) else None
     if channel is None:
-        channel = Channel.objects.order_by("server__name", "kind", "name").first()
+        channel = listed.order_by("server__name", "kind", "name").first()
     if channel is not None:
         return HttpResponseRedirect(reverse("chat:channel", args=[channel.pk]))
     return render(request, "channels_app/chat.html", _sidebar_context(request, None))
@@ -141,6 +153,9 @@ def channel_page(request: HttpRequest, channel_id: int) -> HttpResponse:
             "own_nick_class": f"nick-c{selectors.nick_colour(own_nick)}",
             "lines": selectors.lines(messages, own_nick=own_nick),
             "has_older": has_older,
+            # The "new messages" divider: above the first line said after the read marker as
+            # it was before this page (the page moves the marker once it shows the lines).
+            "unread_after": channel.last_read_message_id,
             # Not the latest lines: live lines are not appended below them.
             "has_newer": has_newer,
             "target_id": around,
@@ -170,6 +185,7 @@ def history(request: HttpRequest, channel_id: int) -> HttpResponse:
             "channel": channel,
             "lines": selectors.lines(page.messages, own_nick=_own_nick_for(request, channel)),
             "has_older": page.has_older,
+            "time_format": _time_format(request),
         },
     )
 
@@ -198,6 +214,7 @@ def lines_after(request: HttpRequest, channel_id: int) -> HttpResponse:
                 own_nick=_own_nick_for(request, channel),
             ),
             "has_older": False,
+            "time_format": _time_format(request),
         },
     )
     response["X-More-Lines"] = "1" if more else "0"
@@ -232,13 +249,18 @@ def sidebar(request: HttpRequest) -> HttpResponse:
 @login_required
 def send(request: HttpRequest, channel_id: int) -> HttpResponse:
     """What was typed into the input: 204 when it went to the gateway (with HX-Redirect when
-    another buffer should open), 400 and an error fragment when nothing was sent."""
+    another buffer should open, X-Join naming a channel being joined), 400 and an error
+    fragment when nothing was sent. `cid`, the page's id for the input, comes back in a
+    send_error event if the gateway could not send it or the server refused it."""
     channel = _channel_or_404(channel_id)
     if request.method != "POST":
         return HttpResponseNotAllowed(["POST"])
     text = request.POST.get("text", "")
+    cid = request.POST.get("cid", "")
     try:
-        outcome = services.send_input(account_id=_account_id(request), channel=channel, text=text)
+        outcome = services.send_input(
+            account_id=_account_id(request), channel=channel, text=text, cid=cid
+        )
     except CommandError as exc:
         return _input_error(request, str(exc))
     except Exception as exc:
@@ -253,6 +275,9 @@ def send(request: HttpRequest, channel_id: int) -> HttpResponse:
     elif outcome.closed:
         request.session.pop(LAST_CHANNEL_KEY, None)
         response["HX-Redirect"] = reverse("chat:index")
+    elif outcome.join:
+        # The page opens the channel once the gateway has joined it (it is in the sidebar).
+        response["X-Join"] = outcome.join[0]
     return response
 
 

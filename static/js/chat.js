@@ -133,6 +133,74 @@
     });
   }
 
+  // --- joins, parts and quits arriving live fold like the rendered ones ------------------------
+  // (channels_app/templatetags/chat_lines.py folds a page's runs; a live line may extend the run
+  // above it, so the run at the bottom is rebuilt from its lines.)
+  const RUN_KINDS = ["join", "part", "quit"];
+  const RUN_VERBS = { join: "joined", part: "left", quit: "quit" };
+  const runKind = (li) => RUN_KINDS.find((k) => li.classList.contains(`line-${k}`));
+
+  function foldTail() {
+    if (!list) return;
+    const group = [];
+    let head = null;
+    for (let li = list.lastElementChild; li; li = li.previousElementSibling) {
+      if (li.classList.contains("line-pending")) continue;
+      if (li.classList.contains("line-run")) { head = li; continue; }
+      if (!runKind(li) || !li.dataset.id) break;
+      group.unshift(li);
+    }
+    if (group.length < 2) return;
+    const open = head && head.querySelector(".run-toggle").getAttribute("aria-expanded") === "true";
+    const runId = `run-${group[0].dataset.id}`;
+    const byKind = new Map();
+    group.forEach((li) => {
+      const kind = runKind(li);
+      const nick = li.querySelector(".text .nick");
+      if (!byKind.has(kind)) byKind.set(kind, new Map());
+      const names = byKind.get(kind);
+      if (nick && !names.has(nick.textContent.toLowerCase())) names.set(nick.textContent.toLowerCase(), nick);
+    });
+    const summary = document.createElement("span");
+    summary.className = "run-summary";
+    let firstPart = true;
+    byKind.forEach((names, kind) => {
+      if (!firstPart) summary.append("; ");
+      firstPart = false;
+      const shown = Array.from(names.values());
+      shown.slice(0, 6).forEach((nick, n) => {
+        if (n) summary.append(", ");
+        summary.append(nick.cloneNode(true));
+      });
+      if (shown.length > 6) summary.append(` and ${shown.length - 6} others`);
+      summary.append(` ${RUN_VERBS[kind]}`);
+    });
+    const toggle = document.createElement("button");
+    toggle.type = "button";
+    toggle.className = "run-toggle";
+    toggle.dataset.run = runId;
+    toggle.setAttribute("aria-expanded", String(Boolean(open)));
+    toggle.textContent = open ? "hide" : `show ${group.length} lines`;
+    const li = document.createElement("li");
+    li.className = "line line-run";
+    li.id = runId;
+    li.dataset.day = group[0].dataset.day || "";
+    const sender = document.createElement("span");
+    sender.className = "sender";
+    sender.textContent = "⇄";
+    const text = document.createElement("span");
+    text.className = "text";
+    text.append(summary, " ", toggle);
+    li.append(group[0].querySelector("time").cloneNode(true), sender, text);
+    if (head) head.remove();
+    group[0].before(li);
+    group.forEach((line) => {
+      line.classList.add("in-run");
+      line.dataset.run = runId;
+      line.hidden = !open;
+    });
+  }
+
   // --- scrollback: older pages by keyset, when the top comes into view ---------------------------
   let loadingOlder = false;
   async function loadOlder(link) {
@@ -198,6 +266,8 @@
           const firstPending = list.querySelector(".line-pending");
           nodes.forEach((node) => list.insertBefore(node, firstPending));
           dedupeDays();
+          foldTail();
+          if (document.hidden) markUnseen(nodes);
           if (document.hidden) {
             unseenWhileHidden += nodes.filter((n) => n.classList.contains("line")).length;
             document.title = `(${unseenWhileHidden}) ${baseTitle}`;
@@ -228,7 +298,27 @@
     }).catch(() => {});
   }, 400);
 
+  // Lines that arrive while the tab is hidden get the "new messages" divider above the first
+  // of them, as a page opened later would; it moves on the next time the tab is left.
+  function markUnseen(nodes) {
+    if (document.getElementById("chat-unread")) return;
+    const first = nodes.find((n) => n.classList.contains("line") && !n.classList.contains("line-self")
+      && ["message", "action", "notice"].some((k) => n.classList.contains(`line-${k}`)));
+    if (!first || !first.isConnected) return;
+    const divider = document.createElement("li");
+    divider.className = "unread-divider";
+    divider.id = "chat-unread";
+    const label = document.createElement("span");
+    label.textContent = "New messages";
+    divider.append(label);
+    first.before(divider);
+  }
+
   document.addEventListener("visibilitychange", () => {
+    if (document.hidden) {
+      const old = document.getElementById("chat-unread");
+      if (old) old.remove();
+    }
     if (!document.hidden) {
       unseenWhileHidden = 0;
       document.title = baseTitle;
@@ -237,13 +327,28 @@
   });
 
   // --- what you send appears at once, until the server's copy arrives --------------------------
-  function addPending(text) {
-    if (!list || !form) return;
+  // Each input sent carries an id (cid) of this page's making; the gateway names it in a
+  // send_error event when a line of it could not be sent or the server refused it, and the
+  // reason is shown here, next to the line, with a Retry.
+  const sentInputs = new Map(); // cid -> the text sent, for a Retry
+  const newCid = () => `c${Date.now().toString(36)}${Math.random().toString(36).slice(2, 8)}`;
+
+  function clockText(date, withSeconds = false) {
+    let minutes = String(date.getMinutes()).padStart(2, "0");
+    if (withSeconds) minutes += `:${String(date.getSeconds()).padStart(2, "0")}`;
+    if (data.timeFormat === "12h") {
+      return `${date.getHours() % 12 || 12}:${minutes} ${date.getHours() < 12 ? "AM" : "PM"}`;
+    }
+    return `${String(date.getHours()).padStart(2, "0")}:${minutes}`;
+  }
+
+  function addPending(text, cid, command = false) {
+    if (!list || !form) return null;
     const li = document.createElement("li");
-    li.className = "line line-message line-pending";
+    li.className = `line ${command ? "line-command" : "line-message"} line-pending`;
+    if (cid) li.dataset.cid = cid;
     const time = document.createElement("time");
-    const now = new Date();
-    time.textContent = `${String(now.getHours()).padStart(2, "0")}:${String(now.getMinutes()).padStart(2, "0")}`;
+    time.textContent = clockText(new Date());
     const sender = document.createElement("span");
     sender.className = "sender";
     const nick = document.createElement("span");
@@ -254,14 +359,74 @@
     body.className = "text";
     body.textContent = text;
     li.append(time, sender, body);
+    const empty = document.getElementById("chat-empty");
+    if (empty) empty.remove();
     list.append(li);
     scrollToBottom();
-    setTimeout(() => { if (li.isConnected) li.classList.add("line-unconfirmed"); }, 20000);
+    if (command) {
+      // A command has no line of its own to wait for: it shows while the server may refuse it.
+      setTimeout(() => { if (li.isConnected && !li.classList.contains("line-failed")) li.remove(); }, 8000);
+    } else {
+      setTimeout(() => {
+        if (li.isConnected && !li.classList.contains("line-failed")) {
+          li.classList.add("line-unconfirmed");
+          failLine(li, "No word from the server yet: it may not have been sent.", false);
+        }
+      }, 20000);
+    }
+    return li;
   }
 
   function confirmPending() {
-    const pending = list && list.querySelector(".line-pending");
+    // The oldest line still waiting, or one given up on ("no word yet") that arrived late.
+    const pending = list && list.querySelector(
+      ".line-pending.line-message:not(.line-failed), .line-pending.line-message.line-unconfirmed",
+    );
     if (pending) pending.remove();
+  }
+
+  // The reason next to the line, a Retry (sends the same input again) and a Dismiss.
+  function failLine(li, reason, announce = true) {
+    li.classList.add("line-failed");
+    let note = li.querySelector(".line-error");
+    if (!note) {
+      note = document.createElement("span");
+      note.className = "line-error";
+      const why = document.createElement("span");
+      why.className = "line-error-reason";
+      if (announce) why.setAttribute("role", "alert");
+      const retry = document.createElement("button");
+      retry.type = "button";
+      retry.className = "button small line-retry";
+      retry.textContent = "Retry";
+      retry.addEventListener("click", () => {
+        const text = sentInputs.get(li.dataset.cid) ?? li.querySelector(".text").textContent;
+        list.querySelectorAll(`[data-cid="${CSS.escape(li.dataset.cid || "")}"]`).forEach((n) => n.remove());
+        li.remove();
+        sendText(text);
+        if (input) input.focus();
+      });
+      const dismiss = document.createElement("button");
+      dismiss.type = "button";
+      dismiss.className = "button secondary small line-dismiss";
+      dismiss.textContent = "Dismiss";
+      dismiss.addEventListener("click", () => { li.remove(); if (input) input.focus(); });
+      note.append(why, retry, dismiss);
+      li.append(note);
+    }
+    note.querySelector(".line-error-reason").textContent = reason;
+  }
+
+  function showSendError(payload) {
+    const cid = String(payload.cid || "");
+    if (!cid || !sentInputs.has(cid) || !list) return;
+    const lines = list.querySelectorAll(`.line-pending[data-cid="${CSS.escape(cid)}"]`);
+    let li = lines[lines.length - 1];
+    if (!li) li = addPending(sentInputs.get(cid), cid, true);
+    if (!li) return;
+    li.classList.remove("line-unconfirmed"); // a reason now: not to be taken for the echo
+    failLine(li, String(payload.reason || "Not sent."));
+    scrollToBottom();
   }
 
   // --- sidebar: counts, states, refreshes ------------------------------------------------------
@@ -299,7 +464,7 @@
       if (payload.error) text += `: ${payload.error}`;
       if (payload.next_retry) {
         const when = new Date(payload.next_retry);
-        if (!Number.isNaN(when.getTime())) text += ` · retrying at ${when.toLocaleTimeString()}`;
+        if (!Number.isNaN(when.getTime())) text += ` · retrying at ${clockText(when, true)}`;
       }
       return text;
     }
@@ -443,6 +608,7 @@
       else if (!sidebarLink(payload.channel_id)) refreshSidebar();
     });
     source.addEventListener("server_state", (event) => showServerState(JSON.parse(event.data)));
+    source.addEventListener("send_error", (event) => showSendError(JSON.parse(event.data)));
     // This account read a channel in some tab: its unread and highlight counts changed.
     source.addEventListener("read", () => {
       refreshSidebar();
@@ -552,33 +718,71 @@
     errorBox.replaceChildren(...parseFragment(html));
   }
 
-  async function submit() {
-    const text = input.value;
-    if (!text.trim()) return;
+  // Opening a channel being joined: once it is in the sidebar (the gateway stored the join).
+  function openWhenJoined(name) {
+    const wanted = name.toLowerCase();
+    const find = () => Array.from(document.querySelectorAll(`.chat-server[data-server-id="${serverId}"] a[data-channel-id]`))
+      .find((a) => (a.dataset.name || "").toLowerCase() === wanted);
+    const deadline = Date.now() + 15000;
+    const check = () => {
+      const link = find();
+      if (link) { location.assign(link.href); return; }
+      if (Date.now() < deadline) { refreshSidebar(); setTimeout(check, 500); }
+    };
+    check();
+  }
+
+  async function sendText(text) {
+    if (!text.trim()) return false;
+    const cid = newCid();
     const body = new FormData(form);
+    body.set("text", text);
+    body.set("cid", cid);
+    // Shown (and its cid known) before the POST: the gateway's send_error can arrive on the
+    // stream before the POST's answer does.
+    sentInputs.set(cid, text);
+    if (sentInputs.size > 50) sentInputs.delete(sentInputs.keys().next().value);
+    const lines = text.split(/\r\n|\r|\n/).filter((l) => l.trim());
+    const isCommand = lines.length === 1 && lines[0].startsWith("/") && !lines[0].startsWith("//");
+    let pending = [];
+    if (isCommand) pending = [addPending(lines[0], cid, true)];
+    else if (live) pending = lines.map((l) => addPending(l.startsWith("//") ? l.slice(1) : l, cid));
+    const unsent = () => {
+      sentInputs.delete(cid);
+      pending.forEach((li) => { if (li) li.remove(); });
+    };
     let response;
     try {
       response = await post(form.action, body);
     } catch {
+      unsent();
       errorBox.textContent = "Could not reach Palaver; nothing was sent.";
-      return;
+      return false;
     }
     if (response.status === 204) {
       errorBox.replaceChildren();
-      rememberInput(text);
-      setInput("");
       const redirect = response.headers.get("HX-Redirect");
-      if (redirect) { location.assign(redirect); return; }
-      const lines = text.split(/\r\n|\r|\n/).filter((l) => l.trim());
-      const isCommand = lines.length === 1 && lines[0].startsWith("/") && !lines[0].startsWith("//");
-      if (!isCommand && live) lines.forEach((l) => addPending(l.startsWith("//") ? l.slice(1) : l));
-      return;
+      if (redirect) { location.assign(redirect); return true; }
+      const join = response.headers.get("X-Join");
+      if (join) openWhenJoined(join);
+      return true;
     }
+    unsent();
     if (response.status === 403) {
       errorBox.textContent = "Your session has ended; reload the page to sign in again.";
-      return;
+      return false;
     }
     showError(await response.text());
+    return false;
+  }
+
+  async function submit() {
+    const text = input.value;
+    if (!text.trim()) return;
+    if (await sendText(text)) {
+      rememberInput(text);
+      if (input.value === text) setInput("");
+    }
   }
 
   if (form && input) {
@@ -610,13 +814,29 @@
     });
   }
 
+  // --- runs of joins, parts and quits: one summary line, the lines on demand -------------------
+  if (list) list.addEventListener("click", (event) => {
+    const toggle = event.target.closest(".run-toggle");
+    if (!toggle) return;
+    const open = toggle.getAttribute("aria-expanded") !== "true";
+    toggle.setAttribute("aria-expanded", String(open));
+    list.querySelectorAll(`.in-run[data-run="${CSS.escape(toggle.dataset.run)}"]`).forEach((li) => { li.hidden = !open; });
+    toggle.textContent = open ? "hide" : `show ${list.querySelectorAll(`.in-run[data-run="${CSS.escape(toggle.dataset.run)}"]`).length} lines`;
+  });
+
   // --- start -----------------------------------------------------------------------------------
   const target = data.targetId && document.getElementById(`m${Number(data.targetId)}`);
+  const unreadDivider = document.getElementById("chat-unread");
   if (target) {
     target.classList.add("line-target");
     target.scrollIntoView({ block: "center" });
   } else {
     scrollToBottom();
+    // More unread than fits: the first of them at the top, not the last at the bottom.
+    if (unreadDivider) {
+      const top = unreadDivider.getBoundingClientRect().top - list.getBoundingClientRect().top;
+      if (top < 0) list.scrollTop += top - 8;
+    }
   }
   watchOlder();
   setUpNotifyButton();
