@@ -93,33 +93,6 @@
     return max;
   }
 
-  // --- panels on small screens -----------------------------------------------------------------
-  document.querySelectorAll(".chat-toggle[data-toggle]").forEach((button) => {
-    button.addEventListener("click", (event) => {
-      event.stopPropagation();
-      const name = button.dataset.toggle;
-      const open = !root.classList.contains(`show-${name}`);
-      root.classList.remove("show-sidebar", "show-members");
-      document.querySelectorAll(".chat-toggle[data-toggle]").forEach((b) => b.setAttribute("aria-expanded", "false"));
-      if (open) {
-        root.classList.add(`show-${name}`);
-        button.setAttribute("aria-expanded", "true");
-      }
-    });
-  });
-  document.addEventListener("click", (event) => {
-    if (!event.target.closest(".chat-sidebar, .chat-members, .chat-toggle")) {
-      root.classList.remove("show-sidebar", "show-members");
-    }
-  });
-  document.addEventListener("keydown", (event) => {
-    if (event.key === "Escape") root.classList.remove("show-sidebar", "show-members");
-  });
-  const topic = document.getElementById("chat-topic");
-  if (topic) topic.addEventListener("click", (event) => {
-    if (!event.target.closest("a")) topic.classList.toggle("expanded");
-  });
-
   // --- day separators: one per day, also where an older page meets the one below it -------------
   function dedupeDays() {
     if (!list) return;
