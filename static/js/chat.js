@@ -116,7 +116,10 @@
       const { html } = await getFragment(link.dataset.olderUrl);
       const before = list.scrollHeight - list.scrollTop;
       const nodes = parseFragment(html);
+      // The link goes away with its holder: focus on it would fall to <body>; keep it in the list.
+      const hadFocus = holder.contains(document.activeElement);
       holder.replaceWith(...nodes);
+      if (hadFocus) list.focus({ preventScroll: true });
       dedupeDays();
       list.scrollTop = list.scrollHeight - before;
       watchOlder();
@@ -504,7 +507,15 @@
       completion = { start, end: caret, options, index: -1, atStart: start === 0 };
     }
     const c = completion;
-    c.index = (c.index + (backwards ? -1 : 1) + c.options.length) % c.options.length;
+    // Past the last candidate (or the first, backwards), Tab moves focus on as usual: completion
+    // never traps the keyboard in the input.
+    if (c.index === -1) {
+      c.index = backwards ? c.options.length - 1 : 0;
+    } else {
+      const next = c.index + (backwards ? -1 : 1);
+      if (next < 0 || next >= c.options.length) { completion = null; return false; }
+      c.index = next;
+    }
     const choice = c.options[c.index];
     const isNick = !choice.startsWith("/") && !choice.startsWith("#");
     const suffix = c.atStart && isNick ? ": " : " ";
