@@ -122,7 +122,7 @@ def test_drawers_open_take_focus_and_close_every_way(
 ) -> None:
     page, world, _ = phone
     sidebar = page.locator("#chat-sidebar-drawer")
-    toggle = page.get_by_role("button", name="Servers and channels")
+    toggle = page.get_by_role("button", name="Servers and channels", exact=True)
     backdrop = page.locator("#drawer-backdrop")
     expect(sidebar).to_be_hidden()
     expect(backdrop).to_be_hidden()

@@ -93,10 +93,27 @@
     });
   });
   if (backdrop) backdrop.addEventListener("click", () => close());
+  const FOCUSABLE = "a[href], button:not([disabled]), input:not([disabled]), select, textarea, [tabindex]:not([tabindex='-1'])";
   document.addEventListener("keydown", (event) => {
-    if (event.key === "Escape" && current) {
+    if (!current) return;
+    if (event.key === "Escape") {
       event.preventDefault();
       close();
+    } else if (event.key === "Tab") {
+      // Tab goes round inside the open drawer (the page behind it is inert).
+      const stops = Array.from(current.drawer.querySelectorAll(FOCUSABLE))
+        .filter((el) => !el.hidden && el.getClientRects().length);
+      if (!stops.length) return;
+      const first = stops[0];
+      const last = stops[stops.length - 1];
+      const inside = current.drawer.contains(document.activeElement);
+      if (event.shiftKey && (!inside || document.activeElement === first)) {
+        event.preventDefault();
+        last.focus();
+      } else if (!event.shiftKey && (!inside || document.activeElement === last)) {
+        event.preventDefault();
+        first.focus();
+      }
     }
   });
 
