@@ -28,7 +28,7 @@ from channels_app.selectors.chat import NICK_COLOURS
 from tenancy import switch
 from tests.conftest import signed_in_client
 from tests.factories import UserFactory
-from tests.helpers import T0, populate, say
+from tests.helpers import populate, say
 from tests.test_chat_e2e import DESKTOP, AsgiServer, asgi_server, chromium
 
 __all__ = ["asgi_server", "chromium"]  # fixtures, used here by name
@@ -36,8 +36,16 @@ __all__ = ["asgi_server", "chromium"]  # fixtures, used here by name
 STATIC = Path(settings.BASE_DIR) / "static" / "css"
 AXE_TAGS = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa", "best-practice"]
 FAILING_IMPACTS = {"serious", "critical"}
-# (the account's theme setting, the device's colour scheme)
-THEMES = [("light", "light"), ("dark", "dark"), ("contrast", "light"), ("contrast", "dark")]
+# (the account's theme setting, the device's colour scheme): each theme, and a chosen one against
+# the device's (a dark theme on a light device, a light one on a dark device).
+THEMES = [
+    ("light", "dark"),
+    ("dark", "light"),
+    ("auto", "light"),
+    ("auto", "dark"),
+    ("contrast", "light"),
+    ("contrast", "dark"),
+]
 
 
 # --- axe ---------------------------------------------------------------------------------------
@@ -65,7 +73,8 @@ def dangling_references(page: Page) -> list[str]:
             for (const attr of ["aria-describedby", "aria-labelledby", "aria-controls"]) {
                 for (const el of document.querySelectorAll(`[${attr}]`)) {
                     for (const id of el.getAttribute(attr).split(/\\s+/).filter(Boolean)) {
-                        if (!document.getElementById(id)) out.push(`${attr}="${id}" on ${el.outerHTML.slice(0, 120)}`);
+                        if (document.getElementById(id)) continue;
+                        out.push(`${attr}="${id}" on ${el.outerHTML.slice(0, 120)}`);
                     }
                 }
             }
@@ -122,6 +131,8 @@ def furnished(email: str) -> tuple[User, dict[str, Any]]:
         say(channel, "", sender="carol", kind=Message.Kind.JOIN, minutes=-3000)
         for n in range(60):
             say(channel, f"line {n}: see https://example.org/{n}", sender=nicks[n % 9], minutes=n)
+        # mIRC colours, black and navy among them: readable in every theme.
+        say(channel, "\x0301black\x03 \x0302navy\x03 \x0308yellow\x03 \x0300white", minutes=60)
         say(channel, "waves", sender="dave", kind=Message.Kind.ACTION, minutes=61)
         say(channel, "is on the move", sender="frank", kind=Message.Kind.NOTICE, minutes=62)
         mention = say(channel, "erin: look at this", sender="grace", minutes=63)
@@ -322,7 +333,8 @@ def _linear(channel: int) -> float:
 
 
 def contrast(a: str, b: str) -> float:
-    la, lb = (sum(w * _linear(c) for w, c in zip((0.2126, 0.7152, 0.0722), _rgb(x))) for x in (a, b))
+    weights = (0.2126, 0.7152, 0.0722)
+    la, lb = (sum(w * _linear(c) for w, c in zip(weights, _rgb(x), strict=True)) for x in (a, b))
     hi, lo = max(la, lb), min(la, lb)
     return (hi + 0.05) / (lo + 0.05)
 
@@ -440,7 +452,7 @@ def test_tab_leaves_the_input_when_there_is_nothing_to_complete(
 def test_the_lines_the_topic_and_older_lines_by_keyboard(
     chat_page: tuple[Page, dict[str, Any]],
 ) -> None:
-    page, world = chat_page
+    page, _ = chat_page
     lines = page.locator("#chat-lines")
     expect(lines).to_have_attribute("tabindex", "0")
     expect(lines).to_have_accessible_name("Messages")

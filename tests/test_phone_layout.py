@@ -31,12 +31,15 @@ def screenshot(page: Page, name: str) -> None:
 
 
 @pytest.fixture
-def phone(
-    asgi_server: AsgiServer, chromium: Browser
-) -> Iterator[tuple[Page, dict[str, Any], str]]:
+def phone(asgi_server: AsgiServer, chromium: Browser) -> Iterator[tuple[Page, dict[str, Any], str]]:
     erin, world = furnished("erin@example.org")
     context = chromium.new_context(
-        viewport=PHONE, timezone_id="UTC", has_touch=True, is_mobile=True, device_scale_factor=2
+        viewport=PHONE,
+        timezone_id="UTC",
+        has_touch=True,
+        is_mobile=True,
+        device_scale_factor=2,
+        reduced_motion="reduce",  # drawers in place at once, for the screenshots
     )
     context.set_default_timeout(10_000)
     cookie = signed_in_client(cast(User, erin)).cookies[settings.SESSION_COOKIE_NAME].value
@@ -75,7 +78,7 @@ def tab_stops(page: Page, count: int) -> list[str]:
 
 @pytest.mark.browser
 def test_the_chat_gets_the_whole_phone(phone: tuple[Page, dict[str, Any], str]) -> None:
-    page, world, base = phone
+    page, _, base = phone
     # The site header is folded away: the chat header is at the top of the screen.
     expect(page.locator("#site-header")).to_be_hidden()
     head = page.locator(".chat-head").bounding_box()
@@ -93,11 +96,11 @@ def test_the_chat_gets_the_whole_phone(phone: tuple[Page, dict[str, Any], str]) 
     text = line.locator(".text").bounding_box()
     assert nick is not None and text is not None
     assert abs(nick["y"] - text["y"]) < 4, f"nick and text on two lines: {nick} {text}"
+    screenshot(page, "phone-chat.png")
     # Closed drawers are out of the Tab order: Tab never lands inside one.
     stops = tab_stops(page, 12)
     assert not [s for s in stops if s.startswith(("chat-sidebar-drawer:", "chat-members-drawer:"))]
     assert not [s for s in stops if s.startswith("site-header:")], stops
-    screenshot(page, "phone-chat.png")
 
     # The menu reaches the site's nav.
     menu.click()
@@ -120,7 +123,7 @@ def test_the_chat_gets_the_whole_phone(phone: tuple[Page, dict[str, Any], str]) 
 def test_drawers_open_take_focus_and_close_every_way(
     phone: tuple[Page, dict[str, Any], str],
 ) -> None:
-    page, world, _ = phone
+    page, _, _ = phone
     sidebar = page.locator("#chat-sidebar-drawer")
     toggle = page.get_by_role("button", name="Servers and channels", exact=True)
     backdrop = page.locator("#drawer-backdrop")
@@ -205,7 +208,10 @@ def swipe(page: Page, from_x: int, to_x: int, y: int = 400) -> None:
 @pytest.mark.browser
 def test_dashboard_and_servers_fit_a_phone(phone: tuple[Page, dict[str, Any], str]) -> None:
     page, _, base = phone
-    for name, shot in (("dashboard", "phone-dashboard.png"), ("channels:server_list", "phone-servers.png")):
+    for name, shot in (
+        ("dashboard", "phone-dashboard.png"),
+        ("channels:server_list", "phone-servers.png"),
+    ):
         page.goto(base + reverse(name))
         settle(page)
         # Outside the chat the site header stays where it is.
