@@ -358,10 +358,11 @@ def theme_blocks() -> dict[str, dict[str, str]]:
     """Each theme's custom properties, as palaver.css sets them."""
     css = (STATIC / "palaver.css").read_text()
     selectors = {
-        "light": ':root, :root[data-theme="light"] {',
-        "dark": ':root[data-theme="dark"] {',
-        "contrast-light": ':root[data-theme="contrast"] {',
-        "contrast-dark": '@media (prefers-color-scheme: dark) {\n  :root[data-theme="contrast"] {',
+        "light": ':root, :root[data-theme="light"] {\n',
+        "dark": ':root[data-theme="dark"] {\n',
+        "auto-dark": '@media (prefers-color-scheme: dark) {\n  :root[data-theme="auto"] {\n',
+        "contrast-light": ':root[data-theme="contrast"] {\n',
+        "contrast-dark": '@media (prefers-color-scheme: dark) {\n  :root[data-theme="contrast"] {\n',
     }
     blocks = {}
     for name, opening in selectors.items():
