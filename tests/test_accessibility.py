@@ -34,6 +34,7 @@ from tests.test_chat_e2e import DESKTOP, AsgiServer, asgi_server, chromium
 __all__ = ["asgi_server", "chromium"]  # fixtures, used here by name
 
 STATIC = Path(settings.BASE_DIR) / "static" / "css"
+SCREENSHOTS = Path(settings.BASE_DIR) / "var" / "artifacts" / "screenshots"
 AXE_TAGS = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa", "best-practice"]
 FAILING_IMPACTS = {"serious", "critical"}
 # (the account's theme setting, the device's colour scheme): each theme, and a chosen one against
@@ -257,7 +258,12 @@ def test_axe_finds_nothing_serious_on_any_page(
     page = context.new_page()
     for url in signed_in_pages(world):
         check(page, url)
-    # The chat with the member list open (a drawer below 1000 px) and the topic expanded.
+    # How the chat looks in this theme, for whoever reviews it (var/artifacts/screenshots/).
+    page.goto(base + reverse("chat:channel", args=[world["channel"].pk]))
+    settle(page)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / f"chat-{theme}-on-{scheme}-device.png"))
+    # The chat with the member list open (a drawer below 1000 px).
     page.set_viewport_size({"width": 900, "height": 800})
     page.goto(base + reverse("chat:channel", args=[world["channel"].pk]))
     settle(page)
@@ -357,12 +363,13 @@ def oklab(hex_colour: str) -> tuple[float, float, float]:
 def theme_blocks() -> dict[str, dict[str, str]]:
     """Each theme's custom properties, as palaver.css sets them."""
     css = (STATIC / "palaver.css").read_text()
+    dark_device = "@media (prefers-color-scheme: dark) {\n  "
     selectors = {
         "light": ':root, :root[data-theme="light"] {\n',
         "dark": ':root[data-theme="dark"] {\n',
-        "auto-dark": '@media (prefers-color-scheme: dark) {\n  :root[data-theme="auto"] {\n',
+        "auto-dark": dark_device + ':root[data-theme="auto"] {\n',
         "contrast-light": ':root[data-theme="contrast"] {\n',
-        "contrast-dark": '@media (prefers-color-scheme: dark) {\n  :root[data-theme="contrast"] {\n',
+        "contrast-dark": dark_device + ':root[data-theme="contrast"] {\n',
     }
     blocks = {}
     for name, opening in selectors.items():
