@@ -526,3 +526,42 @@ def test_axe_runs_and_reports_what_it_finds(chromium: Browser) -> None:
     )
     assert axe_violations(page) == []
     page.close()
+
+
+@pytest.mark.browser
+def test_tab_order_on_the_chat_follows_the_page(
+    chat_page: tuple[Page, dict[str, Any]],
+) -> None:
+    """Skip link first (it lands in the main region), then the site's nav, the channels, the
+    chat header, the lines, the input, the member list: the order things are seen in."""
+    page, world = chat_page
+    page.evaluate("document.activeElement && document.activeElement.blur()")
+    page.keyboard.press("Tab")
+    expect(page.get_by_role("link", name="Skip to content")).to_be_focused()
+    stops: list[str] = []
+    for _ in range(160):  # every line's link is a stop on the way
+        page.keyboard.press("Tab")
+        stops.append(
+            page.evaluate(
+                """() => {
+                const e = document.activeElement;
+                if (e.closest('.mainnav')) return 'nav';
+                if (e.closest('#chat-sidebar')) return 'sidebar';
+                if (e.closest('.chat-head')) return 'head';
+                if (e.id === 'chat-lines') return 'lines';
+                if (e.closest('#chat-lines')) return 'line link';
+                if (e.id === 'chat-text') return 'input';
+                if (e.closest('#chat-members')) return 'members';
+                return e.tagName.toLowerCase();
+            }"""
+            )
+        )
+    order = [s for n, s in enumerate(stops) if s != "line link" and s not in stops[:n]]
+    wanted = ["nav", "sidebar", "head", "lines", "input"]
+    assert [s for s in order if s in wanted] == wanted, stops
+    # The skip link moves focus past the header and the nav.
+    page.evaluate("document.activeElement && document.activeElement.blur()")
+    page.keyboard.press("Tab")
+    page.keyboard.press("Enter")
+    assert focused(page) == "main"
+    assert world["channel"].name in page.title()
