@@ -18,6 +18,7 @@ from typing import Any, cast
 import pytest
 from axe_playwright_python.base import AXE_SCRIPT
 from django.conf import settings
+from django.test import Client
 from django.urls import reverse
 from playwright.sync_api import Browser, BrowserContext, Page, expect
 
@@ -573,3 +574,38 @@ def test_tab_order_on_the_chat_follows_the_page(
     page.keyboard.press("Enter")
     assert focused(page) == "main"
     assert world["channel"].name in page.title()
+
+
+@pytest.mark.parametrize(
+    ("stored", "shown", "scheme"),
+    [
+        (None, "auto", "light dark"),
+        ("light", "light", "light"),
+        ("dark", "dark", "dark"),
+        ("contrast", "contrast", "light dark"),
+        ("<script>", "auto", "light dark"),  # edited in the admin: never trusted
+    ],
+)
+def test_every_page_carries_the_accounts_theme(
+    alice: User, stored: str | None, shown: str, scheme: str
+) -> None:
+    if stored is not None:
+        set_theme(alice, stored)
+    client = signed_in_client(alice)
+    for url in (reverse("dashboard"), reverse("history:chat_settings"), "/no-such-page/"):
+        html = client.get(url).content.decode()
+        assert f'<html lang="en" data-theme="{shown}">' in html, url
+        assert f'<meta name="color-scheme" content="{scheme}">' in html, url
+    # Signed out, the device decides.
+    html = Client().get(reverse("accounts:sign_in")).content.decode()
+    assert '<html lang="en" data-theme="auto">' in html
+
+
+def test_the_settings_page_changes_the_theme(alice: User) -> None:
+    client = signed_in_client(alice)
+    form = client.get(reverse("history:chat_settings")).context["form"]
+    data = {name: value for name, value in form.initial.items() if value is not None}
+    data.update({"theme": "contrast", "highlight_words": ""})
+    response = client.post(reverse("history:chat_settings"), data, follow=True)
+    assert response.status_code == 200
+    assert '<html lang="en" data-theme="contrast">' in response.content.decode()
