@@ -138,6 +138,14 @@ def test_drawers_open_take_focus_and_close_every_way(
     expect(toggle).to_have_attribute("aria-expanded", "true")
     expect(sidebar.locator("[aria-current='page']")).to_be_focused()
     assert page.evaluate("document.querySelector('.chat-main').inert")
+    # The sidebar is re-rendered (as chat.js does when counts change): focus stays on the link.
+    page.evaluate(
+        """() => {
+            const nav = document.getElementById('chat-sidebar');
+            nav.replaceChildren(...Array.from(nav.cloneNode(true).children));
+        }"""
+    )
+    expect(sidebar.locator("[aria-current='page']")).to_be_focused()
     # Tab stays inside the open drawer.
     for _ in range(8):
         page.keyboard.press("Tab")

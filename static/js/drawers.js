@@ -142,6 +142,30 @@
     }
   }, { passive: true });
 
+  // --- focus kept across refreshes ---------------------------------------------------------------
+  // chat.js replaces the sidebar's and the member list's contents when they change: a link that
+  // had keyboard focus is replaced by its copy, and focus would fall to <body> (out of an open
+  // drawer, too). The copy (same href, or id) gets it back.
+  ["chat-sidebar", "chat-members"].forEach((id) => {
+    const panel = document.getElementById(id);
+    if (!panel) return;
+    let key = null;
+    const keyOf = (el) => el.getAttribute("href") || el.id || null;
+    panel.addEventListener("focusin", (event) => { key = keyOf(event.target); });
+    panel.addEventListener("focusout", (event) => {
+      // Still in the page: the user moved focus on, and nothing is to be restored.
+      const left = event.target;
+      setTimeout(() => { if (left.isConnected) key = null; }, 0);
+    });
+    new MutationObserver(() => {
+      const active = document.activeElement;
+      if (!key || (active && active !== document.body)) return;
+      const copy = Array.from(panel.querySelectorAll("a[href], button, [id]")).find((el) => keyOf(el) === key);
+      if (copy) copy.focus({ preventScroll: true });
+      else if (current && current.drawer.contains(panel)) focusInside(current.drawer);
+    }).observe(panel, { childList: true, subtree: true });
+  });
+
   // --- the topic: cut to one line, "more" shows all of it (by keyboard too) ---------------------
   const topic = document.getElementById("chat-topic");
   const more = document.querySelector(".topic-more[aria-controls='chat-topic']");
