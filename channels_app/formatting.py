@@ -279,7 +279,8 @@ def colours_css() -> str:
         "   A foreground on the page's own background is darkened (light scheme) or lightened",
         "   (dark scheme) just enough for 4.5:1 contrast; on a background the sender chose",
         "   (irc-bg), both colours are the sender's, and text with only a background set gets",
-        "   black or white, whichever reads better on it. */",
+        "   black or white, whichever reads better on it. The scheme is the page's color-scheme",
+        "   (light-dark()), which follows the account's theme. */",
         ".irc-bold { font-weight: 700; }",
         ".irc-italic { font-style: italic; }",
         ".irc-underline { text-decoration: underline; }",
@@ -290,9 +291,14 @@ def colours_css() -> str:
         "",
     ]
     black, white = (0, 0, 0), (255, 255, 255)
+    # light-dark() picks by the page's color-scheme, which follows the account's theme (a dark
+    # theme on a light device included); the first declaration is for browsers without it.
     for index, colour in enumerate(MIRC_COLOURS):
         light = _readable_on(colour, _LIGHT_BACKGROUNDS, toward=0)
-        lines.append(f".irc-fg-{index} {{ color: #{light}; }}")
+        dark = _readable_on(colour, _DARK_BACKGROUNDS, toward=255)
+        lines.append(
+            f".irc-fg-{index} {{ color: #{light}; color: light-dark(#{light}, #{dark}); }}"
+        )
     lines.append("")
     for index, colour in enumerate(MIRC_COLOURS):
         rgb = _rgb(colour)
@@ -301,9 +307,4 @@ def colours_css() -> str:
     lines.append("")
     for index, colour in enumerate(MIRC_COLOURS):
         lines.append(f".irc-bg.irc-fg-{index} {{ color: #{colour}; }}")
-    lines += ["", "@media (prefers-color-scheme: dark) {"]
-    for index, colour in enumerate(MIRC_COLOURS):
-        dark = _readable_on(colour, _DARK_BACKGROUNDS, toward=255)
-        lines.append(f"  .irc-fg-{index} {{ color: #{dark}; }}")
-    lines.append("}")
     return "\n".join(lines) + "\n"

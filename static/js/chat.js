@@ -93,33 +93,6 @@
     return max;
   }
 
-  // --- panels on small screens -----------------------------------------------------------------
-  document.querySelectorAll(".chat-toggle[data-toggle]").forEach((button) => {
-    button.addEventListener("click", (event) => {
-      event.stopPropagation();
-      const name = button.dataset.toggle;
-      const open = !root.classList.contains(`show-${name}`);
-      root.classList.remove("show-sidebar", "show-members");
-      document.querySelectorAll(".chat-toggle[data-toggle]").forEach((b) => b.setAttribute("aria-expanded", "false"));
-      if (open) {
-        root.classList.add(`show-${name}`);
-        button.setAttribute("aria-expanded", "true");
-      }
-    });
-  });
-  document.addEventListener("click", (event) => {
-    if (!event.target.closest(".chat-sidebar, .chat-members, .chat-toggle")) {
-      root.classList.remove("show-sidebar", "show-members");
-    }
-  });
-  document.addEventListener("keydown", (event) => {
-    if (event.key === "Escape") root.classList.remove("show-sidebar", "show-members");
-  });
-  const topic = document.getElementById("chat-topic");
-  if (topic) topic.addEventListener("click", (event) => {
-    if (!event.target.closest("a")) topic.classList.toggle("expanded");
-  });
-
   // --- day separators: one per day, also where an older page meets the one below it -------------
   function dedupeDays() {
     if (!list) return;
@@ -211,7 +184,10 @@
       const { html } = await getFragment(link.dataset.olderUrl);
       const before = list.scrollHeight - list.scrollTop;
       const nodes = parseFragment(html);
+      // The link goes away with its holder: focus on it would fall to <body>; keep it in the list.
+      const hadFocus = holder.contains(document.activeElement);
       holder.replaceWith(...nodes);
+      if (hadFocus) list.focus({ preventScroll: true });
       dedupeDays();
       list.scrollTop = list.scrollHeight - before;
       watchOlder();
@@ -701,7 +677,15 @@
       completion = { start, end: caret, options, index: -1, atStart: start === 0 };
     }
     const c = completion;
-    c.index = (c.index + (backwards ? -1 : 1) + c.options.length) % c.options.length;
+    // Past the last candidate (or the first, backwards), Tab moves focus on as usual: completion
+    // never traps the keyboard in the input.
+    if (c.index === -1) {
+      c.index = backwards ? c.options.length - 1 : 0;
+    } else {
+      const next = c.index + (backwards ? -1 : 1);
+      if (next < 0 || next >= c.options.length) { completion = null; return false; }
+      c.index = next;
+    }
     const choice = c.options[c.index];
     const isNick = !choice.startsWith("/") && !choice.startsWith("#");
     const suffix = c.atStart && isNick ? ": " : " ";
