@@ -30,12 +30,13 @@ from tenancy import switch
 from tests.conftest import signed_in_client
 from tests.factories import UserFactory
 from tests.helpers import populate, say
+from tests.test_browser import ARTIFACTS
 from tests.test_chat_e2e import DESKTOP, AsgiServer, asgi_server, chromium
 
 __all__ = ["asgi_server", "chromium"]  # fixtures, used here by name
 
 STATIC = Path(settings.BASE_DIR) / "static" / "css"
-SCREENSHOTS = Path(settings.BASE_DIR) / "var" / "artifacts" / "screenshots"
+SCREENSHOTS = ARTIFACTS
 AXE_TAGS = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa", "best-practice"]
 FAILING_IMPACTS = {"serious", "critical"}
 # (the account's theme setting, the device's colour scheme): each theme, and a chosen one against

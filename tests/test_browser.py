@@ -31,7 +31,8 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
-ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
+# Screenshots for whoever reviews the pages (CI keeps this folder as its artifacts).
+ARTIFACTS = Path(__file__).resolve().parent.parent / "var" / "artifacts" / "screenshots"
 
 PASSWORD = "a long pass phrase 42"
 SERVER_PASSWORD = "hunter2-server-secret"

@@ -7,7 +7,6 @@ of the chat, the dashboard and the servers page at 390x844 are kept in var/artif
 (CI keeps that folder as its artifacts)."""
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any, cast
 
 import pytest
@@ -18,11 +17,12 @@ from playwright.sync_api import Browser, Page, expect
 from accounts.models import User
 from tests.conftest import signed_in_client
 from tests.test_accessibility import furnished, settle
+from tests.test_browser import ARTIFACTS
 from tests.test_chat_e2e import PHONE, AsgiServer, asgi_server, chromium
 
 __all__ = ["asgi_server", "chromium"]  # fixtures, used here by name
 
-SCREENSHOTS = Path(settings.BASE_DIR) / "var" / "artifacts" / "screenshots"
+SCREENSHOTS = ARTIFACTS
 
 
 def screenshot(page: Page, name: str) -> None:
