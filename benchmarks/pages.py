@@ -61,6 +61,10 @@ DEFAULT_DATABASE = "bench_speed_pages"
 BARE = "bare"
 # (name, path template): {server}, {channel} are the user's own ids.
 PAGES: list[tuple[str, str]] = [
+    # The fixed cost of a signed-in request (benchmarks/_pages_urls.py): login_required and
+    # two bytes; then base.html with no content (the chrome every page shares).
+    ("empty_signed_in", "/bench/empty/"),
+    ("chrome", "/bench/chrome/"),
     ("dashboard", "/"),
     ("servers", "/servers/"),
     ("server", "/servers/{server}/"),
