@@ -190,6 +190,8 @@ TEMPLATES = [
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
             ],
+            # `{% url %}` without arguments reversed once per process (every page's nav).
+            "builtins": ["core.templatetags.url_cache"],
         },
     },
 ]
