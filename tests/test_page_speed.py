@@ -377,7 +377,11 @@ def test_pool_settings() -> None:
         DATABASE_POOL="true", DATABASE_POOL_MAX_SIZE="3", DATABASE_CONN_MAX_AGE="60"
     )
     assert pooled.returncode == 0, pooled.stderr
-    assert json.loads(pooled.stdout) == {"age": 0, "pool": 3, "options": "-c jit=off"}
+    assert json.loads(pooled.stdout) == {
+        "age": 0,
+        "pool": 3,
+        "options": "-c jit=off -c search_path=public",
+    }
     plain = _settings_in_child(DATABASE_POOL="false", DATABASE_CONN_MAX_AGE="60", DATABASE_JIT="1")
     assert plain.returncode == 0, plain.stderr
     assert json.loads(plain.stdout) == {"age": 60, "pool": None, "options": None}
