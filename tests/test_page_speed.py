@@ -388,3 +388,22 @@ def test_pool_settings() -> None:
     empty = _settings_in_child(DATABASE_POOL="true", DATABASE_POOL_MAX_SIZE="0")
     assert empty.returncode != 0
     assert "DATABASE_POOL_MAX_SIZE" in empty.stderr
+
+
+# --- the ASGI handler: sync views in one hop, async views as Django serves them -------------------
+
+
+def test_handler_routes_async_views_to_djangos_path() -> None:
+    """core.handlers sends the live stream (an async view) down Django's async path and every
+    other path, an unknown one included, down the one-hop sync path."""
+    from core.handlers import _is_async_view, _path_info
+
+    urlconf = settings.ROOT_URLCONF
+    assert _is_async_view(urlconf, "/chat/events/")
+    assert not _is_async_view(urlconf, reverse("dashboard"))
+    assert not _is_async_view(urlconf, reverse("channels:server_list"))
+    assert not _is_async_view(urlconf, "/no/such/page/")
+    assert _path_info({"path": "/palaver/chat/events/", "root_path": "/palaver"}) == (
+        "/chat/events/"
+    )
+    assert _path_info({"path": "/", "root_path": ""}) == "/"
