@@ -12,7 +12,10 @@ first (the chat page's page size), five highlights (notifications), a knowledge 
 The web is one uvicorn worker (`config.asgi:application`, DEBUG off) with the settings of
 benchmarks/_pages_settings.py: the project's, plus the bare view /bench/bare/ (a view returning
 two bytes, through the whole middleware stack, unauthenticated), which only those settings
-route. Its Redis is a redis-server of the benchmark's own (as benchmarks/sse_streams.py does).
+route, and two signed-in rows of their own: `empty_signed_in` (login_required, two bytes: the
+fixed cost of a signed-in request) and `chrome` (base.html with no content: the nav and user
+menu every page shares). Its Redis is a redis-server of the benchmark's own (as
+benchmarks/sse_streams.py does).
 
 The load generator is wrk (Debian package `wrk`: `apt-get install wrk`), --connections
 connections, one thread per core, for --seconds per measurement. A signed-in page is requested
@@ -61,6 +64,10 @@ DEFAULT_DATABASE = "bench_speed_pages"
 BARE = "bare"
 # (name, path template): {server}, {channel} are the user's own ids.
 PAGES: list[tuple[str, str]] = [
+    # The fixed cost of a signed-in request (benchmarks/_pages_urls.py): login_required and
+    # two bytes; then base.html with no content (the chrome every page shares).
+    ("empty_signed_in", "/bench/empty/"),
+    ("chrome", "/bench/chrome/"),
     ("dashboard", "/"),
     ("servers", "/servers/"),
     ("server", "/servers/{server}/"),

@@ -9,10 +9,11 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 os.environ.setdefault("DATABASE_POOL", "true")
 django.setup(set_prefix=False)
 
-# Like get_asgi_application(), with request bodies kept in memory and bounded (core.uploads).
-from core.uploads import BoundedBodyASGIHandler  # noqa: E402
+# Like get_asgi_application(), with request bodies kept in memory and bounded (core.uploads),
+# and a sync view served on one pool thread in one hop (core.handlers).
+from core.handlers import PalaverASGIHandler  # noqa: E402
 
-application = BoundedBodyASGIHandler()
+application = PalaverASGIHandler()
 
 # The web holds thousands of long-lived objects (open streams, their queues and tasks): with
 # the default thresholds every full collection walked them all, stalling every stream of the

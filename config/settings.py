@@ -62,6 +62,10 @@ if DATABASE_POOL:
     _db["CONN_MAX_AGE"] = 0
     if DATABASE_POOL_MAX_SIZE < 1:
         raise ImproperlyConfigured("DATABASE_POOL_MAX_SIZE must be at least 1")
+    # A new pooled connection starts on public, as the pool's reset leaves a returned one:
+    # tenancy.middleware relies on it to skip django-tenants' first SET search_path.
+    _db["OPTIONS"]["options"] = f"{_db['OPTIONS'].get('options') or ''} -c search_path=public"
+    _db["OPTIONS"]["options"] = _db["OPTIONS"]["options"].strip()
     _db["OPTIONS"]["pool"] = {
         "min_size": 1,
         "max_size": DATABASE_POOL_MAX_SIZE,
@@ -191,6 +195,8 @@ TEMPLATES = [
                 "django.contrib.messages.context_processors.messages",
                 "core.context_processors.theme_context",
             ],
+            # `{% url %}` without arguments reversed once per process (every page's nav).
+            "builtins": ["core.templatetags.url_cache"],
         },
     },
 ]

@@ -18,6 +18,13 @@ class AccountSchemaMiddleware:
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
         connection.set_schema_to_public()
+        if connection.connection is None and connection.pool is not None:
+            # This request will take a connection from the pool, and every pooled connection
+            # is on public: a new one by its options (config/settings.py), a returned one by
+            # the pool's reset (tenancy.db_memory.reset_pooled_connection). django-tenants
+            # would issue `SET search_path = public` before the first query all the same (the
+            # session's): a round trip per request saved by telling it the path is set.
+            connection.search_path_set_schemas = connection._get_cursor_search_paths()
         try:
             user = request.user
             if user.is_authenticated and not request.path.startswith(ADMIN_PREFIX):

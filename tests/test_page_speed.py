@@ -263,6 +263,91 @@ def test_password_changed_elsewhere_signs_the_session_out(alice: User) -> None:
     assert response.status_code == 302
 
 
+def test_revoked_and_expired_sessions_sign_out_at_once(alice: User) -> None:
+    """The session query compiled once (accounts.session_store) still reads the row on every
+    request: a deleted row (revoked) and an expired one sign the browser out at once, and a
+    session key that is no session's is no one's."""
+    from accounts.models import Session
+
+    revoked = signed_in_client(alice)
+    assert revoked.get(reverse("dashboard")).status_code == 200
+    key = revoked.cookies[settings.SESSION_COOKIE_NAME].value
+    Session.objects.filter(session_key=key).delete()
+    assert revoked.get(reverse("dashboard")).status_code == 302
+
+    expired = signed_in_client(alice)
+    assert expired.get(reverse("dashboard")).status_code == 200
+    key = expired.cookies[settings.SESSION_COOKIE_NAME].value
+    Session.objects.filter(session_key=key).update(expire_date=timezone.now())
+    assert expired.get(reverse("dashboard")).status_code == 302
+
+    stranger = Client()
+    stranger.cookies[settings.SESSION_COOKIE_NAME] = "x" * 32
+    assert stranger.get(reverse("dashboard")).status_code == 302
+
+
+def test_session_query_loads_the_same_as_the_orm(alice: User) -> None:
+    """The prepared query builds the session, its user and their account as
+    select_related would, with the fields' converters applied."""
+    from django.db import connections
+
+    from accounts.models import Session
+    from accounts.session_store import _session_query
+
+    wrapper = connections["default"]
+    client = signed_in_client(alice)
+    key = client.cookies[settings.SESSION_COOKIE_NAME].value
+    orm = Session.objects.select_related("user__account").get(session_key=key)
+    with CaptureQueriesContext(connection) as queries:
+        session = _session_query(Session, wrapper).get(wrapper, key, timezone.now())
+        assert session is not None
+        assert session.user.account.name == alice.account.name
+    assert len(queries.captured_queries) == 1
+    for field in Session._meta.concrete_fields:
+        assert getattr(session, field.attname) == getattr(orm, field.attname)
+    assert session.user == alice
+    assert session.user.account == alice.account
+    assert _session_query(Session, wrapper).get(wrapper, "nope", timezone.now()) is None
+
+
+# --- {% url %} reversed once per process ------------------------------------------------------
+
+
+def test_url_tag_caches_names_without_arguments(rf: Any) -> None:
+    """core.templatetags.url_cache replaces Django's {% url %}: the same URLs, `as` included;
+    a name without arguments is reversed once; a tag with arguments is reversed each time;
+    the script prefix is part of the key."""
+    from django.template import Context, Template
+    from django.urls import set_script_prefix
+
+    from core.templatetags import url_cache
+
+    url_cache.clear()
+    template = Template(
+        "{% url 'dashboard' %}|{% url 'channels:server_list' as s %}{{ s }}|"
+        "{% url 'channels:server_detail' 7 %}|{% url 'nope:nothing' as n %}[{{ n }}]"
+    )
+    expected = (
+        "|".join(
+            [
+                reverse("dashboard"),
+                reverse("channels:server_list"),
+                reverse("channels:server_detail", args=[7]),
+            ]
+        )
+        + "|[]"
+    )
+    assert template.render(Context({})) == expected
+    assert len(url_cache._urls) == 2
+    assert template.render(Context({})) == expected
+    try:
+        set_script_prefix("/palaver/")
+        assert template.render(Context({})).startswith("/palaver/|/palaver/servers/|")
+    finally:
+        set_script_prefix("/")
+    assert template.render(Context({})) == expected
+
+
 # --- the pool's settings ------------------------------------------------------------------------
 
 
@@ -292,10 +377,33 @@ def test_pool_settings() -> None:
         DATABASE_POOL="true", DATABASE_POOL_MAX_SIZE="3", DATABASE_CONN_MAX_AGE="60"
     )
     assert pooled.returncode == 0, pooled.stderr
-    assert json.loads(pooled.stdout) == {"age": 0, "pool": 3, "options": "-c jit=off"}
+    assert json.loads(pooled.stdout) == {
+        "age": 0,
+        "pool": 3,
+        "options": "-c jit=off -c search_path=public",
+    }
     plain = _settings_in_child(DATABASE_POOL="false", DATABASE_CONN_MAX_AGE="60", DATABASE_JIT="1")
     assert plain.returncode == 0, plain.stderr
     assert json.loads(plain.stdout) == {"age": 60, "pool": None, "options": None}
     empty = _settings_in_child(DATABASE_POOL="true", DATABASE_POOL_MAX_SIZE="0")
     assert empty.returncode != 0
     assert "DATABASE_POOL_MAX_SIZE" in empty.stderr
+
+
+# --- the ASGI handler: sync views in one hop, async views as Django serves them -------------------
+
+
+def test_handler_routes_async_views_to_djangos_path() -> None:
+    """core.handlers sends the live stream (an async view) down Django's async path and every
+    other path, an unknown one included, down the one-hop sync path."""
+    from core.handlers import _is_async_view, _path_info
+
+    urlconf = settings.ROOT_URLCONF
+    assert _is_async_view(urlconf, "/chat/events/")
+    assert not _is_async_view(urlconf, reverse("dashboard"))
+    assert not _is_async_view(urlconf, reverse("channels:server_list"))
+    assert not _is_async_view(urlconf, "/no/such/page/")
+    assert _path_info({"path": "/palaver/chat/events/", "root_path": "/palaver"}) == (
+        "/chat/events/"
+    )
+    assert _path_info({"path": "/", "root_path": ""}) == "/"
