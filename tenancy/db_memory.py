@@ -23,7 +23,7 @@ request middleware and provisioning. Code that reaches account tables without sw
 import logging
 import time
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -144,14 +144,36 @@ def backend_memory(connection: BaseDatabaseWrapper) -> int | None:
         if not refused or connection.in_atomic_block:
             raise
         # Reading the view takes superuser or pg_read_all_stats; the schema limit still holds.
-        logger.warning(
-            "cannot read pg_backend_memory_contexts (grant pg_read_all_stats to the database "
-            "user); connections are recycled by schema count only",
-            exc_info=True,
-        )
-        state.memory_unreadable = True
+        _memory_unreadable(state)
         return None
     return int(row[0]) if row and row[0] is not None else None
+
+
+def _memory_unreadable(state: _State) -> None:
+    """The server refused to show this backend's memory: recycle by schema count only."""
+    logger.warning(
+        "cannot read pg_backend_memory_contexts (grant pg_read_all_stats to the database "
+        "user); connections are recycled by schema count only",
+        exc_info=True,
+    )
+    state.memory_unreadable = True
+
+
+def _limit_passed(state: _State, read_memory: Callable[[], int | None]) -> str | None:
+    """Which recycling limit a connection has passed ("schemas", "memory") or None. Its
+    memory is read (`read_memory`) at most every DATABASE_MEMORY_CHECK_SECONDS."""
+    after_schemas: int = settings.DATABASE_RECYCLE_AFTER_SCHEMAS
+    after_bytes: int = settings.DATABASE_RECYCLE_AFTER_BYTES
+    if after_schemas and len(state.schemas) >= after_schemas:
+        return "schemas"
+    if after_bytes and not state.memory_unreadable:
+        now = time.monotonic()
+        if now - state.checked_at >= settings.DATABASE_MEMORY_CHECK_SECONDS:
+            state.checked_at = now
+            used = read_memory()
+            if used is not None and used >= after_bytes:
+                return "memory"
+    return None
 
 
 def maybe_recycle(connection: BaseDatabaseWrapper) -> str | None:
@@ -163,18 +185,7 @@ def maybe_recycle(connection: BaseDatabaseWrapper) -> str | None:
     if connection.connection is None or connection.in_atomic_block or not connection.autocommit:
         return None
     state = _state(connection)
-    reason = None
-    after_schemas: int = settings.DATABASE_RECYCLE_AFTER_SCHEMAS
-    after_bytes: int = settings.DATABASE_RECYCLE_AFTER_BYTES
-    if after_schemas and len(state.schemas) >= after_schemas:
-        reason = "schemas"
-    elif after_bytes and not state.memory_unreadable:
-        now = time.monotonic()
-        if now - state.checked_at >= settings.DATABASE_MEMORY_CHECK_SECONDS:
-            state.checked_at = now
-            used = backend_memory(connection)
-            if used is not None and used >= after_bytes:
-                reason = "memory"
+    reason = _limit_passed(state, lambda: backend_memory(connection))
     if reason is None:
         return None
     logger.info(
@@ -204,12 +215,7 @@ def _raw_backend_memory(raw: Any, state: _State) -> int | None:
     except psycopg.Error as exc:
         if exc.sqlstate not in UNREADABLE_SQLSTATES:
             raise
-        logger.warning(
-            "cannot read pg_backend_memory_contexts (grant pg_read_all_stats to the database "
-            "user); connections are recycled by schema count only",
-            exc_info=True,
-        )
-        state.memory_unreadable = True
+        _memory_unreadable(state)
         return None
     return int(row[0]) if row and row[0] is not None else None
 
@@ -225,17 +231,8 @@ def reset_pooled_connection(raw: Any) -> None:
 
     state = _states.get(raw)
     reason = None
-    after_schemas: int = settings.DATABASE_RECYCLE_AFTER_SCHEMAS
-    after_bytes: int = settings.DATABASE_RECYCLE_AFTER_BYTES
-    if state is not None and after_schemas and len(state.schemas) >= after_schemas:
-        reason = "schemas"
-    elif state is not None and after_bytes and not state.memory_unreadable:
-        now = time.monotonic()
-        if now - state.checked_at >= settings.DATABASE_MEMORY_CHECK_SECONDS:
-            state.checked_at = now
-            used = _raw_backend_memory(raw, state)
-            if used is not None and used >= after_bytes:
-                reason = "memory"
+    if state is not None:
+        reason = _limit_passed(state, lambda: _raw_backend_memory(raw, state))
     if reason is not None:
         logger.info(
             "recycling pooled database connection: %d schemas touched (%s limit passed)",
