@@ -2,13 +2,12 @@
 the requests it received."""
 
 import io
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
 
 import pytest
 from PIL import Image
+
+from tests.sites import SiteHandler, base_url, serve
 
 
 def png(
@@ -31,20 +30,8 @@ PLAIN = b"""<!doctype html><html><head><title>  Just a   title </title>
 <meta name="twitter:image" content="/missing.png"></head><body></body></html>"""
 
 
-class Site(BaseHTTPRequestHandler):
+class Site(SiteHandler):
     paths: list[str] = []
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def _send(self, status: int, content_type: str, body: bytes, **headers: str) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        for name, value in headers.items():
-            self.send_header(name.replace("_", "-"), value)
-        self.end_headers()
-        self.wfile.write(body)
 
     def do_GET(self) -> None:
         Site.paths.append(self.path)
@@ -72,11 +59,6 @@ class Site(BaseHTTPRequestHandler):
 @pytest.fixture
 def site() -> Iterator[str]:
     """The site's base address (http://127.0.0.1:<port>); Site.paths lists what was asked."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Site)
-    server.daemon_threads = True
     Site.paths = []
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with serve(Site) as server:
+        yield base_url(server)

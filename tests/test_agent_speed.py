@@ -5,8 +5,6 @@ import os
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
 
 import pytest
 from django.test.utils import override_settings
@@ -27,6 +25,7 @@ from tenancy import switch
 from tests.factories import UserFactory
 from tests.helpers import loopback_provider
 from tests.llm_servers import LLMServer, ProviderProcess, Reply, ToolCallScript
+from tests.sites import SiteHandler, base_url, serve
 
 
 def _tool(slug: str) -> Tool:
@@ -152,7 +151,7 @@ def test_only_tools_declared_so_run_off_the_database_threads(alice: User) -> Non
     assert without_database(lambda: 42) == 42
 
 
-class _SlowPage(BaseHTTPRequestHandler):
+class _SlowPage(SiteHandler):
     arrived = threading.Event()
     release = threading.Event()
 
@@ -166,21 +165,14 @@ class _SlowPage(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
 
 @pytest.fixture
 def slow_page() -> Iterator[str]:
     _SlowPage.arrived.clear()
     _SlowPage.release.clear()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _SlowPage)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/slow"
-    _SlowPage.release.set()
-    server.shutdown()
-    server.server_close()
+    with serve(_SlowPage) as server:
+        yield f"{base_url(server)}/slow"
+        _SlowPage.release.set()
 
 
 @override_settings(AGENT_DB_CONNECTIONS=1)

@@ -4,10 +4,8 @@ settings allow 127.0.0.0/8 for the IRC servers; tests that need the default poli
 
 import socket
 import ssl
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +24,7 @@ from llms.tools import TOOLS_BY_SLUG, ToolContext, ToolResult, execute_tool
 from tenancy import switch
 from tests.helpers import populate, say
 from tests.ircd import make_certificate
+from tests.sites import SiteHandler, base_url, serve
 
 
 def call(
@@ -396,20 +395,8 @@ PAGE = b"""<!doctype html><html><head><title>Release  notes</title>
 CAFE = "caf\xe9 au lait\n".encode("latin-1")
 
 
-class Handler(BaseHTTPRequestHandler):
+class Handler(SiteHandler):
     hosts: list[str] = []
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def _send(self, status: int, content_type: str, body: bytes, **headers: str) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        for name, value in headers.items():
-            self.send_header(name.replace("_", "-"), value)
-        self.end_headers()
-        self.wfile.write(body)
 
     def do_GET(self) -> None:
         Handler.hosts.append(self.headers.get("Host", ""))
@@ -463,14 +450,9 @@ class Handler(BaseHTTPRequestHandler):
 @pytest.fixture
 def web() -> Iterator[str]:
     """An HTTP server on loopback; yields its base address."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
     Handler.hosts = []
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with serve(Handler) as server:
+        yield base_url(server)
 
 
 @pytest.fixture
@@ -602,14 +584,8 @@ def tls_web(tmp_path: Path) -> Iterator[tuple[int, Path, list[str]]]:
         names.append(name or "")
 
     context.sni_callback = note_name
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    server.socket = context.wrap_socket(server.socket, server_side=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server.server_address[1], certificate.cert_path, names
-    server.shutdown()
-    server.server_close()
+    with serve(Handler, tls=context) as server:
+        yield server.server_address[1], certificate.cert_path, names
 
 
 def test_fetch_https_checks_the_certificate_against_the_name(

@@ -2,10 +2,8 @@
 .pdf) or imported from a URL; kept as they came and indexed by a worker, step by step, with the
 state shown live on the knowledge base page; failures with reasons; re-index; the limits."""
 
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -20,6 +18,7 @@ from knowledge.selectors import search_chunks
 from llms.models import LLM
 from tenancy import switch
 from tests.helpers import make_provider
+from tests.sites import SiteHandler, base_url, serve
 from tests.test_knowledge_extraction import encrypted, make_pdf
 from tests.workers import threads_worker
 
@@ -41,20 +40,8 @@ HTML_PAGE = (
 FINAL = (Document.Status.INDEXED, Document.Status.FAILED)
 
 
-class Handler(BaseHTTPRequestHandler):
+class Handler(SiteHandler):
     """What the imports read: a page, a PDF, text, and the ways a fetch goes wrong."""
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-    def _send(self, status: int, content_type: str, body: bytes, **headers: str) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        for name, value in headers.items():
-            self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(body)
 
     def do_GET(self) -> None:
         try:
@@ -83,13 +70,8 @@ class Handler(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def web() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with serve(Handler) as server:
+        yield base_url(server)
 
 
 @pytest.fixture
