@@ -147,6 +147,7 @@ SHARED_APPS = [
     "accounts",
     "llms",
     "scheduling",
+    "lifecycle",
     "django.contrib.postgres",
     "django.contrib.contenttypes",
     "django.contrib.auth",

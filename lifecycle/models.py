@@ -1,0 +1,1 @@
+"""Public-schema models of the lifecycle app (the backup registry)."""
