@@ -1,27 +1,9 @@
 """How an agent's words reach IRC: one AgentSay command per line to the gateway, which sends it
 through the agent's own connection or the user's (agents.Agent.presence)."""
 
-import threading
 import uuid
-from typing import Any
-
-from django.conf import settings
 
 from channels_app.events import AgentSay, publish_command, redis_client
-
-_clients: dict[str, Any] = {}
-_clients_lock = threading.Lock()
-
-
-def _client() -> Any:
-    """One Redis client per process (and URL), shared by the agents worker's threads: its
-    connection pool is thread-safe, and a new client per line would open a connection each."""
-    url = settings.REDIS_URL
-    with _clients_lock:
-        client = _clients.get(url)
-        if client is None:
-            client = _clients[url] = redis_client()
-        return client
 
 
 def say(
@@ -44,5 +26,5 @@ def say(
             text=text,
             kind=kind,  # type: ignore[arg-type]  # AgentSay's parse checks it at the gateway
         ),
-        client=_client(),
+        client=redis_client(),
     )

@@ -14,6 +14,7 @@ from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
+from django.utils import timezone
 
 from accounts.models import User
 from channels_app import events
@@ -265,6 +266,39 @@ def test_unread_counts_highlights_and_opening_a_channel_marks_nothing_read(
         assert Notification.objects.filter(read_at__isnull=True).count() == 1
     assert _sidebar_counts(client, channel) == ("3", "1")
     assert read_events() == []
+
+
+def test_unread_counts_stop_at_the_cap_and_highlights_stay_with_their_channel(
+    alice: User, alice_chat: dict
+) -> None:
+    channel = alice_chat["channel"]
+    with switch(alice):
+        busy = make_channel(channel.server, "#busy")
+        Message.objects.bulk_create(
+            Message(
+                channel=busy,
+                kind=Message.Kind.MESSAGE,
+                sender="carol",
+                text=f"line {n}",
+                server_time=T0 + timedelta(seconds=n),
+            )
+            for n in range(selectors.UNREAD_CAP + 5)
+        )
+        mention = say(channel, "alice: ping", at=1)
+        Notification.objects.create(message=mention, kind=Notification.Kind.HIGHLIGHT)
+        read = say(busy, "alice: seen", at=2)
+        Notification.objects.create(
+            message=read, kind=Notification.Kind.HIGHLIGHT, read_at=timezone.now()
+        )
+    client = signed_in_client(alice)
+    html = client.get(reverse("chat:sidebar")).content.decode()
+    item = re.search(rf'data-channel-id="{busy.pk}".*?</a>', html, re.S)
+    assert item and re.search(r"data-unread[^>]*>999\+<", item.group()), html
+    assert _sidebar_counts(client, channel) == ("1", "1")
+    with switch(alice):
+        (entry,) = selectors.sidebar(alice.account_id)
+    counts = {b.channel.name: (b.unread, b.highlights) for b in entry.channels}
+    assert counts == {"#busy": (selectors.UNREAD_CAP, 0), channel.name: (1, 1)}
 
 
 def test_marking_read_is_a_post_that_tells_the_accounts_other_tabs(

@@ -116,3 +116,38 @@ def test_lines_carrying_a_password_stay_out_of_the_saved_input_history(
     assert "hello there" in saved and "/me waves" in saved
     assert "s3cret" not in saved
     context.close()
+
+
+@pytest.mark.browser
+def test_the_top_bar_count_stays_live_on_the_chat_without_htmx(
+    clean_schemas: None, asgi_server: AsgiServer, chromium: Browser
+) -> None:
+    """The chat page leaves htmx out (its own script keeps it live): the top bar's
+    notification count is loaded after the page and follows changes all the same."""
+    from channels_app.models import Notification
+
+    base = asgi_server.url
+    context, erin = _signed_in(chromium, base)
+    with switch(erin):
+        server = Server.objects.create(name="Libera", host="irc.libera.chat", nick="erin")
+        channel = Channel.objects.create(server=server, name="#palaver")
+        # Elsewhere: opening #palaver marks what it shows read, its highlights with it.
+        elsewhere = Channel.objects.create(server=server, name="#elsewhere")
+        lines = [
+            Message.objects.create(
+                channel=elsewhere, sender="carol", text=f"erin: {n}", server_time=T0 + timedelta(n)
+            )
+            for n in range(3)
+        ]
+        for line in lines[:2]:
+            Notification.objects.create(message=line, kind=Notification.Kind.HIGHLIGHT)
+    page = context.new_page()
+    page.goto(base + reverse("chat:channel", args=[channel.pk]))
+    assert page.evaluate("typeof window.htmx") == "undefined"
+    badge = page.locator("#site-header [data-notification-badge] .badge")
+    expect(badge).to_have_text("2")
+    with switch(erin):
+        Notification.objects.create(message=lines[2], kind=Notification.Kind.HIGHLIGHT)
+    page.evaluate("document.body.dispatchEvent(new CustomEvent('notifications-changed'))")
+    expect(badge).to_have_text("3")
+    context.close()

@@ -12,15 +12,16 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
 
+from django.contrib.postgres.expressions import ArraySubquery
 from django.db.models import (
     Count,
     Exists,
     F,
+    Func,
     IntegerField,
     OuterRef,
     Q,
     QuerySet,
-    Subquery,
     Value,
 )
 from django.db.models.functions import Coalesce
@@ -316,9 +317,20 @@ def server_states(account_id: uuid.UUID, server_ids: list[int]) -> dict[int, Ser
     return {pk: parse_server_state(value) for pk, value in zip(server_ids, raw, strict=True)}
 
 
+@dataclass(frozen=True, slots=True)
+class BufferChannel:
+    """What the sidebar shows of a channel: no model instance (500 of them cost more than
+    the query)."""
+
+    pk: int
+    name: str
+    kind: str
+    server_id: int
+
+
 @dataclass
 class Buffer:
-    channel: Channel
+    channel: BufferChannel
     unread: int
     highlights: int
 
@@ -327,6 +339,11 @@ class Buffer:
         if self.channel.kind in (Channel.Kind.CHANNEL, Channel.Kind.QUERY):
             return self.channel.name
         return "Server messages"
+
+    @property
+    def unread_label(self) -> str:
+        """The count as shown: counting stops at UNREAD_CAP lines."""
+        return f"{UNREAD_CAP - 1}+" if self.unread >= UNREAD_CAP else str(self.unread)
 
 
 @dataclass
@@ -338,28 +355,36 @@ class ServerEntry:
     queries: list[Buffer] = field(default_factory=list)
 
 
-def _count(qs: QuerySet[Any], group_by: str) -> Coalesce:
-    return Coalesce(
-        Subquery(
-            qs.order_by().values(group_by).annotate(n=Count("pk")).values("n")[:1],
-            output_field=IntegerField(),
-        ),
-        Value(0),
-    )
+# Unread lines are counted up to here (the sidebar shows "999+"): a buffer never read holds
+# all of its lines after the marker, and counting a million of them would cost every page.
+UNREAD_CAP = 1000
 
 
-def buffers_with_counts() -> QuerySet[Channel]:
-    """Channels with `unread` (lines said after the read marker) and `highlights` (unread
-    notifications) annotated."""
-    unread = Message.objects.filter(
-        channel=OuterRef("pk"),
-        kind__in=UNREAD_KINDS,
-        pk__gt=Coalesce(OuterRef("last_read_message_id"), Value(0)),
+def _unread_counts() -> Func:
+    """Lines said after the channel's read marker, up to UNREAD_CAP: one index range scan
+    (message_channel_latest) per channel that stops at the cap."""
+    capped = (
+        Message.objects.filter(
+            channel=OuterRef("pk"),
+            kind__in=UNREAD_KINDS,
+            pk__gt=Coalesce(OuterRef("last_read_message_id"), Value(0)),
+        )
+        .order_by()
+        .values("pk")[:UNREAD_CAP]
     )
-    highlights = Notification.objects.filter(message__channel=OuterRef("pk"), read_at__isnull=True)
-    return Channel.objects.annotate(
-        unread=_count(unread, "channel"), highlights=_count(highlights, "message__channel")
-    ).order_by("name")
+    return Func(ArraySubquery(capped), function="cardinality", output_field=IntegerField())
+
+
+def highlight_counts() -> dict[int, int]:
+    """Unread notifications per channel, counted once from the partial index of unread ones
+    (not once per channel: a channel's highlights would join all of its lines)."""
+    rows = (
+        Notification.objects.filter(read_at__isnull=True)
+        .order_by()
+        .values_list("message__channel_id")
+        .annotate(n=Count("pk"))
+    )
+    return dict(rows)
 
 
 def listed_buffers() -> QuerySet[Channel]:
@@ -371,26 +396,31 @@ def listed_buffers() -> QuerySet[Channel]:
 
 
 def sidebar(account_id: uuid.UUID, *, open_channel_id: int | None = None) -> list[ServerEntry]:
-    """Servers with their listed buffers (and the open one, even when left: it is on screen)."""
+    """Servers with their listed buffers (and the open one, even when left: it is on screen),
+    each with its unread lines and highlights."""
     servers = list(Server.objects.order_by("name"))
     states = server_states(account_id, [s.pk for s in servers])
     entries = {s.pk: ServerEntry(server=s, state=states.get(s.pk, NOT_CONNECTED)) for s in servers}
     shown = Q(kind=Channel.Kind.CHANNEL, autojoin=False)
-    buffers = buffers_with_counts().exclude(
-        shown & ~Q(pk=open_channel_id) if open_channel_id else shown
+    rows = (
+        Channel.objects.exclude(shown & ~Q(pk=open_channel_id) if open_channel_id else shown)
+        .annotate(unread=_unread_counts())
+        .order_by("name")
+        .values_list("pk", "name", "kind", "server_id", "unread")
     )
-    for channel in buffers:
-        entry = entries.get(channel.server_id)
+    highlights = highlight_counts() if rows else {}
+    for pk, name, kind, server_id, unread in rows:
+        entry = entries.get(server_id)
         if entry is None:
             continue
         buffer = Buffer(
-            channel=channel,
-            unread=channel.unread,  # type: ignore[attr-defined]
-            highlights=channel.highlights,  # type: ignore[attr-defined]
+            channel=BufferChannel(pk=pk, name=name, kind=kind, server_id=server_id),
+            unread=unread,
+            highlights=highlights.get(pk, 0),
         )
-        if channel.kind == Channel.Kind.CHANNEL:
+        if kind == Channel.Kind.CHANNEL:
             entry.channels.append(buffer)
-        elif channel.kind == Channel.Kind.QUERY:
+        elif kind == Channel.Kind.QUERY:
             entry.queries.append(buffer)
         else:
             entry.server_buffers.append(buffer)

@@ -413,7 +413,9 @@
   function bump(link, selector) {
     const badge = link.querySelector(selector);
     if (!badge) return;
-    badge.textContent = String((Number(badge.textContent) || 0) + 1);
+    // The server counts unread lines up to 1,000 and shows "999+" from there.
+    const count = Number(badge.textContent || 0);
+    if (!Number.isNaN(count)) badge.textContent = count + 1 > 999 ? "999+" : String(count + 1);
     badge.hidden = false;
     const item = link.closest(".chat-buffer");
     if (item && selector === "[data-unread]") item.classList.add("has-unread");
@@ -807,6 +809,22 @@
     list.querySelectorAll(`.in-run[data-run="${CSS.escape(toggle.dataset.run)}"]`).forEach((li) => { li.hidden = !open; });
     toggle.textContent = open ? "hide" : `show ${list.querySelectorAll(`.in-run[data-run="${CSS.escape(toggle.dataset.run)}"]`).length} lines`;
   });
+
+  // --- the top bar's notification count ----------------------------------------------------------
+  // Other pages keep it with htmx; this page loads no htmx (52 KB), so it does the same here:
+  // after the page, when notifications change, and once a minute.
+  const noteBadge = document.querySelector("[data-notification-badge]");
+  const refreshNoteBadge = refresher(async () => {
+    if (!noteBadge) return;
+    try {
+      noteBadge.replaceChildren(...parseFragment((await getFragment(noteBadge.dataset.notificationBadge)).html));
+    } catch (error) {
+      console.warn(error);
+    }
+  }, 200);
+  document.body.addEventListener("notifications-changed", refreshNoteBadge);
+  setInterval(refreshNoteBadge, 60000);
+  refreshNoteBadge();
 
   // --- start -----------------------------------------------------------------------------------
   const target = data.targetId && document.getElementById(`m${Number(data.targetId)}`);
