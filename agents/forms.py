@@ -6,6 +6,7 @@ from django.db import IntegrityError
 from accounts.models import Account
 from agents.models import Agent
 from channels_app.models import Channel
+from core.forms import ModelChoiceField
 from knowledge.models import KnowledgeBase
 from llms.selectors import account_llms, enabled_tools
 from llms.tools import KNOWLEDGE_BASE_TOOLS
@@ -130,8 +131,8 @@ class ScheduleForm(forms.Form):
     """A new scheduled task. The times are checked here, field by field, with the same parsers
     agents.services.schedules.create_schedule uses, so each error shows under its field."""
 
-    agent = forms.ModelChoiceField(queryset=Agent.objects.none())
-    channel = forms.ModelChoiceField(
+    agent = ModelChoiceField(queryset=Agent.objects.none())
+    channel = ModelChoiceField(
         queryset=Channel.objects.none(), help_text="One of the agent's channels: it answers there."
     )
     prompt = forms.CharField(

@@ -21,7 +21,7 @@ from channels_app.selectors.settings import (
 )
 from channels_app.validators import validate_channel_name, validate_nick
 from core import net_policy
-from core.forms import SecretFieldsMixin
+from core.forms import ModelChoiceField, SecretFieldsMixin
 
 
 @dataclass(frozen=True)
@@ -318,7 +318,7 @@ class ChatSettingsForm(forms.Form):
         return clean_highlight_words(self.cleaned_data["highlight_words"].splitlines())
 
 
-class ChannelChoiceField(forms.ModelChoiceField):
+class ChannelChoiceField(ModelChoiceField):
     def label_from_instance(self, obj: Any) -> str:
         if obj.kind == Channel.Kind.SERVER:
             return f"{obj.server.name} · server messages"

@@ -189,13 +189,18 @@ def local_day(moment: datetime) -> date:
 
 
 def lines(
-    messages: Iterable[Message], *, previous_day: date | None = None, own_nick: str = ""
+    messages: Iterable[Message],
+    *,
+    previous_day: date | None = None,
+    own_nick: str = "",
+    agent_nicks: frozenset[str] | None = None,
 ) -> list[Line]:
-    """Messages with their day separators; `previous_day` is the day of the line above them."""
+    """Messages with their day separators; `previous_day` is the day of the line above them.
+    `agent_nicks`: enabled_agent_nicks(), when the caller has it already."""
     out: list[Line] = []
     day_before = previous_day
     own = own_nick.lower()
-    agents = enabled_agent_nicks()
+    agents = enabled_agent_nicks() if agent_nicks is None else agent_nicks
     for message in messages:
         day = local_day(message.server_time)
         out.append(
@@ -249,11 +254,12 @@ class Member:
     is_agent: bool = False  # the nick is one of the account's enabled agents
 
 
-def members(channel: Channel) -> list[Member]:
-    """Who is in the channel, ops first, then voiced, then everyone else; by name within."""
+def members(channel: Channel, *, agent_nicks: frozenset[str] | None = None) -> list[Member]:
+    """Who is in the channel, ops first, then voiced, then everyone else; by name within.
+    `agent_nicks`: enabled_agent_nicks(), when the caller has it already."""
     rows: Sequence[ChannelUser] = list(ChannelUser.objects.filter(channel=channel))
     ordered = sorted(rows, key=lambda m: (prefix_rank(m.prefixes), m.nick.lower(), m.nick))
-    agents = enabled_agent_nicks()
+    agents = enabled_agent_nicks() if agent_nicks is None else agent_nicks
     out = []
     for row in ordered:
         rank = prefix_rank(row.prefixes)

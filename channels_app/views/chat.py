@@ -20,6 +20,7 @@ from django.shortcuts import get_object_or_404, render
 from django.urls import reverse
 from django.utils import timezone
 
+from agents.selectors import enabled_agent_nicks
 from channels_app.models import Channel, Message
 from channels_app.selectors import chat as selectors
 from channels_app.selectors.chat import ServerEntry
@@ -145,13 +146,14 @@ def channel_page(request: HttpRequest, channel_id: int) -> HttpResponse:
     context = _sidebar_context(request, channel)
     entry = next((s for s in context["servers"] if s.server.pk == channel.server_id), None)
     own_nick = _own_nick(entry, channel)
+    agent_nicks = enabled_agent_nicks()  # for the lines and the members: one query
     context.update(
         {
             "channel": channel,
             "entry": entry,
             "own_nick": own_nick,
             "own_nick_class": f"nick-c{selectors.nick_colour(own_nick)}",
-            "lines": selectors.lines(messages, own_nick=own_nick),
+            "lines": selectors.lines(messages, own_nick=own_nick, agent_nicks=agent_nicks),
             "has_older": has_older,
             # The "new messages" divider: above the first line said after the read marker as
             # it was before this page (the page moves the marker once it shows the lines).
@@ -159,7 +161,7 @@ def channel_page(request: HttpRequest, channel_id: int) -> HttpResponse:
             # Not the latest lines: live lines are not appended below them.
             "has_newer": has_newer,
             "target_id": around,
-            "members": selectors.members(channel),
+            "members": selectors.members(channel, agent_nicks=agent_nicks),
             "last_event_id": last_event_id,
             "timezone_name": timezone.get_current_timezone_name(),
         }
