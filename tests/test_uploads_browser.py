@@ -5,6 +5,7 @@ refused with the reason shown in the input."""
 import contextlib
 import http.client
 from collections.abc import Callable, Iterator
+from email.message import Message
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -56,14 +57,15 @@ def web(clean_schemas: None, tmp_path: Path) -> Iterator[AsgiServer]:
         yield server
 
 
-def _get(server: AsgiServer, path: str) -> tuple[int, dict[str, str], bytes]:
+def _get(server: AsgiServer, path: str) -> tuple[int, Message, bytes]:
     parts = urlsplit(server.url)
     assert parts.hostname and parts.port
     connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
     with contextlib.closing(connection):
         connection.request("GET", path)  # no cookie: a person from the IRC channel
         response = connection.getresponse()
-        return response.status, dict(response.getheaders()), response.read()
+        # Header names are case-insensitive (uvicorn with httptools sends them lower-cased).
+        return response.status, response.headers, response.read()
 
 
 DROP = """([name, text, type]) => {
