@@ -44,24 +44,15 @@ def start_backup(*, account: "Account", kind: str, now: datetime | None = None) 
 
 
 def manifest_summary(manifest: dict[str, Any]) -> dict[str, Any]:
-    """What the registry keeps of an archive's manifest (lifecycle.archive): its format version,
-    the last migration of each app in the schema, and the rows it holds."""
-    counts = manifest.get("row_counts") or {}
-    rows = 0
-    for value in counts.values():
-        # Per table, or per part (schema, public) and then per table.
-        rows += sum(value.values()) if isinstance(value, dict) else int(value)
-    state = manifest.get("migrations") or manifest.get("migration_state") or {}
-    if isinstance(state, list):  # [app, name] pairs: keep the last of each app
-        last: dict[str, str] = {}
-        for app, name in state:
-            last[app] = max(last.get(app, ""), name)
-        state = last
-    return {
-        "format_version": manifest.get("format_version"),
-        "migrations": state,
-        "rows": rows,
-    }
+    """What the registry keeps of an archive's manifest (lifecycle.backup): its format version,
+    the last migration of each app in the schema, and the rows it holds (schema and public)."""
+    last: dict[str, str] = {}
+    for app, name in manifest.get("migrations") or []:
+        last[app] = max(last.get(app, ""), name)
+    rows = manifest.get("rows")
+    if rows is None:
+        rows = sum(int(table.get("rows") or 0) for table in manifest.get("tables") or [])
+    return {"format_version": manifest.get("format_version"), "migrations": last, "rows": rows}
 
 
 def run_backup(*, backup_id: int, write: Callable[..., dict[str, Any]] | None = None) -> Backup:

@@ -15,8 +15,8 @@ from django.core.files import File
 from django.core.files.storage import Storage, storages
 
 STORAGE_ALIAS = "backups"
-# What an archive's file name ends with in the storage.
-SUFFIX = ".palaver-backup"
+# What an archive's file name ends with in the storage: a plain tar (lifecycle.archive).
+SUFFIX = ".palaver-backup.tar"
 _CHUNK = 1024 * 1024
 
 
@@ -25,7 +25,7 @@ def storage(alias: str = STORAGE_ALIAS) -> Storage:
 
 
 def name_for(*, account_id: uuid.UUID, created_at: datetime, kind: str) -> str:
-    """`<account id>/<UTC time>-<kind>.palaver-backup`: an account's backups side by side, in
+    """`<account id>/<UTC time>-<kind>.palaver-backup.tar`: an account's backups side by side, in
     the order they were made."""
     return f"{account_id}/{created_at:%Y%m%dT%H%M%SZ}-{kind}{SUFFIX}"
 

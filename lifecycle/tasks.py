@@ -9,6 +9,7 @@ retention to that account's backups.
 
 import logging
 import uuid
+from datetime import datetime
 
 from django.conf import settings
 from django.db import transaction
@@ -23,13 +24,15 @@ logger = logging.getLogger(__name__)
 
 
 @app.task(name="lifecycle.schedule_backups")
-def schedule_backups() -> int:
-    """Enqueue the scheduled backups due now; return how many."""
+def schedule_backups(now: str | None = None) -> int:
+    """Enqueue the scheduled backups due now (beat) or at `now` (ISO 8601: a test's clock);
+    return how many."""
     if not is_public():
         raise RuntimeError("schedule_backups runs on the public schema, over every account")
     if not settings.BACKUP_SCHEDULE:
         return 0
-    started = schedule.start_due_backups(now=timezone.now())
+    moment = datetime.fromisoformat(now) if now else timezone.now()
+    started = schedule.start_due_backups(now=moment)
     for backup in started:
         transaction.on_commit(
             lambda b=backup: backup_account.delay(str(b.account_id), b.pk)  # type: ignore[misc]

@@ -57,7 +57,7 @@ def stored_backup(
     path = ""
     if state == Backup.State.DONE:
         path = storages["backups"].save(
-            f"{account_id}/{created_at:%Y%m%dT%H%M%SZ}-{kind}.palaver-backup",
+            f"{account_id}/{created_at:%Y%m%dT%H%M%SZ}-{kind}.palaver-backup.tar",
             ContentFile(b"archive"),
         )
     return Backup.objects.create(
