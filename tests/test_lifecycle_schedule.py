@@ -4,6 +4,9 @@ which backups retention keeps, and the operator commands that list and prune the
 import io
 import itertools
 import json
+import os
+import subprocess
+import sys
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -434,3 +437,49 @@ def test_admin_shows_the_registry_read_only(alice: User, backup_dir: Path) -> No
         client.post(reverse("admin:lifecycle_backup_delete", args=[backup.pk]), {"post": "yes"})
     ).status_code == 403
     assert Backup.objects.filter(pk=backup.pk).exists()
+
+
+# --- an S3-compatible storage, as configured (no object store is reachable from the tests) ---
+
+
+def settings_in_child(**env: str) -> subprocess.CompletedProcess[str]:
+    """Load the settings with these variables in a child process and describe the "backups"
+    storage: the settings are read once per process."""
+    script = (
+        "import django; django.setup()\n"
+        "from django.core.files.storage import storages\n"
+        "s = storages['backups']\n"
+        "print(type(s).__module__, type(s).__name__, s.bucket_name, s.location, s.endpoint_url,"
+        " s.region_name, s.default_acl, s.file_overwrite)\n"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=Path(__file__).resolve().parent.parent,
+        env={**os.environ, "DJANGO_SETTINGS_MODULE": "config.settings", **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_an_s3_compatible_target_is_configured_through_django_storages() -> None:
+    result = settings_in_child(
+        BACKUP_STORAGE_BACKEND="storages.backends.s3.S3Storage",
+        BACKUP_S3_BUCKET="palaver-backups-test",
+        BACKUP_S3_ENDPOINT_URL="https://objects.example.org",
+        BACKUP_S3_REGION="eu-west-1",
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == [
+        "storages.backends.s3",
+        "S3Storage",
+        "palaver-backups-test",
+        "palaver-backups",
+        "https://objects.example.org",
+        "eu-west-1",
+        "private",
+        "False",
+    ]
+    missing = settings_in_child(BACKUP_STORAGE_BACKEND="storages.backends.s3.S3Storage")
+    assert missing.returncode != 0
+    assert "BACKUP_S3_BUCKET" in missing.stderr
