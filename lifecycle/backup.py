@@ -10,6 +10,7 @@ major version (the embedded PostgreSQL 16 and Debian's 15 differ); COPY does not
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable
@@ -29,6 +30,7 @@ from lifecycle.archive import (
     OwnedModel,
     Spool,
     owned_public_models,
+    seal_manifest,
     write_tar,
 )
 from media import uploads
@@ -100,6 +102,8 @@ def write_backup(
     try:
         manifest = _dump(account, schema, spool, progress or (lambda done, total: None))
         manifest["seconds_reading"] = round(time.monotonic() - started, 3)
+        # As read_manifest will return it: sealed with its checksum.
+        manifest = json.loads(seal_manifest(manifest))
         if isinstance(output, str | os.PathLike):
             path = os.fspath(output)
             try:
@@ -210,6 +214,7 @@ def _dump(account: Account, schema: str, spool: Spool, progress: Progress) -> di
             tables.append(entry)
 
         sequences = _sequences(cur, schema)
+        indexes = _indexes(cur, schema)
         upload_names = _upload_names(cur, schema)
 
     uploads_entries, missing = _spool_uploads(spool, upload_names)
@@ -227,6 +232,7 @@ def _dump(account: Account, schema: str, spool: Spool, progress: Progress) -> di
         "key_fingerprints": key_fingerprints(),
         "tables": tables,
         "sequences": sequences,
+        "indexes": indexes,
         "uploads": uploads_entries,
         "uploads_missing": missing,
         "rows": sum(entry["rows"] for entry in tables),
@@ -264,6 +270,24 @@ def _sequences(cur: psycopg.Cursor[Any], schema: str) -> list[dict[str, Any]]:
         last_value, is_called = cur.fetchone()  # type: ignore[misc]
         result.append({"name": name, "last_value": int(last_value), "is_called": bool(is_called)})
     return result
+
+
+def _indexes(cur: psycopg.Cursor[Any], schema: str) -> list[dict[str, str]]:
+    """Every index of the schema, its definition with the schema's name left out: those made
+    outside migrations (knowledge.vectors' HNSW index per embedding size) are made again when
+    restored."""
+    cur.execute(
+        "SELECT ic.relname, t.relname, pg_get_indexdef(i.indexrelid) "
+        "FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid "
+        "JOIN pg_class t ON t.oid = i.indrelid JOIN pg_namespace n ON n.oid = ic.relnamespace "
+        "WHERE n.nspname = %s ORDER BY ic.relname",
+        [schema],
+    )
+    qualified = sql.Identifier(schema).as_string(cur) + "."
+    return [
+        {"name": name, "table": table, "definition": definition.replace(qualified, "", 1)}
+        for name, table, definition in cur.fetchall()
+    ]
 
 
 def _upload_names(cur: psycopg.Cursor[Any], schema: str) -> list[str]:

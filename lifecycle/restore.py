@@ -41,8 +41,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, BinaryIO
 
+import psycopg
 from django.apps import apps
-from django.db import IntegrityError, models, transaction
+from django.db import models, transaction
 from django.db.migrations.executor import MigrationExecutor
 from django.db.migrations.recorder import MigrationRecorder
 from psycopg import sql
@@ -376,6 +377,7 @@ def _load(
             report(done, total)
         for remade in remake:
             cur.execute(remade)
+        _make_missing_indexes(cur, scratch, manifest)
         for sequence in manifest.get("sequences") or []:
             cur.execute(
                 "SELECT setval(%s::regclass, %s, %s)",
@@ -386,6 +388,29 @@ def _load(
                 ],
             )
     return public
+
+
+def _make_missing_indexes(cur: Any, scratch: str, manifest: dict[str, Any]) -> None:
+    """Indexes the archive's schema had that its migrations do not make (knowledge.vectors'
+    HNSW index per embedding size). One that cannot be made here (no pgvector) is logged and
+    left out: the code that wants it makes it when it is needed."""
+    cur.execute(
+        "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = %s AND c.relkind = 'i'",
+        [scratch],
+    )
+    present = {name for (name,) in cur.fetchall()}
+    missing = [item for item in manifest.get("indexes") or [] if item["name"] not in present]
+    if not missing:
+        return
+    cur.execute(sql.SQL("SET LOCAL search_path = {}, public").format(sql.Identifier(scratch)))
+    for item in missing:
+        try:
+            with transaction.atomic():
+                cur.execute(item["definition"])
+        except Exception as exc:
+            logger.warning("index %s not made again: %s", item["name"], _first_line(exc))
+    cur.execute("SET LOCAL search_path = public")
 
 
 def _first_line(exc: BaseException) -> str:
@@ -552,7 +577,8 @@ def _insert_public_rows(
             pk = model._meta.pk
             new_id: sql.Composable | None = None
             if model is account_model:
-                new_id = sql.Literal(str(plan.target_id))
+                if not plan.same_id:
+                    new_id = sql.SQL("{}::uuid").format(sql.Literal(str(plan.target_id)))
             elif pk is not None and getattr(pk, "column", None) and _is_integer_auto(pk):
                 new_id = sql.SQL("nextval(pg_get_serial_sequence({}, {}))").format(
                     sql.Literal(f"public.{entry['table']}"), sql.Literal(pk.column)
@@ -598,7 +624,7 @@ def _insert_public_rows(
             if model is user_model():
                 _check_emails(cur, stage)
             try:
-                with raw.transaction():
+                with transaction.atomic():
                     cur.execute(
                         sql.SQL("INSERT INTO public.{t} ({c}) SELECT {c} FROM {s}").format(
                             t=sql.Identifier(entry["table"]),
@@ -606,7 +632,7 @@ def _insert_public_rows(
                             s=sql.Identifier(stage),
                         )
                     )
-            except IntegrityError as exc:
+            except psycopg.errors.IntegrityError as exc:
                 raise RestoreRefused(
                     f"The archive's {entry['table']} rows clash with rows here: {_first_line(exc)}"
                 ) from None
