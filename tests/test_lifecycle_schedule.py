@@ -483,3 +483,29 @@ def test_an_s3_compatible_target_is_configured_through_django_storages() -> None
     missing = settings_in_child(BACKUP_STORAGE_BACKEND="storages.backends.s3.S3Storage")
     assert missing.returncode != 0
     assert "BACKUP_S3_BUCKET" in missing.stderr
+
+
+# --- manual backups --------------------------------------------------------------------------
+
+
+def test_backup_all_accounts_makes_manual_backups_and_says_which_failed(
+    clean_schemas: None, backup_dir: Path
+) -> None:
+    from django.db import connection
+
+    kept = UserFactory(account_name="Kept").account
+    broken = UserFactory(account_name="Broken").account
+    printed = run("backup_all_accounts", "Kept")
+    assert "1 backup made, 0 failed." in printed
+    [backup] = Backup.objects.all()
+    assert (backup.account_id, backup.kind, backup.state) == (kept.pk, "manual", "done")
+    assert (backup_dir / backup.path).stat().st_size == backup.size
+
+    with connection.cursor() as cursor:
+        cursor.execute(f'DROP SCHEMA "{broken.schema_name}" CASCADE')
+    with pytest.raises(CommandError, match=r"Broken \(.*\): ArchiveError: The schema .* not exist"):
+        run("backup_all_accounts")
+    states = sorted(Backup.objects.values_list("account_name", "state"))
+    assert states == [("Broken", "failed"), ("Kept", "done"), ("Kept", "done")]
+    # Manual backups are kept while the account exists.
+    assert "0 backups past retention" in run("prune_backups")

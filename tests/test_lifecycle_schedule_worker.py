@@ -21,6 +21,7 @@ from config.celery import app
 from lifecycle import schedule
 from lifecycle.archive import read_manifest
 from lifecycle.models import Backup
+from lifecycle.restore import restore_backup
 from lifecycle.tasks import backup_account, schedule_backups
 from tenancy import switch
 from tests.factories import UserFactory
@@ -94,6 +95,11 @@ def test_the_tick_enqueues_the_due_backup_and_the_worker_keeps_it(
     assert backup.rows == manifest["rows"] >= 50
     assert backup.migrations["channels_app"].startswith("00")
     assert backup.finished_at is not None
+
+    # What was kept restores: the lines are there in a new account.
+    copy = restore_backup(source=str(stored), new_name="Kept again", without_users=True)
+    with switch(copy):
+        assert Message.objects.count() == 50
 
 
 def test_the_task_applies_retention_to_its_account(
