@@ -27,7 +27,6 @@ def main(archive: str, email: str, password: str) -> dict[str, Any]:
     from accounts.models import User
     from channels_app.models import Message
     from knowledge.models import Document
-    from lifecycle.restore import restore_backup
     from llms.models import AccountLLM
     from tenancy import switch
 
@@ -38,7 +37,7 @@ def main(archive: str, email: str, password: str) -> dict[str, Any]:
             "SELECT current_setting('server_version_num'), current_setting('data_directory')"
         )
         server_version, data_directory = cursor.fetchone()
-    restore_backup(source=archive)
+    call_command("restore_account", archive, stdout=quiet, stderr=quiet)
 
     user = User.objects.select_related("account").get(email=email)
     client = Client()
