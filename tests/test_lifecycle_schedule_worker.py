@@ -24,22 +24,13 @@ from lifecycle.models import Backup
 from lifecycle.restore import restore_backup
 from lifecycle.tasks import backup_account, schedule_backups
 from tenancy import switch
+from tests import lifecycle_support
 from tests.factories import UserFactory
+from tests.lifecycle_support import purge
 
 SettingsWrapper = Any  # pytest-django exports no type for its settings fixture
-
-
-@pytest.fixture
-def backup_dir(settings: SettingsWrapper, tmp_path: Path) -> Path:
-    directory = tmp_path / "backups"
-    settings.STORAGES = {
-        **settings.STORAGES,
-        "backups": {
-            "BACKEND": "django.core.files.storage.FileSystemStorage",
-            "OPTIONS": {"location": str(directory), "base_url": None},
-        },
-    }
-    return directory
+# The backups storage on the test's own directory (a fixture).
+backup_dir = lifecycle_support.backup_dir
 
 
 @pytest.fixture
@@ -160,10 +151,9 @@ def test_a_failing_backup_is_recorded_failed_with_its_error(
     gone = Backup.objects.create(
         account_id=user.account.pk, account_name="Kept", kind="daily", created_at=timezone.now()
     )
-    from tenancy.services import delete_account
 
     account_id = str(user.account.pk)
-    delete_account(account=user.account)
+    purge(user.account)
     assert backup_account.delay(account_id, gone.pk).get(timeout=60) == "failed"
     gone.refresh_from_db()
     assert gone.error == "LookupError: the account no longer exists"
