@@ -141,6 +141,8 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
         "schedule": crontab(minute="*/15"),
         "options": {"expires": 15 * 60},
     },
+    # Backup retention over every account, purged ones included (theirs age out): daily.
+    "prune-backups": {"task": "lifecycle.prune_backups", "schedule": crontab(hour=3, minute=7)},
 }
 # Agent runs wait on LLM providers for seconds: they go to a queue of their own, served by a
 # worker whose pool keeps many runs in flight (scripts/run_all.py), not behind short jobs.

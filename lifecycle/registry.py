@@ -159,6 +159,28 @@ def apply_retention(
     return delete_backups(expired)
 
 
+def prune_all(
+    *, now: datetime | None = None, dry_run: bool = False, each: Callable[[], None] | None = None
+) -> Pruned:
+    """Apply retention to every account the registry has backups of, purged ones included
+    (one query says which still exist); `each` is called after each account (a progress bar)."""
+    now = now or timezone.now()
+    account_ids = registry_account_ids()
+    existing = set(_account_model().objects.filter(pk__in=account_ids).values_list("pk", flat=True))
+    total = Pruned()
+    for account_id in account_ids:
+        expired = expired_backups(
+            account_id=account_id, now=now, account_exists=account_id in existing
+        )
+        result = Pruned(expired=expired) if dry_run else delete_backups(expired)
+        total.expired += result.expired
+        total.deleted += result.deleted
+        total.errors += result.errors
+        if each is not None:
+            each()
+    return total
+
+
 def forget_backups_of_purged_account(*, account: "Account", **_: object) -> None:
     """tenancy.services.account_deleting: the account is being purged. Its backups past
     retention (as an account that no longer exists: see lifecycle.retention) go once the purge

@@ -53,3 +53,15 @@ def backup_account(account_id: str, backup_id: int) -> str:
     for error in pruned.errors:
         logger.error("retention of account %s: %s", account_id, error)
     return str(backup.state)
+
+
+@app.task(name="lifecycle.prune_backups")
+def prune_backups() -> int:
+    """Apply retention to every account's backups, purged accounts' included (their backups
+    age out); return how many were deleted. Beat runs it daily; `prune_backups` is the same."""
+    if not is_public():
+        raise RuntimeError("prune_backups runs on the public schema, over every account")
+    result = registry.prune_all()
+    for error in result.errors:
+        logger.error("backup retention: %s", error)
+    return len(result.deleted)

@@ -157,3 +157,31 @@ def test_a_failing_backup_is_recorded_failed_with_its_error(
     assert backup_account.delay(account_id, gone.pk).get(timeout=60) == "failed"
     gone.refresh_from_db()
     assert gone.error == "LookupError: the account no longer exists"
+
+
+def test_the_daily_prune_task_ages_out_a_purged_accounts_backups(
+    backup_dir: Path, worker: None, settings: SettingsWrapper
+) -> None:
+    from uuid import uuid4
+
+    from lifecycle.tasks import prune_backups
+
+    gone = uuid4()
+    old_path = storages["backups"].save(f"{gone}/old.tar", ContentFile(b"x"))
+    young_path = storages["backups"].save(f"{gone}/young.tar", ContentFile(b"x"))
+    for path, days in ((old_path, 30), (young_path, 1)):
+        Backup.objects.create(
+            account_id=gone,
+            account_name="Gone",
+            kind="daily",
+            state="done",
+            path=path,
+            size=1,
+            checksum="0" * 64,
+            created_at=timezone.now() - timedelta(days=days),
+        )
+    assert "lifecycle.prune_backups" in {e["task"] for e in settings.CELERY_BEAT_SCHEDULE.values()}
+    assert prune_backups.delay().get(timeout=60) == 1
+    assert list(Backup.objects.values_list("path", flat=True)) == [young_path]
+    assert not (backup_dir / old_path).exists()
+    assert (backup_dir / young_path).exists()
