@@ -17,16 +17,27 @@ Then --runs times:
   tenancy.services.purge_account(account=...) where that exists (issue 12's purge), else
   tenancy.services.delete_account(account=...) (today's immediate deletion): seconds.
 
+- the anchor, in the same run (DESIGN.md: "pg_dump of one schema"), when the pg_dump on the
+  PATH has the server's major version: `pg_dump --schema=S --format=custom --compress=1` of the
+  account's schema, and `pg_restore --jobs 2` of it into a database of its own
+  (`<database>_anchor`): seconds of each, and our time over theirs (`backup_ratio`,
+  `restore_ratio`: the median of each run's ratio; below 1 is faster than pg_dump). Absolute
+  times on a shared machine drift with its load; the ratios are measured side by side.
+
 Targets (DESIGN.md): backup >= 100,000 lines/s, restore >= 50,000 lines/s.
 
 stdout gets exactly one line (medians of the runs):
     backup_s_p50=… backup_lines_per_s=… archive_mb=… restore_s_p50=… restore_lines_per_s=…
-    purge_s_p50=… purge_with=… lines=… runs=…
+    purge_s_p50=… purge_with=… pg_dump_s_p50=… pg_restore_s_p50=… backup_ratio=…
+    restore_ratio=… lines=… runs=…
 """
 
 import argparse
 import os
+import re
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -39,7 +50,14 @@ sys.path.insert(0, str(PROJECT_DIR / "benchmarks"))
 
 from chat_page import copy_messages  # noqa: E402
 from pages import database_exists  # noqa: E402
-from provisioning import back_to_public, log, run_in_scratch_database  # noqa: E402
+from provisioning import (  # noqa: E402
+    back_to_public,
+    log,
+    recreate_database,
+    run_in_scratch_database,
+    server_url,
+    with_database,
+)
 
 DEFAULT_DATABASE = "bench_lifecycle"
 ACCOUNT = "Lifecycle"
@@ -97,6 +115,50 @@ def purge_function() -> tuple[str, Any]:
     return "delete_account", services.delete_account
 
 
+def pg_dump_matches(bench_url: str) -> bool:
+    """Whether the pg_dump on the PATH has the server's major version (it refuses a newer
+    server, and its output would not be the same anchor for an older one)."""
+    import psycopg
+
+    pg_dump = shutil.which("pg_dump")
+    if pg_dump is None or shutil.which("pg_restore") is None:
+        return False
+    output = subprocess.run([pg_dump, "--version"], capture_output=True, text=True).stdout  # noqa: S603
+    found = re.search(r"(\d+)\.", output)
+    with psycopg.connect(bench_url) as conn:
+        row = conn.execute("SELECT current_setting('server_version_num')::int / 10000").fetchone()
+    return bool(found and row and int(found.group(1)) == row[0])
+
+
+def anchor_run(bench_url: str, anchor_url: str, schema: str, scratch: str) -> tuple[float, float]:
+    """pg_dump of the schema, then pg_restore of it into the anchor database: seconds each."""
+    import psycopg
+
+    path = Path(scratch) / "anchor.dump"
+    started = time.perf_counter()
+    subprocess.run(  # noqa: S603
+        [shutil.which("pg_dump") or "pg_dump", f"--dbname={bench_url}", f"--schema={schema}",
+         "--format=custom", "--compress=1", f"--file={path}"],
+        check=True,
+    )  # fmt: skip
+    dumped = time.perf_counter() - started
+    with psycopg.connect(anchor_url, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    started = time.perf_counter()
+    subprocess.run(  # noqa: S603
+        [shutil.which("pg_restore") or "pg_restore", f"--dbname={anchor_url}", "--jobs=2",
+         "--no-owner", str(path)],
+        check=True,
+    )  # fmt: skip
+    restored = time.perf_counter() - started
+    os.unlink(path)
+    return dumped, restored
+
+
+def median_ratio(ours: list[float], theirs: list[float]) -> float:
+    return statistics.median(a / b for a, b in zip(ours, theirs, strict=True))
+
+
 def run(args: argparse.Namespace, bench_url: str, result_out: TextIO) -> None:
     from django.core.management import call_command
     from django.db import connections
@@ -119,6 +181,14 @@ def run(args: argparse.Namespace, bench_url: str, result_out: TextIO) -> None:
     back_to_public()
     connections.close_all()
     purge_name, purge = purge_function()
+    anchor_url = ""
+    if pg_dump_matches(bench_url):
+        anchor_url = with_database(server_url(), f"{args.database}_anchor")
+        recreate_database(with_database(server_url(), "postgres"), f"{args.database}_anchor")
+    else:
+        log("no pg_dump of the server's major version on the PATH: no anchor")
+    dump_s: list[float] = []
+    pg_restore_s: list[float] = []
     backup_s: list[float] = []
     restore_s: list[float] = []
     purge_s: list[float] = []
@@ -151,6 +221,15 @@ def run(args: argparse.Namespace, bench_url: str, result_out: TextIO) -> None:
             log(f"run {run_number + 1}: {purge_name} {purge_s[-1]:.2f} s")
             os.unlink(path)
             back_to_public()
+            if anchor_url:
+                dumped, restored = anchor_run(bench_url, anchor_url, account.schema_name, scratch)
+                dump_s.append(dumped)
+                pg_restore_s.append(restored)
+                log(f"run {run_number + 1}: pg_dump {dumped:.2f} s, pg_restore {restored:.2f} s")
+    if anchor_url:
+        from provisioning import drop_database
+
+        drop_database(with_database(server_url(), "postgres"), f"{args.database}_anchor")
     backup = statistics.median(backup_s)
     restore = statistics.median(restore_s)
     fields = [
@@ -161,6 +240,17 @@ def run(args: argparse.Namespace, bench_url: str, result_out: TextIO) -> None:
         f"restore_lines_per_s={lines / restore:.0f}",
         f"purge_s_p50={statistics.median(purge_s):.2f}",
         f"purge_with={purge_name}",
+    ]
+    if dump_s:
+        fields += [
+            f"pg_dump_s_p50={statistics.median(dump_s):.2f}",
+            f"pg_restore_s_p50={statistics.median(pg_restore_s):.2f}",
+            # Each run's own ratio (its two sides ran a minute apart), then their median: the
+            # load of a shared machine moves both sides of one run alike, not of different runs.
+            f"backup_ratio={median_ratio(backup_s, dump_s):.2f}",
+            f"restore_ratio={median_ratio(restore_s, pg_restore_s):.2f}",
+        ]
+    fields += [
         f"lines={lines}",
         f"runs={args.runs}",
     ]

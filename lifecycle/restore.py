@@ -36,6 +36,8 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -43,11 +45,13 @@ from typing import IO, TYPE_CHECKING, Any, BinaryIO
 
 import psycopg
 from django.apps import apps
+from django.conf import settings
 from django.db import models, transaction
 from django.db.migrations.executor import MigrationExecutor
 from django.db.migrations.recorder import MigrationRecorder
 from psycopg import sql
 
+from config.database import connection_params
 from core.crypto import key_fingerprints
 from lifecycle.archive import (
     CHUNK,
@@ -72,6 +76,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]
 SCRATCH_PREFIX = "restore_"
+# Memory for each index build of a restore: a GIN index over 1,000,000 lines is built about
+# twice as fast with 1 GB as with 256 MB (docs/benchmarks.md, issue 12).
+REMAKE_MEMORY = "1GB"
 
 
 def restore_backup(
@@ -110,14 +117,11 @@ def restore_backup(
         handed_over = False  # the spool of files belongs to the on-commit writer from then on
         try:
             with transaction.atomic():
-                public_data = _load(reader, manifest, scratch, applied, files, report)
-                needs_migrating = applied != expected_migrations()
-                if not needs_migrating:
-                    restored = _finish(plan, manifest, scratch, public_data, files)
-                    handed_over = True
-                    return restored
+                public_data, remake = _load(reader, manifest, scratch, applied, files, report)
             committed_scratch = True
-            _migrate_forward(scratch)
+            _remake(scratch, remake, manifest)
+            if applied != expected_migrations():
+                _migrate_forward(scratch)
             with transaction.atomic():
                 restored = _finish(plan, manifest, scratch, public_data, files)
                 handed_over = True
@@ -326,18 +330,23 @@ def _load(
     applied: frozenset[Any],
     files: Path,
     report: Progress,
-) -> dict[str, bytes]:
+) -> tuple[dict[str, bytes], list[str]]:
     """Create the scratch schema and load every member: the schema's tables with COPY, the
-    public rows kept (they are small) for step 3, the uploads spooled to `files`."""
+    public rows kept (they are small) for step 3, the uploads spooled to `files`. Returns those
+    public rows and the statements that make the dropped indexes and foreign keys again."""
+    started = time.monotonic()
     _create_scratch(scratch, manifest, applied)
     remake = _drop_for_load(scratch)
+    built = time.monotonic()
     total = int(manifest.get("rows") or 0)
     done = 0
     public: dict[str, bytes] = {}
     raw = _raw()
+    # The rows are written frozen (no later pass sets their hint bits or freezes them), which
+    # PostgreSQL allows for a table created in the same transaction, not in a savepoint.
+    freeze = sql.SQL("" if connection.savepoint_ids else "(FREEZE)")
     report(0, total)
     with raw.cursor() as cur:
-        cur.execute("SET LOCAL maintenance_work_mem = '256MB'")
         for entry, handle in reader.members():
             member = entry["member"]
             if "table" not in entry:  # an uploaded file
@@ -351,10 +360,11 @@ def _load(
                 rows = public[member].count(b"\n")
             else:
                 rows = 0
-                statement = sql.SQL("COPY {}.{} ({}) FROM STDIN").format(
+                statement = sql.SQL("COPY {}.{} ({}) FROM STDIN {}").format(
                     sql.Identifier(scratch),
                     sql.Identifier(entry["table"]),
                     sql.SQL(", ").join(map(sql.Identifier, entry["columns"])),
+                    freeze,
                 )
                 try:
                     with cur.copy(statement) as copy:
@@ -375,9 +385,10 @@ def _load(
                 )
             done += rows
             report(done, total)
-        for remade in remake:
-            cur.execute(remade)
-        _make_missing_indexes(cur, scratch, manifest)
+        logger.info(
+            "restore into %s: schema built in %.2f s, %d rows loaded in %.2f s",
+            scratch, built - started, done, time.monotonic() - built,
+        )  # fmt: skip
         for sequence in manifest.get("sequences") or []:
             cur.execute(
                 "SELECT setval(%s::regclass, %s, %s)",
@@ -387,30 +398,70 @@ def _load(
                     sequence["is_called"],
                 ],
             )
-    return public
+    return public, remake
 
 
-def _make_missing_indexes(cur: Any, scratch: str, manifest: dict[str, Any]) -> None:
+def _remake(scratch: str, remake: list[str], manifest: dict[str, Any]) -> None:
+    """Make the dropped indexes and foreign keys again, on two connections of their own (the
+    scratch schema is committed by now, invisible to everything else): the GIN index over the
+    history's text takes most of the time, and the rest is built beside it."""
+    started = time.monotonic()
+    params = connection_params(settings.DATABASES["default"])
+    # The costliest first, so that the other connection takes everything else meanwhile.
+    queue = sorted(remake, key=lambda statement: "USING gin" not in statement)
+    lock = threading.Lock()
+    failures: list[str] = []
+
+    def work() -> None:
+        with psycopg.connect(**params, autocommit=True) as conn:
+            conn.execute(f"SET maintenance_work_mem = '{REMAKE_MEMORY}'")
+            while True:
+                with lock:
+                    if not queue or failures:
+                        return
+                    statement = queue.pop(0)
+                try:
+                    conn.execute(statement)
+                except psycopg.Error as exc:
+                    with lock:
+                        failures.append(f"{_first_line(exc)} ({statement[:200]})")
+
+    threads = [threading.Thread(target=work, name=f"restore-remake-{i}") for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if failures:
+        raise CorruptArchive(f"The archive's data breaks the schema's rules: {failures[0]}")
+    with psycopg.connect(**params, autocommit=True) as conn:
+        _make_missing_indexes(conn, scratch, manifest)
+    logger.info(
+        "restore into %s: indexes and foreign keys made in %.2f s",
+        scratch, time.monotonic() - started,
+    )  # fmt: skip
+
+
+def _make_missing_indexes(conn: Any, scratch: str, manifest: dict[str, Any]) -> None:
     """Indexes the archive's schema had that its migrations do not make (knowledge.vectors'
     HNSW index per embedding size). One that cannot be made here (no pgvector) is logged and
     left out: the code that wants it makes it when it is needed."""
-    cur.execute(
-        "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-        "WHERE n.nspname = %s AND c.relkind = 'i'",
-        [scratch],
-    )
-    present = {name for (name,) in cur.fetchall()}
+    present = {
+        name
+        for (name,) in conn.execute(
+            "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = %s AND c.relkind = 'i'",
+            [scratch],
+        ).fetchall()
+    }
     missing = [item for item in manifest.get("indexes") or [] if item["name"] not in present]
     if not missing:
         return
-    cur.execute(sql.SQL("SET LOCAL search_path = {}, public").format(sql.Identifier(scratch)))
+    conn.execute(sql.SQL("SET search_path = {}, public").format(sql.Identifier(scratch)))
     for item in missing:
         try:
-            with transaction.atomic():
-                cur.execute(item["definition"])
-        except Exception as exc:
+            conn.execute(item["definition"])
+        except psycopg.Error as exc:
             logger.warning("index %s not made again: %s", item["name"], _first_line(exc))
-    cur.execute("SET LOCAL search_path = public")
 
 
 def _first_line(exc: BaseException) -> str:
