@@ -3,6 +3,7 @@
 import ipaddress
 from typing import Any
 
+from celery.schedules import crontab
 from django.core.exceptions import ImproperlyConfigured
 from django.urls import reverse_lazy
 
@@ -133,6 +134,15 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
         # A tick that waited longer than the next one is worthless: the next one does its work.
         "options": {"expires": 5.0},
     },
+    # Scheduled backups: every 15 minutes (on the quarter hour), enqueues one backup per
+    # account whose time of day has come (lifecycle/schedule.py spreads them over the day).
+    "backups-tick": {
+        "task": "lifecycle.schedule_backups",
+        "schedule": crontab(minute="*/15"),
+        "options": {"expires": 15 * 60},
+    },
+    # Backup retention over every account, purged ones included (theirs age out): daily.
+    "prune-backups": {"task": "lifecycle.prune_backups", "schedule": crontab(hour=3, minute=7)},
 }
 # Agent runs wait on LLM providers for seconds: they go to a queue of their own, served by a
 # worker whose pool keeps many runs in flight (scripts/run_all.py), not behind short jobs.
@@ -365,6 +375,48 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = BASE_DIR / "var" / "staticfiles"
+
+# --- backups (lifecycle: the registry, the schedule, retention; docs in README "Backups") -----
+# Scheduled backups go to the "backups" storage: by default the disk under BACKUP_DIR;
+# BACKUP_STORAGE_BACKEND names another Django storage class. For an S3-compatible object store,
+# `storages.backends.s3.S3Storage` (django-storages) with the BACKUP_S3_* settings below: a
+# bucket of its own, private, never overwritten in place.
+BACKUP_DIR: str = setting("BACKUP_DIR", default=str(BASE_DIR / "var" / "backups"))
+BACKUP_STORAGE_BACKEND: str = setting(
+    "BACKUP_STORAGE_BACKEND", default="django.core.files.storage.FileSystemStorage"
+)
+# The scheduled backups kept per account: the newest BACKUP_KEEP_DAILY (one a day), and among
+# them or older, the newest BACKUP_KEEP_WEEKLY weekly ones (the first backup of each ISO week).
+BACKUP_KEEP_DAILY: int = setting("BACKUP_KEEP_DAILY", cast=int, default=7)
+BACKUP_KEEP_WEEKLY: int = setting("BACKUP_KEEP_WEEKLY", cast=int, default=4)
+if BACKUP_KEEP_DAILY < 1 or BACKUP_KEEP_WEEKLY < 0:
+    raise ImproperlyConfigured(
+        "BACKUP_KEEP_DAILY must be at least 1 and BACKUP_KEEP_WEEKLY at least 0"
+    )
+# Off: the beat entry enqueues nothing (the commands still work).
+BACKUP_SCHEDULE: bool = setting("BACKUP_SCHEDULE", cast=bool, default=True)
+
+
+def _backup_storage_options() -> dict[str, Any]:
+    if BACKUP_STORAGE_BACKEND.endswith("FileSystemStorage"):
+        # No base_url: a backup is never served over HTTP.
+        return {"location": BACKUP_DIR, "base_url": None}
+    if BACKUP_STORAGE_BACKEND.endswith("s3.S3Storage"):
+        options: dict[str, Any] = {
+            "bucket_name": setting("BACKUP_S3_BUCKET"),
+            "location": setting("BACKUP_S3_PREFIX", default="palaver-backups"),
+            "endpoint_url": setting("BACKUP_S3_ENDPOINT_URL", default="") or None,
+            "region_name": setting("BACKUP_S3_REGION", default="") or None,
+            "access_key": setting("BACKUP_S3_ACCESS_KEY_ID", default="") or None,
+            "secret_key": setting("BACKUP_S3_SECRET_ACCESS_KEY", default="") or None,
+            "default_acl": "private",
+            "querystring_auth": True,
+            "file_overwrite": False,
+        }
+        return options
+    return {}
+
+
 # Files people upload into the chat (media/uploads.py) go to the "uploads" storage: by default
 # the disk under UPLOADS_DIR; UPLOADS_STORAGE_BACKEND names another Django storage class (an
 # object store through django-storages, say), configured by its own settings.
@@ -375,6 +427,7 @@ _uploads_backend: str = setting(
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    "backups": {"BACKEND": BACKUP_STORAGE_BACKEND, "OPTIONS": _backup_storage_options()},
     "uploads": {
         "BACKEND": _uploads_backend,
         "OPTIONS": (
@@ -387,6 +440,7 @@ STORAGES = {
     },
 }
 WHITENOISE_USE_FINDERS = True
+
 
 # Uploaded documents are read into the database, never kept on disk: the one upload handler
 # keeps a file in memory and stops the upload as soon as it passes LIMIT_DOCUMENT_BYTES.

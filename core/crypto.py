@@ -4,6 +4,8 @@ The newest key (first in SECRET_ENCRYPTION_KEYS) encrypts; every key in the list
 keys rotate by prepending a new one, running `manage.py rotate_secrets`, then dropping the old.
 """
 
+import hashlib
+import hmac
 from functools import cache
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
@@ -53,3 +55,13 @@ def rotate(token: str) -> str:
         raise SecretDecryptionError(
             "a stored secret does not decrypt with any key in SECRET_ENCRYPTION_KEYS"
         ) from None
+
+
+def key_fingerprints() -> list[str]:
+    """One short fingerprint per key of SECRET_ENCRYPTION_KEYS, in order: an HMAC of a fixed
+    label under the key, so it names the key (a backup records which keys sealed its secrets)
+    and reveals nothing of it."""
+    return [
+        hmac.new(key.encode(), b"palaver key fingerprint", hashlib.sha256).hexdigest()[:16]
+        for key in settings.SECRET_ENCRYPTION_KEYS
+    ]
