@@ -65,11 +65,13 @@ def close_connection() -> None:
 
 
 def load_accounts(shard: int, shards: int) -> list[Account]:
-    return [a for a in Account.objects.all() if in_shard(a.pk, shard, shards)]
+    # An account pending deletion is held by no gateway (tenancy.services).
+    accounts = Account.objects.filter(deletion_requested_at__isnull=True)
+    return [a for a in accounts if in_shard(a.pk, shard, shards)]
 
 
 def load_account(account_id: uuid.UUID) -> Account | None:
-    return Account.objects.filter(pk=account_id).first()
+    return Account.objects.filter(pk=account_id, deletion_requested_at__isnull=True).first()
 
 
 def server_exists(account_id: uuid.UUID, server_id: int) -> bool:
