@@ -311,6 +311,10 @@ class Gateway:
                 self._set_account(account)
                 self.store.add_account(account)
                 loaded = await self._read_config(load_account_config, account)
+            else:
+                # Gone or pending deletion: the states of its closing connections are not kept
+                # in Redis (_publish_states), or they would outlive the account's purge.
+                self.accounts.pop(account_id, None)
             wanted = {c.server_id: c for c in loaded.servers}
             for (acc, server_id), conn in list(self.connections.items()):
                 if acc != account_id:
@@ -454,7 +458,7 @@ class Gateway:
             encoded = events.encode_event(event)
             try:
                 pipe = self._redis.pipeline(transaction=False)
-                if isinstance(event, events.ServerStateEvent):
+                if isinstance(event, events.ServerStateEvent) and account_id in self.accounts:
                     key = events.server_state_key(account_id, event.server_id)
                     pipe.set(key, encoded, ex=86400)
                     if event.error:

@@ -207,6 +207,7 @@ def purge_account(*, account: "Account") -> PurgeReport:
             )
 
     transaction.on_commit(outside_the_database)
+    _tell_gateway(account)
     logger.info(
         "account %s purged: schema %s, %d public rows", report.account_id, report.schema_name,
         report.public_rows,
