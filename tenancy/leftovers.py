@@ -2,8 +2,10 @@
 
 Public rows: not a hand list. Every concrete model outside the account apps (settings.
 TENANT_APPS) is introspected; a row goes when a foreign key of it (or one-to-one, or an
-auto-created many-to-many table's) points at the account or at one of its users, or when it
-names the account or a user through a content type and an object id (Django admin's log).
+auto-created many-to-many table's) points at the account or at one of its users, when a UUID
+column named account_id or user_id holds their id without a foreign key (the gateway's journal
+positions), or when it names the account or a user through a content type and an object id
+(Django admin's log).
 
 Redis: every key whose name holds the account's id (hyphenated or hex), its schema name, one of
 its users' ids, or a fragment a receiver of account_deleting adds, in every Redis database the
@@ -79,16 +81,26 @@ def public_models() -> list[type[models.Model]]:
     ]
 
 
+# A plain UUID column named so holds an account's or a user's id without a foreign key (the
+# gateway's journal positions: a batch must not fail for an account deleted meanwhile).
+_ID_COLUMNS = {"account_id": "account", "user_id": "user"}
+
+
 def relations_to(
     targets: tuple[type[models.Model], ...],
 ) -> Iterator[tuple[type[models.Model], str, type[models.Model]]]:
-    """(model, field name, target) for each foreign key or one-to-one field of a public model
-    pointing at one of `targets`."""
+    """(model, field name, target) for each field of a public model that refers to one of
+    `targets`: a foreign key or one-to-one field, or a UUID field named account_id / user_id."""
+    by_role: dict[str, type[models.Model]] = {"account": tenant_model(), "user": user_model()}
     for model in public_models():
         for model_field in model._meta.concrete_fields:
             related = getattr(model_field, "related_model", None)
             if model_field.is_relation and related in targets:
                 yield model, model_field.name, related
+            elif isinstance(model_field, models.UUIDField) and not model_field.primary_key:
+                role = _ID_COLUMNS.get(model_field.name)
+                if role is not None and by_role[role] in targets:
+                    yield model, model_field.name, by_role[role]
 
 
 def _generic_references(model: type[models.Model]) -> tuple[str, str] | None:
