@@ -55,13 +55,24 @@ class AccountTask(app.Task):
             return None
         try:
             return super().__call__(*args, **kwargs)
-        except DatabaseError:
-            # Purged while the worker held it (its cached copy, or mid-run): its schema is gone.
-            if account is not None and not schema_exists(account.schema_name):
+        except Exception:
+            # Purged while the worker held it (its cached copy, or mid-run): its row or its
+            # schema is gone, and what failed failed for that reason.
+            if account is not None and _gone(account):
                 logger.info("task %s for account %s ended: the account is gone", self.name,
                             account.pk)  # fmt: skip
                 return None
             raise
+
+
+def _gone(account: Any) -> bool:
+    try:
+        return not (
+            schema_exists(account.schema_name)
+            and tenant_model().objects.filter(pk=account.pk).exists()
+        )
+    except DatabaseError:
+        return False
 
 
 def account_task(*args: Any, **options: Any) -> Any:
