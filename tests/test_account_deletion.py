@@ -9,7 +9,9 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from django.db import connection
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
@@ -29,6 +31,7 @@ from tests.gateway_support import wait_until
 from tests.ircd import IrcBot, IrcServer, unique_channel
 from tests.test_agent_schedules import make_world, schedule
 from tests.test_gateway import add_server
+from tests.test_get_is_safe import WRITE
 
 ACCOUNT = reverse("accounts:account")
 DELETE = reverse("accounts:account_delete")
@@ -226,6 +229,11 @@ def test_during_the_grace_period_every_page_leads_to_the_deletion_page(
         headers={"HX-Request": "true", "HX-Current-URL": "http://testserver" + PENDING},
     )
     assert quiet.status_code == 204 and "HX-Redirect" not in quiet
+    # Its GET writes nothing but the session.
+    with CaptureQueriesContext(connection) as queries:
+        assert client.get(PENDING).status_code == 200
+    writes = [q["sql"] for q in queries.captured_queries if WRITE.match(q["sql"])]
+    assert [w for w in writes if '"accounts_session"' not in w] == []
     # Deleting again is not possible; signing out is.
     again = client.post(DELETE, delete_form(alice.account))
     assert (again.status_code, again["Location"]) == (303, PENDING)
