@@ -53,7 +53,7 @@ if TYPE_CHECKING:  # see tenancy/context.py: tenancy never imports accounts at r
 
 logger = logging.getLogger(__name__)
 
-SCAN_COUNT = 1000
+SCAN_COUNT = 10_000
 _BATCH = 500
 
 
