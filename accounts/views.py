@@ -1,6 +1,5 @@
 import logging
 import uuid
-from typing import Any
 
 from django.conf import settings
 from django.contrib import messages
@@ -20,7 +19,7 @@ from django.views.decorators.http import require_POST
 
 from accounts import selectors, services, throttle
 from accounts.forms import DeleteAccountForm, PasswordResetRequestForm, SignInForm, SignUpForm
-from accounts.models import User
+from accounts.models import Account, User
 from accounts.throttle import client_address, describe_wait
 from agents.models import Agent
 from channels_app.models import Channel, Server
@@ -342,7 +341,7 @@ def account_delete(request: HttpRequest) -> HttpResponse:
     return redirect("accounts:sign_in")
 
 
-def _pending_account(request: HttpRequest) -> Any:
+def _pending_account(request: HttpRequest) -> Account:
     account = _user(request).account
     if not account.pending_deletion:
         raise Http404("This account is not scheduled for deletion")
@@ -354,11 +353,10 @@ def deletion_pending(request: HttpRequest) -> HttpResponse:
     """The one page of an account pending deletion (accounts.middleware.PendingDeletionMiddleware
     sends its users here)."""
     account = _pending_account(request)
-    admins = User.objects.filter(account=account, is_account_admin=True, is_active=True)
     return render(
         request,
         "accounts/deletion_pending.html",
-        {"account": account, "admins": [a.email for a in admins]},
+        {"account": account, "admins": selectors.account_admin_emails(account=account)},
     )
 
 
