@@ -18,6 +18,7 @@ from django.utils import timezone
 from accounts.models import Account, Session, User
 from agents.models import Schedule
 from agents.services.schedules import pause_schedule
+from channels_app.models import Server
 from scheduling.models import ScheduleEntry
 from tenancy import switch
 from tenancy.services import (
@@ -29,7 +30,7 @@ from tests.conftest import signed_in_client
 from tests.factories import PASSWORD, UserFactory
 from tests.gateway_support import wait_until
 from tests.ircd import IrcBot, IrcServer, unique_channel
-from tests.test_agent_schedules import make_world, schedule
+from tests.test_agent_schedules import World, make_world, schedule
 from tests.test_gateway import add_server
 from tests.test_get_is_safe import WRITE
 
@@ -49,6 +50,14 @@ def member_of(account: Account, email: str, *, admin: bool = False) -> User:
 
 def delete_form(account: Account, **overrides: str) -> dict[str, str]:
     return {"account_name": account.name, "password": PASSWORD, **overrides}
+
+
+def offline_world(user: User, nick: str = "helper") -> World:
+    """An agent with a schedule's world, its server (a public network) never connected to."""
+    world = make_world(user, nick=nick)
+    with switch(user):
+        Server.objects.filter(pk=world.server.pk).update(autoconnect=False)
+    return world
 
 
 def entries(account: Account) -> list[int]:
@@ -81,8 +90,8 @@ def test_deleting_disconnects_signs_out_and_unschedules_then_cancel_restores(
     channel = unique_channel()
     server_id = add_server(alice, inspircd, channels=(channel,))
     bob_server = add_server(bob, inspircd, channels=(channel,), nick="bob_p")
-    world = make_world(alice)
-    bob_world = make_world(bob, nick="bobhelper")
+    world = offline_world(alice)
+    bob_world = offline_world(bob, nick="bobhelper")
     with switch(alice):
         repeating = schedule(world)
     with switch(bob):

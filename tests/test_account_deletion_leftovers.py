@@ -37,8 +37,8 @@ from tests.conftest import signed_in_client
 from tests.factories import PASSWORD, UserFactory
 from tests.gateway_support import messages, wait_until
 from tests.ircd import IrcBot, IrcServer, unique_channel
-from tests.test_account_deletion import member_of
-from tests.test_agent_schedules import make_world, schedule
+from tests.test_account_deletion import member_of, offline_world
+from tests.test_agent_schedules import schedule
 from tests.test_gateway import add_server
 from tests.test_uploads import _upload, storage_dir  # noqa: F401 (fixture)
 
@@ -171,7 +171,7 @@ def test_the_purge_leaves_no_row_key_task_or_file_of_the_account(
         request_channel_list(account_id=account.pk, server=server)
 
     # Agents with a schedule, a provider key, a tool; a queued agent run (no worker listens).
-    world = make_world(alice)
+    world = offline_world(alice)
     with switch(alice):
         schedule(world)
         run_task.apply_async(args=[world.agent.pk * 1000])
