@@ -10,7 +10,13 @@ from django.http import HttpRequest
 from accounts.models import Account, Session, User
 from accounts.services import check_credentials, throttled_message
 from accounts.throttle import client_address
-from tenancy.services import delete_account, provision_account
+from tenancy.services import (
+    AccountDeletionError,
+    cancel_account_deletion,
+    provision_account,
+    purge_account,
+    request_account_deletion,
+)
 
 
 class ThrottledAdminAuthenticationForm(AdminAuthenticationForm):
@@ -46,12 +52,53 @@ class AccountCreationForm(forms.ModelForm):
         fields = ["name", "settings", "monthly_token_budget"]
 
 
+class PendingDeletionFilter(admin.SimpleListFilter):
+    title = "deletion"
+    parameter_name = "deletion"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("pending", "Pending deletion"), ("active", "Not pending")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Account]) -> QuerySet[Account]:
+        if self.value() == "pending":
+            return queryset.filter(deletion_requested_at__isnull=False)
+        if self.value() == "active":
+            return queryset.filter(deletion_requested_at__isnull=True)
+        return queryset
+
+
 @admin.register(Account)
 class AccountAdmin(admin.ModelAdmin):
-    list_display = ["name", "user_count", "monthly_token_budget", "schema_name", "created_at"]
+    list_display = [
+        "name",
+        "user_count",
+        "monthly_token_budget",
+        "schema_name",
+        "created_at",
+        "purge_after",
+    ]
+    list_filter = [PendingDeletionFilter]
     search_fields = ["name", "schema_name", "users__email"]
-    readonly_fields = ["id", "schema_name", "created_at"]
-    fields = ["id", "name", "settings", "monthly_token_budget", "schema_name", "created_at"]
+    readonly_fields = [
+        "id",
+        "schema_name",
+        "created_at",
+        "deletion_requested_at",
+        "deletion_requested_by",
+        "purge_after",
+    ]
+    fields = [
+        "id",
+        "name",
+        "settings",
+        "monthly_token_budget",
+        "schema_name",
+        "created_at",
+        "deletion_requested_at",
+        "deletion_requested_by",
+        "purge_after",
+    ]
+    actions = ["schedule_deletion", "cancel_deletion", "purge_now"]
     ordering = ["-created_at"]
     delete_confirmation_template = "admin/accounts/account/delete_confirmation.html"
     delete_selected_confirmation_template = (
@@ -87,12 +134,59 @@ class AccountAdmin(admin.ModelAdmin):
         obj._state.adding = False
         messages.info(request, f"Created schema {created.schema_name}.")
 
+    # The admin's own Delete (with its confirmation page) purges at once: an operator's tool.
     def delete_model(self, request: HttpRequest, obj: Account) -> None:
-        delete_account(account=obj)
+        purge_account(account=obj)
 
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Account]) -> None:
         for account in queryset:
-            delete_account(account=account)
+            purge_account(account=account)
+
+    def _each(self, request: HttpRequest, queryset: QuerySet[Account], verb: str, act: Any) -> None:
+        done, refused = [], []
+        for account in queryset:
+            try:
+                act(account)
+            except AccountDeletionError as exc:
+                refused.append(str(exc))
+            else:
+                done.append(account.name)
+        if done:
+            messages.success(request, f"{verb}: {', '.join(done)}.")
+        for reason in refused:
+            messages.warning(request, reason)
+
+    @admin.action(description="Schedule deletion of the selected accounts (grace period)")
+    def schedule_deletion(self, request: HttpRequest, queryset: QuerySet[Account]) -> None:
+        actor = f"operator {getattr(request.user, 'email', '')}".strip()
+        self._each(
+            request,
+            queryset,
+            "Scheduled for deletion",
+            lambda a: request_account_deletion(account=a, actor=actor),
+        )
+
+    @admin.action(description="Cancel the deletion of the selected accounts")
+    def cancel_deletion(self, request: HttpRequest, queryset: QuerySet[Account]) -> None:
+        actor = f"operator {getattr(request.user, 'email', '')}".strip()
+        self._each(
+            request,
+            queryset,
+            "Deletion cancelled",
+            lambda a: cancel_account_deletion(account=a, actor=actor),
+        )
+
+    @admin.action(description="Purge now the selected accounts pending deletion")
+    def purge_now(self, request: HttpRequest, queryset: QuerySet[Account]) -> None:
+        def purge(account: Account) -> None:
+            if not account.pending_deletion:
+                raise AccountDeletionError(
+                    f"{account.name} is not pending deletion: schedule its deletion first, "
+                    "or use Delete."
+                )
+            purge_account(account=account)
+
+        self._each(request, queryset, "Purged", purge)
 
 
 @admin.register(User)

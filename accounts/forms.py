@@ -57,3 +57,38 @@ class PasswordResetRequestForm(forms.Form):
     email = forms.EmailField(
         max_length=254, widget=forms.EmailInput(attrs={"autocomplete": "email", "autofocus": True})
     )
+
+
+class DeleteAccountForm(forms.Form):
+    """Deleting an account: its name typed again, and the password of the admin asking."""
+
+    account_name = forms.CharField(
+        label="Account name",
+        max_length=100,
+        strip=False,
+        widget=forms.TextInput(attrs={"autocomplete": "off", "spellcheck": "false"}),
+    )
+    password = forms.CharField(
+        label="Your password",
+        strip=False,
+        widget=forms.PasswordInput(attrs={"autocomplete": "current-password"}),
+    )
+
+    def __init__(self, *args: Any, user: User, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.user = user
+        self.fields["account_name"].help_text = f"Type “{user.account.name}” to confirm."
+
+    def clean_account_name(self) -> str:
+        name: str = self.cleaned_data["account_name"]
+        if name.strip() != self.user.account.name:
+            raise forms.ValidationError(
+                f"That is not the account's name: type “{self.user.account.name}” exactly."
+            )
+        return name
+
+    def clean_password(self) -> str:
+        password: str = self.cleaned_data["password"]
+        if not self.user.check_password(password):
+            raise forms.ValidationError("That is not your password.")
+        return password

@@ -33,6 +33,13 @@ class Account(TenantMixin):
         "Empty: the deployment default (AGENT_MONTHLY_TOKEN_BUDGET).",
     )
     created_at = models.DateTimeField(auto_now_add=True)
+    # Deletion with a grace period (tenancy.services.request_account_deletion): while set, the
+    # account's users see only the page that lets an admin cancel, the gateway holds none of
+    # its connections and its scheduled tasks are out of the index; at `purge_after` the beat
+    # task purges it (tenancy.tasks.purge_expired_accounts).
+    deletion_requested_at = models.DateTimeField(null=True, blank=True, editable=False)
+    deletion_requested_by = models.CharField(max_length=254, blank=True, editable=False)
+    purge_after = models.DateTimeField(null=True, blank=True, editable=False)
 
     # Schemas are created and dropped by tenancy.provisioning, in the same transaction as the row.
     auto_create_schema = False
@@ -41,11 +48,28 @@ class Account(TenantMixin):
     class Meta:
         constraints = [
             models.UniqueConstraint(Lower("name"), name="account_name_unique_ci"),
+            models.CheckConstraint(
+                condition=models.Q(deletion_requested_at__isnull=True, purge_after__isnull=True)
+                | models.Q(deletion_requested_at__isnull=False, purge_after__isnull=False),
+                name="account_deletion_state_whole",
+            ),
+        ]
+        indexes = [
+            # The beat task's question: whose grace period is over. Few rows are ever pending.
+            models.Index(
+                fields=["purge_after"],
+                name="account_purge_due",
+                condition=models.Q(purge_after__isnull=False),
+            ),
         ]
         ordering = ["name"]
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def pending_deletion(self) -> bool:
+        return self.deletion_requested_at is not None
 
     def save(self, *args: Any, **kwargs: Any) -> None:
         if not self.schema_name:

@@ -3,7 +3,7 @@ from typing import Any
 from django.db import connection
 from django.db.models import QuerySet
 
-from accounts.models import Session, User
+from accounts.models import Account, Session, User
 
 
 def active_sessions(*, user: User) -> QuerySet[Session]:
@@ -33,3 +33,9 @@ def count_many(**querysets: QuerySet[Any]) -> dict[str, int]:
         cursor.execute("SELECT " + ", ".join(parts), params)
         row = cursor.fetchone()
     return {name: int(value) for name, value in zip(names, row, strict=True)}
+
+
+def account_admin_emails(*, account: Account) -> list[str]:
+    """Who a member of the account can ask (the deletion page names them)."""
+    admins = User.objects.filter(account=account, is_account_admin=True, is_active=True)
+    return list(admins.values_list("email", flat=True))

@@ -124,3 +124,11 @@ def _is_trusted(
     networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network],
 ) -> bool:
     return any(ip in network for network in networks)
+
+
+def add_key_fragments(*, account: Any, key_fragments: set[str], **_: object) -> None:
+    """tenancy.services.account_deleting: the counters that name an address by its hash
+    (sign-in:pair:<client>:<hash>, password-reset:email:<hash>) hold no account id; the
+    purge finds them by these hashes."""
+    emails = account.users.values_list("email", flat=True)
+    key_fragments.update(email_key(email) for email in emails)

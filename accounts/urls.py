@@ -14,6 +14,10 @@ urlpatterns = [
         views.PasswordResetConfirm.as_view(),
         name="password_reset_confirm",
     ),
+    path("account/", views.account_page, name="account"),
+    path("account/delete/", views.account_delete, name="account_delete"),
+    path("account/deletion/", views.deletion_pending, name="deletion_pending"),
+    path("account/deletion/cancel/", views.deletion_cancel, name="deletion_cancel"),
     path("sessions/", views.session_list, name="session_list"),
     path("sessions/<uuid:public_id>/revoke/", views.session_revoke, name="session_revoke"),
 ]

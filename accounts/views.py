@@ -7,6 +7,7 @@ from django.contrib.auth import login, logout, update_session_auth_hash
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.forms import PasswordChangeForm, SetPasswordForm
+from django.core.exceptions import PermissionDenied
 from django.db import DatabaseError
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import redirect, render
@@ -16,9 +17,9 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_POST
 
-from accounts import selectors, services
-from accounts.forms import PasswordResetRequestForm, SignInForm, SignUpForm
-from accounts.models import User
+from accounts import selectors, services, throttle
+from accounts.forms import DeleteAccountForm, PasswordResetRequestForm, SignInForm, SignUpForm
+from accounts.models import Account, User
 from accounts.throttle import client_address, describe_wait
 from agents.models import Agent
 from channels_app.models import Channel, Server
@@ -26,6 +27,7 @@ from channels_app.selectors.notifications import notification_context, unread_no
 from knowledge.models import KnowledgeBase
 from llms.selectors import account_llms, enabled_tools
 from tenancy.provisioning import ProvisioningError
+from tenancy.services import AccountDeletionError, cancel_account_deletion, request_account_deletion
 
 logger = logging.getLogger(__name__)
 
@@ -269,3 +271,105 @@ class PasswordResetConfirm(auth_views.PasswordResetConfirmView):
         del self.request.session[auth_views.INTERNAL_RESET_SESSION_TOKEN]
         messages.success(self.request, "Password changed. Sign in with your new password.")
         return HttpResponseRedirect(reverse("accounts:sign_in"))
+
+
+# --- the account page and its deletion -----------------------------------------------------------
+
+
+def _account_page(
+    request: HttpRequest, form: DeleteAccountForm | None, status: int
+) -> HttpResponse:
+    user = _user(request)
+    return render(
+        request,
+        "accounts/account.html",
+        {
+            "account": user.account,
+            "delete_form": form,
+            "grace_days": settings.ACCOUNT_DELETION_GRACE_DAYS,
+        },
+        status=status,
+    )
+
+
+@login_required
+def account_page(request: HttpRequest) -> HttpResponse:
+    user = _user(request)
+    form = DeleteAccountForm(user=user) if user.is_account_admin else None
+    return _account_page(request, form, 200)
+
+
+def _delete_attempts_key(user: User) -> str:
+    return f"account-delete:user:{user.pk}"
+
+
+@login_required
+@require_POST
+@sensitive_post_parameters("password")
+def account_delete(request: HttpRequest) -> HttpResponse:
+    """An account admin asks for the account's deletion: the purge comes after the grace
+    period; every session (this one too) ends now."""
+    user = _user(request)
+    if not user.is_account_admin:
+        raise PermissionDenied("Only an account admin can delete the account.")
+    form = DeleteAccountForm(request.POST, user=user)
+    # Counted before the password is checked, as sign-in does: a stolen session must not get
+    # unlimited guesses at the password through this form.
+    wait = throttle.over_limit(
+        _delete_attempts_key(user),
+        limit=settings.SIGN_IN_MAX_FAILURES_PER_EMAIL_AND_CLIENT,
+        window_seconds=settings.SIGN_IN_WINDOW_SECONDS,
+    )
+    if wait:
+        form.is_valid()
+        form.add_error(None, f"Too many attempts. Try again in {describe_wait(wait)}.")
+        return _account_page(request, form, 429)
+    if not form.is_valid():
+        return _account_page(request, form, 400)
+    throttle.reset(_delete_attempts_key(user))
+    try:
+        account = request_account_deletion(account=user.account, actor=user)
+    except AccountDeletionError as exc:
+        form.add_error(None, str(exc))
+        return _account_page(request, form, 409)
+    logout(request)
+    messages.info(
+        request,
+        f"Account “{account.name}” will be deleted on {account.purge_after:%-d %B %Y}. "
+        "Until then an admin of the account can sign in and cancel.",
+    )
+    return redirect("accounts:sign_in")
+
+
+def _pending_account(request: HttpRequest) -> Account:
+    account = _user(request).account
+    if not account.pending_deletion:
+        raise Http404("This account is not scheduled for deletion")
+    return account
+
+
+@login_required
+def deletion_pending(request: HttpRequest) -> HttpResponse:
+    """The one page of an account pending deletion (accounts.middleware.PendingDeletionMiddleware
+    sends its users here)."""
+    account = _pending_account(request)
+    return render(
+        request,
+        "accounts/deletion_pending.html",
+        {"account": account, "admins": selectors.account_admin_emails(account=account)},
+    )
+
+
+@login_required
+@require_POST
+def deletion_cancel(request: HttpRequest) -> HttpResponse:
+    user = _user(request)
+    account = _pending_account(request)
+    if not user.is_account_admin:
+        raise PermissionDenied("Only an account admin can cancel the deletion.")
+    try:
+        cancel_account_deletion(account=account, actor=user)
+    except AccountDeletionError as exc:  # cancelled or purged meanwhile
+        raise Http404(str(exc)) from exc
+    messages.success(request, f"The deletion of “{account.name}” is cancelled. Welcome back.")
+    return redirect("dashboard")

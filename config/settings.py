@@ -143,6 +143,8 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
     },
     # Backup retention over every account, purged ones included (theirs age out): daily.
     "prune-backups": {"task": "lifecycle.prune_backups", "schedule": crontab(hour=3, minute=7)},
+    # Accounts whose deletion grace period is over: one purge task each (tenancy.tasks).
+    "purge-deleted-accounts": {"task": "tenancy.purge_expired_accounts", "schedule": 60 * 60},
 }
 # Agent runs wait on LLM providers for seconds: they go to a queue of their own, served by a
 # worker whose pool keeps many runs in flight (scripts/run_all.py), not behind short jobs.
@@ -185,6 +187,8 @@ MIDDLEWARE = [
     # Django's, with the session's user loaded with the session row (one query, not two).
     "accounts.middleware.AuthenticationMiddleware",
     "tenancy.middleware.AccountSchemaMiddleware",
+    # An account pending deletion shows its users one page (accounts.views.deletion_pending).
+    "accounts.middleware.PendingDeletionMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "core.middleware.ContentSecurityPolicyMiddleware",
@@ -236,6 +240,12 @@ CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
 SESSION_COOKIE_AGE = 60 * 60 * 24 * 30
 # How often a request refreshes its session's last-seen time.
 SESSION_LAST_SEEN_INTERVAL = 300
+
+# Days between a deletion request (the account page, `delete_account`) and the purge: the
+# account's users may sign in and cancel until then, operators too (`cancel_account_deletion`).
+ACCOUNT_DELETION_GRACE_DAYS: int = setting("ACCOUNT_DELETION_GRACE_DAYS", cast=int, default=30)
+if ACCOUNT_DELETION_GRACE_DAYS < 0:
+    raise ImproperlyConfigured("ACCOUNT_DELETION_GRACE_DAYS must be 0 or more days")
 
 # --- authentication: throttling, client addresses, password reset email ----------------------
 # Sign-in failures allowed per window: per (email, client) pair, so an attacker elsewhere cannot

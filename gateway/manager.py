@@ -65,11 +65,13 @@ def close_connection() -> None:
 
 
 def load_accounts(shard: int, shards: int) -> list[Account]:
-    return [a for a in Account.objects.all() if in_shard(a.pk, shard, shards)]
+    # An account pending deletion is held by no gateway (tenancy.services).
+    accounts = Account.objects.filter(deletion_requested_at__isnull=True)
+    return [a for a in accounts if in_shard(a.pk, shard, shards)]
 
 
 def load_account(account_id: uuid.UUID) -> Account | None:
-    return Account.objects.filter(pk=account_id).first()
+    return Account.objects.filter(pk=account_id, deletion_requested_at__isnull=True).first()
 
 
 def server_exists(account_id: uuid.UUID, server_id: int) -> bool:
@@ -309,6 +311,10 @@ class Gateway:
                 self._set_account(account)
                 self.store.add_account(account)
                 loaded = await self._read_config(load_account_config, account)
+            else:
+                # Gone or pending deletion: the states of its closing connections are not kept
+                # in Redis (_publish_states), or they would outlive the account's purge.
+                self.accounts.pop(account_id, None)
             wanted = {c.server_id: c for c in loaded.servers}
             for (acc, server_id), conn in list(self.connections.items()):
                 if acc != account_id:
@@ -452,7 +458,7 @@ class Gateway:
             encoded = events.encode_event(event)
             try:
                 pipe = self._redis.pipeline(transaction=False)
-                if isinstance(event, events.ServerStateEvent):
+                if isinstance(event, events.ServerStateEvent) and account_id in self.accounts:
                     key = events.server_state_key(account_id, event.server_id)
                     pipe.set(key, encoded, ex=86400)
                     if event.error:

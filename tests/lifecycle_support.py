@@ -25,9 +25,7 @@ def backup_dir(settings: Any, tmp_path: Path) -> Path:
 
 
 def purge(account: "Account") -> None:
-    """Remove the account for good, as the purge does: tenancy.services.purge_account where
-    deletion has a grace period (issue 12, item 5), delete_account before it."""
-    from tenancy import services
+    """Remove the account for good, as the purge does (tenancy.services.purge_account)."""
+    from tenancy.services import purge_account
 
-    remove = getattr(services, "purge_account", None) or services.delete_account
-    remove(account=account)
+    purge_account(account=account)

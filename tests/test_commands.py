@@ -318,7 +318,7 @@ def test_provision_account_fails_cleanly(alice: User, options: dict[str, Any], e
 
 def test_delete_account_drops_schema_and_rows(alice: User, bob: User) -> None:
     doomed = alice.account
-    stdout, _ = run("delete_account", str(doomed.pk), yes=True)
+    stdout, _ = run("delete_account", str(doomed.pk), "--now", yes=True)
 
     assert not schema_exists(doomed.schema_name)
     assert not Account.objects.filter(pk=doomed.pk).exists()
@@ -336,13 +336,17 @@ class FakeTerminal(io.StringIO):
 def test_delete_account_confirms_on_a_terminal_and_refuses_off_one(alice: User) -> None:
     doomed = alice.account
 
-    message, _, _ = run_failing("delete_account", doomed.name, stdin=io.StringIO(doomed.name))
+    message, _, _ = run_failing(
+        "delete_account", doomed.name, "--now", stdin=io.StringIO(doomed.name)
+    )
     assert "stdin is not a terminal" in message and "--yes" in message
-    message, stdout, _ = run_failing("delete_account", doomed.name, stdin=FakeTerminal("nope\n"))
+    message, stdout, _ = run_failing(
+        "delete_account", doomed.name, "--now", stdin=FakeTerminal("nope\n")
+    )
     assert "did not match" in message and "Type the account name" in stdout
     assert schema_exists(doomed.schema_name) and Account.objects.filter(pk=doomed.pk).exists()
 
-    run("delete_account", doomed.name, stdin=FakeTerminal(doomed.name + "\n"))
+    run("delete_account", doomed.name, "--now", stdin=FakeTerminal(doomed.name + "\n"))
     assert not schema_exists(doomed.schema_name)
     assert not Account.objects.filter(pk=doomed.pk).exists()
 

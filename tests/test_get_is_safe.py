@@ -23,6 +23,8 @@ WRITE = re.compile(r"^\s*(INSERT|UPDATE|DELETE|TRUNCATE|ALTER|DROP|CREATE)\b", r
 POST_ONLY = {
     "accounts:sign_out",
     "accounts:session_revoke",
+    "accounts:account_delete",
+    "accounts:deletion_cancel",
     "channels:server_delete",
     "channels:channel_delete",
     "channels:channel_list_refresh",
@@ -45,7 +47,9 @@ POST_ONLY = {
 }
 # Not a page: the live stream (tests/test_sse.py) and the operators' admin.
 # media:serve_upload is public and reads no database at all (tests/test_uploads.py).
-ELSEWHERE = {"chat:events", "media:serve_upload"}
+# accounts:deletion_pending answers only an account pending deletion (its GET is checked in
+# tests/test_account_deletion.py).
+ELSEWHERE = {"chat:events", "media:serve_upload", "accounts:deletion_pending"}
 
 
 def _names(patterns: list[Any], namespace: str = "") -> set[str]:
@@ -81,6 +85,7 @@ def test_no_get_writes_anything_but_the_session(alice: User, alice_client: Clien
         "accounts:sign_up": reverse("accounts:sign_up"),
         "accounts:sign_in": reverse("accounts:sign_in"),
         "accounts:session_list": reverse("accounts:session_list"),
+        "accounts:account": reverse("accounts:account"),
         "accounts:password_change": reverse("accounts:password_change"),
         "accounts:password_reset": reverse("accounts:password_reset"),
         # A valid link: the view moves the token into the session (allowed) and redirects.

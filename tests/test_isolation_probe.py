@@ -72,6 +72,10 @@ EXCLUDED_ROUTES: dict[str, str] = {
     # Coming with password reset (issue 6, item 6).
     "accounts:password_reset_confirm": "reached only through the link in the reset email, "
     "which carries a one-time token; the password reset tests follow it",
+    "accounts:deletion_pending": "answers only while the account's deletion is pending (the "
+    "probe's account is not); tests/test_account_deletion.py checks another account gets 404",
+    "accounts:deletion_cancel": "the deletion page's button, shown only while the account's "
+    "deletion is pending; tests/test_account_deletion.py checks another account gets 404",
     "media:preview_image": "named only in the previews fragment chat-previews.js asks for with "
     "line ids; tests/test_previews.py checks another account and a visitor get nothing",
     "media:serve_upload": "public by design (the IRC channel's people have no account), on "

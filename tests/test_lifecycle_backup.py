@@ -47,7 +47,7 @@ from media.models import Upload
 from scheduling.models import ScheduleEntry
 from tenancy import switch
 from tenancy.context import connection
-from tenancy.services import delete_account
+from tenancy.services import purge_account
 from tests.factories import PASSWORD, UserFactory
 from tests.helpers import populate
 
@@ -226,7 +226,7 @@ def test_round_trip_same_id_after_deletion(transactional_db: None, storage_dir: 
         assert member is not None
         assert API_KEY.encode() not in gzip.decompress(member.read())
 
-    delete_account(account=account)
+    purge_account(account=account)
     assert not Account.objects.filter(pk=account_id).exists()
     upload_name = before_schema["media_upload"][0]
     assert upload_name
@@ -295,7 +295,7 @@ def test_restore_as_new_account_next_to_the_original(
         assert Upload.objects.get().token != copy_token  # a token finds one file
         assert Message.objects.count() == 300  # isolated
     # Deleting the copy leaves the original's file in place.
-    delete_account(account=copy)
+    purge_account(account=copy)
     with switch(original):
         assert uploads.storage().exists(Upload.objects.get().storage_name)
 
@@ -362,7 +362,7 @@ def test_refusals_say_which(transactional_db: None, storage_dir: Path) -> None:
     user = make_account()
     account = user.account
     data, manifest = backup_bytes(account)
-    delete_account(account=account)
+    purge_account(account=account)
     accounts_before = Account.objects.count()
 
     def refused(source: bytes, kind: type[ArchiveError], words: str) -> None:
@@ -413,7 +413,7 @@ def test_an_archive_from_an_older_migration_state_is_migrated(
     user = make_account()
     account = user.account
     data, _manifest = backup_bytes(account)
-    delete_account(account=account)
+    purge_account(account=account)
 
     def older(m: dict[str, Any], members: dict[str, bytes]) -> None:
         m["migrations"].remove(["agents", "0003_modelcall_purpose"])

@@ -23,7 +23,7 @@ from lifecycle.backup import write_backup
 from lifecycle.restore import restore_backup
 from tenancy import switch
 from tenancy.context import connection
-from tenancy.services import delete_account
+from tenancy.services import purge_account
 from tests.extra_migrations import extra_migrations, leaf_migration, migration_source
 from tests.test_lifecycle_backup import make_account
 
@@ -144,7 +144,7 @@ def test_an_archive_restored_after_a_deploy_is_migrated_by_replay(
     account = user.account
     out = io.BytesIO()
     write_backup(account=account, output=out)
-    delete_account(account=account)
+    purge_account(account=account)
     source = migration_source(
         app_label="channels_app",
         depends_on=leaf_migration("channels_app"),

@@ -12,7 +12,7 @@ from channels_app.models import Server
 from lifecycle.backup import write_backup
 from lifecycle.restore import restore_backup
 from tenancy import switch
-from tenancy.services import delete_account
+from tenancy.services import purge_account
 from tests.factories import UserFactory
 from tests.gateway_support import messages, wait_until
 from tests.ircd import IrcBot, IrcServer, unique_channel
@@ -39,7 +39,7 @@ def test_a_restored_account_connects_as_before(
     archive = io.BytesIO()
     write_backup(account=alice.account, output=archive)
     account_id = alice.account.pk
-    delete_account(account=alice.account)
+    purge_account(account=alice.account)
     # The deletion's own notice to the gateway is issue 12's deletion work: say it here.
     events.publish_command(events.ServersChanged(account_id=str(account_id)))
     carol.wait_for(r":alice_p!\S+ QUIT", timeout=15)

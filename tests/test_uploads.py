@@ -267,11 +267,11 @@ def test_deleting_an_account_deletes_its_files(
     commands: list[Any],
     django_capture_on_commit_callbacks: Any,
 ) -> None:
-    from tenancy.services import delete_account
+    from tenancy.services import purge_account
 
     url = _upload(alice_client, _channel(alice), "notes.txt", b"words").json()["url"]
     assert client.get(_path(url)).status_code == 200
     with django_capture_on_commit_callbacks(execute=True):
-        delete_account(account=alice.account)
+        purge_account(account=alice.account)
     assert client.get(_path(url)).status_code == 404
     assert not any(p.is_file() for p in storage_dir.rglob("*"))

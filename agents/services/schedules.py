@@ -286,15 +286,35 @@ def resume_schedule(*, schedule: Schedule) -> Schedule:
     schedule = _locked(schedule)
     if schedule.state != Schedule.State.PAUSED:
         raise ValueError("Only a paused schedule can be resumed.")
-    now = django_timezone.now()
     schedule.state = Schedule.State.ACTIVE
+    _catch_up(schedule, now=django_timezone.now())
+    schedule.save(update_fields=["state", "next_run_at"])
+    _sync_entry(schedule)
+    return schedule
+
+
+def _catch_up(schedule: Schedule, *, now: datetime) -> None:
+    """Runs missed while the schedule was out of the index are not made up: a repeat's next run
+    is the next one from now; a once-schedule whose time passed runs at the next tick."""
     if schedule.cron and (schedule.next_run_at is None or schedule.next_run_at <= now):
         schedule.next_run_at = next_run(schedule.cron, timezone=schedule.timezone, after=now)
     elif schedule.next_run_at is None:
         schedule.next_run_at = now
-    schedule.save(update_fields=["state", "next_run_at"])
-    _sync_entry(schedule)
-    return schedule
+
+
+@transaction.atomic
+def reindex_schedules() -> int:
+    """Put every active schedule of the current account back into the public index, as a
+    resume does (tenancy.services.cancel_account_deletion: requesting the deletion took the
+    account's entries out). Returns how many are scheduled again."""
+    now = django_timezone.now()
+    count = 0
+    for schedule in Schedule.objects.select_for_update().filter(state=Schedule.State.ACTIVE):
+        _catch_up(schedule, now=now)
+        schedule.save(update_fields=["next_run_at"])
+        _sync_entry(schedule)
+        count += 1
+    return count
 
 
 @transaction.atomic
