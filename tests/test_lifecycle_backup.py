@@ -122,9 +122,10 @@ def make_account(email: str = "alice@example.org", name: str = "Alice's place") 
             uploaded_by="alice",
         )
         uploads.storage().save(uploads.storage_name(token, "cat.png"), ContentFile(FILE_BYTES))
-    AccountTool.objects.create(
-        account=user.account, tool=Tool.objects.earliest("id"), enabled=True, settings={"a": 1}
-    )
+    tool = Tool.objects.earliest("id")
+    AccountTool.objects.create(account=user.account, tool=tool, enabled=True, settings={"a": 1})
+    with switch(user):
+        objects["agent"].tools.add(tool)
     ScheduleEntry.objects.create(account=user.account, schedule_id=7, next_run_at=now)
     return user
 
@@ -480,3 +481,39 @@ def test_a_backup_sees_one_snapshot_while_lines_are_stored(
     assert counts["channels_app_notification"] == 1
     with switch(account):
         assert Message.objects.count() == 301  # stored, after the snapshot
+
+
+def test_a_database_whose_catalogs_number_entries_otherwise(
+    transactional_db: None, storage_dir: Path
+) -> None:
+    """Moving to another database: its LLM and tool catalogs hold the same entries under other
+    ids. The restored rows point at this database's entries, found by name and slug; an entry
+    this database lacks is refused by name."""
+    from agents.models import Agent
+    from llms.models import LLM
+
+    user = make_account()
+    account = user.account
+    data, manifest = backup_bytes(account)
+    assert manifest["catalogs"]["llms_llm"]["key"] == "name"
+    tool_slug = Tool.objects.earliest("id").slug
+    delete_account(account=account)
+    with connection.cursor() as cursor:
+        cursor.execute("UPDATE llms_llm SET id = id + 1000")
+        cursor.execute("UPDATE llms_tool SET id = id + 1000")
+
+    restored = restore_backup(source=io.BytesIO(data))
+    provider = AccountLLM.objects.get(account=restored)
+    assert provider.llm_id == LLM.objects.get(name="OpenAI").pk > 1000
+    assert provider.api_key == API_KEY
+    tool = Tool.objects.get(slug=tool_slug)
+    assert AccountTool.objects.get(account=restored).tool_id == tool.pk
+    with switch(restored):
+        assert list(Agent.objects.get().tools.values_list("pk", flat=True)) == [tool.pk]
+
+    delete_account(account=restored)
+    LLM.objects.filter(name="OpenAI").update(name="Gone")
+    with pytest.raises(RestoreRefused, match="'OpenAI'"):
+        restore_backup(source=io.BytesIO(data))
+    assert not Account.objects.filter(pk=account.pk).exists()
+    assert scratch_schemas() == []
