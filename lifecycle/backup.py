@@ -97,7 +97,9 @@ def write_backup(
     progress: Progress | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """Write `account`'s archive to `output` (a path, or a binary file open for writing) and
-    return its manifest. `progress(done_rows, total_rows)` is called as rows are written."""
+    return its manifest. `progress(done_rows, total_rows)` is called as rows are written.
+    It reads on a connection of its own: what the caller's open transaction has not committed
+    is not in the archive."""
     started = time.monotonic()
     schema = account.schema_name
     spool = Spool()

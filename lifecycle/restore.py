@@ -101,7 +101,15 @@ def restore_backup(
     - `new_name`: as a new account of that name, next to the others.
 
     Raises lifecycle.archive.ArchiveError (a subclass saying which: corrupt, newer format, newer
-    migrations, other key set, refused) and changes nothing when it does."""
+    migrations, other key set, refused) and changes nothing when it does. Runs its own
+    transactions: it must not be called inside one."""
+    if connection.in_atomic_block:
+        # The scratch schema is committed between the steps and indexed over connections of
+        # their own: inside the caller's transaction they would not see it.
+        raise RuntimeError(
+            "restore_backup runs its own transactions: call it outside transaction.atomic() "
+            "(tests: the transactional_db fixture)."
+        )
     if account is not None and not replace:
         raise RestoreRefused("An existing account is only restored over with replace=True.")
     if replace and account is None:

@@ -19,6 +19,7 @@ import pytest
 from cryptography.fernet import Fernet
 from django.conf import settings
 from django.core.files.base import ContentFile
+from django.db import transaction
 from django.test import Client, override_settings
 
 from accounts.models import Account, Session, User
@@ -382,6 +383,8 @@ def test_refusals_say_which(transactional_db: None, storage_dir: Path) -> None:
     broken[data.index(b'"format_version"') + 30] ^= 0x01
     refused(bytes(broken), CorruptArchive, "corrupt")
     refused(b"not a tar at all" * 100, CorruptArchive, "corrupt")
+    with transaction.atomic(), pytest.raises(RuntimeError, match=r"outside transaction\.atomic"):
+        restore_backup(source=io.BytesIO(data))
     refused(data[: len(data) // 2], CorruptArchive, "corrupt")
 
     def newer_format(m: dict[str, Any], _members: dict[str, bytes]) -> None:
