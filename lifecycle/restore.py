@@ -49,6 +49,7 @@ from django.conf import settings
 from django.db import models, transaction
 from django.db.migrations.executor import MigrationExecutor
 from django.db.migrations.recorder import MigrationRecorder
+from django_tenants.utils import schema_exists
 from psycopg import sql
 
 from config.database import connection_params
@@ -240,18 +241,24 @@ def _plan(
             f"Account {archive_name!r} ({archive_id}) exists here: replace it (restore_account "
             "--replace) or restore the archive as a new account (--as-new NAME)."
         )
-    if accounts.filter(name__iexact=archive_name).exists():
-        raise RestoreRefused(
-            f"Another account is named {archive_name!r}: restore the archive as a new account "
-            "with another name (--as-new NAME)."
-        )
-    return _Plan(
+    target = _Plan(
         archive_id=archive_id,
         target_id=archive_id,
         name=archive_name,
         replacing=None,
         without_users=without_users,
     )
+    if schema_exists(target.schema_name):
+        raise RestoreRefused(
+            f"A schema {target.schema_name} exists here without its account (left by a "
+            "failed deletion?): look at it, drop it, then restore again."
+        )
+    if accounts.filter(name__iexact=archive_name).exists():
+        raise RestoreRefused(
+            f"Another account is named {archive_name!r}: restore the archive as a new account "
+            "with another name (--as-new NAME)."
+        )
+    return target
 
 
 # --- step 1: the schema, at the archive's migration state, loaded ---------------------------------

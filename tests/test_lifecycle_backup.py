@@ -406,6 +406,14 @@ def test_refusals_say_which(transactional_db: None, storage_dir: Path) -> None:
     assert restored.pk == uuid.UUID(manifest["account"]["id"])
     accounts_before += 1
     refused(data, RestoreRefused, "exists here")
+    schema = restored.schema_name
+    Account.objects.filter(pk=restored.pk).delete()  # the row gone, the schema left behind
+    refused_now = accounts_before - 1
+    with pytest.raises(RestoreRefused, match="exists here without its account"):
+        restore_backup(source=io.BytesIO(data))
+    assert Account.objects.count() == refused_now
+    with connection.cursor() as cursor:
+        cursor.execute(f'DROP SCHEMA "{schema}" CASCADE')
 
 
 def test_an_archive_from_an_older_migration_state_is_migrated(
