@@ -154,6 +154,40 @@ def owned_public_models() -> list[OwnedModel]:
     return owned
 
 
+def catalog_references() -> dict[type[models.Model], list[tuple[type[models.Model], Any]]]:
+    """Public models that are not the account's but that its rows point at (the LLM and tool
+    catalogs, permission groups...), each with the (model, foreign key) pairs pointing at it,
+    from its public rows and from its schema's tables. Their ids are this database's: another
+    database may number the same catalog entry differently, so archives name them by a
+    natural key as well (catalog_key)."""
+    owned = {item.model for item in owned_public_models()}
+    public = _public_app_labels()
+    tenant = {app.rsplit(".", 1)[-1] for app in settings.TENANT_APPS}
+    found: dict[type[models.Model], list[tuple[type[models.Model], Any]]] = {}
+    for model in apps.get_models(include_auto_created=True):
+        if model not in owned and model._meta.app_label not in tenant:
+            continue
+        for field in model._meta.concrete_fields:
+            target = getattr(field, "related_model", None)
+            if (
+                isinstance(field, models.ForeignKey)
+                and target is not None
+                and target not in owned
+                and target._meta.app_label in public
+            ):
+                found.setdefault(target, []).append((model, field))
+    return found
+
+
+def catalog_key(model: type[models.Model]) -> str | None:
+    """The column of a catalog model's natural key: its one unique field besides the primary
+    key (LLM.name, Tool.slug, Group.name); None when it has none."""
+    for field in model._meta.concrete_fields:
+        if field.unique and not field.primary_key:
+            return str(field.column)
+    return None
+
+
 def account_filter_path(owned: OwnedModel, by_model: dict[Any, OwnedModel]) -> str:
     """The ORM lookup from `owned`'s model to the account id (`account`, `user__account`...)."""
     parts: list[str] = []

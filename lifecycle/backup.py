@@ -29,6 +29,8 @@ from lifecycle.archive import (
     ArchiveError,
     OwnedModel,
     Spool,
+    catalog_key,
+    catalog_references,
     owned_public_models,
     seal_manifest,
     write_tar,
@@ -95,7 +97,9 @@ def write_backup(
     progress: Progress | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """Write `account`'s archive to `output` (a path, or a binary file open for writing) and
-    return its manifest. `progress(done_rows, total_rows)` is called as rows are written."""
+    return its manifest. `progress(done_rows, total_rows)` is called as rows are written.
+    It reads on a connection of its own: what the caller's open transaction has not committed
+    is not in the archive."""
     started = time.monotonic()
     schema = account.schema_name
     spool = Spool()
@@ -215,6 +219,7 @@ def _dump(account: Account, schema: str, spool: Spool, progress: Progress) -> di
 
         sequences = _sequences(cur, schema)
         indexes = _indexes(cur, schema)
+        catalogs = _catalogs(cur)
         upload_names = _upload_names(cur, schema)
 
     uploads_entries, missing = _spool_uploads(spool, upload_names)
@@ -233,6 +238,7 @@ def _dump(account: Account, schema: str, spool: Spool, progress: Progress) -> di
         "tables": tables,
         "sequences": sequences,
         "indexes": indexes,
+        "catalogs": catalogs,
         "uploads": uploads_entries,
         "uploads_missing": missing,
         "rows": sum(entry["rows"] for entry in tables),
@@ -269,6 +275,25 @@ def _sequences(cur: psycopg.Cursor[Any], schema: str) -> list[dict[str, Any]]:
         )
         last_value, is_called = cur.fetchone()  # type: ignore[misc]
         result.append({"name": name, "last_value": int(last_value), "is_called": bool(is_called)})
+    return result
+
+
+def _catalogs(cur: psycopg.Cursor[Any]) -> dict[str, dict[str, Any]]:
+    """Each catalog the account's rows point at: its natural key's column and every row's
+    id -> key (catalogs are small), so a restore into another database finds the same entries
+    under its own ids."""
+    result: dict[str, dict[str, Any]] = {}
+    for model in catalog_references():
+        key = catalog_key(model)
+        if key is None:
+            continue
+        table = str(model._meta.db_table)
+        cur.execute(
+            sql.SQL("SELECT {}::text, {}::text FROM public.{}").format(
+                sql.Identifier(model._meta.pk.column), sql.Identifier(key), sql.Identifier(table)
+            )
+        )
+        result[table] = {"key": key, "ids": dict(cur.fetchall())}
     return result
 
 

@@ -49,6 +49,7 @@ from django.conf import settings
 from django.db import models, transaction
 from django.db.migrations.executor import MigrationExecutor
 from django.db.migrations.recorder import MigrationRecorder
+from django_tenants.utils import schema_exists
 from psycopg import sql
 
 from config.database import connection_params
@@ -63,6 +64,8 @@ from lifecycle.archive import (
     OwnedModel,
     RestoreRefused,
     account_filter_path,
+    catalog_key,
+    catalog_references,
     owned_public_models,
 )
 from media import uploads
@@ -76,6 +79,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]
 SCRATCH_PREFIX = "restore_"
+CATALOG_MAP_PREFIX = "_restore_catalog_"
 # Memory for each index build of a restore: a GIN index over 1,000,000 lines is built about
 # twice as fast with 1 GB as with 256 MB (docs/benchmarks.md, issue 12).
 REMAKE_MEMORY = "1GB"
@@ -98,7 +102,15 @@ def restore_backup(
     - `new_name`: as a new account of that name, next to the others.
 
     Raises lifecycle.archive.ArchiveError (a subclass saying which: corrupt, newer format, newer
-    migrations, other key set, refused) and changes nothing when it does."""
+    migrations, other key set, refused) and changes nothing when it does. Runs its own
+    transactions: it must not be called inside one."""
+    if connection.in_atomic_block:
+        # The scratch schema is committed between the steps and indexed over connections of
+        # their own: inside the caller's transaction they would not see it.
+        raise RuntimeError(
+            "restore_backup runs its own transactions: call it outside transaction.atomic() "
+            "(tests: the transactional_db fixture)."
+        )
     if account is not None and not replace:
         raise RestoreRefused("An existing account is only restored over with replace=True.")
     if replace and account is None:
@@ -229,18 +241,24 @@ def _plan(
             f"Account {archive_name!r} ({archive_id}) exists here: replace it (restore_account "
             "--replace) or restore the archive as a new account (--as-new NAME)."
         )
-    if accounts.filter(name__iexact=archive_name).exists():
-        raise RestoreRefused(
-            f"Another account is named {archive_name!r}: restore the archive as a new account "
-            "with another name (--as-new NAME)."
-        )
-    return _Plan(
+    target = _Plan(
         archive_id=archive_id,
         target_id=archive_id,
         name=archive_name,
         replacing=None,
         without_users=without_users,
     )
+    if schema_exists(target.schema_name):
+        raise RestoreRefused(
+            f"A schema {target.schema_name} exists here without its account (left by a "
+            "failed deletion?): look at it, drop it, then restore again."
+        )
+    if accounts.filter(name__iexact=archive_name).exists():
+        raise RestoreRefused(
+            f"Another account is named {archive_name!r}: restore the archive as a new account "
+            "with another name (--as-new NAME)."
+        )
+    return target
 
 
 # --- step 1: the schema, at the archive's migration state, loaded ---------------------------------
@@ -592,8 +610,8 @@ def _insert_public_rows(
     by_table = {item.table: item for item in owned}
     entries = [entry for entry in manifest["tables"] if entry["schema"] == "public"]
     account_model = tenant_model()
-    maps: dict[type[models.Model], str] = {}
     raw = _raw()
+    maps = _catalog_maps(manifest)
     with raw.cursor() as cur:
         for index, entry in enumerate(entries):
             item = by_table.get(entry["table"])
@@ -639,6 +657,9 @@ def _insert_public_rows(
             # References to rows whose ids changed, first (they point at the old ids).
             for field in model._meta.concrete_fields:
                 if isinstance(field, models.ForeignKey) and field.related_model in maps:
+                    _refuse_unknown_entries(
+                        cur, sql.Identifier(stage), field, maps[field.related_model]
+                    )
                     cur.execute(
                         sql.SQL(
                             "UPDATE {s} SET {c} = m.new FROM {m} m WHERE {s}.{c} = m.old"
@@ -692,6 +713,65 @@ def _insert_public_rows(
                     f"The archive's {entry['table']} rows cannot be restored: {_first_line(exc)}"
                 ) from None
     return maps
+
+
+def _catalog_maps(manifest: dict[str, Any]) -> dict[type[models.Model], str]:
+    """For each catalog whose entries have other ids here than in the archive's database (an
+    account moved between databases), a temporary table mapping the archive's ids to this
+    database's, found by natural key; the rows restored after are rewritten through it like
+    any other changed id. Refuses when the account refers to an entry this catalog lacks."""
+    catalogs = manifest.get("catalogs") or {}
+    models_by_table = {model._meta.db_table: model for model in catalog_references()}
+    maps: dict[type[models.Model], str] = {}
+    raw = _raw()
+    with raw.cursor() as cur:
+        for index, (table, recorded) in enumerate(sorted(catalogs.items())):
+            model = models_by_table.get(table)
+            if model is None or catalog_key(model) != recorded["key"]:
+                continue
+            pk = model._meta.pk
+            assert pk is not None
+            cur.execute(
+                sql.SQL("SELECT {}::text, {}::text FROM public.{}").format(
+                    sql.Identifier(pk.column),
+                    sql.Identifier(recorded["key"]),
+                    sql.Identifier(table),
+                )
+            )
+            here = {key: pk_value for pk_value, key in cur.fetchall()}
+            pairs = [(old, here.get(key), key) for old, key in recorded["ids"].items()]
+            if all(new == old for old, new, _key in pairs):
+                continue
+            mapping = f"{CATALOG_MAP_PREFIX}{index}"
+            cur.execute(
+                sql.SQL(
+                    "CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT old::{t} AS old, "
+                    "new::{t} AS new, key FROM unnest(%s::text[], %s::text[], %s::text[]) "
+                    "AS m(old, new, key)"
+                ).format(sql.Identifier(mapping), t=sql.SQL(pk.db_type(connection) or "text")),
+                [[p[0] for p in pairs], [p[1] for p in pairs], [p[2] for p in pairs]],
+            )
+            maps[model] = mapping
+    return maps
+
+
+def _refuse_unknown_entries(cur: Any, table: sql.Composable, field: Any, mapping: str) -> None:
+    """Refuse when rows of `table` point, through `field`, at a catalog entry (mapped by
+    `mapping`) that this database lacks. Only catalog mappings can lack an entry."""
+    if not mapping.startswith(CATALOG_MAP_PREFIX):
+        return
+    cur.execute(
+        sql.SQL(
+            "SELECT m.key FROM {t} r JOIN {m} m ON m.old = r.{c} WHERE m.new IS NULL LIMIT 1"
+        ).format(t=table, m=sql.Identifier(mapping), c=sql.Identifier(field.column))
+    )
+    row = cur.fetchone()
+    if row is not None:
+        catalog = field.related_model._meta
+        raise RestoreRefused(
+            f"The account uses {catalog.verbose_name} {row[0]!r}, which is not in this "
+            f"database's catalog ({catalog.db_table}): add it first, then restore again."
+        )
 
 
 def _put_account_row(cur: Any, plan: _Plan, stage: str, columns: list[str]) -> None:
@@ -749,6 +829,12 @@ def _rewrite_schema_references(scratch: str, maps: dict[type[models.Model], str]
                 continue
             for field in model._meta.concrete_fields:
                 if isinstance(field, models.ForeignKey) and field.related_model in maps:
+                    _refuse_unknown_entries(
+                        cur,
+                        sql.Identifier(scratch, model._meta.db_table),
+                        field,
+                        maps[field.related_model],
+                    )
                     cur.execute(
                         sql.SQL(
                             "UPDATE {sc}.{t} SET {c} = m.new FROM {m} m WHERE {sc}.{t}.{c} = m.old"

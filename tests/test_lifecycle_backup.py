@@ -19,6 +19,7 @@ import pytest
 from cryptography.fernet import Fernet
 from django.conf import settings
 from django.core.files.base import ContentFile
+from django.db import transaction
 from django.test import Client, override_settings
 
 from accounts.models import Account, Session, User
@@ -122,9 +123,10 @@ def make_account(email: str = "alice@example.org", name: str = "Alice's place") 
             uploaded_by="alice",
         )
         uploads.storage().save(uploads.storage_name(token, "cat.png"), ContentFile(FILE_BYTES))
-    AccountTool.objects.create(
-        account=user.account, tool=Tool.objects.earliest("id"), enabled=True, settings={"a": 1}
-    )
+    tool = Tool.objects.earliest("id")
+    AccountTool.objects.create(account=user.account, tool=tool, enabled=True, settings={"a": 1})
+    with switch(user):
+        objects["agent"].tools.add(tool)
     ScheduleEntry.objects.create(account=user.account, schedule_id=7, next_run_at=now)
     return user
 
@@ -381,6 +383,8 @@ def test_refusals_say_which(transactional_db: None, storage_dir: Path) -> None:
     broken[data.index(b'"format_version"') + 30] ^= 0x01
     refused(bytes(broken), CorruptArchive, "corrupt")
     refused(b"not a tar at all" * 100, CorruptArchive, "corrupt")
+    with transaction.atomic(), pytest.raises(RuntimeError, match=r"outside transaction\.atomic"):
+        restore_backup(source=io.BytesIO(data))
     refused(data[: len(data) // 2], CorruptArchive, "corrupt")
 
     def newer_format(m: dict[str, Any], _members: dict[str, bytes]) -> None:
@@ -402,6 +406,14 @@ def test_refusals_say_which(transactional_db: None, storage_dir: Path) -> None:
     assert restored.pk == uuid.UUID(manifest["account"]["id"])
     accounts_before += 1
     refused(data, RestoreRefused, "exists here")
+    schema = restored.schema_name
+    Account.objects.filter(pk=restored.pk).delete()  # the row gone, the schema left behind
+    refused_now = accounts_before - 1
+    with pytest.raises(RestoreRefused, match="exists here without its account"):
+        restore_backup(source=io.BytesIO(data))
+    assert Account.objects.count() == refused_now
+    with connection.cursor() as cursor:
+        cursor.execute(f'DROP SCHEMA "{schema}" CASCADE')
 
 
 def test_an_archive_from_an_older_migration_state_is_migrated(
@@ -480,3 +492,39 @@ def test_a_backup_sees_one_snapshot_while_lines_are_stored(
     assert counts["channels_app_notification"] == 1
     with switch(account):
         assert Message.objects.count() == 301  # stored, after the snapshot
+
+
+def test_a_database_whose_catalogs_number_entries_otherwise(
+    transactional_db: None, storage_dir: Path
+) -> None:
+    """Moving to another database: its LLM and tool catalogs hold the same entries under other
+    ids. The restored rows point at this database's entries, found by name and slug; an entry
+    this database lacks is refused by name."""
+    from agents.models import Agent
+    from llms.models import LLM
+
+    user = make_account()
+    account = user.account
+    data, manifest = backup_bytes(account)
+    assert manifest["catalogs"]["llms_llm"]["key"] == "name"
+    tool_slug = Tool.objects.earliest("id").slug
+    delete_account(account=account)
+    with connection.cursor() as cursor:
+        cursor.execute("UPDATE llms_llm SET id = id + 1000")
+        cursor.execute("UPDATE llms_tool SET id = id + 1000")
+
+    restored = restore_backup(source=io.BytesIO(data))
+    provider = AccountLLM.objects.get(account=restored)
+    assert provider.llm_id == LLM.objects.get(name="OpenAI").pk > 1000
+    assert provider.api_key == API_KEY
+    tool = Tool.objects.get(slug=tool_slug)
+    assert AccountTool.objects.get(account=restored).tool_id == tool.pk
+    with switch(restored):
+        assert list(Agent.objects.get().tools.values_list("pk", flat=True)) == [tool.pk]
+
+    delete_account(account=restored)
+    LLM.objects.filter(name="OpenAI").update(name="Gone")
+    with pytest.raises(RestoreRefused, match="'OpenAI'"):
+        restore_backup(source=io.BytesIO(data))
+    assert not Account.objects.filter(pk=account.pk).exists()
+    assert scratch_schemas() == []

@@ -1,6 +1,6 @@
 """Benchmark: backing up, restoring and purging an account with 1,000,000 stored lines.
 
-    .venv/bin/python benchmarks/lifecycle.py [--lines 1000000] [--channels 50] [--runs 3]
+    .venv/bin/python benchmarks/account_lifecycle.py [--lines 1000000] [--channels 50] [--runs 3]
         [--database NAME] [--keep] [--reuse]
 
 In a database of its own (`bench_lifecycle`; --keep keeps it, --reuse starts from a kept one),
@@ -23,6 +23,9 @@ Then --runs times:
   (`<database>_anchor`): seconds of each, and our time over theirs (`backup_ratio`,
   `restore_ratio`: the median of each run's ratio; below 1 is faster than pg_dump). Absolute
   times on a shared machine drift with its load; the ratios are measured side by side.
+
+Not `benchmarks/lifecycle.py`: benchmarks/ is on the path of its scripts (and a top-level
+module for mypy), where a `lifecycle` module would shadow the `lifecycle` app.
 
 Targets (DESIGN.md): backup >= 100,000 lines/s, restore >= 50,000 lines/s.
 
