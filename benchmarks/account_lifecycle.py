@@ -14,8 +14,7 @@ Then --runs times:
 - restore: lifecycle.restore.restore_backup of that archive as a new account (without users:
   their emails are taken by the original): seconds, lines/s;
 - purge: the restored copy (it holds the same 1,000,000 lines) removed again, by
-  tenancy.services.purge_account(account=...) where that exists (issue 12's purge), else
-  tenancy.services.delete_account(account=...) (today's immediate deletion): seconds.
+  tenancy.services.purge_account(account=...) (issue 12's purge): seconds.
 
 - the anchor, in the same run (DESIGN.md: "pg_dump of one schema"), when the pg_dump on the
   PATH has the server's major version: `pg_dump --schema=S --format=custom --compress=1` of the
@@ -107,15 +106,11 @@ def populate(args: argparse.Namespace, bench_url: str) -> None:
 
 
 def purge_function() -> tuple[str, Any]:
-    """Issue 12's purge when it exists, else today's immediate deletion."""
-    from tenancy import services
+    """What is timed as the purge: issue 12's purge_account (schema, public rows, Redis keys,
+    queued tasks, backups past retention)."""
+    from tenancy.services import purge_account
 
-    # --- purge phase: tenancy.services.purge_account is being written in the `deletion`
-    # branch; until it is merged, the immediate delete_account is what is timed.
-    purge = getattr(services, "purge_account", None)
-    if purge is not None:
-        return "purge_account", purge
-    return "delete_account", services.delete_account
+    return "purge_account", purge_account
 
 
 def pg_dump_matches(bench_url: str) -> bool:

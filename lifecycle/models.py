@@ -5,11 +5,18 @@ and by the name it had then, never by a foreign key: the backups of a purged acc
 until they age out (lifecycle/retention.py), and their rows with them.
 """
 
+from typing import ClassVar
+
 from django.db import models
 from django.db.models import Q
 
 
 class Backup(models.Model):
+    # The purge (tenancy.leftovers) leaves these rows alone: a purged account's backups within
+    # retention stay restorable, and their rows go with their files (lifecycle.retention, on
+    # account_deleting for those past retention, by prune_backups for the rest as they age).
+    outlives_account: ClassVar[bool] = True
+
     class Kind(models.TextChoices):
         DAILY = "daily", "daily"
         # The first scheduled backup of its ISO week: a daily one that is also kept as weekly.

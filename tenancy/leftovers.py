@@ -5,7 +5,8 @@ TENANT_APPS) is introspected; a row goes when a foreign key of it (or one-to-one
 auto-created many-to-many table's) points at the account or at one of its users, when a UUID
 column named account_id or user_id holds their id without a foreign key (the gateway's journal
 positions), or when it names the account or a user through a content type and an object id
-(Django admin's log).
+(Django admin's log). A model with `outlives_account = True` (the backup registry) is left to
+remove its own rows.
 
 Redis: every key whose name holds the account's id (hyphenated or hex), its schema name, one of
 its users' ids, or a fragment a receiver of account_deleting adds, in every Redis database the
@@ -148,6 +149,10 @@ def delete_public_rows(*, account: "Account", user_ids: list[uuid.UUID]) -> dict
     for target in (user, account_model):
         for model, name, _ in relations_to((target,)):
             if model in (user, account_model) or not ids[target]:
+                continue
+            # A registry that outlives the account on purpose (lifecycle.Backup: backups kept
+            # within retention after a purge) removes its rows itself.
+            if getattr(model, "outlives_account", False):
                 continue
             note(model._default_manager.filter(**{f"{name}__in": ids[target]}).delete())
     note(user._default_manager.filter(pk__in=user_ids).delete())
