@@ -42,7 +42,7 @@ def index(request: HttpRequest) -> HttpResponse:
         {
             "can_export": user.is_account_admin,
             "current": views[0] if views else None,
-            "earlier": views[1:],
+            "exports": views,
             "poll_seconds": POLL_SECONDS,
         },
     )
