@@ -4,7 +4,6 @@ logs): `network/channel/YYYY-MM-DD.log`, one line per event, `[HH:MM:SS] <nick> 
 
 import hashlib
 import re
-from datetime import datetime, tzinfo
 
 from channels_app.formatting import strip_irc_formatting
 
@@ -43,10 +42,10 @@ def _one_line(text: str) -> str:
     return strip_irc_formatting(text).replace("\r\n", " ").replace("\n", " ").replace("\r", " ")
 
 
-def log_line(*, kind: str, sender: str, text: str, at: datetime, zone: tzinfo) -> str:
-    """One history line as a client's log writes it, at its time in `zone`, ending in \\n."""
-    stamp = at.astimezone(zone).strftime("%H:%M:%S")
-    return f"[{stamp}] {_event(kind, sender, _one_line(text))}\n"
+def log_line(*, kind: str, sender: str, text: str, clock: str) -> str:
+    """One history line as a client's log writes it, `clock` its time of day (HH:MM:SS in the
+    account's zone), ending in \\n."""
+    return f"[{clock}] {_event(kind, sender, _one_line(text))}\n"
 
 
 def _event(kind: str, sender: str, text: str) -> str:

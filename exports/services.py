@@ -7,7 +7,6 @@ import logging
 import tempfile
 import time
 import uuid
-import zoneinfo
 from datetime import datetime, timedelta
 from typing import IO, TYPE_CHECKING
 
@@ -66,7 +65,10 @@ def start_export(*, requested_by: str) -> Export:
     expire_due(now=now)
     if Export.objects.filter(status__in=Export.IN_PROGRESS).exists():
         raise ExportRefused("An export is already being made; this page follows it.")
-    export = Export.objects.create(requested_by=requested_by[:254])
+    # Counted now too, so the page shows what is to come while the export waits for a worker.
+    export = Export.objects.create(
+        requested_by=requested_by[:254], lines_total=Message.objects.count()
+    )
     from exports.tasks import build_export
 
     export_id = str(export.pk)
@@ -117,7 +119,6 @@ def write_archive(
     out: IO[bytes], *, account: "Account", zone_name: str, progress: content.Progress
 ) -> None:
     """The whole export of `account` (its schema active) as a zip into `out`."""
-    zone = zoneinfo.ZoneInfo(zone_name)
     batch = settings.EXPORT_BATCH_LINES
     archive = content.Archive(out)
     try:
@@ -138,7 +139,7 @@ def write_archive(
                 archive,
                 channel=channel,
                 network=channel.server.name,
-                zone=zone,
+                zone=zone_name,
                 batch=batch,
                 progress=progress,
             )
