@@ -147,6 +147,17 @@ def history_batches(channel_id: int, zone: str, batch: int) -> Iterator[list[tup
             return
 
 
+def count_lines() -> int:
+    """The lines of history an export writes: what its progress counts."""
+    return Message.objects.count()
+
+
+def buffers() -> Iterator[Channel]:
+    """Every channel, conversation and server buffer, network by network."""
+    channels = Channel.objects.select_related("server").order_by("server__name", "name")
+    yield from channels.only("id", "name", "server__name")
+
+
 def write_channel_history(
     archive: Archive,
     *,

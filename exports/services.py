@@ -15,7 +15,6 @@ from django.core.files import File
 from django.db import transaction
 from django.utils import timezone
 
-from channels_app.models import Channel, Message
 from core.limits import lock_account
 from exports import archive as content
 from exports.models import Export
@@ -67,7 +66,7 @@ def start_export(*, requested_by: str) -> Export:
         raise ExportRefused("An export is already being made; this page follows it.")
     # Counted now too, so the page shows what is to come while the export waits for a worker.
     export = Export.objects.create(
-        requested_by=requested_by[:254], lines_total=Message.objects.count()
+        requested_by=requested_by[:254], lines_total=content.count_lines()
     )
     from exports.tasks import build_export
 
@@ -133,8 +132,7 @@ def write_archive(
         )
         archive.json("account.json", content.account_settings(account, zone=zone_name))
         archive.json("servers.json", content.servers_and_channels())
-        channels = Channel.objects.select_related("server").order_by("server__name", "name")
-        for channel in channels.only("id", "name", "server__name"):
+        for channel in content.buffers():
             content.write_channel_history(
                 archive,
                 channel=channel,
@@ -163,7 +161,7 @@ def build_export_now(*, export_id: uuid.UUID | str) -> Export | None:
     if not queued.update(status=Export.Status.RUNNING, started_at=now, updated_at=now):
         return None
     export = Export.objects.get(pk=export_id)
-    total = Message.objects.count()
+    total = content.count_lines()
     Export.objects.filter(pk=export.pk).update(lines_total=total)
     progress = _Progress(export.pk)
     saved = ""
