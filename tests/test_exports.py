@@ -26,7 +26,7 @@ from accounts.models import User
 from agents.models import Agent, ModelCall, Task, ToolCall
 from channels_app.models import Channel, Message, Server
 from config.celery import app
-from exports import services
+from exports import services, tasks
 from exports.archive import ROOT
 from exports.logs import log_line, safe_component
 from exports.models import Export
@@ -515,12 +515,13 @@ def test_an_expired_link_404s_and_the_sweep_deletes_its_file(
     alice: User, bob: User, alice_client: Client, export_dir: Path
 ) -> None:
     furnish(alice)
-    with override_settings(EXPORT_LINK_TTL=1):
+    with override_settings(EXPORT_LINK_TTL=3):
         expiring = build(alice)
-    kept = build(bob)  # the default TTL: days
     assert (export_dir / expiring.file_name).is_file()
-    download(alice_client, expiring)
-    time.sleep(1.1)
+    download(alice_client, expiring)  # within its 3 seconds
+    kept = build(bob)  # the default TTL: days
+    assert expiring.expires_at is not None
+    time.sleep(max(0.0, (expiring.expires_at - timezone.now()).total_seconds()) + 1.1)
 
     detail = reverse("exports:detail", args=[expiring.pk])
     assert alice_client.get(reverse("exports:download", args=[expiring.pk])).status_code == 404
@@ -529,6 +530,7 @@ def test_an_expired_link_404s_and_the_sweep_deletes_its_file(
     # The periodic task, as Celery beat runs it (on public, from the storage's listing).
     entry = settings.CELERY_BEAT_SCHEDULE["delete-expired-exports"]
     task = app.tasks[entry["task"]]
+    assert task.name == tasks.delete_expired_exports.name
     assert task.apply().get() == 1
     assert not (export_dir / expiring.file_name).exists()
     assert (export_dir / kept.file_name).is_file()
