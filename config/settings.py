@@ -128,6 +128,8 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
     # Each account's history retention: enqueues one prune per account that set one.
     "prune-history": {"task": "channels_app.prune_all_accounts", "schedule": 60 * 60},
     # Scheduled agent tasks: claims the due ones from the public index (scheduling), every 5 s.
+    # Expired "Download my data" archives, found by listing the exports storage (no schema).
+    "delete-expired-exports": {"task": "exports.delete_expired_exports", "schedule": 60 * 60},
     "agents-scheduler-tick": {
         "task": "agents.scheduler_tick",
         "schedule": 5.0,
@@ -174,6 +176,8 @@ TENANT_APPS = [
     # Link previews and uploaded files: both belong to one account, so they live (and go) with
     # its schema; a public upload link needs no lookup outside it (media/uploads.py).
     "media",
+    # "Download my data": the archives' rows live (and go) with the account's schema.
+    "exports",
 ]
 INSTALLED_APPS = SHARED_APPS + [app for app in TENANT_APPS if app not in SHARED_APPS]
 
@@ -434,6 +438,26 @@ UPLOADS_DIR: str = setting("UPLOADS_DIR", default=str(BASE_DIR / "var" / "upload
 _uploads_backend: str = setting(
     "UPLOADS_STORAGE_BACKEND", default="django.core.files.storage.FileSystemStorage"
 )
+# Exports of an account's data for its people (exports app): the disk under EXPORTS_DIR, or the
+# storage class EXPORTS_STORAGE_BACKEND names.
+EXPORTS_DIR: str = setting("EXPORTS_DIR", default=str(BASE_DIR / "var" / "exports"))
+_exports_backend: str = setting(
+    "EXPORTS_STORAGE_BACKEND", default="django.core.files.storage.FileSystemStorage"
+)
+# How long an export's download link works (seconds; 7 days): then its file is deleted.
+EXPORT_LINK_TTL: int = setting("EXPORT_LINK_TTL", cast=int, default=7 * 24 * 3600)
+# Lines of history read per query while exporting (a keyset batch).
+EXPORT_BATCH_LINES: int = setting("EXPORT_BATCH_LINES", cast=int, default=5000)
+# An export in progress that has not moved for this long (its worker died) no longer keeps
+# the account from starting another.
+EXPORT_STALL_SECONDS: int = setting("EXPORT_STALL_SECONDS", cast=int, default=900)
+for _name, _value in (
+    ("EXPORT_LINK_TTL", EXPORT_LINK_TTL),
+    ("EXPORT_BATCH_LINES", EXPORT_BATCH_LINES),
+    ("EXPORT_STALL_SECONDS", EXPORT_STALL_SECONDS),
+):
+    if _value < 1:
+        raise ImproperlyConfigured(f"{_name} must be a positive whole number, not {_value}")
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
@@ -445,6 +469,16 @@ STORAGES = {
             # headers that keep it from running as a page of this origin.
             {"location": UPLOADS_DIR, "base_url": None}
             if _uploads_backend.endswith("FileSystemStorage")
+            else {}
+        ),
+    },
+    # "Download my data" archives (exports/storage.py): served only by exports.views.download,
+    # to the account's admins, until EXPORT_LINK_TTL has passed.
+    "exports": {
+        "BACKEND": _exports_backend,
+        "OPTIONS": (
+            {"location": EXPORTS_DIR, "base_url": None}
+            if _exports_backend.endswith("FileSystemStorage")
             else {}
         ),
     },

@@ -17,5 +17,6 @@ urlpatterns = [
     # Link previews and uploads (chat/previews/, chat/<id>/upload/, uploads/, u/<token>/<name>).
     path("", include("media.urls")),
     path("", include("channels_app.history_urls")),
+    path("settings/export/", include("exports.urls")),
     path("admin/", admin.site.urls),
 ]

@@ -12,6 +12,7 @@ axe.min.js (axe-core 4.12), which is injected into each page.
 import math
 import re
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, cast
 
@@ -20,12 +21,14 @@ from axe_playwright_python.base import AXE_SCRIPT
 from django.conf import settings
 from django.test import Client
 from django.urls import reverse
+from django.utils import timezone
 from playwright.sync_api import Browser, BrowserContext, Page, expect
 
 from accounts.models import User
 from agents.models import Task
 from channels_app.models import Channel, ChannelUser, Message, Notification
 from channels_app.selectors.chat import NICK_COLOURS
+from exports.models import Export
 from tenancy import switch
 from tests.conftest import signed_in_client
 from tests.factories import UserFactory
@@ -143,6 +146,16 @@ def furnished(email: str) -> tuple[User, dict[str, Any]]:
         world["task"].status = Task.Status.SUCCEEDED
         world["task"].output = "Done."
         world["task"].save(update_fields=["status", "output"])
+        # Data exports: one ready to download, and one being made (its bar and counts).
+        now = timezone.now()
+        world["export"] = Export.objects.create(
+            status=Export.Status.READY, lines_total=60, lines_done=60, size=4096,
+            file_name="a/export.zip", started_at=now, finished_at=now,
+            expires_at=now + timedelta(days=7),
+        )  # fmt: skip
+        Export.objects.create(
+            status=Export.Status.RUNNING, lines_total=60, lines_done=20, started_at=now
+        )
     return user, world
 
 
@@ -192,6 +205,8 @@ def signed_in_pages(world: dict[str, Any]) -> list[str]:
         reverse("llms:provider_create"),
         reverse("llms:provider_edit", args=[provider.pk]),
         reverse("llms:tool_list"),
+        reverse("exports:index"),
+        reverse("exports:detail", args=[world["export"].pk]),
     ]
 
 

@@ -2,18 +2,23 @@
 browser's own session (its last-seen time and which buffer to reopen)."""
 
 import re
+from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth.tokens import default_token_generator
 from django.db import connection
-from django.test import Client
+from django.test import Client, override_settings
 from django.test.utils import CaptureQueriesContext
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
+from django.utils import timezone
 from django.utils.encoding import force_bytes
 from django.utils.http import urlsafe_base64_encode
 
 from accounts.models import User
 from channels_app.models import Message, Notification
+from exports.models import Export
 from media.models import LinkPreview, Upload
 from tenancy import switch
 from tests.helpers import populate
@@ -44,6 +49,7 @@ POST_ONLY = {
     "history:notification_read",
     "history:notification_read_all",
     "media:upload",
+    "exports:start",
 }
 # Not a page: the live stream (tests/test_sse.py) and the operators' admin.
 # media:serve_upload is public and reads no database at all (tests/test_uploads.py).
@@ -65,7 +71,9 @@ def _names(patterns: list[Any], namespace: str = "") -> set[str]:
     return names
 
 
-def test_no_get_writes_anything_but_the_session(alice: User, alice_client: Client) -> None:
+def test_no_get_writes_anything_but_the_session(
+    alice: User, alice_client: Client, tmp_path: Path
+) -> None:
     objs = populate(alice)
     channel = objs["channel"]
     with switch(alice):
@@ -80,6 +88,20 @@ def test_no_get_writes_anything_but_the_session(alice: User, alice_client: Clien
         upload = Upload.objects.create(
             token="t" * 22, name="a.txt", content_type="text/plain", size=1
         )
+        # A ready export whose file is in a storage of this test's own.
+        export = Export.objects.create(
+            status=Export.Status.READY, file_name="a/export.zip",
+            expires_at=timezone.now() + timedelta(days=1),
+        )  # fmt: skip
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "export.zip").write_bytes(b"PK\x05\x06" + bytes(18))
+    stores = {
+        **settings.STORAGES,
+        "exports": {
+            "BACKEND": "django.core.files.storage.FileSystemStorage",
+            "OPTIONS": {"location": str(tmp_path), "base_url": None},
+        },
+    }
     gets = {
         "dashboard": reverse("dashboard"),
         "accounts:sign_up": reverse("accounts:sign_up"),
@@ -143,12 +165,15 @@ def test_no_get_writes_anything_but_the_session(alice: User, alice_client: Clien
         "media:preview_image": reverse("media:preview_image", args=[preview.pk]),
         "media:upload_list": reverse("media:upload_list"),
         "media:upload_delete": reverse("media:upload_delete", args=[upload.pk]),
+        "exports:index": reverse("exports:index"),
+        "exports:detail": reverse("exports:detail", args=[export.pk]),
+        "exports:download": reverse("exports:download", args=[export.pk]),
     }
     # Every view of the project is looked at here: a new one must be added to one list.
     assert _names(get_resolver().url_patterns) - set(gets) - POST_ONLY - ELSEWHERE == set()
 
     for name, url in gets.items():
-        with CaptureQueriesContext(connection) as queries:
+        with CaptureQueriesContext(connection) as queries, override_settings(STORAGES=stores):
             response = alice_client.get(url)
         assert response.status_code in (200, 302), (name, response.status_code)
         writes = [

@@ -22,6 +22,7 @@ Values the second account and the visitor send have the first account's marker s
 their own, so the first marker in a response is always a leak, never an echo of the request.
 """
 
+import contextlib
 import re
 import secrets
 import threading
@@ -44,6 +45,9 @@ from agents.services.schedules import create_schedule, pause_schedule
 from channels_app import events
 from channels_app.models import Channel, ChannelUser, Message, Notification
 from core import crypto
+from exports.models import Export
+from exports.services import build_export_now
+from exports.storage import folder_of, storage
 from knowledge.models import Chunk, Document
 from knowledge.services import index_document_now
 from llms.tools import KNOWLEDGE_BASE_TOOLS
@@ -289,6 +293,9 @@ def insert_history(account: Account, mark: str) -> None:
         Document.objects.filter(pk=Document.objects.values("pk")[:1]).update(
             status=Document.Status.QUEUED
         )
+        # An export of the account, built as its worker builds it: its page and its download.
+        export = Export.objects.create(requested_by=f"{mark}@example.org")
+        assert build_export_now(export_id=export.pk) is not None
 
 
 # --- what the first account owns, as rows ------------------------------------------------------
@@ -433,6 +440,17 @@ def allowed_for_visitor(response: Response, public: set[str]) -> bool:
 
 
 @pytest.fixture
+def export_files(transactional_db: None) -> Iterator[None]:
+    """The archives insert_history has a worker's code build are deleted with the test."""
+    yield
+    store = storage()
+    for account_id in Account.objects.values_list("pk", flat=True):
+        with contextlib.suppress(FileNotFoundError):
+            for name in store.listdir(folder_of(account_id))[1]:
+                store.delete(f"{folder_of(account_id)}/{name}")
+
+
+@pytest.fixture
 def browsers(asgi_server: AsgiServer) -> Iterator[Callable[[str], Browser]]:  # noqa: F811
     opened: list[Browser] = []
 
@@ -446,7 +464,7 @@ def browsers(asgi_server: AsgiServer) -> Iterator[Callable[[str], Browser]]:  # 
 
 
 def test_another_account_and_a_visitor_see_and_change_nothing_of_an_account(
-    browsers: Callable[[str], Browser],
+    browsers: Callable[[str], Browser], export_files: None
 ) -> None:
     started = time.monotonic()
     mark_a, mark_b, mark_visitor = marker(), marker(), marker()

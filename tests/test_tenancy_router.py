@@ -23,7 +23,7 @@ HOW_TO_ACTIVATE = (
 
 def test_every_account_app_has_models_to_check() -> None:
     assert {m._meta.app_label for m in ACCOUNT_MODELS} == {
-        "channels_app", "knowledge", "agents", "media"
+        "channels_app", "knowledge", "agents", "media", "exports"
     }  # fmt: skip
 
 
