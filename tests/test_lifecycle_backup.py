@@ -508,7 +508,7 @@ def test_a_database_whose_catalogs_number_entries_otherwise(
     data, manifest = backup_bytes(account)
     assert manifest["catalogs"]["llms_llm"]["key"] == "name"
     tool_slug = Tool.objects.earliest("id").slug
-    delete_account(account=account)
+    purge_account(account=account)
     with connection.cursor() as cursor:
         cursor.execute("UPDATE llms_llm SET id = id + 1000")
         cursor.execute("UPDATE llms_tool SET id = id + 1000")
@@ -522,7 +522,7 @@ def test_a_database_whose_catalogs_number_entries_otherwise(
     with switch(restored):
         assert list(Agent.objects.get().tools.values_list("pk", flat=True)) == [tool.pk]
 
-    delete_account(account=restored)
+    purge_account(account=restored)
     LLM.objects.filter(name="OpenAI").update(name="Gone")
     with pytest.raises(RestoreRefused, match="'OpenAI'"):
         restore_backup(source=io.BytesIO(data))
