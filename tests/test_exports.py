@@ -481,18 +481,18 @@ def test_only_the_accounts_admins_export(alice: User, export_dir: Path) -> None:
     page = client.get(reverse("exports:index"))
     assert page.status_code == 200
     assert "Only the account's admins can export its data." in page.content.decode()
-    settings_page = client.get(reverse("history:chat_settings")).content.decode()
-    assert "Only the account's admins can download its data." in settings_page
+    account_page = client.get(reverse("accounts:account")).content.decode()
+    assert "Only the account's admins can download its data." in account_page
     with switch(alice):
         export = services.start_export(requested_by=alice.email)
     assert client.get(reverse("exports:detail", args=[export.pk])).status_code == 403
     assert client.get(reverse("exports:download", args=[export.pk])).status_code == 403
 
 
-def test_the_settings_page_offers_it_and_start_takes_only_post(
+def test_the_account_page_offers_it_and_start_takes_only_post(
     alice_client: Client, export_dir: Path
 ) -> None:
-    page = alice_client.get(reverse("history:chat_settings")).content.decode()
+    page = alice_client.get(reverse("accounts:account")).content.decode()
     assert f'action="{reverse("exports:start")}"' in page and "Download my data" in page
     assert alice_client.get(reverse("exports:start")).status_code == 405
     assert Client().get(reverse("exports:index")).status_code == 302  # sign in first

@@ -1,4 +1,4 @@
-"""'Download my data' in Chromium: sign in, click it on the settings page, watch the bar and its
+"""'Download my data' in Chromium: sign in, click it on the account page, watch the bar and its
 counts move while a real Celery worker builds the archive, download it, and open it as a zip with
 the logs inside."""
 
@@ -84,7 +84,7 @@ def test_download_my_data_shows_progress_and_downloads_a_zip(
     page.get_by_role("button", name="Sign in").click()
     expect(page).to_have_url(base + reverse("dashboard"))
 
-    page.get_by_role("link", name="Settings").click()
+    page.get_by_role("link", name="Account", exact=True).click()
     page.get_by_role("button", name="Download my data").click()
     with switch(alice):
         export = Export.objects.get()
