@@ -7,10 +7,13 @@ connections) use `transactional_db`; the `clean_schemas` fixture then drops what
 """
 
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
+from django.conf import settings
 from django.core.cache import cache
-from django.test import Client
+from django.test import Client, override_settings
 
 from accounts.models import SCHEMA_PREFIX, User
 from llms.models import LLM
@@ -113,3 +116,22 @@ def llm() -> Iterator[LLMServer]:
     with LLMServer() as server:
         yield server
     reset_clients()
+
+
+def storages_with(alias: str, location: Path) -> dict[str, Any]:
+    """settings.STORAGES with `alias` a FileSystemStorage in `location`, never served by URL."""
+    return {
+        **settings.STORAGES,
+        alias: {
+            "BACKEND": "django.core.files.storage.FileSystemStorage",
+            "OPTIONS": {"location": str(location), "base_url": None},
+        },
+    }
+
+
+@pytest.fixture
+def storage_dir(tmp_path: Path) -> Iterator[Path]:
+    """The uploads storage in a directory of the test's own."""
+    location = tmp_path / "uploads"
+    with override_settings(STORAGES=storages_with("uploads", location)):
+        yield location

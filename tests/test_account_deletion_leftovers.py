@@ -40,7 +40,7 @@ from tests.ircd import IrcBot, IrcServer, unique_channel
 from tests.test_account_deletion import member_of, offline_world
 from tests.test_agent_schedules import schedule
 from tests.test_gateway import add_server
-from tests.test_uploads import _upload, storage_dir  # noqa: F401 (fixture)
+from tests.test_uploads import _upload
 
 
 def redis_databases() -> list[str]:
@@ -146,7 +146,7 @@ def test_the_purge_leaves_no_row_key_task_or_file_of_the_account(
     inspircd: IrcServer,
     irc_bot: Callable[..., IrcBot],
     run_gateway: Callable,
-    storage_dir: Path,  # noqa: F811
+    storage_dir: Path,
 ) -> None:
     alice = UserFactory(email="alice@example.org", account_name="Alice's place")
     bob = UserFactory(email="bob@example.org", account_name="Bob's place")

@@ -34,8 +34,8 @@ from exports.storage import storage
 from knowledge.models import Document, KnowledgeBase
 from llms.models import AccountTool, Tool
 from tenancy import switch
-from tenancy.services import delete_account
-from tests.conftest import signed_in_client
+from tenancy.services import purge_account
+from tests.conftest import signed_in_client, storages_with
 from tests.factories import UserFactory
 from tests.helpers import make_provider
 from tests.workers import threads_worker
@@ -51,13 +51,7 @@ ODD_NETWORK = "OFTC: the/other*net"
 def export_dir(tmp_path: Path) -> Iterator[Path]:
     """The exports storage in a directory of the test's own."""
     location = tmp_path / "exports"
-    stores = {
-        **settings.STORAGES,
-        "exports": {
-            "BACKEND": "django.core.files.storage.FileSystemStorage",
-            "OPTIONS": {"location": str(location), "base_url": None},
-        },
-    }
+    stores = storages_with("exports", location)
     with override_settings(STORAGES=stores):
         yield location
 
@@ -560,7 +554,7 @@ def test_deleting_the_account_removes_its_archives(clean_schemas: None, export_d
     stray = f"{Path(done.file_name).parent}/{'0' * 32}-{int(time.time()) + 3600}.zip"
     storage().save(stray, ContentFile(b"partial"))
     bobs = build(bob)
-    delete_account(account=alice.account)
+    purge_account(account=alice.account)
     assert not (export_dir / done.file_name).exists()
     assert not (export_dir / stray).exists()
     assert (export_dir / bobs.file_name).is_file()

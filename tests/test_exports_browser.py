@@ -21,6 +21,7 @@ from channels_app.models import Channel, Message
 from exports.archive import ROOT
 from exports.models import Export
 from tenancy import switch
+from tests.conftest import storages_with
 from tests.factories import PASSWORD, UserFactory
 from tests.test_browser import screenshot
 from tests.test_chat_e2e import DESKTOP, PHONE, AsgiServer, chromium, serving, uvicorn_env
@@ -42,13 +43,7 @@ def web(clean_schemas: None, tmp_path: Path) -> Iterator[tuple[AsgiServer, Path]
     location = tmp_path / "exports"
     redis_url = settings.CACHES["default"]["LOCATION"]
     env = uvicorn_env(redis_url) | {"EXPORTS_DIR": str(location)}
-    stores = {
-        **settings.STORAGES,
-        "exports": {
-            "BACKEND": "django.core.files.storage.FileSystemStorage",
-            "OPTIONS": {"location": str(location), "base_url": None},
-        },
-    }
+    stores = storages_with("exports", location)
     with (
         override_settings(REDIS_URL=redis_url, STORAGES=stores, EXPORT_BATCH_LINES=BATCH),
         serving(env, tmp_path) as server,

@@ -6,7 +6,6 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from django.conf import settings
 from django.contrib.auth.tokens import default_token_generator
 from django.db import connection
 from django.test import Client, override_settings
@@ -21,6 +20,7 @@ from channels_app.models import Message, Notification
 from exports.models import Export
 from media.models import LinkPreview, Upload
 from tenancy import switch
+from tests.conftest import storages_with
 from tests.helpers import populate
 
 WRITE = re.compile(r"^\s*(INSERT|UPDATE|DELETE|TRUNCATE|ALTER|DROP|CREATE)\b", re.I)
@@ -95,13 +95,7 @@ def test_no_get_writes_anything_but_the_session(
         )  # fmt: skip
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "export.zip").write_bytes(b"PK\x05\x06" + bytes(18))
-    stores = {
-        **settings.STORAGES,
-        "exports": {
-            "BACKEND": "django.core.files.storage.FileSystemStorage",
-            "OPTIONS": {"location": str(tmp_path), "base_url": None},
-        },
-    }
+    stores = storages_with("exports", tmp_path)
     gets = {
         "dashboard": reverse("dashboard"),
         "accounts:sign_up": reverse("accounts:sign_up"),

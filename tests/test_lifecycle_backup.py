@@ -10,7 +10,6 @@ import json
 import tarfile
 import threading
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -56,20 +55,6 @@ pytestmark = pytest.mark.usefixtures("clean_schemas")
 
 API_KEY = "sk-test-0123456789"
 FILE_BYTES = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
-
-
-@pytest.fixture
-def storage_dir(tmp_path: Path) -> Iterator[Path]:
-    location = tmp_path / "uploads"
-    stores = {
-        **settings.STORAGES,
-        "uploads": {
-            "BACKEND": "django.core.files.storage.FileSystemStorage",
-            "OPTIONS": {"location": str(location), "base_url": None},
-        },
-    }
-    with override_settings(STORAGES=stores):
-        yield location
 
 
 def make_account(email: str = "alice@example.org", name: str = "Alice's place") -> User:

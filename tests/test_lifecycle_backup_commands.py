@@ -6,7 +6,6 @@ import io
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,6 @@ import pytest
 from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import CommandError
-from django.test import override_settings
 
 from accounts.models import Account
 from channels_app.models import Message
@@ -29,20 +27,6 @@ from tests.test_lifecycle_backup import make_account
 
 pytestmark = pytest.mark.usefixtures("clean_schemas")
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture
-def storage_dir(tmp_path: Path) -> Iterator[Path]:
-    location = tmp_path / "uploads"
-    stores = {
-        **settings.STORAGES,
-        "uploads": {
-            "BACKEND": "django.core.files.storage.FileSystemStorage",
-            "OPTIONS": {"location": str(location), "base_url": None},
-        },
-    }
-    with override_settings(STORAGES=stores):
-        yield location
 
 
 class FakeTerminal(io.StringIO):

@@ -25,18 +25,10 @@ from tests.previews_support import png
 
 
 @pytest.fixture
-def storage_dir(tmp_path: Path) -> Iterator[Path]:
-    """The uploads storage in a directory of the test's own."""
-    location = tmp_path / "uploads"
-    stores = {
-        **settings.STORAGES,
-        "uploads": {
-            "BACKEND": "django.core.files.storage.FileSystemStorage",
-            "OPTIONS": {"location": str(location), "base_url": None},
-        },
-    }
-    with override_settings(STORAGES=stores, UPLOADS_PUBLIC_URL="https://files.example.org"):
-        yield location
+def storage_dir(storage_dir: Path) -> Iterator[Path]:
+    """conftest's uploads directory, with the links on a host of their own."""
+    with override_settings(UPLOADS_PUBLIC_URL="https://files.example.org"):
+        yield storage_dir
 
 
 @pytest.fixture
